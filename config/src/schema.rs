@@ -1,0 +1,621 @@
+//! The configuration schema. Each struct is both the TOML shape (unknown keys are
+//! rejected) and the validated result: values are checked while they are parsed,
+//! so every error points at the offending value.
+
+use crate::values;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole switchyard configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    pub pools: PoolsConfig,
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub database: Option<DatabaseConfig>,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The file this configuration was loaded from, if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[proxy]`: the data-plane listeners and routing behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    #[serde(deserialize_with = "values::socket_addr")]
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub sticky: StickyMode,
+    pub sticky_key: StickyKey,
+    /// Cookie that carries the sticky bucket in `sticky = "cookie"` mode.
+    #[serde(deserialize_with = "values::non_empty_string")]
+    pub cookie_name: String,
+    /// Header that pins a request to a colour (`blue` or `green`), for testers.
+    /// Set to "" to disable.
+    #[serde(deserialize_with = "values::string")]
+    pub override_header: String,
+    /// Worker threads for the data plane; 0 means one per core.
+    pub workers: usize,
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub connect_timeout: Duration,
+    /// Longest wait for an upstream's response headers.
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub upstream_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    #[serde(deserialize_with = "values::duration")]
+    pub drain_timeout: Duration,
+    /// Retries on another upstream after a connect failure (idempotent requests only).
+    pub retries: u32,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:8080".parse().expect("valid default"),
+            tls: None,
+            sticky: StickyMode::Hash,
+            sticky_key: StickyKey::Cookie("session".into()),
+            cookie_name: "switchyard".into(),
+            override_header: "x-switchyard-colour".into(),
+            workers: 0,
+            connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            retries: 1,
+        }
+    }
+}
+
+/// `[proxy.tls]`: an HTTPS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(deserialize_with = "values::socket_addr")]
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "path")]
+    pub cert: PathBuf,
+    #[serde(deserialize_with = "path")]
+    pub key: PathBuf,
+}
+
+fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    values::non_empty_string(d).map(PathBuf::from)
+}
+
+/// How a request keeps its colour across requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StickyMode {
+    /// Hash of the sticky key picks a bucket 0..9999 (monotonic, stateless).
+    Hash,
+    /// A cookie carries a random bucket set on the first response.
+    Cookie,
+    /// Every request is weighted at random.
+    None,
+}
+
+/// What identifies a user for `hash` stickiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    Cookie(String),
+    Header(String),
+    ClientIp,
+}
+
+impl<'de> Deserialize<'de> for StickyKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = values::string(d)?;
+        let bad = || {
+            de::Error::custom(format!(
+                "{s:?} is not a sticky key: expected \"cookie:NAME\", \"header:NAME\" or \"client_ip\""
+            ))
+        };
+        if s == "client_ip" {
+            return Ok(StickyKey::ClientIp);
+        }
+        let (kind, name) = s.split_once(':').ok_or_else(bad)?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+            return Err(bad());
+        }
+        match kind {
+            "cookie" => Ok(StickyKey::Cookie(name.to_string())),
+            "header" => Ok(StickyKey::Header(name.to_ascii_lowercase())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// `[pools]`: the two colours.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolsConfig {
+    pub blue: PoolConfig,
+    pub green: PoolConfig,
+}
+
+/// `[pools.blue]` / `[pools.green]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(deserialize_with = "upstreams")]
+    pub upstreams: Vec<Upstream>,
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+}
+
+/// One upstream server, `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Upstream {
+    /// Parses `host:port`, `[v6]:port` or `http://host:port`.
+    pub fn parse(s: &str) -> Result<Upstream, String> {
+        let bad = || {
+            format!("{s:?} is not an upstream: expected \"HOST:PORT\" such as \"127.0.0.1:9001\"")
+        };
+        let rest = s.strip_prefix("http://").unwrap_or(s);
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.starts_with("https://") || rest.contains('/') {
+            return Err(format!(
+                "{s:?}: upstreams are plain HTTP HOST:PORT (TLS to upstreams is not supported)"
+            ));
+        }
+        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        Ok(Upstream {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn upstreams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Upstream>, D::Error> {
+    let raw: Vec<String> = Vec::deserialize(d)?;
+    if raw.is_empty() {
+        return Err(de::Error::custom(
+            "a pool needs at least one upstream, e.g. upstreams = [\"127.0.0.1:9001\"]",
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for s in raw {
+        let s = crate::interpolate(&s).map_err(de::Error::custom)?;
+        let u = Upstream::parse(&s).map_err(de::Error::custom)?;
+        if out.contains(&u) {
+            return Err(de::Error::custom(format!("upstream {u} is listed twice")));
+        }
+        out.push(u);
+    }
+    Ok(out)
+}
+
+/// `health = { ... }`: active HTTP health checks for a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    #[serde(deserialize_with = "health_path")]
+    pub path: String,
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub timeout: Duration,
+    /// Consecutive failures before an upstream is marked down.
+    pub fall: u32,
+    /// Consecutive successes before a down upstream is marked up again.
+    pub rise: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            fall: 2,
+            rise: 2,
+        }
+    }
+}
+
+fn health_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = values::string(d)?;
+    if !s.starts_with('/') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(de::Error::custom(format!(
+            "{s:?} is not a request path: expected something like \"/healthz\""
+        )));
+    }
+    Ok(s)
+}
+
+/// `[admin]`: the control-plane API.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen", deserialize_with = "values::socket_addr")]
+    pub listen: SocketAddr,
+    /// Bearer token demanded by every mutating endpoint. Required, never empty.
+    #[serde(deserialize_with = "values::non_empty_string")]
+    pub token: String,
+    /// Demand the token on `GET /metrics` too.
+    #[serde(default)]
+    pub metrics_auth: bool,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &"<redacted>")
+            .field("metrics_auth", &self.metrics_auth)
+            .finish()
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    "127.0.0.1:9090".parse().expect("valid default")
+}
+
+/// `[rollout]`: the steps of a rollout and how each is judged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    pub steps: Steps,
+    /// Time at each step before the next gate check.
+    #[serde(deserialize_with = "values::duration")]
+    pub bake: Duration,
+    pub analysis: AnalysisConfig,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            steps: Steps(
+                [1, 5, 25, 50, 100]
+                    .into_iter()
+                    .map(|p| Step {
+                        weight_bp: p * 100,
+                        bake: None,
+                    })
+                    .collect(),
+            ),
+            bake: Duration::from_secs(30),
+            analysis: AnalysisConfig::default(),
+        }
+    }
+}
+
+/// The ascending list of candidate weights a rollout walks through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Steps(pub Vec<Step>);
+
+/// One rollout step: the candidate's weight and an optional bake override.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// Candidate weight in basis points (0..=10000).
+    pub weight_bp: u32,
+    pub bake: Option<Duration>,
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Step;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a percentage such as 25, or a table { weight = 25, bake = \"1m\" }")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Step, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Step, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Step, E> {
+                let weight_bp = values::percent_to_basis_points(v).map_err(E::custom)?;
+                Ok(Step {
+                    weight_bp,
+                    bake: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
+                let mut weight = None;
+                let mut bake = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "weight" => {
+                            let v: f64 = map.next_value()?;
+                            weight =
+                                Some(values::percent_to_basis_points(v).map_err(de::Error::custom)?);
+                        }
+                        "bake" => {
+                            let s: String = map.next_value()?;
+                            bake = Some(values::parse_duration(&s).map_err(de::Error::custom)?);
+                        }
+                        other => {
+                            return Err(de::Error::custom(format!(
+                                "unknown key `{other}` in a step: expected `weight` or `bake`"
+                            )))
+                        }
+                    }
+                }
+                let weight_bp =
+                    weight.ok_or_else(|| de::Error::custom("a step table needs `weight`"))?;
+                Ok(Step { weight_bp, bake })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Steps {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Steps;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an ascending list of percentages such as [1, 5, 25, 50, 100]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Steps, A::Error> {
+                let mut steps: Vec<Step> = Vec::new();
+                while let Some(step) = seq.next_element::<Step>()? {
+                    if let Some(prev) = steps.last() {
+                        if step.weight_bp <= prev.weight_bp {
+                            return Err(de::Error::custom(format!(
+                                "steps must rise: {} follows {} (write them in ascending order)",
+                                step.weight_bp as f64 / 100.0,
+                                prev.weight_bp as f64 / 100.0
+                            )));
+                        }
+                    }
+                    steps.push(step);
+                }
+                match steps.last() {
+                    None => Err(de::Error::custom(
+                        "steps must not be empty: e.g. steps = [1, 5, 25, 50, 100]",
+                    )),
+                    Some(s) if s.weight_bp == 0 => {
+                        Err(de::Error::custom("steps must reach above 0"))
+                    }
+                    _ => Ok(Steps(steps)),
+                }
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// `[rollout.analysis]`: how the candidate is judged, continuously.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisConfig {
+    /// Sliding window the rates and percentiles are computed over.
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub window: Duration,
+    /// How often analysis runs (sub-second).
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub interval: Duration,
+    /// Fewer candidate requests than this in the window is inconclusive.
+    pub min_requests: u64,
+    /// Candidate (5xx + transport failures) / requests above this rolls back.
+    #[serde(deserialize_with = "values::ratio")]
+    pub max_error_rate: f64,
+    /// Candidate error rate above stable's by more than this rolls back.
+    #[serde(deserialize_with = "values::opt_ratio")]
+    pub max_error_rate_delta: Option<f64>,
+    /// Candidate p99 above this rolls back.
+    #[serde(deserialize_with = "values::opt_duration")]
+    pub max_p99: Option<Duration>,
+    /// Candidate p99 above stable's p99 times this rolls back.
+    #[serde(deserialize_with = "values::opt_factor")]
+    pub max_p99_ratio: Option<f64>,
+    /// This many consecutive candidate failures roll back at once.
+    pub fail_fast_after: Option<u32>,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            window: Duration::from_secs(10),
+            interval: Duration::from_millis(100),
+            min_requests: 50,
+            max_error_rate: 0.05,
+            max_error_rate_delta: None,
+            max_p99: None,
+            max_p99_ratio: None,
+            fail_fast_after: None,
+        }
+    }
+}
+
+/// `[state]`: where weights and rollout state persist.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    #[serde(deserialize_with = "path")]
+    pub path: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            path: PathBuf::from("switchyard-state.json"),
+        }
+    }
+}
+
+/// `[database]`: the PostgreSQL pair switchyard prepares and keeps in sync.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(deserialize_with = "pg_url")]
+    pub blue: String,
+    #[serde(deserialize_with = "pg_url")]
+    pub green: String,
+    #[serde(default = "default_migrations", deserialize_with = "path")]
+    pub migrations: PathBuf,
+    #[serde(default)]
+    pub mode: SyncMode,
+    #[serde(default = "default_max_lag", deserialize_with = "values::duration")]
+    pub max_lag: Duration,
+    /// Parallel COPY streams for clone and verify.
+    #[serde(default = "default_jobs")]
+    pub jobs: usize,
+    /// Longest time cutover may hold writes before giving up.
+    #[serde(default = "default_cutover_timeout", deserialize_with = "values::positive_duration")]
+    pub cutover_timeout: Duration,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("blue", &redact_url(&self.blue))
+            .field("green", &redact_url(&self.green))
+            .field("migrations", &self.migrations)
+            .field("mode", &self.mode)
+            .field("max_lag", &self.max_lag)
+            .field("jobs", &self.jobs)
+            .field("cutover_timeout", &self.cutover_timeout)
+            .finish()
+    }
+}
+
+/// Hides the password in a `postgres://user:pass@host/db` URL for logs.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+fn pg_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = values::non_empty_string(d)?;
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://") || s.contains('=')) {
+        return Err(de::Error::custom(format!(
+            "{:?} is not a PostgreSQL connection string: expected \"postgres://user@host:5432/db\" or \"host=... dbname=...\"",
+            redact_url(&s)
+        )));
+    }
+    Ok(s)
+}
+
+fn default_migrations() -> PathBuf {
+    PathBuf::from("migrations")
+}
+fn default_max_lag() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_jobs() -> usize {
+    2
+}
+fn default_cutover_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// How green's database is kept: a one-off snapshot, or logical replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Snapshot,
+    #[default]
+    Replicate,
+}
+
+/// `[webhooks]`: HTTP callbacks of the control plane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Receives every event as JSON (POST).
+    #[serde(deserialize_with = "opt_url")]
+    pub notify: Option<String>,
+    /// Asked (POST) before each weight increase: 2xx proceeds, anything else holds.
+    #[serde(deserialize_with = "opt_url")]
+    pub confirm: Option<String>,
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            notify: None,
+            confirm: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+fn opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = values::string(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if !s.starts_with("http://") {
+        return Err(de::Error::custom(format!(
+            "{s:?} is not a webhook URL: expected \"http://host:port/path\""
+        )));
+    }
+    Ok(Some(s))
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as "info" or "switchyard=debug,info".
+    #[serde(deserialize_with = "values::non_empty_string")]
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}

@@ -1,0 +1,167 @@
+//! Value types shared by the schema: durations, percentages, addresses, and the
+//! serde helpers that parse them (after `${ENV}` interpolation) so that errors
+//! carry the value's location.
+
+use serde::de::{Deserializer, Error};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Parses `"250ms"`, `"30s"`, `"1.5s"`, `"2m"`, `"1h"`, `"1m30s"`, `"0"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let hint = "expected a duration such as \"250ms\", \"30s\", \"1m30s\" or \"1h\"";
+    if s.is_empty() {
+        return Err(format!("empty duration: {hint}"));
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s:?} has no unit: {hint}"))?;
+        if num_len == 0 {
+            return Err(format!("{s:?} is not a duration: {hint}"));
+        }
+        let n: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration: {hint}"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "us" | "µs" => 0.000_001,
+            other => return Err(format!("unknown unit {other:?} in {s:?}: {hint}")),
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// Formats a duration the way the config accepts it back ("1.5s", "250ms", "2m").
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 && !d.is_zero() {
+        format!("{}us", d.as_micros())
+    } else if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// A string value after `${ENV}` interpolation.
+pub(crate) fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let raw = String::deserialize(d)?;
+    crate::interpolate::interpolate(&raw).map_err(D::Error::custom)
+}
+
+pub(crate) fn non_empty_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = string(d)?;
+    if s.trim().is_empty() {
+        return Err(D::Error::custom(
+            "must not be empty: set a value (an environment variable such as \"${SWITCHYARD_TOKEN}\" works)",
+        ));
+    }
+    Ok(s)
+}
+
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_duration(&string(d)?).map_err(D::Error::custom)
+}
+
+pub(crate) fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = duration(d)?;
+    if v.is_zero() {
+        return Err(D::Error::custom("must be greater than zero, e.g. \"1s\""));
+    }
+    Ok(v)
+}
+
+pub(crate) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+pub(crate) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = string(d)?;
+    s.parse().map_err(|_| {
+        D::Error::custom(format!(
+            "{s:?} is not a listen address: expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\""
+        ))
+    })
+}
+
+pub(crate) fn ratio<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(D::Error::custom(format!(
+            "{v} is out of range: expected a fraction from 0.0 to 1.0 (0.05 means 5%)"
+        )));
+    }
+    Ok(v)
+}
+
+pub(crate) fn opt_ratio<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    ratio(d).map(Some)
+}
+
+pub(crate) fn opt_factor<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !(v >= 1.0 && v.is_finite()) {
+        return Err(D::Error::custom(format!(
+            "{v} is out of range: expected a factor of at least 1.0 (1.5 means 50% slower)"
+        )));
+    }
+    Ok(Some(v))
+}
+
+/// A green percentage 0..=100 (fractions allowed down to 0.01) as basis points.
+pub fn percent_to_basis_points(v: f64) -> Result<u32, String> {
+    if !(0.0..=100.0).contains(&v) || !v.is_finite() {
+        return Err(format!(
+            "{v} is out of range: expected a percentage from 0 to 100"
+        ));
+    }
+    Ok((v * 100.0).round() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5 days").is_err());
+        assert_eq!(format_duration(Duration::from_secs(90)), "1.5m".replace("1.5m", "90s"));
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn percentages_become_basis_points() {
+        assert_eq!(percent_to_basis_points(25.0).unwrap(), 2500);
+        assert_eq!(percent_to_basis_points(0.5).unwrap(), 50);
+        assert!(percent_to_basis_points(150.0).is_err());
+        assert!(percent_to_basis_points(-1.0).is_err());
+    }
+}

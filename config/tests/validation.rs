@@ -1,0 +1,121 @@
+//! A user writes a config file; switchyard either accepts it or says exactly
+//! where and what is wrong.
+
+use switchyard_config::{Config, StickyKey, StickyMode, SyncMode};
+
+const FULL: &str = r#"
+[proxy]
+listen = "127.0.0.1:8080"
+tls = { listen = "127.0.0.1:8443", cert = "cert.pem", key = "key.pem" }
+sticky = "hash"
+sticky_key = "cookie:session"
+
+[pools.blue]
+upstreams = ["127.0.0.1:9001", "127.0.0.1:9003"]
+[pools.green]
+upstreams = ["127.0.0.1:9002"]
+health = { path = "/healthz", interval = "1s" }
+
+[admin]
+listen = "127.0.0.1:9090"
+token = "${SY_TEST_TOKEN}"
+
+[rollout]
+steps = [1, 5, { weight = 25, bake = "1m" }, 50, 100]
+bake = "30s"
+
+[rollout.analysis]
+window = "10s"
+min_requests = 50
+max_error_rate = 0.05
+
+[state]
+path = "switchyard-state.json"
+
+[database]
+blue = "postgres://user@host:5432/app"
+green = "postgres://user@host:5433/app"
+migrations = "migrations"
+mode = "replicate"
+max_lag = "1s"
+"#;
+
+fn err(text: &str) -> String {
+    Config::parse(text, "sy.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn the_documented_example_parses_with_env_interpolation() {
+    std::env::set_var("SY_TEST_TOKEN", "t0ken");
+    let c = Config::parse(FULL, "sy.toml").unwrap();
+    assert_eq!(c.admin.token, "t0ken");
+    assert_eq!(c.proxy.sticky, StickyMode::Hash);
+    assert_eq!(c.proxy.sticky_key, StickyKey::Cookie("session".into()));
+    assert_eq!(c.pools.blue.upstreams.len(), 2);
+    assert_eq!(c.pools.green.health.as_ref().unwrap().fall, 2);
+    let steps: Vec<u32> = c.rollout.steps.0.iter().map(|s| s.weight_bp).collect();
+    assert_eq!(steps, vec![100, 500, 2500, 5000, 10000]);
+    assert_eq!(c.rollout.steps.0[2].bake, Some(std::time::Duration::from_secs(60)));
+    assert_eq!(c.database.unwrap().mode, SyncMode::Replicate);
+    assert!(!format!("{:?}", c.admin).contains("t0ken"), "token must not be logged");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_line_and_column() {
+    let e = err("[admin]\ntoken = \"x\"\n[pools.blue]\nupstreams=[\"a:1\"]\n[pools.green]\nupstreams=[\"b:2\"]\n[proxy]\nlisten = \"127.0.0.1:1\"\n  colour = 3\n");
+    assert!(e.starts_with("sy.toml:9:3:"), "{e}");
+    assert!(e.contains("unknown field `colour`"), "{e}");
+}
+
+#[test]
+fn bad_values_point_at_the_value() {
+    let base = "[admin]\ntoken = \"x\"\n[pools.blue]\nupstreams=[\"a:1\"]\n[pools.green]\nupstreams=[\"b:2\"]\n";
+    let e = err(&format!("{base}[rollout]\nbake = \"soon\"\n"));
+    assert!(e.starts_with("sy.toml:8:8:"), "{e}");
+    assert!(e.contains("duration"), "{e}");
+
+    let e = err(&format!("{base}[rollout]\nsteps = [5, 1]\n"));
+    assert!(e.starts_with("sy.toml:8:"), "{e}");
+    assert!(e.contains("steps must rise"), "{e}");
+
+    let e = err(&format!("{base}[rollout.analysis]\nmax_error_rate = 5\n"));
+    assert!(e.contains("0.0 to 1.0"), "{e}");
+
+    let e = err(&format!("{base}[proxy]\nsticky_key = \"query:x\"\n"));
+    assert!(e.contains("cookie:NAME"), "{e}");
+
+    let e = err(&format!("{base}[proxy]\nlisten = \"localhost\"\n"));
+    assert!(e.contains("IP:PORT"), "{e}");
+}
+
+#[test]
+fn missing_or_empty_token_is_an_error() {
+    let pools = "[pools.blue]\nupstreams=[\"a:1\"]\n[pools.green]\nupstreams=[\"b:2\"]\n";
+    let e = err(&format!("[admin]\ntoken = \"\"\n{pools}"));
+    assert!(e.starts_with("sy.toml:2:9:") && e.contains("must not be empty"), "{e}");
+    let e = err(&format!("[admin]\n{pools}"));
+    assert!(e.contains("missing field `token`"), "{e}");
+    let e = err(&format!("[admin]\ntoken = \"${{SY_SURELY_UNSET_VAR}}\"\n{pools}"));
+    assert!(e.contains("SY_SURELY_UNSET_VAR is not set"), "{e}");
+}
+
+#[test]
+fn upstreams_are_validated() {
+    let e = err("[admin]\ntoken=\"x\"\n[pools.blue]\nupstreams=[]\n[pools.green]\nupstreams=[\"b:2\"]\n");
+    assert!(e.starts_with("sy.toml:4:") && e.contains("at least one upstream"), "{e}");
+    let e = err("[admin]\ntoken=\"x\"\n[pools.blue]\nupstreams=[\"nope\"]\n[pools.green]\nupstreams=[\"b:2\"]\n");
+    assert!(e.contains("HOST:PORT"), "{e}");
+}
+
+#[test]
+fn load_resolves_paths_next_to_the_file() {
+    std::env::set_var("SY_TEST_TOKEN", "t0ken");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sy.toml");
+    std::fs::write(&path, FULL).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.state.path, dir.path().join("switchyard-state.json"));
+    assert_eq!(c.proxy.tls.unwrap().cert, dir.path().join("cert.pem"));
+    let missing = Config::load(&dir.path().join("nope.toml")).unwrap_err().to_string();
+    assert!(missing.contains("cannot read config file"), "{missing}");
+}

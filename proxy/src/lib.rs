@@ -1,1 +1,237 @@
-//! placeholder
+//! switchyard-proxy is the data plane: it accepts client connections (HTTP/1.1,
+//! HTTP/2, HTTPS via rustls), picks blue or green for every request (weights
+//! in basis points, sticky and monotonic), forwards to a healthy upstream of
+//! that colour over pooled keep-alive connections, streams bodies both ways,
+//! and keeps per-colour statistics over a sliding window.
+//!
+//! It knows nothing about rollouts or databases. The control plane drives it
+//! through [`DataPlane`]: set the green weight, read statistics and health,
+//! reload pools. Routing state is an `ArcSwap` snapshot read once per request:
+//! no lock on the request path.
+#![forbid(unsafe_code)]
+
+mod body;
+mod colour;
+mod forward;
+mod headers;
+mod health;
+mod listener;
+mod metrics;
+pub mod pool;
+pub mod router;
+pub mod stats;
+
+pub use body::ProxyBody;
+pub use colour::Colour;
+pub use listener::{bind, tls_acceptor, Listeners};
+pub use stats::{Outcome, WindowStats};
+
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_config::Config;
+
+use pool::Pool;
+use router::RouterConfig;
+use stats::Stats;
+
+/// Errors of the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("pools.{colour}: upstream {upstream}: {reason}")]
+    Upstream {
+        colour: Colour,
+        upstream: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Routing(String),
+    #[error("cannot listen on {addr}: {source} (is another process using the port?)")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("proxy.tls: {what} {}: {reason}", path.display())]
+    Tls {
+        what: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// Timeouts and retry policy that apply to every forwarded request.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    connect_timeout: Duration,
+    upstream_timeout: Duration,
+    retries: u32,
+}
+
+/// One immutable routing snapshot: weights, rules and pools.
+pub(crate) struct Routing {
+    /// Green's share in basis points (0..=10000); blue has the rest.
+    green_bp: u32,
+    router: RouterConfig,
+    pools: [Arc<Pool>; 2],
+    settings: Settings,
+}
+
+pub(crate) struct Shared {
+    routing: ArcSwap<Routing>,
+    stats: Stats,
+}
+
+/// The handle the control plane uses to drive the data plane. Cheap to clone.
+#[derive(Clone)]
+pub struct DataPlane {
+    shared: Arc<Shared>,
+}
+
+/// Green and blue weights, in basis points; they always sum to 10000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weights {
+    pub blue_bp: u32,
+    pub green_bp: u32,
+}
+
+impl Weights {
+    pub fn of(c: Colour, green_bp: u32) -> u32 {
+        match c {
+            Colour::Blue => router::BUCKETS - green_bp,
+            Colour::Green => green_bp,
+        }
+    }
+}
+
+/// Health of one upstream, for status pages.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpstreamStatus {
+    pub address: String,
+    pub healthy: bool,
+    pub in_flight: usize,
+}
+
+impl DataPlane {
+    /// Builds the data plane from a validated config, with green at
+    /// `green_bp`. Must be called inside a Tokio runtime: it starts the
+    /// health checks and the statistics ticker.
+    pub fn new(config: &Config, green_bp: u32) -> Result<DataPlane, ProxyError> {
+        let routing = build_routing(config, green_bp.min(router::BUCKETS), None)?;
+        let shared = Arc::new(Shared {
+            routing: ArcSwap::from_pointee(routing),
+            stats: Stats::new(config.rollout.analysis.window),
+        });
+        let weak = Arc::downgrade(&shared);
+        let slot = shared.stats.slot_length();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(slot);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(s) => s.stats.rotate(),
+                    None => return,
+                }
+            }
+        });
+        Ok(DataPlane { shared })
+    }
+
+    /// Applies a new config's pools, stickiness and timeouts. Upstreams whose
+    /// address and health settings are unchanged keep their state. The
+    /// weights are kept. Listener addresses are not changed by a reload.
+    pub fn reload(&self, config: &Config) -> Result<(), ProxyError> {
+        let current = self.shared.routing.load();
+        let routing = build_routing(config, current.green_bp, Some(&current))?;
+        self.shared.routing.store(Arc::new(routing));
+        Ok(())
+    }
+
+    /// Sets green's weight in basis points (clamped to 0..=10000); blue gets
+    /// the rest. Takes effect for the next request.
+    pub fn set_green_bp(&self, green_bp: u32) {
+        let green_bp = green_bp.min(router::BUCKETS);
+        self.shared.routing.rcu(|r| {
+            Arc::new(Routing {
+                green_bp,
+                router: r.router.clone(),
+                pools: r.pools.clone(),
+                settings: r.settings.clone(),
+            })
+        });
+    }
+
+    /// Current weights.
+    pub fn weights(&self) -> Weights {
+        let g = self.shared.routing.load().green_bp;
+        Weights {
+            blue_bp: router::BUCKETS - g,
+            green_bp: g,
+        }
+    }
+
+    /// A colour's statistics over the analysis window.
+    pub fn window(&self, c: Colour) -> WindowStats {
+        self.shared.stats.colour(c).window()
+    }
+
+    /// Forgets a colour's window, so judgement restarts from fresh traffic.
+    pub fn reset_window(&self, c: Colour) {
+        self.shared.stats.reset_window(c)
+    }
+
+    /// Upstreams of a colour and their health.
+    pub fn upstreams(&self, c: Colour) -> Vec<UpstreamStatus> {
+        self.shared.routing.load().pools[c.index()]
+            .upstreams
+            .iter()
+            .map(|u| UpstreamStatus {
+                address: u.name.clone(),
+                healthy: u.is_healthy(),
+                in_flight: u.in_flight(),
+            })
+            .collect()
+    }
+
+    /// Number of upstreams of a colour passing health checks.
+    pub fn healthy_upstreams(&self, c: Colour) -> usize {
+        self.shared.routing.load().pools[c.index()].healthy_count()
+    }
+
+    /// Appends the data plane's metrics in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        metrics::render(&self.shared, out)
+    }
+}
+
+fn build_routing(
+    config: &Config,
+    green_bp: u32,
+    previous: Option<&Routing>,
+) -> Result<Routing, ProxyError> {
+    let router = RouterConfig::from_config(&config.proxy).map_err(ProxyError::Routing)?;
+    let (blue, fresh_blue) = Pool::build(
+        Colour::Blue,
+        &config.pools.blue,
+        previous.map(|p| &*p.pools[0]),
+    )?;
+    let (green, fresh_green) = Pool::build(
+        Colour::Green,
+        &config.pools.green,
+        previous.map(|p| &*p.pools[1]),
+    )?;
+    for up in fresh_blue.iter().chain(&fresh_green) {
+        health::spawn(up);
+    }
+    Ok(Routing {
+        green_bp,
+        router,
+        pools: [Arc::new(blue), Arc::new(green)],
+        settings: Settings {
+            connect_timeout: config.proxy.connect_timeout,
+            upstream_timeout: config.proxy.upstream_timeout,
+            retries: config.proxy.retries,
+        },
+    })
+}

@@ -1,0 +1,246 @@
+//! Forwarding one request: choose the colour, pick an upstream, rewrite
+//! headers, send on a pooled keep-alive connection (retrying on another
+//! upstream when nothing was sent), stream the response back, and record the
+//! outcome in the colour's statistics.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::body::ProxyBody;
+use crate::headers::{add_forwarded, is_upgrade, strip_hop_by_hop};
+use crate::pool::{connect_tcp, Upstream};
+use crate::stats::Outcome;
+use crate::{Colour, Routing, Shared};
+
+/// What the proxy knows about a client connection, prepared once.
+pub(crate) struct ConnInfo {
+    pub peer: SocketAddr,
+    pub forwarded_for: HeaderValue,
+    pub proto: HeaderValue,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+/// Handles one client request. Never fails: errors become 502/504 responses.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let routing = shared.routing.load_full();
+    let choice = routing
+        .router
+        .choose(req.headers(), conn.peer.ip(), routing.green_bp);
+    let colour = choice.colour;
+    let started = Instant::now();
+
+    let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    prepare_request(&mut req, &conn, upgrade);
+
+    let result = if upgrade {
+        forward_upgrade(&routing, colour, req).await
+    } else {
+        forward(&routing, colour, req).await
+    };
+    let stats = shared.stats.colour(colour);
+    let mut resp = match result {
+        Ok(resp) => {
+            let outcome = if resp.status().is_server_error() {
+                Outcome::ServerError
+            } else {
+                Outcome::Ok
+            };
+            stats.record(outcome, started.elapsed());
+            resp
+        }
+        Err(failure) => {
+            stats.record(Outcome::TransportFailure, started.elapsed());
+            failure.into_response(colour)
+        }
+    };
+    if let Some(bucket) = choice.set_cookie {
+        let cookie = format!(
+            "{}={bucket}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax",
+            routing.router.cookie_name()
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(resp)
+}
+
+fn prepare_request(req: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) {
+    // HTTP/2 clients carry the host in the URI; HTTP/1.1 upstreams need `Host`.
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(auth) = req.uri().authority() {
+            if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+    }
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        if let Ok(uri) = Uri::try_from(pq) {
+            *req.uri_mut() = uri;
+        }
+    }
+    *req.version_mut() = Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    add_forwarded(req.headers_mut(), &conn.forwarded_for, &conn.proto);
+}
+
+/// Why a request got no upstream response.
+pub(crate) enum Failure {
+    NoUpstream,
+    Connect(String),
+    Send(String),
+    Timeout,
+}
+
+impl Failure {
+    fn into_response(self, colour: Colour) -> Response<ProxyBody> {
+        let (status, msg) = match self {
+            Failure::NoUpstream => (
+                StatusCode::BAD_GATEWAY,
+                format!("switchyard: the {colour} pool has no upstream to try\n"),
+            ),
+            Failure::Connect(e) => (
+                StatusCode::BAD_GATEWAY,
+                format!("switchyard: no {colour} upstream could be reached: {e}\n"),
+            ),
+            Failure::Send(e) => (
+                StatusCode::BAD_GATEWAY,
+                format!("switchyard: the {colour} upstream failed: {e}\n"),
+            ),
+            Failure::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("switchyard: the {colour} upstream did not answer in time\n"),
+            ),
+        };
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(msg)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+async fn forward(
+    routing: &Routing,
+    colour: Colour,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Failure> {
+    let pool = &routing.pools[colour.index()];
+    let mut avoid: Option<Arc<Upstream>> = None;
+    let mut attempts_left = routing.settings.retries + 1;
+    let mut stale_retries = 0;
+    loop {
+        attempts_left -= 1;
+        let up = pool.pick(avoid.as_ref()).ok_or(Failure::NoUpstream)?.clone();
+        let mut tx = match up.checkout(routing.settings.connect_timeout).await {
+            Ok(tx) => tx,
+            Err(e) => {
+                // Nothing was sent: any method may go to another upstream.
+                tracing::debug!(upstream = %up.name, error = %e, "connect failed");
+                if attempts_left == 0 {
+                    return Err(Failure::Connect(e.to_string()));
+                }
+                avoid = Some(up);
+                continue;
+            }
+        };
+        up.begin();
+        let sent = tokio::time::timeout(
+            routing.settings.upstream_timeout,
+            tx.try_send_request(req),
+        )
+        .await;
+        up.end();
+        match sent {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers, false);
+                let body = ProxyBody::upstream(body, Some((tx, up)));
+                return Ok(Response::from_parts(parts, body));
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                // The request never left: a stale keep-alive connection. Safe
+                // to send again, on a fresh connection or another upstream.
+                Some(back) if stale_retries < 3 => {
+                    stale_retries += 1;
+                    attempts_left += 1;
+                    req = back;
+                    avoid = None;
+                }
+                _ => return Err(Failure::Send(e.into_error().to_string())),
+            },
+        }
+    }
+}
+
+/// Forwards an `Upgrade` request (WebSocket) on a dedicated connection and,
+/// on `101 Switching Protocols`, splices the two upgraded streams together.
+async fn forward_upgrade(
+    routing: &Routing,
+    colour: Colour,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Failure> {
+    let pool = &routing.pools[colour.index()];
+    let up = pool.pick(None).ok_or(Failure::NoUpstream)?.clone();
+    let stream = connect_tcp(up.addr, routing.settings.connect_timeout)
+        .await
+        .map_err(|e| Failure::Connect(e.to_string()))?;
+    let (mut tx, conn) = http1::handshake::<_, Incoming>(TokioIo::new(stream))
+        .await
+        .map_err(|e| Failure::Connect(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let mut resp = tokio::time::timeout(routing.settings.upstream_timeout, tx.send_request(req))
+        .await
+        .map_err(|_| Failure::Timeout)?
+        .map_err(|e| Failure::Send(e.to_string()))?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        return Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)));
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((client, upstream)) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Ok(Response::from_parts(parts, ProxyBody::empty()))
+}

@@ -1,0 +1,201 @@
+//! Client-facing listeners: plain HTTP (HTTP/1.1 and cleartext HTTP/2) and
+//! HTTPS through rustls (ALPN h2 and http/1.1), with graceful draining.
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_config::{ProxyConfig, TlsConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::forward::{self, ConnInfo};
+use crate::{DataPlane, ProxyError};
+
+/// The bound client listeners, ready to serve.
+pub struct Listeners {
+    http: TcpListener,
+    tls: Option<(TcpListener, TlsAcceptor)>,
+}
+
+/// Binds `proxy.listen` and, when configured, `proxy.tls.listen`. Fails
+/// before serving anything if a port is taken or a certificate is unusable.
+pub async fn bind(cfg: &ProxyConfig) -> Result<Listeners, ProxyError> {
+    let http = bind_one(cfg.listen).await?;
+    let tls = match &cfg.tls {
+        Some(t) => Some((bind_one(t.listen).await?, tls_acceptor(t)?)),
+        None => None,
+    };
+    Ok(Listeners { http, tls })
+}
+
+async fn bind_one(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { addr, source })
+}
+
+/// Loads the certificate chain and key of `[proxy.tls]` into a rustls acceptor.
+pub fn tls_acceptor(t: &TlsConfig) -> Result<TlsAcceptor, ProxyError> {
+    let certs = load_certs(&t.cert)?;
+    let key = load_key(&t.key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err("certificate", &t.cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| tls_err("key", &t.key, format!("does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn tls_err(what: &'static str, path: &Path, reason: String) -> ProxyError {
+    ProxyError::Tls {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn load_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ProxyError> {
+    let file = std::fs::File::open(path).map_err(|e| tls_err("certificate", path, e.to_string()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(file))
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls_err("certificate", path, format!("is not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(tls_err(
+            "certificate",
+            path,
+            "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, ProxyError> {
+    let file = std::fs::File::open(path).map_err(|e| tls_err("key", path, e.to_string()))?;
+    rustls_pemfile::private_key(&mut std::io::BufReader::new(file))
+        .map_err(|e| tls_err("key", path, format!("is not valid PEM: {e}")))?
+        .ok_or_else(|| tls_err("key", path, "holds no PEM private key".into()))
+}
+
+impl Listeners {
+    /// The plain HTTP address actually bound (useful with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("bound listener has an address")
+    }
+
+    /// The HTTPS address actually bound, when TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls
+            .as_ref()
+            .map(|(l, _)| l.local_addr().expect("bound listener has an address"))
+    }
+
+    /// Serves clients until `shutdown` completes, then stops accepting and
+    /// lets in-flight requests finish for up to `drain`.
+    pub async fn serve(self, dp: DataPlane, shutdown: impl Future<Output = ()>, drain: Duration) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new());
+        builder.http1().header_read_timeout(Duration::from_secs(60));
+        let builder = Arc::new(builder);
+        let graceful = GracefulShutdown::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let http = accept_loop(self.http, None, &dp, &builder, &graceful, stop_rx.clone());
+        let tls = async {
+            if let Some((listener, acceptor)) = self.tls {
+                accept_loop(listener, Some(acceptor), &dp, &builder, &graceful, stop_rx.clone()).await
+            }
+        };
+        let stopper = async {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(http, tls, stopper);
+        tracing::info!(connections = graceful.count(), "draining in-flight requests");
+        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+            tracing::warn!(?drain, "drain timeout passed; closing remaining connections");
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    dp: &DataPlane,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let info = Arc::new(ConnInfo::new(peer, tls.is_some()));
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let shared = dp.shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| forward::handle(shared.clone(), info.clone(), req));
+            let result = match tls {
+                None => serve_io(&builder, watcher, stream, svc).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls_stream) => serve_io(&builder, watcher, tls_stream, svc).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn serve_io<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    svc: S,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::ProxyBody>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
+    watcher.watch(conn).await
+}
+
+#[allow(dead_code)]
+fn _assert_send(s: TcpStream) -> impl Send {
+    s
+}

@@ -1,0 +1,375 @@
+//! Clone: snapshot blue and restore it into green with no intermediate data file.
+//!
+//! 1. A read-only repeatable-read transaction on blue exports a snapshot; every
+//!    other blue session (pg_dump and the copy workers) joins it, so schema and
+//!    data are one consistent point in time.
+//! 2. `pg_dump --schema-only` (custom format, a few kilobytes) gives the DDL;
+//!    `pg_restore --section=pre-data` creates tables, types and functions.
+//! 3. `--jobs` workers stream `COPY ... TO STDOUT` on blue straight into
+//!    `COPY ... FROM STDIN` on green, largest tables first (binary format when
+//!    the columns allow it, text otherwise).
+//! 4. Sequence values are carried over.
+//! 5. `pg_restore --section=post-data -j N` builds indexes, constraints and
+//!    triggers in parallel, after the data.
+//! 6. `ANALYZE`, and the run is recorded in green's `switchyard.clones`.
+//!
+//! Ownership and grants are not cloned (`--no-owner --no-privileges`): green's
+//! objects belong to the role switchyard connects with.
+
+use crate::error::{pg_message, Side, SyncError};
+use crate::pg::{self, Table};
+use crate::progress::Progress;
+use crate::verify::{snapshot_session, SnapshotHolder};
+use crate::{state, Output};
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use switchyard_config::DatabaseConfig;
+use tokio_postgres::Client;
+
+/// One copied table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableCopy {
+    pub table: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// The outcome of `clone`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneReport {
+    pub snapshot: String,
+    pub tables: Vec<TableCopy>,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sequences: usize,
+    pub seconds: f64,
+    /// Whether an existing green database was dropped first (`--replace`).
+    pub replaced: bool,
+}
+
+/// What green holds that makes it "not empty", or `None` when it is empty.
+pub async fn green_contents(green: &Client) -> Result<Option<String>, SyncError> {
+    let row = green
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {f}), \
+                        (SELECT string_agg(n.nspname || '.' || c.relname, ', ' ORDER BY n.nspname, c.relname) \
+                           FROM (SELECT * FROM pg_class c ORDER BY oid LIMIT 1000) c \
+                           JOIN pg_namespace n ON n.oid = c.relnamespace \
+                          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {f}), \
+                        (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {f}), \
+                        (SELECT string_agg(n.nspname, ', ') FROM pg_namespace n WHERE {f} AND n.nspname <> 'public'), \
+                        (SELECT string_agg(extname, ', ') FROM pg_extension WHERE extname <> 'plpgsql')",
+                f = pg::SYSTEM_SCHEMA_FILTER
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "checking that green is empty", &e))?;
+    let (rels, names, funcs, schemas, exts): (
+        i64,
+        Option<String>,
+        i64,
+        Option<String>,
+        Option<String>,
+    ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let mut what = Vec::new();
+    if rels > 0 {
+        let names = names.unwrap_or_default();
+        let short: Vec<&str> = names.split(", ").take(3).collect();
+        what.push(format!(
+            "{rels} tables, views or sequences, e.g. {}",
+            short.join(", ")
+        ));
+    }
+    if funcs > 0 {
+        what.push(format!("{funcs} functions"));
+    }
+    if let Some(s) = schemas {
+        what.push(format!("schemas {s}"));
+    }
+    if let Some(e) = exts {
+        what.push(format!("extensions {e}"));
+    }
+    Ok((!what.is_empty()).then(|| what.join("; ")))
+}
+
+/// Drops everything switchyard would create in green: user schemas (the
+/// `switchyard` schema included, so green becomes unverified), extensions, and
+/// the contents of `public`.
+async fn wipe_green(green: &Client) -> Result<(), SyncError> {
+    let version = pg::server_version(green, Side::Green).await?;
+    let owner = if version >= 140000 {
+        "pg_database_owner"
+    } else {
+        "CURRENT_USER"
+    };
+    pg::exec(
+        green,
+        Side::Green,
+        "dropping green's contents (--replace)",
+        &format!(
+            "DO $$ DECLARE r record; BEGIN \
+               FOR r IN SELECT nspname FROM pg_namespace n \
+                         WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public') \
+                           AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%' LOOP \
+                 EXECUTE format('DROP SCHEMA %I CASCADE', r.nspname); \
+               END LOOP; \
+               FOR r IN SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' LOOP \
+                 EXECUTE format('DROP EXTENSION %I CASCADE', r.extname); \
+               END LOOP; \
+             END $$; \
+             DROP SCHEMA IF EXISTS public CASCADE; \
+             CREATE SCHEMA public AUTHORIZATION {owner}; \
+             GRANT USAGE ON SCHEMA public TO PUBLIC; \
+             COMMENT ON SCHEMA public IS 'standard public schema';"
+        ),
+    )
+    .await
+}
+
+/// Clones blue into green. Returns the report and the blue snapshot, still
+/// held open, so that a verification can run against exactly what was copied.
+pub async fn clone(
+    db: &DatabaseConfig,
+    jobs: usize,
+    replace: bool,
+    output: Output,
+) -> Result<(CloneReport, SnapshotHolder), SyncError> {
+    let started = Instant::now();
+    let jobs = jobs.max(1);
+    let green = pg::connect(Side::Green, &db.green).await?;
+    let mut replaced = false;
+    if let Some(what) = green_contents(&green).await? {
+        if !replace {
+            return Err(SyncError::GreenNotEmpty { what });
+        }
+        wipe_green(&green).await?;
+        replaced = true;
+    }
+
+    let holder = SnapshotHolder::open(Side::Blue, &db.blue).await?;
+    let snapshot = holder.id.clone();
+    let blue = snapshot_session(Side::Blue, &db.blue, &snapshot).await?;
+    let tables = pg::list_tables(&blue, Side::Blue).await?;
+
+    // Schema, in custom format so that pg_restore can run post-data in parallel.
+    let dir = tempfile::tempdir()
+        .map_err(|e| SyncError::Other(format!("cannot create a temporary directory: {e}")))?;
+    let dump = dir.path().join("schema.dump");
+    pg::run_tool(
+        "pg_dump",
+        "dumping blue's schema",
+        &[
+            "--schema-only".into(),
+            "--format=custom".into(),
+            format!("--snapshot={snapshot}"),
+            "--exclude-schema=switchyard".into(),
+            format!("--file={}", dump.display()),
+            format!("--dbname={}", db.blue),
+        ],
+    )
+    .await?;
+    let restore = |section: &str, jobs: usize| {
+        let mut args = vec![
+            format!("--section={section}"),
+            "--no-owner".into(),
+            "--no-privileges".into(),
+            "--exit-on-error".into(),
+            format!("--dbname={}", db.green),
+        ];
+        if jobs > 1 {
+            args.push(format!("--jobs={jobs}"));
+        } else {
+            args.push("--single-transaction".into());
+        }
+        args.push(dump.display().to_string());
+        args
+    };
+    pg::run_tool(
+        "pg_restore",
+        "creating tables in green (pre-data)",
+        &restore("pre-data", 1),
+    )
+    .await?;
+
+    // Data.
+    let total: i64 = tables.iter().map(|t| t.bytes).sum();
+    let progress = Arc::new(Progress::new(output, "clone", total.max(0) as u64));
+    let queue = Arc::new(Mutex::new(tables.iter().cloned().collect::<VecDeque<_>>()));
+    let mut handles = Vec::new();
+    for _ in 0..jobs.min(tables.len().max(1)) {
+        let queue = queue.clone();
+        let progress = progress.clone();
+        let (blue_url, green_url, snap) = (db.blue.clone(), db.green.clone(), snapshot.clone());
+        handles.push(tokio::spawn(async move {
+            let blue = snapshot_session(Side::Blue, &blue_url, &snap).await?;
+            let green = pg::connect(Side::Green, &green_url).await?;
+            pg::exec(
+                &green,
+                Side::Green,
+                "setting up a copy session",
+                "SET synchronous_commit = off",
+            )
+            .await?;
+            let mut done = Vec::new();
+            loop {
+                let next = queue.lock().expect("queue lock").pop_front();
+                let Some(table) = next else { break };
+                done.push(copy_table(&blue, &green, &table, &progress).await?);
+            }
+            Ok::<_, SyncError>(done)
+        }));
+    }
+    let mut copied = Vec::new();
+    let mut first_err = None;
+    for h in handles {
+        match h.await {
+            Ok(Ok(v)) => copied.extend(v),
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(SyncError::Other(format!("a copy worker panicked: {e}")));
+            }
+        }
+    }
+    progress.finish();
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+
+    let sequences = copy_sequences(&blue, &green).await?;
+    pg::run_tool(
+        "pg_restore",
+        "building indexes and constraints in green (post-data)",
+        &restore("post-data", jobs),
+    )
+    .await?;
+    pg::exec(&green, Side::Green, "analyzing green", "ANALYZE").await?;
+
+    copied.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    let report = CloneReport {
+        snapshot: snapshot.clone(),
+        rows: copied.iter().map(|t| t.rows).sum(),
+        bytes: copied.iter().map(|t| t.bytes).sum(),
+        tables: copied,
+        sequences,
+        seconds: started.elapsed().as_secs_f64(),
+        replaced,
+    };
+    state::ensure_schema(&green).await?;
+    let json = serde_json::to_string(&report).expect("report serialises");
+    green
+        .execute(
+            "INSERT INTO switchyard.clones (snapshot, tables, rows, bytes, report) VALUES ($1, $2, $3, $4, $5::text::jsonb)",
+            &[
+                &report.snapshot,
+                &(report.tables.len() as i32),
+                &(report.rows as i64),
+                &(report.bytes as i64),
+                &json,
+            ],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "recording the clone", &e))?;
+    Ok((report, holder))
+}
+
+/// Streams one table from blue to green.
+async fn copy_table(
+    blue: &Client,
+    green: &Client,
+    table: &Table,
+    progress: &Progress,
+) -> Result<TableCopy, SyncError> {
+    let started = Instant::now();
+    let format = if table.binary_ok {
+        "(FORMAT binary)"
+    } else {
+        ""
+    };
+    let bar = progress.table(
+        &table.display(),
+        table.bytes.max(0) as u64,
+        table.est_rows as u64,
+    );
+    let err = |message: String| SyncError::Copy {
+        table: table.display(),
+        message,
+    };
+    let out = blue
+        .copy_out(&format!("COPY {} TO STDOUT {format}", table.sql()))
+        .await
+        .map_err(|e| err(format!("blue: {}", pg_message(&e))))?;
+    let sink = green
+        .copy_in(&format!("COPY {} FROM STDIN {format}", table.sql()))
+        .await
+        .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+    let mut bytes = 0u64;
+    let mut sink = std::pin::pin!(sink);
+    let mut stream = std::pin::pin!(out
+        .map_err(|e| err(format!("blue: {}", pg_message(&e))))
+        .inspect_ok(|chunk| {
+            bytes += chunk.len() as u64;
+            bar.inc(chunk.len() as u64);
+        }));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        sink.send(chunk)
+            .await
+            .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+    }
+    let rows = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+    bar.done(rows);
+    Ok(TableCopy {
+        table: table.display(),
+        rows,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Sets every green sequence to blue's value. Returns how many there were.
+async fn copy_sequences(blue: &Client, green: &Client) -> Result<usize, SyncError> {
+    let rows = blue
+        .query(
+            &format!(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind = 'S' AND {} \
+                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                                      AND d.objid = c.oid AND d.deptype = 'e')",
+                pg::SYSTEM_SCHEMA_FILTER
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Blue, "listing sequences", &e))?;
+    let mut sql = String::new();
+    for r in &rows {
+        let name: String = r.get(0);
+        let v = blue
+            .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
+            .await
+            .map_err(|e| SyncError::query(Side::Blue, format!("reading sequence {name}"), &e))?;
+        let (last, called): (i64, bool) = (v.get(0), v.get(1));
+        sql.push_str(&format!(
+            "SELECT setval({}, {last}, {called});\n",
+            pg::literal(&name)
+        ));
+    }
+    if !sql.is_empty() {
+        pg::exec(green, Side::Green, "setting sequence values", &sql).await?;
+    }
+    Ok(rows.len())
+}

@@ -1,0 +1,113 @@
+//! The crate's error type. Every message says what went wrong, where (database,
+//! table, key, file) and what to do about it.
+
+use std::path::PathBuf;
+
+/// Which side of the deployment a database belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Blue,
+    Green,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Blue => "blue",
+            Side::Green => "green",
+        })
+    }
+}
+
+/// Everything that can stop a sync command.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("cannot connect to the {side} database ({url}): {message}; check [database].{side} in the config and that the server is up")]
+    Connect {
+        side: Side,
+        url: String,
+        message: String,
+    },
+
+    #[error("{side} database: {context}: {message}")]
+    Query {
+        side: Side,
+        context: String,
+        message: String,
+    },
+
+    #[error("copying table {table} from blue to green failed: {message}; green is left unverified, re-run `switchyard sync clone --replace`")]
+    Copy { table: String, message: String },
+
+    #[error("the green database is not empty (it has {what}); refusing to overwrite it. Pass --replace to drop everything in green and clone again")]
+    GreenNotEmpty { what: String },
+
+    #[error("{tool} failed ({what}): {message}; green is left unverified, fix the cause and re-run with --replace")]
+    Tool {
+        tool: String,
+        what: String,
+        message: String,
+    },
+
+    #[error("cannot find the PostgreSQL client program {tool}: looked in $SWITCHYARD_PG_BINDIR, `pg_config --bindir` and PATH; install the PostgreSQL client (same major version as the servers or newer)")]
+    ToolMissing { tool: String },
+
+    #[error("cannot read migrations directory {}: {message}; set [database].migrations to the folder holding V<version>__<name>.sql files", path.display())]
+    MigrationsDir { path: PathBuf, message: String },
+
+    #[error("{}: {message}", path.display())]
+    MigrationFile { path: PathBuf, message: String },
+
+    #[error("migration {script} failed on green: {message}; nothing of it was kept{extra}. Fix the file and run migrate again")]
+    MigrationFailed {
+        script: String,
+        message: String,
+        extra: String,
+    },
+
+    #[error("validation of the migrations failed:\n{}", problems.join("\n"))]
+    Validate { problems: Vec<String> },
+
+    #[error("{0}")]
+    Other(String),
+}
+
+impl SyncError {
+    /// Wraps a tokio-postgres error with the side and what was being done.
+    pub(crate) fn query(side: Side, context: impl Into<String>, e: &tokio_postgres::Error) -> Self {
+        SyncError::Query {
+            side,
+            context: context.into(),
+            message: pg_message(e),
+        }
+    }
+}
+
+/// The full text of a PostgreSQL error: message, detail, hint and position.
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {}", db.severity(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" (detail: {d})"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!(" (hint: {h})"));
+            }
+            if let Some(w) = db.where_() {
+                s.push_str(&format!(" (where: {w})"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}

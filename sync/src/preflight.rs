@@ -1,0 +1,329 @@
+//! Preflight: checks both databases before any work, and says what would go
+//! wrong. Each finding has a severity, names the object concerned and gives a
+//! hint; any `blocker` makes the command exit non-zero.
+
+use crate::clone::green_contents;
+use crate::error::{Side, SyncError};
+use crate::pg;
+use serde::Serialize;
+use switchyard_config::{DatabaseConfig, SyncMode};
+use tokio_postgres::Client;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Blocker,
+}
+
+/// One thing preflight noticed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Short name of the check, e.g. `primary-key`.
+    pub check: String,
+    pub message: String,
+    pub hint: String,
+}
+
+/// The outcome of preflight.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreflightReport {
+    pub passed: bool,
+    pub blue_version: Option<String>,
+    pub green_version: Option<String>,
+    pub findings: Vec<Finding>,
+}
+
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn add(&mut self, severity: Severity, check: &str, message: String, hint: &str) {
+        self.0.push(Finding {
+            severity,
+            check: check.into(),
+            message,
+            hint: hint.into(),
+        });
+    }
+}
+
+async fn strings(
+    client: &Client,
+    side: Side,
+    what: &str,
+    sql: &str,
+) -> Result<Vec<String>, SyncError> {
+    Ok(client
+        .query(sql, &[])
+        .await
+        .map_err(|e| SyncError::query(side, what, &e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+async fn version(c: &Client, side: Side) -> Result<(String, i32), SyncError> {
+    let v: String = c
+        .query_one("SELECT current_setting('server_version')", &[])
+        .await
+        .map_err(|e| SyncError::query(side, "reading the version", &e))?
+        .get(0);
+    Ok((v, pg::server_version(c, side).await?))
+}
+
+fn list(items: &[String]) -> String {
+    if items.len() > 10 {
+        format!("{} and {} more", items[..10].join(", "), items.len() - 10)
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Runs every check. Connection failures are blockers, not errors.
+pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError> {
+    let mut f = Findings(Vec::new());
+    let replicate = db.mode == SyncMode::Replicate;
+    let blue = match pg::connect(Side::Blue, &db.blue).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            f.add(
+                Severity::Blocker,
+                "connect",
+                e.to_string(),
+                "check [database].blue and that the server accepts connections",
+            );
+            None
+        }
+    };
+    let green = match pg::connect(Side::Green, &db.green).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            f.add(
+                Severity::Blocker,
+                "connect",
+                e.to_string(),
+                "check [database].green and that the server accepts connections",
+            );
+            None
+        }
+    };
+    let bv = match &blue {
+        Some(c) => Some(version(c, Side::Blue).await?),
+        None => None,
+    };
+    let gv = match &green {
+        Some(c) => Some(version(c, Side::Green).await?),
+        None => None,
+    };
+    if let (Some((bs, bn)), Some((gs, gn))) = (&bv, &gv) {
+        if gn / 10000 < bn / 10000 {
+            f.add(
+                Severity::Blocker,
+                "version",
+                format!("green runs PostgreSQL {gs}, older than blue's {bs}"),
+                "green must run the same major version as blue or a newer one",
+            );
+        } else if gn / 10000 > bn / 10000 {
+            f.add(
+                Severity::Info,
+                "version",
+                format!("green runs PostgreSQL {gs}, blue {bs}"),
+                "a newer green is fine: this is a major upgrade",
+            );
+        }
+    }
+    match pg::find_tool("pg_dump") {
+        Err(e) => f.add(
+            Severity::Blocker,
+            "tools",
+            e.to_string(),
+            "install the PostgreSQL client programs",
+        ),
+        Ok(path) => {
+            let out = std::process::Command::new(&path).arg("--version").output();
+            let text = out
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            let major: Option<i32> = text
+                .split_whitespace()
+                .find_map(|w| w.split('.').next().and_then(|m| m.parse().ok()));
+            if let (Some(m), Some((bs, bn))) = (major, &bv) {
+                if m < bn / 10000 {
+                    f.add(
+                        Severity::Blocker,
+                        "tools",
+                        format!("{} is {text}, older than blue's server {bs}", path.display()),
+                        "install pg_dump of blue's major version or newer, or set SWITCHYARD_PG_BINDIR",
+                    );
+                }
+            }
+        }
+    }
+
+    if let Some(b) = &blue {
+        let no_key = strings(
+            b,
+            Side::Blue,
+            "looking for tables without a primary key",
+            &format!(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind = 'r' AND {} AND c.relreplident IN ('d', 'n') \
+                    AND (c.relreplident = 'n' OR NOT EXISTS (SELECT 1 FROM pg_constraint p WHERE p.conrelid = c.oid AND p.contype = 'p')) \
+                  ORDER BY 1",
+                pg::SYSTEM_SCHEMA_FILTER
+            ),
+        )
+        .await?;
+        if !no_key.is_empty() {
+            f.add(
+                if replicate { Severity::Blocker } else { Severity::Warning },
+                "primary-key",
+                format!("tables without a primary key or replica identity: {}", list(&no_key)),
+                "add a primary key (or ALTER TABLE ... REPLICA IDENTITY FULL); without one, verify cannot locate differing rows and replication cannot carry UPDATE/DELETE",
+            );
+        }
+        let lo: i64 = b
+            .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+            .await
+            .map_err(|e| SyncError::query(Side::Blue, "counting large objects", &e))?
+            .get(0);
+        if lo > 0 {
+            f.add(
+                Severity::Warning,
+                "large-objects",
+                format!("blue has {lo} large objects (pg_largeobject)"),
+                "large objects are neither cloned nor replicated; move them to bytea columns or copy them separately",
+            );
+        }
+        let unlogged = strings(
+            b,
+            Side::Blue,
+            "looking for unlogged tables",
+            &format!(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u' AND {} ORDER BY 1",
+                pg::SYSTEM_SCHEMA_FILTER
+            ),
+        )
+        .await?;
+        if !unlogged.is_empty() {
+            f.add(
+                Severity::Warning,
+                "unlogged",
+                format!("unlogged tables: {}", list(&unlogged)),
+                "unlogged tables are cloned but not replicated: writes to them after the clone are lost at cutover",
+            );
+        }
+        let unreadable = strings(
+            b,
+            Side::Blue,
+            "checking read privileges",
+            &format!(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind IN ('r', 'S') AND {} AND NOT has_table_privilege(c.oid, 'SELECT') ORDER BY 1",
+                pg::SYSTEM_SCHEMA_FILTER
+            ),
+        )
+        .await?;
+        if !unreadable.is_empty() {
+            f.add(
+                Severity::Blocker,
+                "privileges",
+                format!("blue's user cannot read: {}", list(&unreadable)),
+                "GRANT SELECT on these to the user in [database].blue (or connect as the owner)",
+            );
+        }
+        if replicate {
+            let row = b
+                .query_one(
+                    "SELECT current_setting('wal_level'), (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
+                    &[],
+                )
+                .await
+                .map_err(|e| SyncError::query(Side::Blue, "reading wal_level", &e))?;
+            let (wal, repl): (String, bool) = (row.get(0), row.get(1));
+            if wal != "logical" {
+                f.add(Severity::Blocker, "wal-level", format!("blue has wal_level = {wal}"), "set wal_level = logical on blue and restart it (replicate mode needs logical decoding)");
+            }
+            if !repl {
+                f.add(Severity::Blocker, "privileges", "blue's user has no REPLICATION attribute".into(), "ALTER ROLE ... REPLICATION for the user in [database].blue, or use mode = \"snapshot\"");
+            }
+        }
+    }
+
+    if let (Some(b), Some(g)) = (&blue, &green) {
+        let exts = strings(
+            b,
+            Side::Blue,
+            "listing extensions",
+            "SELECT extname::text FROM pg_extension ORDER BY 1",
+        )
+        .await?;
+        let available = strings(
+            g,
+            Side::Green,
+            "listing available extensions",
+            "SELECT name::text FROM pg_available_extensions",
+        )
+        .await?;
+        let missing: Vec<String> = exts
+            .into_iter()
+            .filter(|e| !available.contains(e))
+            .collect();
+        if !missing.is_empty() {
+            f.add(
+                Severity::Blocker,
+                "extensions",
+                format!(
+                    "extensions used in blue are not installable in green: {}",
+                    list(&missing)
+                ),
+                "install their packages on green's server",
+            );
+        }
+    }
+
+    if let Some(g) = &green {
+        let can_create: bool = g
+            .query_one(
+                "SELECT has_database_privilege(current_database(), 'CREATE')",
+                &[],
+            )
+            .await
+            .map_err(|e| SyncError::query(Side::Green, "checking privileges", &e))?
+            .get(0);
+        if !can_create {
+            f.add(
+                Severity::Blocker,
+                "privileges",
+                "green's user cannot create schemas in its database".into(),
+                "connect to green as the database owner, or GRANT CREATE ON DATABASE to the user",
+            );
+        }
+        if let Some(what) = green_contents(g).await? {
+            f.add(
+                Severity::Warning,
+                "green-not-empty",
+                format!("green is not empty ({what})"),
+                "clone refuses a non-empty green; pass --replace to drop its contents",
+            );
+        }
+    }
+    f.add(
+        Severity::Info,
+        "ownership",
+        "clone does not copy owners or grants: green's objects belong to green's user".into(),
+        "re-apply GRANTs with a migration if the application connects as another role",
+    );
+    let passed = !f.0.iter().any(|x| x.severity == Severity::Blocker);
+    f.0.sort_by(|a, b| b.severity.cmp(&a.severity));
+    Ok(PreflightReport {
+        passed,
+        blue_version: bv.map(|v| v.0),
+        green_version: gv.map(|v| v.0),
+        findings: f.0,
+    })
+}

@@ -1,0 +1,583 @@
+//! Verification: per table, row count and an order-independent checksum computed
+//! inside each database, both sides in parallel. Values are normalised first so
+//! that equal data compares equal (numeric scale, time zone, json vs jsonb text,
+//! float and bytea output). On a mismatch the primary-key range is bisected until
+//! the differing rows are few, and the first differing keys are reported.
+//!
+//! Every session is a read-only repeatable-read transaction inside one exported
+//! snapshot per side, so all tables are compared at one consistent point (right
+//! after clone, blue's side is the clone's own snapshot).
+
+use crate::error::{Side, SyncError};
+use crate::pg::{self, Table};
+use crate::progress::Progress;
+use crate::{migrate, state, Output};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use switchyard_config::DatabaseConfig;
+use tokio_postgres::Client;
+
+/// Stop bisecting a range once both sides hold at most this many rows in it.
+const LEAF_ROWS: i64 = 1000;
+/// Report at most this many differing keys per table.
+const MAX_DIFFS: usize = 10;
+
+/// One differing row.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Difference {
+    /// The primary key, e.g. `id=42` or `(tenant, id)=(3, 42)`.
+    pub key: String,
+    /// `changed`, `missing_in_green` or `extra_in_green`.
+    pub kind: String,
+}
+
+/// The verdict for one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableVerdict {
+    pub table: String,
+    /// `equal`, `differs` or `missing_in_green`.
+    pub status: String,
+    pub blue_rows: i64,
+    pub green_rows: Option<i64>,
+    /// The first differing keys (tables with a primary key only).
+    pub differences: Vec<Difference>,
+    pub note: Option<String>,
+}
+
+/// The outcome of `verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub passed: bool,
+    pub tables: Vec<TableVerdict>,
+    pub schema_version: Option<String>,
+    pub latest_migration: Option<String>,
+    /// Problems other than table contents (schema version, migrations).
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn mismatched(&self) -> usize {
+        self.tables.iter().filter(|t| t.status != "equal").count()
+    }
+}
+
+/// A read-only transaction holding an exported snapshot open.
+pub struct SnapshotHolder {
+    _client: Client,
+    pub id: String,
+}
+
+impl SnapshotHolder {
+    /// Opens a repeatable-read, read-only transaction and exports its snapshot.
+    pub async fn open(side: Side, url: &str) -> Result<SnapshotHolder, SyncError> {
+        let client = pg::connect(side, url).await?;
+        pg::exec(
+            &client,
+            side,
+            "starting the snapshot transaction",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        )
+        .await?;
+        let id: String = client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| SyncError::query(side, "exporting a snapshot", &e))?
+            .get(0);
+        Ok(SnapshotHolder {
+            _client: client,
+            id,
+        })
+    }
+}
+
+/// Opens a session that reads inside `snapshot`, read-only.
+pub async fn snapshot_session(side: Side, url: &str, snapshot: &str) -> Result<Client, SyncError> {
+    let client = pg::connect(side, url).await?;
+    pg::exec(
+        &client,
+        side,
+        "joining the exported snapshot",
+        &format!(
+            "{}; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            pg::NORMALISED_SESSION,
+            pg::literal(snapshot)
+        ),
+    )
+    .await?;
+    Ok(client)
+}
+
+/// Compares every table of blue with green. `blue_snapshot` is the clone's
+/// snapshot when verifying right after a clone; otherwise one is taken now.
+/// The result is recorded in green's `switchyard.verifications`.
+pub async fn verify(
+    db: &DatabaseConfig,
+    jobs: usize,
+    blue_snapshot: Option<&str>,
+    output: Output,
+) -> Result<VerifyReport, SyncError> {
+    let jobs = jobs.max(1);
+    let own_blue;
+    let blue_snap = match blue_snapshot {
+        Some(s) => s.to_string(),
+        None => {
+            own_blue = SnapshotHolder::open(Side::Blue, &db.blue).await?;
+            own_blue.id.clone()
+        }
+    };
+    let green_holder = SnapshotHolder::open(Side::Green, &db.green).await?;
+
+    let blue_meta = snapshot_session(Side::Blue, &db.blue, &blue_snap).await?;
+    let green_meta = snapshot_session(Side::Green, &db.green, &green_holder.id).await?;
+    let tables: Vec<Table> = pg::list_tables(&blue_meta, Side::Blue)
+        .await?
+        .into_iter()
+        .filter(|t| t.name != migrate::HISTORY_TABLE)
+        .collect();
+    let green_tables: HashMap<String, Table> = pg::list_tables(&green_meta, Side::Green)
+        .await?
+        .into_iter()
+        .map(|t| (t.display(), t))
+        .collect();
+    drop(blue_meta);
+    drop(green_meta);
+
+    let total: i64 = tables.iter().map(|t| t.bytes).sum();
+    let progress = Arc::new(Progress::new(output, "verify", total.max(0) as u64));
+    let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
+    let green_tables = Arc::new(green_tables);
+    let mut handles = Vec::new();
+    for _ in 0..jobs {
+        let queue = queue.clone();
+        let green_tables = green_tables.clone();
+        let progress = progress.clone();
+        let (blue_url, green_url) = (db.blue.clone(), db.green.clone());
+        let (bs, gs) = (blue_snap.clone(), green_holder.id.clone());
+        handles.push(tokio::spawn(async move {
+            let blue = snapshot_session(Side::Blue, &blue_url, &bs).await?;
+            let green = snapshot_session(Side::Green, &green_url, &gs).await?;
+            let mut verdicts = Vec::new();
+            loop {
+                let next = queue.lock().expect("queue lock").pop_front();
+                let Some(table) = next else { break };
+                let bar = progress.table(
+                    &table.display(),
+                    table.bytes.max(0) as u64,
+                    table.est_rows as u64,
+                );
+                let verdict = match green_tables.get(&table.display()) {
+                    None => TableVerdict {
+                        table: table.display(),
+                        status: "missing_in_green".into(),
+                        blue_rows: count(&blue, Side::Blue, &table).await?,
+                        green_rows: None,
+                        differences: Vec::new(),
+                        note: Some("the table does not exist in green".into()),
+                    },
+                    Some(_) => compare_table(&blue, &green, &table).await?,
+                };
+                if verdict.status != "equal" {
+                    progress.println(&format!("{}: {}", verdict.table, verdict.status));
+                }
+                bar.inc(table.bytes.max(0) as u64);
+                bar.done(verdict.blue_rows as u64);
+                verdicts.push(verdict);
+            }
+            Ok::<_, SyncError>(verdicts)
+        }));
+    }
+    let mut verdicts = Vec::new();
+    let mut first_err = None;
+    for h in handles {
+        match h.await {
+            Ok(Ok(v)) => verdicts.extend(v),
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(SyncError::Other(format!("a verify worker panicked: {e}")));
+            }
+        }
+    }
+    progress.finish();
+    drop(green_holder);
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    verdicts.sort_by(|a, b| a.table.cmp(&b.table));
+
+    // Schema version: green's history against the newest migration on disk.
+    let green = pg::connect(Side::Green, &db.green).await?;
+    let history = migrate::read_history(&green).await?;
+    let schema_version = migrate::current_version(&history);
+    let mut problems = Vec::new();
+    let latest = if db.migrations.is_dir() {
+        migrate::latest_version(&migrate::scan(&db.migrations)?)
+    } else {
+        None
+    };
+    if latest.is_some() && latest != schema_version {
+        problems.push(format!(
+            "green's schema version is {} but the newest migration in {} is {}: run `switchyard sync migrate`",
+            schema_version.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "none".into()),
+            db.migrations.display(),
+            latest.as_ref().map(|v| v.to_string()).unwrap_or_default()
+        ));
+    }
+    let report = VerifyReport {
+        passed: problems.is_empty() && verdicts.iter().all(|v| v.status == "equal"),
+        tables: verdicts,
+        schema_version: schema_version.map(|v| v.to_string()),
+        latest_migration: latest.map(|v| v.to_string()),
+        problems,
+    };
+    state::ensure_schema(&green).await?;
+    let json = serde_json::to_string(&report).expect("report serialises");
+    let (tables, mismatched) = (report.tables.len() as i32, report.mismatched() as i32);
+    green
+        .execute(
+            "INSERT INTO switchyard.verifications (passed, schema_version, latest_migration, tables, mismatched, report) \
+             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
+            &[&report.passed, &report.schema_version, &report.latest_migration, &tables, &mismatched, &json],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "recording the verification", &e))?;
+    Ok(report)
+}
+
+/// A column as verify sees it.
+struct Column {
+    name: String,
+    /// Base type name (domains resolved), e.g. `numeric`.
+    base: String,
+    /// `format_type` output, for casting key literals.
+    sql_type: String,
+}
+
+async fn columns(client: &Client, side: Side, table: &Table) -> Result<Vec<Column>, SyncError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, coalesce(bt.typname, t.typname)::text, format_type(a.atttypid, a.atttypmod) \
+               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+               LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+              ORDER BY a.attnum",
+            &[&table.sql()],
+        )
+        .await
+        .map_err(|e| SyncError::query(side, format!("reading the columns of {}", table.display()), &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            base: r.get(1),
+            sql_type: r.get(2),
+        })
+        .collect())
+}
+
+/// The normalised text of a column's value.
+fn normalised(col: &Column) -> String {
+    let c = pg::ident(&col.name);
+    match col.base.as_str() {
+        "numeric" => format!("trim_scale({c})"),
+        "json" => format!("{c}::jsonb"),
+        _ => c,
+    }
+}
+
+/// Per-side SQL pieces for one table.
+struct Plan {
+    from: String,
+    row_hash_blue: String,
+    row_hash_green: String,
+    /// Primary-key columns quoted, and their blue types.
+    key: Vec<(String, String)>,
+}
+
+impl Plan {
+    fn key_list(&self) -> String {
+        self.key
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    fn key_array(&self) -> String {
+        format!(
+            "ARRAY[{}]",
+            self.key
+                .iter()
+                .map(|(k, _)| format!("{k}::text"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+    fn bound(&self, values: &[String]) -> String {
+        format!(
+            "ROW({})",
+            values
+                .iter()
+                .zip(&self.key)
+                .map(|(v, (_, ty))| format!("{}::{ty}", pg::literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+    fn range(&self, lo: &Option<Vec<String>>, hi: &Option<Vec<String>>) -> String {
+        let mut conds = vec!["true".to_string()];
+        let k = format!("ROW({})", self.key_list());
+        if let Some(lo) = lo {
+            conds.push(format!("{k} >= {}", self.bound(lo)));
+        }
+        if let Some(hi) = hi {
+            conds.push(format!("{k} < {}", self.bound(hi)));
+        }
+        conds.join(" AND ")
+    }
+    fn hash(&self, side: Side) -> &str {
+        match side {
+            Side::Blue => &self.row_hash_blue,
+            Side::Green => &self.row_hash_green,
+        }
+    }
+}
+
+async fn count(client: &Client, side: Side, table: &Table) -> Result<i64, SyncError> {
+    client
+        .query_one(&format!("SELECT count(*) FROM ONLY {}", table.sql()), &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| SyncError::query(side, format!("counting {}", table.display()), &e))
+}
+
+async fn checksum(
+    client: &Client,
+    side: Side,
+    plan: &Plan,
+    cond: &str,
+) -> Result<(i64, String), SyncError> {
+    let sql = format!(
+        "SELECT count(*), coalesce(sum(hashtextextended({}, 0)), 0)::text FROM ONLY {} WHERE {cond}",
+        plan.hash(side),
+        plan.from
+    );
+    client
+        .query_one(&sql, &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .map_err(|e| SyncError::query(side, format!("checksumming {}", plan.from), &e))
+}
+
+async fn compare_table(
+    blue: &Client,
+    green: &Client,
+    table: &Table,
+) -> Result<TableVerdict, SyncError> {
+    let (bcols, gcols) = tokio::try_join!(
+        columns(blue, Side::Blue, table),
+        columns(green, Side::Green, table)
+    )?;
+    let common: Vec<&Column> = bcols
+        .iter()
+        .filter(|c| gcols.iter().any(|g| g.name == c.name))
+        .collect();
+    let row_text = |cols: &[Column]| {
+        let exprs: Vec<String> = common
+            .iter()
+            .map(|c| {
+                normalised(
+                    cols.iter()
+                        .find(|x| x.name == c.name)
+                        .expect("common column"),
+                )
+            })
+            .collect();
+        if exprs.is_empty() {
+            "''".to_string()
+        } else {
+            format!("ROW({})::text", exprs.join(", "))
+        }
+    };
+    let key_ok =
+        !table.pk.is_empty() && table.pk.iter().all(|k| common.iter().any(|c| &c.name == k));
+    let plan = Plan {
+        from: table.sql(),
+        row_hash_blue: row_text(&bcols),
+        row_hash_green: row_text(&gcols),
+        key: if key_ok {
+            table
+                .pk
+                .iter()
+                .map(|k| {
+                    let ty = bcols
+                        .iter()
+                        .find(|c| &c.name == k)
+                        .map(|c| c.sql_type.clone())
+                        .unwrap_or_default();
+                    (pg::ident(k), ty)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    };
+    let ((bn, bsum), (gn, gsum)) = tokio::try_join!(
+        checksum(blue, Side::Blue, &plan, "true"),
+        checksum(green, Side::Green, &plan, "true")
+    )?;
+    let mut verdict = TableVerdict {
+        table: table.display(),
+        status: "equal".into(),
+        blue_rows: bn,
+        green_rows: Some(gn),
+        differences: Vec::new(),
+        note: None,
+    };
+    let missing: Vec<&str> = bcols
+        .iter()
+        .filter(|c| !gcols.iter().any(|g| g.name == c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        verdict.note = Some(format!(
+            "columns only in blue, not compared: {}",
+            missing.join(", ")
+        ));
+    }
+    if bn == gn && bsum == gsum {
+        return Ok(verdict);
+    }
+    verdict.status = "differs".into();
+    if !key_ok {
+        verdict.note = Some(format!(
+            "{} rows in blue, {} in green, checksums differ; the table has no primary key, so differing rows cannot be located",
+            bn, gn
+        ));
+        return Ok(verdict);
+    }
+    verdict.differences = bisect(blue, green, &plan, bn.max(gn)).await?;
+    Ok(verdict)
+}
+
+/// Narrows the key space down to small ranges whose checksums differ and
+/// lists the differing keys there, in key order.
+async fn bisect(
+    blue: &Client,
+    green: &Client,
+    plan: &Plan,
+    total: i64,
+) -> Result<Vec<Difference>, SyncError> {
+    type Bound = Option<Vec<String>>;
+    let mut stack: Vec<(Bound, Bound, Option<(i64, i64)>)> =
+        vec![(None, None, Some((total, total)))];
+    let mut diffs = Vec::new();
+    while let Some((lo, hi, known)) = stack.pop() {
+        let cond = plan.range(&lo, &hi);
+        let (bn, gn) = match known {
+            Some(k) if lo.is_none() && hi.is_none() => k,
+            _ => {
+                let ((bn, bs), (gn, gs)) = tokio::try_join!(
+                    checksum(blue, Side::Blue, plan, &cond),
+                    checksum(green, Side::Green, plan, &cond)
+                )?;
+                if bn == gn && bs == gs {
+                    continue;
+                }
+                (bn, gn)
+            }
+        };
+        if bn.max(gn) <= LEAF_ROWS {
+            diffs.extend(leaf_diff(blue, green, plan, &cond).await?);
+            if diffs.len() >= MAX_DIFFS {
+                diffs.truncate(MAX_DIFFS);
+                break;
+            }
+            continue;
+        }
+        let (side, client, n) = if bn >= gn {
+            (Side::Blue, blue, bn)
+        } else {
+            (Side::Green, green, gn)
+        };
+        let sql = format!(
+            "SELECT {} FROM ONLY {} WHERE {cond} ORDER BY {} OFFSET {} LIMIT 1",
+            plan.key_array(),
+            plan.from,
+            plan.key_list(),
+            n / 2
+        );
+        let mid: Vec<String> = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| SyncError::query(side, format!("bisecting {}", plan.from), &e))?
+            .get(0);
+        // Upper half first on the stack so the lower half is examined first.
+        stack.push((Some(mid.clone()), hi, None));
+        stack.push((lo, Some(mid), None));
+    }
+    Ok(diffs)
+}
+
+async fn leaf_rows(
+    client: &Client,
+    side: Side,
+    plan: &Plan,
+    cond: &str,
+) -> Result<Vec<(Vec<String>, i64)>, SyncError> {
+    let sql = format!(
+        "SELECT {}, hashtextextended({}, 0) FROM ONLY {} WHERE {cond} ORDER BY {}",
+        plan.key_array(),
+        plan.hash(side),
+        plan.from,
+        plan.key_list()
+    );
+    let rows = client.query(&sql, &[]).await.map_err(|e| {
+        SyncError::query(side, format!("reading differing rows of {}", plan.from), &e)
+    })?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+async fn leaf_diff(
+    blue: &Client,
+    green: &Client,
+    plan: &Plan,
+    cond: &str,
+) -> Result<Vec<Difference>, SyncError> {
+    let (b, g) = tokio::try_join!(
+        leaf_rows(blue, Side::Blue, plan, cond),
+        leaf_rows(green, Side::Green, plan, cond)
+    )?;
+    let gmap: HashMap<&Vec<String>, i64> = g.iter().map(|(k, h)| (k, *h)).collect();
+    let bmap: HashMap<&Vec<String>, i64> = b.iter().map(|(k, h)| (k, *h)).collect();
+    let mut out = Vec::new();
+    for (k, h) in &b {
+        match gmap.get(k) {
+            None => out.push((k, "missing_in_green")),
+            Some(gh) if gh != h => out.push((k, "changed")),
+            _ => {}
+        }
+    }
+    for (k, _) in &g {
+        if !bmap.contains_key(k) {
+            out.push((k, "extra_in_green"));
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|(k, kind)| Difference {
+            key: format_key(&plan.key, k),
+            kind: kind.into(),
+        })
+        .collect())
+}
+
+fn format_key(key: &[(String, String)], values: &[String]) -> String {
+    let names: Vec<&str> = key.iter().map(|(k, _)| k.trim_matches('"')).collect();
+    if names.len() == 1 {
+        format!("{}={}", names[0], values[0])
+    } else {
+        format!("({})=({})", names.join(", "), values.join(", "))
+    }
+}

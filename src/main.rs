@@ -1,1 +1,26 @@
-fn main() {}
+//! The `switchyard` binary: parses the command line and wires the library
+//! crates together. Logic lives in the crates; this file only dispatches.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod demo;
+mod run;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let result = match args.command {
+        cli::Command::Run { config } => run::run(&config),
+        cli::Command::Check { config } => run::check(&config),
+        cli::Command::Demo(opts) => demo::demo(opts),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchyard: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -13,7 +13,7 @@ mod values;
 pub use error::{ConfigError, Location};
 pub use interpolate::interpolate;
 pub use schema::*;
-pub use values::{format_duration, parse_duration};
+pub use values::{format_duration, parse_duration, percent_to_basis_points};
 
 use std::path::{Path, PathBuf};
 

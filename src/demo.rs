@@ -1,0 +1,177 @@
+//! `switchyard demo`: two built-in apps (blue "v1" and green "v2") behind the
+//! proxy, and a walk of the green weight through the rollout steps while a
+//! sample of users is sent through and tallied per colour.
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+use switchyard_config::Config;
+use tokio::net::TcpListener;
+
+use crate::cli::DemoArgs;
+
+const TOKEN: &str = "demo-token";
+const USERS: usize = 200;
+
+pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let runtime = crate::run::build_runtime(0)?;
+    runtime.block_on(async move {
+        let blue = spawn_app("blue", "v1").await?;
+        let green = spawn_app("green", "v2").await?;
+        let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("switchyard.toml");
+        let toml = format!(
+            r#"[proxy]
+listen = "{listen}"
+sticky = "hash"
+sticky_key = "cookie:session"
+
+[pools.blue]
+upstreams = ["{blue}"]
+health = {{ path = "/healthz", interval = "1s" }}
+
+[pools.green]
+upstreams = ["{green}"]
+health = {{ path = "/healthz", interval = "1s" }}
+
+[admin]
+listen = "{admin}"
+token = "{TOKEN}"
+
+[state]
+path = "state.json"
+
+[log]
+level = "warn"
+"#,
+            listen = args.listen,
+            admin = args.admin,
+        );
+        std::fs::write(&path, &toml)?;
+        let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::run::init_logging(&config);
+        let proxy: SocketAddr = config.proxy.listen;
+        let admin: SocketAddr = config.admin.listen;
+        println!("switchyard demo: blue app on {blue}, green app on {green}");
+        println!("  proxy      http://{proxy}/   (try: curl -b session=alice http://{proxy}/)");
+        println!("  admin API  http://{admin}/api/v1/status  (token: {TOKEN})");
+        println!("  config     {}\n", path.display());
+
+        let server = tokio::spawn({
+            let path = path.clone();
+            async move { crate::run::serve(config, &path).await }
+        });
+        wait_for(admin).await?;
+        for green_pct in [0u32, 1, 5, 25, 50, 100] {
+            set_weight(admin, green_pct).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (b, g) = sample(proxy).await?;
+            println!(
+                "green {green_pct:>3}%  {}{}  blue {b:>3} / green {g:>3} of {USERS} users",
+                "\u{2588}".repeat(g * 40 / USERS),
+                "\u{2591}".repeat(40 - g * 40 / USERS),
+            );
+            if green_pct < 100 {
+                tokio::time::sleep(Duration::from_secs(args.step_seconds)).await;
+            }
+        }
+        println!("\nall traffic is on green. Roll back with:");
+        println!("  curl -X PUT -H 'Authorization: Bearer {TOKEN}' -d '{{\"green\":0}}' http://{admin}/api/v1/weights");
+        if args.once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("serving until Ctrl-C");
+        server.await.context("demo server panicked")??;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A tiny app that says which colour and version it is.
+async fn spawn_app(colour: &'static str, version: &'static str) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    let body = if req.uri().path() == "/healthz" {
+                        "ok\n".to_string()
+                    } else {
+                        format!("hello from {colour} ({version})\n")
+                    };
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .header("x-colour", colour)
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("static response"),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn wait_for(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("switchyard did not start listening on {addr}")
+}
+
+async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> anyhow::Result<Response<Incoming>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(tx.send_request(req).await?)
+}
+
+async fn set_weight(admin: SocketAddr, green: u32) -> anyhow::Result<()> {
+    let req = Request::put(format!("http://{admin}/api/v1/weights"))
+        .header("host", admin.to_string())
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!("{{\"green\": {green}}}"))))?;
+    let resp = send(admin, req).await?;
+    anyhow::ensure!(resp.status().is_success(), "setting the weight failed: {}", resp.status());
+    Ok(())
+}
+
+/// Sends one request per demo user and counts the colours that answered.
+async fn sample(proxy: SocketAddr) -> anyhow::Result<(usize, usize)> {
+    let stream = tokio::net::TcpStream::connect(proxy).await?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let (mut blue, mut green) = (0, 0);
+    for user in 0..USERS {
+        tx.ready().await?;
+        let req = Request::get("/")
+            .header("host", proxy.to_string())
+            .header("cookie", format!("session=user{user}"))
+            .body(Empty::new())?;
+        let resp = tx.send_request(req).await?;
+        let is_green = resp.headers().get("x-colour").is_some_and(|v| v == "green");
+        resp.into_body().collect().await?;
+        if is_green {
+            green += 1;
+        } else {
+            blue += 1;
+        }
+    }
+    Ok((blue, green))
+}

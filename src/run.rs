@@ -1,0 +1,173 @@
+//! `switchyard run` and `switchyard check`: load the config, start the data
+//! plane and the control plane, and handle signals (SIGTERM drains, SIGHUP
+//! reloads).
+
+use anyhow::Context;
+use std::path::Path;
+use std::process::ExitCode;
+use switchyard_admin::ControlPlane;
+use switchyard_config::{Config, LogFormat};
+use switchyard_proxy::DataPlane;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    match validate(path) {
+        Ok(config) => {
+            println!(
+                "{}: OK (proxy {}, {} blue and {} green upstreams, admin {})",
+                path.display(),
+                config.proxy.listen,
+                config.pools.blue.upstreams.len(),
+                config.pools.green.upstreams.len(),
+                config.admin.listen
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Loads the config and checks what it refers to (TLS files) without
+/// starting anything.
+fn validate(path: &Path) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some(tls) = &config.proxy.tls {
+        switchyard_proxy::tls_acceptor(tls).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(config)
+}
+
+pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match validate(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    init_logging(&config);
+    let runtime = build_runtime(config.proxy.workers)?;
+    runtime.block_on(serve(config, path))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 1 {
+            b.worker_threads(workers);
+        }
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub(crate) fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Starts everything described by `config` and serves until SIGTERM/SIGINT.
+pub(crate) async fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
+    let dp = DataPlane::new(&config, 0).context("cannot build the data plane")?;
+    let cp = ControlPlane::start(&config, dp.clone()).context("cannot start the control plane")?;
+    let listeners = switchyard_proxy::bind(&config.proxy).await?;
+    let admin_listener = switchyard_admin::bind(&config).await?;
+    let admin_addr = admin_listener.local_addr()?;
+    // One machine-readable line on stdout with the bound addresses (useful
+    // with port 0); everything else goes to the log on stderr.
+    match listeners.tls_addr() {
+        Some(tls) => println!(
+            "switchyard listening proxy=http://{} tls=https://{} admin=http://{}",
+            listeners.http_addr(),
+            tls,
+            admin_addr
+        ),
+        None => println!(
+            "switchyard listening proxy=http://{} admin=http://{}",
+            listeners.http_addr(),
+            admin_addr
+        ),
+    }
+    tracing::info!(proxy = %listeners.http_addr(), admin = %admin_addr, "switchyard started");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(signals(stop_tx, path.to_path_buf(), config.clone(), cp.clone()));
+    let drain = config.proxy.drain_timeout;
+    let proxy = listeners.serve(dp, stopped(stop_rx.clone()), drain);
+    let admin = cp.serve(admin_listener, stopped(stop_rx));
+    let (_, admin_result) = tokio::join!(proxy, admin);
+    admin_result.context("admin API failed")?;
+    tracing::info!("switchyard stopped");
+    Ok(())
+}
+
+async fn signals(stop: watch::Sender<bool>, path: std::path::PathBuf, mut running: Config, cp: ControlPlane) {
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                running = reload(&path, running, &cp);
+            }
+        }
+    }
+    tracing::info!("shutdown requested: draining");
+    let _ = stop.send(true);
+}
+
+/// Applies the config file again; a bad file changes nothing.
+fn reload(path: &Path, running: Config, cp: &ControlPlane) -> Config {
+    let next = match validate(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload rejected, still serving the previous configuration: {e}");
+            return running;
+        }
+    };
+    if let Err(e) = cp.data_plane().reload(&next) {
+        tracing::error!("reload rejected, still serving the previous configuration: {e}");
+        return running;
+    }
+    cp.reload(&next);
+    if next.proxy.listen != running.proxy.listen
+        || next.admin.listen != running.admin.listen
+        || next.proxy.tls.as_ref().map(|t| t.listen) != running.proxy.tls.as_ref().map(|t| t.listen)
+    {
+        tracing::warn!("listen addresses changed in the config: they take effect on restart");
+    }
+    tracing::info!(file = %path.display(), "configuration reloaded");
+    next
+}

@@ -146,7 +146,7 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
             let mut code = 0;
             if verify {
                 let v = verify::verify(db, jobs(j), Some(&holder.id), out).await?;
-                t.push_str(&verify_text(&v));
+                t.push_str(&v.render());
                 code = i32::from(!v.passed);
                 summary["verify"] = json(&v);
             }
@@ -201,7 +201,7 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
         }
         Command::Verify { jobs: j } => {
             let v = verify::verify(db, jobs(j), None, out).await?;
-            (i32::from(!v.passed), json(&v), verify_text(&v))
+            (i32::from(!v.passed), json(&v), v.render())
         }
         Command::Status => {
             let g = gate_status(db).await?;
@@ -225,38 +225,4 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
 
 fn json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).expect("reports serialise")
-}
-
-fn verify_text(v: &verify::VerifyReport) -> String {
-    let mut t = String::new();
-    for tv in &v.tables {
-        if tv.status == "equal" {
-            continue;
-        }
-        t.push_str(&format!(
-            "{}: {} (blue {} rows, green {})\n",
-            tv.table,
-            tv.status,
-            tv.blue_rows,
-            tv.green_rows
-                .map(|n| format!("{n} rows"))
-                .unwrap_or_else(|| "missing".into())
-        ));
-        for d in &tv.differences {
-            t.push_str(&format!("  {} {}\n", d.key, d.kind));
-        }
-        if let Some(n) = &tv.note {
-            t.push_str(&format!("  {n}\n"));
-        }
-    }
-    for p in &v.problems {
-        t.push_str(&format!("{p}\n"));
-    }
-    t.push_str(&format!(
-        "verify {}: {} tables, {} differ\n",
-        if v.passed { "passed" } else { "FAILED" },
-        v.tables.len(),
-        v.mismatched()
-    ));
-    t
 }

@@ -60,6 +60,42 @@ impl VerifyReport {
     pub fn mismatched(&self) -> usize {
         self.tables.iter().filter(|t| t.status != "equal").count()
     }
+
+    /// The human-readable report: each differing table with its first differing keys.
+    pub fn render(&self) -> String {
+        let v = self;
+        let mut t = String::new();
+        for tv in &v.tables {
+            if tv.status == "equal" {
+                continue;
+            }
+            t.push_str(&format!(
+                "{}: {} (blue {} rows, green {})\n",
+                tv.table,
+                tv.status,
+                tv.blue_rows,
+                tv.green_rows
+                    .map(|n| format!("{n} rows"))
+                    .unwrap_or_else(|| "missing".into())
+            ));
+            for d in &tv.differences {
+                t.push_str(&format!("  {} {}\n", d.key, d.kind));
+            }
+            if let Some(n) = &tv.note {
+                t.push_str(&format!("  {n}\n"));
+            }
+        }
+        for p in &v.problems {
+            t.push_str(&format!("{p}\n"));
+        }
+        t.push_str(&format!(
+            "verify {}: {} tables, {} differ\n",
+            if v.passed { "passed" } else { "FAILED" },
+            v.tables.len(),
+            v.mismatched()
+        ));
+        t
+    }
 }
 
 /// A read-only transaction holding an exported snapshot open.

@@ -1,0 +1,486 @@
+//! Clone and verify against two real PostgreSQL clusters (blue and green).
+
+mod support;
+
+use support::{connect, sql, Pair};
+use switchyard_sync::verify::Difference;
+use switchyard_sync::{run, Command, Output, SyncError};
+
+/// A schema with the awkward cases: numeric, timestamptz, jsonb and json,
+/// bytea, arrays, unicode text, NULLs, an enum, identity and serial columns, a
+/// composite primary key, a table without a primary key, foreign keys, a
+/// partitioned table, a view and a function.
+const FIXTURE: &str = r#"
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE customers (
+    id serial PRIMARY KEY,
+    name text NOT NULL,
+    mood mood,
+    moods mood[],
+    balance numeric(12, 2),
+    created timestamptz,
+    tags text[],
+    doc jsonb,
+    raw json,
+    photo bytea,
+    score double precision
+);
+CREATE TABLE orders (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id int NOT NULL REFERENCES customers (id),
+    total numeric,
+    placed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE order_lines (
+    order_id bigint REFERENCES orders (id),
+    line int,
+    sku text NOT NULL,
+    qty int CHECK (qty > 0),
+    PRIMARY KEY (order_id, line)
+);
+CREATE INDEX order_lines_sku ON order_lines (sku);
+CREATE TABLE events (at timestamptz, payload text);
+CREATE TABLE measurements (city int, day date, temp numeric, PRIMARY KEY (city, day)) PARTITION BY RANGE (day);
+CREATE TABLE measurements_2024 PARTITION OF measurements FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE measurements_2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE VIEW rich_customers AS SELECT id, name FROM customers WHERE balance > 500;
+CREATE FUNCTION customer_total(c int) RETURNS numeric LANGUAGE sql STABLE AS $$ SELECT sum(total) FROM orders WHERE customer_id = c $$;
+
+INSERT INTO customers (name, mood, moods, balance, created, tags, doc, raw, photo, score)
+SELECT CASE i % 4 WHEN 0 THEN 'Zoë ' || i WHEN 1 THEN '東京 ' || i WHEN 2 THEN '🚀 "quoted", comma ' || i ELSE E'tab\there\nnewline ' || i END,
+       CASE WHEN i % 5 = 0 THEN NULL ELSE (ARRAY['sad','ok','happy'])[1 + i % 3]::mood END,
+       ARRAY['ok', 'happy']::mood[],
+       CASE WHEN i % 7 = 0 THEN NULL ELSE round((i * 1.37)::numeric, 2) END,
+       timestamptz '2024-03-10 12:00:00+01' + i * interval '37 minutes',
+       CASE WHEN i % 3 = 0 THEN NULL ELSE ARRAY['a' || i, NULL, 'b,c'] END,
+       jsonb_build_object('n', i, 'nested', jsonb_build_object('x', ARRAY[i, i + 1]), 'u', 'ü'),
+       ('{"b": 1,  "a": [' || i || ']}')::json,
+       CASE WHEN i % 2 = 0 THEN decode(md5(i::text), 'hex') ELSE NULL END,
+       i / 3.0
+  FROM generate_series(1, 5000) i;
+INSERT INTO orders (customer_id, total, placed_at)
+SELECT 1 + i % 5000, (i % 1000) * 1.5, timestamptz '2024-01-01 00:00:00+00' + i * interval '1 hour' FROM generate_series(1, 3000) i;
+INSERT INTO order_lines SELECT o, l, 'sku-' || (o * l) % 97, l FROM generate_series(1, 3000) o, generate_series(1, 3) l;
+INSERT INTO events SELECT timestamptz '2024-01-01' + i * interval '1 minute', CASE WHEN i % 10 = 0 THEN NULL ELSE 'e' || i END FROM generate_series(1, 500) i;
+INSERT INTO events SELECT timestamptz '2024-01-01', 'duplicate' FROM generate_series(1, 3);
+INSERT INTO measurements SELECT c, d::date, (c * 10 + extract(doy from d))::numeric / 10
+  FROM generate_series(1, 5) c, generate_series(timestamp '2024-06-01', timestamp '2025-06-01', interval '1 day') d;
+"#;
+
+async fn fixture(pair: &Pair) {
+    sql(pair.blue(), FIXTURE).await;
+}
+
+async fn verify(pair: &Pair) -> switchyard_sync::verify::VerifyReport {
+    switchyard_sync::verify::verify(&pair.config, 2, None, Output::Quiet)
+        .await
+        .expect("verify runs")
+}
+
+async fn clone(pair: &Pair, replace: bool) -> Result<serde_json::Value, SyncError> {
+    run(
+        &pair.config,
+        Command::Clone {
+            jobs: 2,
+            replace,
+            verify: false,
+        },
+        Output::Quiet,
+    )
+    .await
+    .map(|r| r.summary)
+}
+
+/// Everything in a database that a clone or verify must not change: every
+/// relation's name and kind, every table's rows, sequence positions, and the
+/// absence of switchyard's own objects.
+async fn fingerprint(url: &str) -> String {
+    let c = connect(url).await;
+    let mut out = String::new();
+    let rels = c
+        .query(
+            "SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text, c.relkind::text \
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    for r in &rels {
+        let name: String = r.get(0);
+        let kind: String = r.get(1);
+        out.push_str(&name);
+        let rel = name.rsplit_once(':').unwrap().0;
+        let rel = rel
+            .split_once('.')
+            .map(|(s, t)| format!("\"{s}\".\"{t}\""))
+            .unwrap();
+        let q = match kind.as_str() {
+            "r" => format!("SELECT coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM ONLY {rel} t"),
+            "S" => format!("SELECT last_value::text || is_called::text FROM {rel}"),
+            _ => continue,
+        };
+        let v: String = c.query_one(&q, &[]).await.unwrap().get(0);
+        out.push_str(&format!("={v}\n"));
+    }
+    let extra: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots) \
+                  + (SELECT count(*) FROM pg_namespace WHERE nspname = 'switchyard')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    out.push_str(&format!("switchyard objects: {extra}\n"));
+    out
+}
+
+fn diffs(report: &switchyard_sync::verify::VerifyReport, table: &str) -> Vec<Difference> {
+    report
+        .tables
+        .iter()
+        .find(|t| t.table == table)
+        .unwrap_or_else(|| panic!("{table} not in report"))
+        .differences
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_clones_and_verifies_equal() {
+    let pair = Pair::new("fixture").await;
+    fixture(&pair).await;
+    let summary = clone(&pair, false).await.expect("clone");
+    assert_eq!(
+        summary["clone"]["rows"],
+        5000 + 3000 + 9000 + 503 + 5 * 366,
+        "{summary:#}"
+    );
+
+    let report = verify(&pair).await;
+    assert!(report.passed, "{}", report.render());
+    assert_eq!(report.tables.len(), 6, "{}", report.render());
+
+    // Everything came across: sequences, identity, partitions, view, function,
+    // constraints and indexes.
+    let g = connect(pair.green()).await;
+    let next: i32 = g
+        .query_one("SELECT nextval('customers_id_seq')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 5001);
+    let id: i64 = g
+        .query_one(
+            "INSERT INTO orders (customer_id, total) VALUES (1, 1) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(id, 3001);
+    let rich: i64 = g
+        .query_one("SELECT count(*) FROM rich_customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(rich > 0);
+    let total: Option<String> = g
+        .query_one("SELECT customer_total(2)::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(total.is_some());
+    let bad_fk = g
+        .batch_execute("INSERT INTO order_lines VALUES (999999, 1, 'x', 1)")
+        .await
+        .expect_err("foreign key exists in green");
+    assert!(
+        switchyard_sync::error::pg_message(&bad_fk).contains("foreign key"),
+        "{bad_fk:?}"
+    );
+    let idx: i64 = g
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'order_lines_sku'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(idx, 1);
+    let parts: i64 = g
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'measurements'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parts, 2);
+
+    // Representation differences that are not data differences compare equal:
+    // a wider numeric scale, json stored as jsonb, another session time zone.
+    sql(
+        pair.green(),
+        "DROP VIEW rich_customers; \
+         ALTER TABLE customers ALTER COLUMN balance TYPE numeric(14, 4), ALTER COLUMN raw TYPE jsonb USING raw::jsonb; \
+         DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET TimeZone = ''Asia/Tokyo''', current_database()); END $$",
+    )
+    .await;
+    let g = connect(pair.green()).await;
+    g.batch_execute("DELETE FROM orders WHERE id = 3001")
+        .await
+        .unwrap();
+    let report = verify(&pair).await;
+    assert!(report.passed, "{}", report.render());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_deleted_and_inserted_rows_are_found_by_key() {
+    let pair = Pair::new("diffs").await;
+    fixture(&pair).await;
+    clone(&pair, false).await.expect("clone");
+    sql(
+        pair.green(),
+        "UPDATE customers SET balance = balance + 0.01 WHERE id = 4321; \
+         DELETE FROM order_lines WHERE order_id = 2500 AND line = 2; \
+         INSERT INTO measurements VALUES (9, '2024-07-01', 1.5); \
+         UPDATE events SET payload = 'changed' WHERE payload = 'e7'",
+    )
+    .await;
+    let report = verify(&pair).await;
+    assert!(!report.passed);
+    assert_eq!(
+        diffs(&report, "public.customers"),
+        vec![Difference {
+            key: "id=4321".into(),
+            kind: "changed".into()
+        }]
+    );
+    assert_eq!(
+        diffs(&report, "public.order_lines"),
+        vec![Difference {
+            key: "(order_id, line)=(2500, 2)".into(),
+            kind: "missing_in_green".into()
+        }]
+    );
+    assert_eq!(
+        diffs(&report, "public.measurements_2024"),
+        vec![Difference {
+            key: "(city, day)=(9, 2024-07-01)".into(),
+            kind: "extra_in_green".into()
+        }]
+    );
+    // No primary key: the table is reported, without keys.
+    let events = report
+        .tables
+        .iter()
+        .find(|t| t.table == "public.events")
+        .unwrap();
+    assert_eq!(events.status, "differs");
+    assert!(events.note.as_deref().unwrap().contains("no primary key"));
+    // Untouched tables stay equal.
+    for t in ["public.orders", "public.measurements_2025"] {
+        assert_eq!(
+            report.tables.iter().find(|x| x.table == t).unwrap().status,
+            "equal"
+        );
+    }
+    // The printed report names the keys.
+    let text = report.render();
+    assert!(text.contains("id=4321 changed"), "{text}");
+    assert!(
+        text.contains("(order_id, line)=(2500, 2) missing_in_green"),
+        "{text}"
+    );
+    // The failure is recorded in green, so the gate stays shut.
+    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    assert!(!gate.verified, "{gate:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_blue_during_clone_do_not_break_it() {
+    let pair = Pair::new("writes").await;
+    fixture(&pair).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (pair.blue().to_string(), stop.clone());
+        tokio::spawn(async move {
+            let c = connect(&url).await;
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 20 {
+                c.batch_execute(
+                    "INSERT INTO customers (name, balance) VALUES ('during clone', 1); \
+                     UPDATE customers SET balance = balance + 1 WHERE id = 1 + (random() * 4999)::int; \
+                     DELETE FROM events WHERE ctid = (SELECT ctid FROM events LIMIT 1); \
+                     INSERT INTO orders (customer_id, total) VALUES (1, 2)",
+                )
+                .await
+                .expect("blue accepts writes during the clone");
+                n += 1;
+            }
+            n
+        })
+    };
+    let summary = run(
+        &pair.config,
+        Command::Clone {
+            jobs: 2,
+            replace: false,
+            verify: true,
+        },
+        Output::Quiet,
+    )
+    .await
+    .expect("clone while blue is written to");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(writes >= 20);
+    // Verified against the clone's own snapshot: consistent despite the writes.
+    assert_eq!(
+        summary.summary["verify"]["passed"], true,
+        "{:#}",
+        summary.summary
+    );
+    // Green's sequences are at least where the copied rows need them.
+    let g = connect(pair.green()).await;
+    let ok: bool = g
+        .query_one(
+            "SELECT nextval('customers_id_seq') > (SELECT max(id) FROM customers)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_is_unchanged_by_clone_and_verify() {
+    let pair = Pair::new("readonly").await;
+    fixture(&pair).await;
+    // Any write to blue by switchyard would now fail.
+    sql(
+        pair.blue(),
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$",
+    )
+    .await;
+    let before = fingerprint(pair.blue()).await;
+    let report = run(
+        &pair.config,
+        Command::Clone {
+            jobs: 2,
+            replace: false,
+            verify: true,
+        },
+        Output::Quiet,
+    )
+    .await
+    .expect("clone of a read-only blue");
+    assert_eq!(report.code, 0, "{:#}", report.summary);
+    let again = run(&pair.config, Command::Verify { jobs: 2 }, Output::Quiet)
+        .await
+        .expect("verify");
+    assert_eq!(again.code, 0, "{:#}", again.summary);
+    run(&pair.config, Command::Preflight, Output::Quiet)
+        .await
+        .expect("preflight");
+    assert_eq!(fingerprint(pair.blue()).await, before);
+    // And the gate opens: verified at the current schema version (no migrations).
+    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    assert!(gate.verified, "{gate:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_empty_green_is_refused_unless_replaced() {
+    let pair = Pair::new("nonempty").await;
+    sql(
+        pair.blue(),
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)",
+    )
+    .await;
+    sql(
+        pair.green(),
+        "CREATE TABLE precious (id int); INSERT INTO precious VALUES (42)",
+    )
+    .await;
+    let err = clone(&pair, false).await.expect_err("green is not empty");
+    assert!(matches!(err, SyncError::GreenNotEmpty { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("public.precious") && msg.contains("--replace"),
+        "{msg}"
+    );
+    // Nothing changed in green.
+    let g = connect(pair.green()).await;
+    let v: i32 = g
+        .query_one("SELECT id FROM precious", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 42);
+    // With --replace, green becomes a copy of blue.
+    clone(&pair, true).await.expect("clone --replace");
+    let g = connect(pair.green()).await;
+    assert!(g.query("SELECT 1 FROM precious", &[]).await.is_err());
+    let n: i64 = g
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    assert!(verify(&pair).await.passed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_follows_migrations_and_verification() {
+    let pair = Pair::new("gate").await;
+    sql(
+        pair.blue(),
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')",
+    )
+    .await;
+    run(
+        &pair.config,
+        Command::Clone {
+            jobs: 1,
+            replace: false,
+            verify: true,
+        },
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
+    assert!(
+        switchyard_sync::gate_status(&pair.config)
+            .await
+            .unwrap()
+            .verified
+    );
+    std::fs::write(
+        pair.migrations.path().join("V1__add_column.sql"),
+        "ALTER TABLE t ADD COLUMN w int;\n",
+    )
+    .unwrap();
+    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    assert!(
+        !gate.verified && gate.reason.contains("migrate"),
+        "{gate:?}"
+    );
+    run(
+        &pair.config,
+        Command::Migrate { dry_run: false },
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
+    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    assert!(!gate.verified && gate.reason.contains("verify"), "{gate:?}");
+    let v = run(&pair.config, Command::Verify { jobs: 1 }, Output::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(v.code, 0, "{:#}", v.summary);
+    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    assert!(gate.verified, "{gate:?}");
+    assert_eq!(gate.schema_version.as_deref(), Some("1"));
+}

@@ -253,7 +253,7 @@ pub async fn clone(
     .await?;
     pg::exec(&green, Side::Green, "analyzing green", "ANALYZE").await?;
 
-    copied.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    copied.sort_by_key(|t| std::cmp::Reverse(t.bytes));
     let report = CloneReport {
         snapshot: snapshot.clone(),
         rows: copied.iter().map(|t| t.rows).sum(),

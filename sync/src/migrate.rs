@@ -656,10 +656,9 @@ async fn migrate_locked(
     if !problems.is_empty() {
         return Err(SyncError::Validate { problems });
     }
-    let mut rank = history.iter().map(|a| a.installed_rank).max().unwrap_or(0);
+    let last_rank = history.iter().map(|a| a.installed_rank).max().unwrap_or(0);
     let mut applied = Vec::new();
-    for m in pending(migrations, &history) {
-        rank += 1;
+    for (rank, m) in (last_rank + 1..).zip(pending(migrations, &history)) {
         let started = Instant::now();
         let insert = |success: bool, ms: i64| {
             format!(

@@ -144,7 +144,7 @@ pub fn find_tool(name: &str) -> Result<PathBuf, SyncError> {
                 Some((v, e.path().join("bin")))
             })
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         dirs.extend(versions.into_iter().map(|(_, p)| p));
     }
     dirs.into_iter()

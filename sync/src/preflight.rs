@@ -319,7 +319,7 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
         "re-apply GRANTs with a migration if the application connects as another role",
     );
     let passed = !f.0.iter().any(|x| x.severity == Severity::Blocker);
-    f.0.sort_by(|a, b| b.severity.cmp(&a.severity));
+    f.0.sort_by_key(|x| std::cmp::Reverse(x.severity));
     Ok(PreflightReport {
         passed,
         blue_version: bv.map(|v| v.0),

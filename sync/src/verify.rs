@@ -493,7 +493,7 @@ async fn compare_table(
         ));
         return Ok(verdict);
     }
-    verdict.differences = bisect(blue, green, &plan, bn.max(gn)).await?;
+    verdict.differences = bisect(blue, green, &plan, (bn, gn)).await?;
     Ok(verdict)
 }
 
@@ -503,17 +503,18 @@ async fn bisect(
     blue: &Client,
     green: &Client,
     plan: &Plan,
-    total: i64,
+    counts: (i64, i64),
 ) -> Result<Vec<Difference>, SyncError> {
     type Bound = Option<Vec<String>>;
-    let mut stack: Vec<(Bound, Bound, Option<(i64, i64)>)> =
-        vec![(None, None, Some((total, total)))];
+    let mut stack: Vec<(Bound, Bound)> = vec![(None, None)];
+    // The whole table's counts are known (and known to differ) already.
+    let mut whole = Some(counts);
     let mut diffs = Vec::new();
-    while let Some((lo, hi, known)) = stack.pop() {
+    while let Some((lo, hi)) = stack.pop() {
         let cond = plan.range(&lo, &hi);
-        let (bn, gn) = match known {
-            Some(k) if lo.is_none() && hi.is_none() => k,
-            _ => {
+        let (bn, gn) = match whole.take() {
+            Some(k) => k,
+            None => {
                 let ((bn, bs), (gn, gs)) = tokio::try_join!(
                     checksum(blue, Side::Blue, plan, &cond),
                     checksum(green, Side::Green, plan, &cond)
@@ -550,8 +551,8 @@ async fn bisect(
             .map_err(|e| SyncError::query(side, format!("bisecting {}", plan.from), &e))?
             .get(0);
         // Upper half first on the stack so the lower half is examined first.
-        stack.push((Some(mid.clone()), hi, None));
-        stack.push((lo, Some(mid), None));
+        stack.push((Some(mid.clone()), hi));
+        stack.push((lo, Some(mid)));
     }
     Ok(diffs)
 }

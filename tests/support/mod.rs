@@ -8,6 +8,7 @@ pub mod client;
 pub mod switchyard;
 
 pub use backend::Backend;
+#[allow(unused_imports)]
 pub use client::Client;
 pub use switchyard::Switchyard;
 

@@ -1,8 +1,12 @@
 //! Verification: per table, row count and an order-independent checksum computed
-//! inside each database, both sides in parallel. Values are normalised first so
-//! that equal data compares equal (numeric scale, time zone, json vs jsonb text,
-//! float and bytea output). On a mismatch the primary-key range is bisected until
-//! the differing rows are few, and the first differing keys are reported.
+//! inside each database, both sides in parallel: the sum of every row's
+//! `hash_record_extended` over its columns. Built-in types whose hash depends
+//! only on the value (numeric ignores scale, timestamptz the time zone) are
+//! hashed as they are; enums, user-defined types, json and columns whose type
+//! differs between the sides are normalised to text first (numeric without
+//! trailing zeros, json as jsonb, timestamps in UTC ISO form), so equal data
+//! compares equal. On a mismatch the primary-key range is bisected until the
+//! differing rows are few, and the first differing keys are reported.
 //!
 //! Every session is a read-only repeatable-read transaction inside one exported
 //! snapshot per side, so all tables are compared at one consistent point (right
@@ -289,14 +293,22 @@ struct Column {
     base: String,
     /// `format_type` output, for casting key literals.
     sql_type: String,
+    /// A built-in type whose hash function depends only on the value (not on
+    /// OIDs or representation), so it can be hashed as is.
+    hashable: bool,
 }
 
 async fn columns(client: &Client, side: Side, table: &Table) -> Result<Vec<Column>, SyncError> {
     let rows = client
         .query(
-            "SELECT a.attname::text, coalesce(bt.typname, t.typname)::text, format_type(a.atttypid, a.atttypmod) \
+            "SELECT a.attname::text, b.typname::text, format_type(a.atttypid, a.atttypmod), \
+                    b.oid < 16384 AND b.typtype IN ('b', 'r', 'm') AND (b.typelem = 0 OR b.typelem < 16384) \
+                    AND EXISTS (SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod \
+                                  JOIN pg_amproc ap ON ap.amprocfamily = oc.opcfamily AND ap.amprocnum = 2 \
+                                 WHERE am.amname = 'hash' AND oc.opcdefault \
+                                   AND oc.opcintype = CASE WHEN b.typcategory = 'A' THEN b.typelem ELSE b.oid END) \
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
-               LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+               JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
               ORDER BY a.attnum",
             &[&table.sql()],
@@ -309,17 +321,24 @@ async fn columns(client: &Client, side: Side, table: &Table) -> Result<Vec<Colum
             name: r.get(0),
             base: r.get(1),
             sql_type: r.get(2),
+            hashable: r.get(3),
         })
         .collect())
 }
 
-/// The normalised text of a column's value.
-fn normalised(col: &Column) -> String {
+/// The expression hashed for a column. Values are hashed as they are when the
+/// type is the same on both sides and its hash depends only on the value
+/// (numeric's hash already ignores scale, timestamptz's the time zone);
+/// otherwise they are compared as normalised text: numeric without trailing
+/// zeros, json as jsonb, everything else in its (UTC, ISO) text form.
+fn normalised(col: &Column, same_type: bool) -> String {
     let c = pg::ident(&col.name);
     match col.base.as_str() {
-        "numeric" => format!("trim_scale({c})"),
-        "json" => format!("{c}::jsonb"),
-        _ => c,
+        _ if same_type && col.hashable => c,
+        "json" if same_type => format!("{c}::jsonb"),
+        "numeric" => format!("trim_scale({c})::text"),
+        "json" | "jsonb" => format!("{c}::jsonb::text"),
+        _ => format!("{c}::text"),
     }
 }
 
@@ -395,7 +414,7 @@ async fn checksum(
     cond: &str,
 ) -> Result<(i64, String), SyncError> {
     let sql = format!(
-        "SELECT count(*), coalesce(sum(hashtextextended({}, 0)), 0)::text FROM ONLY {} WHERE {cond}",
+        "SELECT count(*), coalesce(sum({}), 0)::text FROM ONLY {} WHERE {cond}",
         plan.hash(side),
         plan.from
     );
@@ -419,29 +438,35 @@ async fn compare_table(
         .iter()
         .filter(|c| gcols.iter().any(|g| g.name == c.name))
         .collect();
-    let row_text = |cols: &[Column]| {
+    let row_hash = |cols: &[Column]| {
         let exprs: Vec<String> = common
             .iter()
             .map(|c| {
+                let other = gcols
+                    .iter()
+                    .find(|g| g.name == c.name)
+                    .expect("common column");
+                let same = c.sql_type == other.sql_type && c.hashable && other.hashable;
                 normalised(
                     cols.iter()
                         .find(|x| x.name == c.name)
                         .expect("common column"),
+                    same,
                 )
             })
             .collect();
         if exprs.is_empty() {
-            "''".to_string()
+            "0::int8".to_string()
         } else {
-            format!("ROW({})::text", exprs.join(", "))
+            format!("hash_record_extended(ROW({}), 0)", exprs.join(", "))
         }
     };
     let key_ok =
         !table.pk.is_empty() && table.pk.iter().all(|k| common.iter().any(|c| &c.name == k));
     let plan = Plan {
         from: table.sql(),
-        row_hash_blue: row_text(&bcols),
-        row_hash_green: row_text(&gcols),
+        row_hash_blue: row_hash(&bcols),
+        row_hash_green: row_hash(&gcols),
         key: if key_ok {
             table
                 .pk
@@ -564,7 +589,7 @@ async fn leaf_rows(
     cond: &str,
 ) -> Result<Vec<(Vec<String>, i64)>, SyncError> {
     let sql = format!(
-        "SELECT {}, hashtextextended({}, 0) FROM ONLY {} WHERE {cond} ORDER BY {}",
+        "SELECT {}, {} FROM ONLY {} WHERE {cond} ORDER BY {}",
         plan.key_array(),
         plan.hash(side),
         plan.from,

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# switchyard sync benchmark: clone and verify of a pgbench database (scale 50 by
+# default) between two local PostgreSQL clusters, against pg_dump/pg_restore and
+# count(*), in the same run on the same clusters.
+#
+#   bash bench/sync/run.sh            # SCALE=50 RUNS=2 by default
+#   SCALE=10 RUNS=1 bash bench/sync/run.sh
+#
+# Needs the PostgreSQL server and client (initdb, pg_ctl, pgbench, pg_dump,
+# pg_restore, psql from `pg_config --bindir`) and cargo. Runs the servers as the
+# `postgres` user when started as root. Prints a Markdown table and writes it to
+# bench/sync/results-<date>.md.
+set -euo pipefail
+
+SCALE=${SCALE:-50}
+RUNS=${RUNS:-2}
+JOBS=${JOBS:-2}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${SWITCHYARD_PG_BINDIR:-$(pg_config --bindir)}
+WORK=$(mktemp -d /tmp/switchyard-bench-XXXXXX)
+chmod 755 "$WORK"
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK"; fi
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start_cluster() { # name port
+  as_pg "$BIN/initdb" -D "$WORK/$1" -U postgres --auth=trust -E UTF8 --no-locale --no-sync >/dev/null
+  cat >>"$WORK/$1/postgresql.conf" <<CONF
+port = $2
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+wal_level = logical
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_wal_size = 8GB
+shared_buffers = 256MB
+maintenance_work_mem = 256MB
+CONF
+  as_pg "$BIN/pg_ctl" -D "$WORK/$1" -l "$WORK/$1.log" -w start >/dev/null
+}
+cleanup() {
+  for c in blue green; do
+    [ -d "$WORK/$c" ] && as_pg "$BIN/pg_ctl" -D "$WORK/$c" stop -m immediate >/dev/null 2>&1 || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+BLUE_PORT=$(free_port); start_cluster blue "$BLUE_PORT"
+GREEN_PORT=$(free_port); start_cluster green "$GREEN_PORT"
+BLUE="postgres://postgres@127.0.0.1:$BLUE_PORT/bench"
+GREEN="postgres://postgres@127.0.0.1:$GREEN_PORT/bench"
+
+echo "building switchyard (release)..." >&2
+(cd "$ROOT" && cargo build --release -q -p switchyard-sync --example sync)
+SYNC="$ROOT/target/release/examples/sync"
+
+echo "pgbench -i -s $SCALE on blue..." >&2
+"$BIN/createdb" -h 127.0.0.1 -p "$BLUE_PORT" -U postgres bench
+"$BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$BLUE_PORT" -U postgres bench >/dev/null 2>&1
+SIZE=$("$BIN/psql" -At "$BLUE" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
+
+fresh_green() {
+  "$BIN/dropdb" --if-exists -h 127.0.0.1 -p "$GREEN_PORT" -U postgres bench
+  "$BIN/createdb" -h 127.0.0.1 -p "$GREEN_PORT" -U postgres bench
+}
+now() { date +%s.%N; }
+elapsed() { echo "$(now) - $1" | bc; }
+
+declare -A best
+record() { # name seconds
+  echo "  $1: $2 s" >&2
+  if [ -z "${best[$1]:-}" ] || [ "$(echo "$2 < ${best[$1]}" | bc)" = 1 ]; then best[$1]=$2; fi
+}
+
+check_green() { # the clone is complete: same row count as blue
+  local n
+  n=$("$BIN/psql" -At "$GREEN" -c "SELECT count(*) FROM pgbench_accounts")
+  [ "$n" = "$((SCALE * 100000))" ] || { echo "green has $n accounts, expected $((SCALE * 100000))" >&2; exit 1; }
+}
+
+counts() { # count(*) of every pgbench table on blue and green at the same time
+  local sql="SELECT count(*) FROM pgbench_accounts; SELECT count(*) FROM pgbench_branches; SELECT count(*) FROM pgbench_tellers; SELECT count(*) FROM pgbench_history;"
+  "$BIN/psql" -Atq "$BLUE" -c "$sql" >/dev/null &
+  "$BIN/psql" -Atq "$GREEN" -c "$sql" >/dev/null &
+  wait
+}
+
+for run in $(seq 1 "$RUNS"); do
+  echo "run $run/$RUNS" >&2
+  fresh_green; sync; t=$(now)
+  "$SYNC" --blue "$BLUE" --green "$GREEN" --json clone --jobs "$JOBS" >"$WORK/clone.json"
+  record switchyard_clone "$(elapsed "$t")"; check_green
+
+  t=$(now); counts; record count "$(elapsed "$t")"
+  t=$(now)
+  "$SYNC" --blue "$BLUE" --green "$GREEN" --json verify --jobs "$JOBS" >"$WORK/verify.json" \
+    || { cat "$WORK/verify.json" >&2; echo "verify failed" >&2; exit 1; }
+  record switchyard_verify "$(elapsed "$t")"
+
+  fresh_green; t=$(now)
+  "$BIN/pg_dump" -Fc -d "$BLUE" | "$BIN/pg_restore" --no-owner -d "$GREEN"
+  record dump_fc_restore "$(elapsed "$t")"; check_green
+
+  fresh_green; rm -rf "$WORK/dumpdir"; t=$(now)
+  "$BIN/pg_dump" -Fd -j "$JOBS" -f "$WORK/dumpdir" -d "$BLUE"
+  "$BIN/pg_restore" -j "$JOBS" --no-owner -d "$GREEN" "$WORK/dumpdir"
+  record dump_fd_restore_j "$(elapsed "$t")"; check_green
+done
+
+ratio() { echo "scale=2; $1 / $2" | bc; }
+OUT="$ROOT/bench/sync/results-$(date -u +%Y-%m-%d).md"
+{
+  echo "pgbench scale $SCALE ($SIZE on blue), $(nproc) cores, PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), best of $RUNS runs, jobs $JOBS"
+  echo
+  echo "| operation | switchyard | peer | peer time | ratio | target |"
+  echo "|---|---|---|---|---|---|"
+  echo "| clone | ${best[switchyard_clone]} s | \`pg_dump -Fc \\| pg_restore\` | ${best[dump_fc_restore]} s | $(ratio "${best[switchyard_clone]}" "${best[dump_fc_restore]}") | ≤ 0.5 |"
+  echo "| clone | ${best[switchyard_clone]} s | \`pg_dump -Fd -j$JOBS\` + \`pg_restore -j$JOBS\` | ${best[dump_fd_restore_j]} s | $(ratio "${best[switchyard_clone]}" "${best[dump_fd_restore_j]}") | ≤ 0.8 |"
+  echo "| verify | ${best[switchyard_verify]} s | \`count(*)\` of the same tables, blue and green in parallel | ${best[count]} s | $(ratio "${best[switchyard_verify]}" "${best[count]}") | ≤ 2 |"
+} | tee "$OUT"

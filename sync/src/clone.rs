@@ -7,7 +7,8 @@
 //!    `pg_restore --section=pre-data` creates tables, types and functions.
 //! 3. `--jobs` workers stream `COPY ... TO STDOUT` on blue straight into
 //!    `COPY ... FROM STDIN` on green, largest tables first (binary format when
-//!    the columns allow it, text otherwise).
+//!    the columns allow it, text otherwise); tables over 128 MiB are split into
+//!    heap-block ranges (`ctid` range scans) so that workers share them.
 //! 4. Sequence values are carried over.
 //! 5. `pg_restore --section=post-data -j N` builds indexes, constraints and
 //!    triggers in parallel, after the data.
@@ -21,7 +22,7 @@ use crate::pg::{self, Table};
 use crate::progress::Progress;
 use crate::verify::{snapshot_session, SnapshotHolder};
 use crate::{state, Output};
-use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -201,7 +202,11 @@ pub async fn clone(
     // Data.
     let total: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = Arc::new(Progress::new(output, "clone", total.max(0) as u64));
-    let queue = Arc::new(Mutex::new(tables.iter().cloned().collect::<VecDeque<_>>()));
+    let queue = Arc::new(Mutex::new(
+        plan_chunks(&tables, jobs)
+            .into_iter()
+            .collect::<VecDeque<_>>(),
+    ));
     let mut handles = Vec::new();
     for _ in 0..jobs.min(tables.len().max(1)) {
         let queue = queue.clone();
@@ -221,7 +226,7 @@ pub async fn clone(
             loop {
                 let next = queue.lock().expect("queue lock").pop_front();
                 let Some(table) = next else { break };
-                done.push(copy_table(&blue, &green, &table, &progress).await?);
+                done.push(copy_chunk(&blue, &green, &table, &progress).await?);
             }
             Ok::<_, SyncError>(done)
         }));
@@ -253,6 +258,18 @@ pub async fn clone(
     .await?;
     pg::exec(&green, Side::Green, "analyzing green", "ANALYZE").await?;
 
+    let mut merged: Vec<TableCopy> = Vec::new();
+    for c in copied {
+        match merged.iter_mut().find(|m| m.table == c.table) {
+            Some(m) => {
+                m.rows += c.rows;
+                m.bytes += c.bytes;
+                m.seconds = m.seconds.max(c.seconds);
+            }
+            None => merged.push(c),
+        }
+    }
+    let mut copied = merged;
     copied.sort_by_key(|t| std::cmp::Reverse(t.bytes));
     let report = CloneReport {
         snapshot: snapshot.clone(),
@@ -281,47 +298,130 @@ pub async fn clone(
     Ok((report, holder))
 }
 
-/// Streams one table from blue to green.
-async fn copy_table(
+/// Tables bigger than this many heap blocks (128 MiB of 8 KiB pages) are
+/// copied as several block ranges in parallel. `SWITCHYARD_CLONE_CHUNK_BLOCKS`
+/// overrides it (the tests use it to exercise splitting on small tables).
+const CHUNK_BLOCKS: i64 = 16384;
+
+fn chunk_blocks() -> i64 {
+    std::env::var("SWITCHYARD_CLONE_CHUNK_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &i64| n > 0)
+        .unwrap_or(CHUNK_BLOCKS)
+}
+
+/// One unit of copy work: a whole table, or a range of its heap blocks.
+#[derive(Clone)]
+struct Chunk {
+    table: Arc<Table>,
+    /// `[first, last)` heap blocks; `None` for the whole table. The last
+    /// range of a table is open-ended.
+    blocks: Option<(i64, Option<i64>)>,
+    est_bytes: i64,
+}
+
+/// Splits big tables into block ranges so that `jobs` workers can share
+/// them; largest pieces first.
+fn plan_chunks(tables: &[Table], jobs: usize) -> Vec<Chunk> {
+    let chunk_blocks = chunk_blocks();
+    let mut chunks = Vec::new();
+    for t in tables {
+        let table = Arc::new(t.clone());
+        let n = if jobs > 1 && t.blocks > chunk_blocks {
+            (t.blocks + chunk_blocks - 1) / chunk_blocks
+        } else {
+            1
+        };
+        if n == 1 {
+            chunks.push(Chunk {
+                table,
+                blocks: None,
+                est_bytes: t.bytes,
+            });
+            continue;
+        }
+        let per = (t.blocks + n - 1) / n;
+        for i in 0..n {
+            let first = i * per;
+            let last = if i == n - 1 {
+                None
+            } else {
+                Some((i + 1) * per)
+            };
+            chunks.push(Chunk {
+                table: table.clone(),
+                blocks: Some((first, last)),
+                est_bytes: t.bytes / n,
+            });
+        }
+    }
+    chunks.sort_by_key(|c| std::cmp::Reverse(c.est_bytes));
+    chunks
+}
+
+/// Streams one chunk from blue to green: `COPY ... TO STDOUT` piped into
+/// `COPY ... FROM STDIN`, binary when the column types allow it.
+async fn copy_chunk(
     blue: &Client,
     green: &Client,
-    table: &Table,
+    chunk: &Chunk,
     progress: &Progress,
 ) -> Result<TableCopy, SyncError> {
     let started = Instant::now();
+    let table = &chunk.table;
     let format = if table.binary_ok {
         "(FORMAT binary)"
     } else {
         ""
     };
-    let bar = progress.table(
-        &table.display(),
-        table.bytes.max(0) as u64,
-        table.est_rows as u64,
-    );
+    let cols = table.copy_columns.join(", ");
+    let source = match chunk.blocks {
+        None => format!("{} ({cols})", table.sql()),
+        Some((first, last)) => {
+            let upper = last
+                .map(|l| format!(" AND ctid < '({l},0)'::tid"))
+                .unwrap_or_default();
+            format!(
+                "(SELECT {cols} FROM ONLY {} WHERE ctid >= '({first},0)'::tid{upper})",
+                table.sql()
+            )
+        }
+    };
+    let label = match chunk.blocks {
+        None => table.display(),
+        Some((first, _)) => format!("{} @{first}", table.display()),
+    };
+    let est_rows = if table.bytes > 0 {
+        (table.est_rows as f64 * chunk.est_bytes as f64 / table.bytes as f64) as u64
+    } else {
+        0
+    };
+    let bar = progress.table(&label, chunk.est_bytes.max(0) as u64, est_rows);
     let err = |message: String| SyncError::Copy {
         table: table.display(),
         message,
     };
     let out = blue
-        .copy_out(&format!("COPY {} TO STDOUT {format}", table.sql()))
+        .copy_out(&format!("COPY {source} TO STDOUT {format}"))
         .await
         .map_err(|e| err(format!("blue: {}", pg_message(&e))))?;
     let sink = green
-        .copy_in(&format!("COPY {} FROM STDIN {format}", table.sql()))
+        .copy_in(&format!(
+            "COPY {} ({cols}) FROM STDIN {format}",
+            table.sql()
+        ))
         .await
         .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
     let mut bytes = 0u64;
     let mut sink = std::pin::pin!(sink);
-    let mut stream = std::pin::pin!(out
-        .map_err(|e| err(format!("blue: {}", pg_message(&e))))
-        .inspect_ok(|chunk| {
-            bytes += chunk.len() as u64;
-            bar.inc(chunk.len() as u64);
-        }));
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        sink.send(chunk)
+    let mut stream = std::pin::pin!(out);
+    while let Some(data) = stream.next().await {
+        let data = data.map_err(|e| err(format!("blue: {}", pg_message(&e))))?;
+        bytes += data.len() as u64;
+        bar.inc(data.len() as u64);
+        // feed, not send: the sink batches rows and flushes when its buffer fills.
+        sink.feed(data)
             .await
             .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
     }

@@ -63,6 +63,10 @@ pub struct Table {
     /// Whether binary COPY is safe between clusters (no user-defined types,
     /// whose OIDs differ between clusters, in any column).
     pub binary_ok: bool,
+    /// Columns COPY carries (all but generated ones), quoted, in order.
+    pub copy_columns: Vec<String>,
+    /// Heap size in blocks when listed (for splitting big tables).
+    pub blocks: i64,
 }
 
 impl Table {
@@ -94,7 +98,10 @@ pub async fn list_tables(client: &Client, side: Side) -> Result<Vec<Table>, Sync
                   WHERE con.conrelid = c.oid AND con.contype = 'p'), '{{}}'::text[]), \
                 NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                    AND (t.oid >= 16384 OR t.typelem >= 16384 OR t.typtype NOT IN ('b', 'p', 'r', 'm'))) \
+                    AND (t.oid >= 16384 OR t.typelem >= 16384 OR t.typtype NOT IN ('b', 'p', 'r', 'm'))), \
+                coalesce((SELECT array_agg(quote_ident(a.attname) ORDER BY a.attnum) FROM pg_attribute a \
+                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{{}}'::text[]), \
+                (pg_relation_size(c.oid) / current_setting('block_size')::int8) \
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
           WHERE c.relkind = 'r' AND {SYSTEM_SCHEMA_FILTER} \
             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
@@ -114,6 +121,8 @@ pub async fn list_tables(client: &Client, side: Side) -> Result<Vec<Table>, Sync
             est_rows: r.get(3),
             pk: r.get(4),
             binary_ok: r.get(5),
+            copy_columns: r.get(6),
+            blocks: r.get(7),
         })
         .collect())
 }

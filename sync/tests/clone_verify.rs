@@ -68,6 +68,9 @@ INSERT INTO measurements SELECT c, d::date, (c * 10 + extract(doy from d))::nume
 "#;
 
 async fn fixture(pair: &Pair) {
+    // Split tables bigger than 8 blocks into block ranges, so that the
+    // parallel copy of one table is exercised too.
+    std::env::set_var("SWITCHYARD_CLONE_CHUNK_BLOCKS", "8");
     sql(pair.blue(), FIXTURE).await;
 }
 

@@ -1,18 +1,42 @@
-//! The admin HTTP API (JSON, bearer-token auth on everything but `/healthz`
-//! and, unless configured, `/metrics`).
+//! The admin HTTP API (JSON; bearer-token auth compared in constant time on
+//! everything but `/healthz` and, unless `metrics_auth`, `/metrics`).
+//!
+//! | method, path | does |
+//! |---|---|
+//! | `GET /healthz` | 200 when up |
+//! | `GET /metrics` | Prometheus text: data plane and control plane |
+//! | `GET /api/v1/status` | weights, rollout, pools, analysis |
+//! | `PUT /api/v1/weights` | `{"green": N}`; pauses a running rollout |
+//! | `POST /api/v1/rollout/{start,pause,resume,promote,abort}` | optional `{"reason": "..."}` |
+//! | `GET /api/v1/history` | persisted events, oldest first (`?limit=N`) |
+//! | `GET /api/v1/events` | server-sent events of every state change |
+//!
+//! Errors are `{"error": "..."}`: 400 bad input (nothing changes), 401 no or
+//! wrong token, 404, 405, 409 not allowed in this state, 500 state not
+//! persisted.
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use switchyard_proxy::Colour;
+use tokio::sync::broadcast::error::RecvError;
 
-use crate::Inner;
+use crate::rollout::{self, Action};
+use crate::{events, Inner, TransitionError};
 
 type Shared = Arc<Inner>;
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 64 * 1024;
 
 pub(crate) fn router(inner: Shared) -> Router {
     Router::new()
@@ -20,7 +44,21 @@ pub(crate) fn router(inner: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/weights", put(set_weights))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see /api/v1/status") })
+        .route("/api/v1/rollout/{action}", post(rollout_action))
+        .route("/api/v1/history", get(history))
+        .route("/api/v1/events", get(events_stream))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint: see /api/v1/status",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
         .with_state(inner)
 }
 
@@ -38,7 +76,10 @@ fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong token in Authorization: Bearer")),
+        Some(_) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "wrong token in Authorization: Bearer",
+        )),
         None => Err(error(
             StatusCode::UNAUTHORIZED,
             "missing token: send Authorization: Bearer <admin.token>",
@@ -54,6 +95,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// Who is calling, for the history: `X-Switchyard-Actor` if it is short
+/// printable text (ctl sends `ctl:$USER`), else `api`.
+fn actor(headers: &HeaderMap) -> String {
+    headers
+        .get("x-switchyard-actor")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|s| format!("api:{s}"))
+        .unwrap_or_else(|| "api".into())
+}
+
+fn transition_error(e: TransitionError) -> Response {
+    match e {
+        TransitionError::Conflict(m) => error(StatusCode::CONFLICT, m),
+        TransitionError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 async fn metrics(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     if inner.settings.load().metrics_auth {
         if let Err(r) = authorized(&inner, &headers) {
@@ -62,6 +121,29 @@ async fn metrics(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     }
     let mut out = String::with_capacity(4096);
     inner.dp.render_metrics(&mut out);
+    let (phase, step) = {
+        let s = inner.store.lock();
+        (s.rollout.phase, s.rollout.step)
+    };
+    out.push_str("# HELP switchyard_rollout_state Current rollout state (1 for the current one).\n# TYPE switchyard_rollout_state gauge\n");
+    for p in [
+        rollout::Phase::Idle,
+        rollout::Phase::Preparing,
+        rollout::Phase::Progressing,
+        rollout::Phase::Paused,
+        rollout::Phase::Cutover,
+        rollout::Phase::Promoted,
+        rollout::Phase::Aborted,
+    ] {
+        let _ = writeln!(
+            out,
+            "switchyard_rollout_state{{state=\"{}\"}} {}",
+            p.as_str(),
+            u8::from(p == phase)
+        );
+    }
+    let _ = writeln!(out, "# HELP switchyard_rollout_step Current step index (-1 when none).\n# TYPE switchyard_rollout_step gauge\nswitchyard_rollout_step {}", step.map_or(-1, |i| i as i64));
+    let _ = writeln!(out, "# HELP switchyard_rollbacks_total Automatic rollbacks since start.\n# TYPE switchyard_rollbacks_total counter\nswitchyard_rollbacks_total {}", inner.rollbacks.load(Ordering::Relaxed));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -73,57 +155,226 @@ fn colour_json(inner: &Inner, c: Colour) -> Value {
     })
 }
 
+fn weights_json(green_bp: u32) -> Value {
+    json!({ "blue": f64::from(10_000 - green_bp) / 100.0, "green": f64::from(green_bp) / 100.0 })
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// The status document of `GET /api/v1/status`.
+fn status_json(inner: &Inner) -> Value {
+    let settings = inner.settings.load_full();
+    let (rollout, stable, candidate) = {
+        let s = inner.store.lock();
+        (s.rollout.clone(), s.stable, s.candidate())
+    };
+    let live = inner.live.lock().map(|l| l.clone()).unwrap_or_default();
+    let w = inner.dp.weights();
+    let steps = &settings.rollout.steps.0;
+    let bake = rollout
+        .step
+        .map(|i| rollout::bake_of(steps, i, settings.rollout.bake));
+    let a = &settings.rollout.analysis;
+    let (verdict, detail) = match &live.verdict {
+        Some(v) => (
+            Value::from(v.name()),
+            match v {
+                crate::Verdict::Pass => Value::Null,
+                crate::Verdict::Inconclusive(d) | crate::Verdict::Breach(d) => {
+                    Value::from(d.as_str())
+                }
+            },
+        ),
+        None => (Value::Null, Value::Null),
+    };
+    json!({
+        "weights": weights_json(w.green_bp),
+        "rollout": {
+            "state": rollout.phase.as_str(),
+            "step": rollout.step,
+            "steps": steps.iter().map(|s| f64::from(s.weight_bp) / 100.0).collect::<Vec<_>>(),
+            "reason": rollout.reason,
+            "holding": live.holding,
+            "stable": stable,
+            "candidate": candidate,
+            "step_started": (rollout.step_started_ms > 0).then(|| events::rfc3339(rollout.step_started_ms)),
+            "bake_seconds": bake.map(secs),
+        },
+        "pools": { "blue": colour_json(inner, Colour::Blue), "green": colour_json(inner, Colour::Green) },
+        "analysis": {
+            "verdict": verdict,
+            "detail": detail,
+            "judged_at": (live.judged_at_ms > 0).then(|| events::rfc3339(live.judged_at_ms)),
+            "window_seconds": secs(a.window),
+            "interval_seconds": secs(a.interval),
+            "min_requests": a.min_requests,
+            "max_error_rate": a.max_error_rate,
+            "max_error_rate_delta": a.max_error_rate_delta,
+            "max_p99_ms": a.max_p99.map(|d| secs(d) * 1000.0),
+            "max_p99_ratio": a.max_p99_ratio,
+            "fail_fast_after": a.fail_fast_after,
+        },
+        "database": Value::Null,
+    })
+}
+
 async fn status(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&inner, &headers) {
         return r;
     }
-    let w = inner.dp.weights();
-    Json(json!({
-        "weights": { "blue": w.blue_bp as f64 / 100.0, "green": w.green_bp as f64 / 100.0 },
-        "rollout": { "state": "idle", "step": Value::Null, "reason": Value::Null },
-        "pools": { "blue": colour_json(&inner, Colour::Blue), "green": colour_json(&inner, Colour::Green) },
-        "analysis": {},
-        "database": Value::Null,
-    }))
-    .into_response()
+    Json(status_json(&inner)).into_response()
+}
+
+/// Reads the body as a JSON object, or answers 400 with `usage`.
+/// An empty body is `None`.
+async fn read_object(
+    req: Request,
+    usage: &str,
+) -> Result<Option<serde_json::Map<String, Value>>, Response> {
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "body too large or unreadable"))?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) => Ok(Some(o)),
+        Ok(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("body must be a JSON object: {usage}"),
+        )),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("body is not JSON ({e}): {usage}"),
+        )),
+    }
 }
 
 async fn set_weights(State(inner): State<Shared>, req: Request) -> Response {
     if let Err(r) = authorized(&inner, req.headers()) {
         return r;
     }
-    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
-        Ok(b) => b,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "body too large or unreadable"),
+    const USAGE: &str = "send {\"green\": N} with 0 <= N <= 100 and no other field";
+    let who = actor(req.headers());
+    let obj = match read_object(req, USAGE).await {
+        Ok(Some(o)) => o,
+        Ok(None) => return error(StatusCode::BAD_REQUEST, format!("empty body: {USAGE}")),
+        Err(r) => return r,
     };
-    let v: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("body is not JSON ({e}): send {{\"green\": N}} with 0 <= N <= 100"),
-            )
-        }
-    };
-    let green = match v.get("green").and_then(Value::as_f64) {
-        Some(g) if v.as_object().is_some_and(|o| o.len() == 1) => g,
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "expected {\"green\": N} with 0 <= N <= 100 and no other field",
-            )
-        }
+    let green = match obj.get("green").and_then(Value::as_f64) {
+        Some(g) if obj.len() == 1 => g,
+        _ => return error(StatusCode::BAD_REQUEST, format!("expected {USAGE}")),
     };
     let bp = match switchyard_config::percent_to_basis_points(green) {
         Ok(bp) => bp,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("green: {e}")),
     };
-    if let Err(e) = inner.store.update(|s| s.green_bp = bp) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    match inner.transition(&who, |s| rollout::set_weights(s, bp)) {
+        Ok(s) => Json(json!({
+            "weights": weights_json(s.green_bp),
+            "rollout": { "state": s.rollout.phase.as_str(), "step": s.rollout.step, "reason": s.rollout.reason },
+        }))
+        .into_response(),
+        Err(e) => transition_error(e),
     }
-    inner.dp.set_green_bp(bp);
-    let w = inner.dp.weights();
-    Json(json!({ "weights": { "blue": w.blue_bp as f64 / 100.0, "green": w.green_bp as f64 / 100.0 } }))
+}
+
+async fn rollout_action(
+    State(inner): State<Shared>,
+    Path(action): Path<String>,
+    req: Request,
+) -> Response {
+    if let Err(r) = authorized(&inner, req.headers()) {
+        return r;
+    }
+    let Some(action) = Action::parse(&action) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no rollout action {action:?}: use start, pause, resume, promote or abort"),
+        );
+    };
+    const USAGE: &str = "send no body, or {\"reason\": \"...\"}";
+    let who = actor(req.headers());
+    let reason = match read_object(req, USAGE).await {
+        Ok(None) => None,
+        Ok(Some(o)) => {
+            if let Some(k) = o.keys().find(|k| *k != "reason") {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown field {k:?}: {USAGE}"),
+                );
+            }
+            match o.get("reason") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(r)) if r.len() <= 1000 => Some(r.clone()),
+                Some(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("reason must be a string of at most 1000 bytes: {USAGE}"),
+                    )
+                }
+            }
+        }
+        Err(r) => return r,
+    };
+    let steps = inner.settings.load().rollout.steps.0.clone();
+    match inner.transition(&who, |s| {
+        rollout::apply(s, action, &steps, reason, events::now_ms())
+    }) {
+        Ok(_) => Json(status_json(&inner)).into_response(),
+        Err(e) => transition_error(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(inner): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = authorized(&inner, &headers) {
+        return r;
+    }
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad query: use ?limit=N with N a whole number",
+        );
+    };
+    let s = inner.store.lock();
+    let skip = q.limit.map_or(0, |l| s.history.len().saturating_sub(l));
+    let events: Vec<_> = s.history.iter().skip(skip).cloned().collect();
+    drop(s);
+    Json(json!({ "events": events })).into_response()
+}
+
+async fn events_stream(State(inner): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&inner, &headers) {
+        return r;
+    }
+    let rx = inner.hub.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = match rx.recv().await {
+            Ok(e) => SseEvent::default()
+                .event(e.kind.clone())
+                .id(e.seq.to_string())
+                .json_data(&e)
+                .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
+            Err(RecvError::Lagged(n)) => {
+                SseEvent::default().comment(format!("{n} events missed: see /api/v1/history"))
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(item), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 

@@ -1,44 +1,168 @@
 //! switchyard-admin is the control plane: it decides the weights. It owns the
-//! rollout state machine, continuous analysis with automatic rollback, the
-//! gates a step must pass, the persistent state store, the admin HTTP API and
-//! the webhooks. It drives the data plane through
-//! [`switchyard_proxy::DataPlane`] and never forwards application traffic.
+//! rollout state machine ([`rollout`]), continuous analysis with automatic
+//! rollback ([`analysis`], driven by the controller), the gates a step must
+//! pass ([`gates`]), the persistent state store ([`store`]), events and
+//! their history ([`events`]), the admin HTTP API and the webhooks. It
+//! drives the data plane through [`switchyard_proxy::DataPlane`] and never
+//! forwards application traffic.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 mod api;
-mod store;
+mod controller;
+pub mod events;
+pub mod gates;
+pub mod rollout;
+pub mod store;
+mod webhook;
 
-pub use store::{PersistedState, Store, StoreError};
+pub use analysis::Verdict;
+pub use events::Event;
+pub use gates::{Gate, GateContext, GateFuture, GateResult};
+pub use rollout::{Action, Phase};
+pub use store::{Opened, PersistedState, Store, StoreError};
 
 use arc_swap::ArcSwap;
 use std::future::Future;
-use std::sync::Arc;
-use switchyard_config::Config;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use switchyard_config::{Config, RolloutConfig, WebhooksConfig};
 use switchyard_proxy::DataPlane;
+
+use events::{EventWeights, Hub};
+use rollout::{Change, Conflict};
 
 /// Errors of the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The state store could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr} for the admin API: {source} (is another process using the port?)")]
+    /// The admin listener could not be bound.
+    #[error(
+        "cannot listen on {addr} for the admin API: {source} (is another process using the port?)"
+    )]
     Bind {
+        /// The address of `[admin] listen`.
         addr: std::net::SocketAddr,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
+    /// `[admin] token` is empty: the API would be open to anyone.
+    #[error("[admin] token is empty: refusing to serve an unauthenticated admin API")]
+    EmptyToken,
+}
+
+/// Why a state change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// Not allowed in the current state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The new state could not be persisted (HTTP 500). For a rollback the
+    /// weights were applied anyway.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Settings of the control plane that a reload may change.
 pub(crate) struct Settings {
     pub token: String,
     pub metrics_auth: bool,
+    pub rollout: RolloutConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// What the controller currently thinks, for status (not persisted).
+#[derive(Default, Clone)]
+pub(crate) struct Live {
+    /// The last analysis verdict, if a rollout is active.
+    pub verdict: Option<Verdict>,
+    /// Why the rollout is not advancing right now, if it is waiting.
+    pub holding: Option<String>,
+    /// When the last judgement ran (ms since epoch).
+    pub judged_at_ms: u64,
 }
 
 pub(crate) struct Inner {
     pub dp: DataPlane,
     pub settings: ArcSwap<Settings>,
     pub store: Store,
+    pub hub: Hub,
+    pub webhooks: webhook::WebhookClient,
+    pub gates: Mutex<Vec<Arc<dyn Gate>>>,
+    pub live: Mutex<Live>,
+    pub rollbacks: AtomicU64,
+}
+
+impl Inner {
+    /// Makes one state change under the store lock: `f` edits a copy of the
+    /// state (or refuses with a conflict), the change is recorded as an
+    /// event, persisted, applied to the data plane and published.
+    ///
+    /// A change that takes traffic away from the candidate (rollback,
+    /// abort) is applied to the data plane *before* the write, so clients
+    /// stop seeing the bad colour without waiting for fsync; everything
+    /// else is applied only once persisted.
+    pub(crate) fn transition(
+        &self,
+        actor: &str,
+        f: impl FnOnce(&mut PersistedState) -> Result<Change, Conflict>,
+    ) -> Result<PersistedState, TransitionError> {
+        let mut guard = self.store.lock();
+        let mut next = guard.clone();
+        let change = f(&mut next).map_err(|Conflict(m)| TransitionError::Conflict(m))?;
+        let at_ms = events::now_ms();
+        let event = next.record(Event {
+            seq: 0,
+            at: events::rfc3339(at_ms),
+            at_ms,
+            actor: actor.to_string(),
+            kind: change.kind.to_string(),
+            state: next.rollout.phase,
+            step: next.rollout.step,
+            weights: EventWeights::of(next.green_bp),
+            reason: change.reason.clone(),
+        });
+        let urgent = matches!(change.kind, "rolled_back" | "aborted");
+        if urgent {
+            self.dp.set_green_bp(next.green_bp);
+            self.dp.reset_window(next.candidate());
+        }
+        let written = self.store.write(&next);
+        if let Err(e) = written {
+            if !urgent {
+                return Err(e.into());
+            }
+            tracing::error!(error = %e, "rolled back, but the new state could not be persisted");
+            *guard = next;
+            drop(guard);
+            self.hub.publish(event);
+            return Err(e.into());
+        }
+        if !urgent {
+            self.dp.set_green_bp(next.green_bp);
+        }
+        if change.kind == "rollout_started" {
+            self.dp.reset_window(next.candidate());
+        }
+        *guard = next.clone();
+        drop(guard);
+        if change.kind == "rolled_back" {
+            self.rollbacks.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(reason = ?event.reason, "rollout rolled back");
+        }
+        tracing::info!(
+            kind = %event.kind, actor = %event.actor, state = event.state.as_str(),
+            green = event.weights.green, reason = ?event.reason, "rollout event"
+        );
+        if let Ok(mut live) = self.live.lock() {
+            live.holding = None;
+        }
+        self.hub.publish(event);
+        Ok(next)
+    }
 }
 
 /// The running control plane. Cheap to clone.
@@ -48,19 +172,89 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Opens the state store named by `[state]`, restores the persisted
-    /// weights into `dp`, and returns the control plane. Must run inside a
-    /// Tokio runtime.
+    /// Opens the state store named by `[state]` (falling back to its backup
+    /// if damaged, refusing to start if both are unusable), restores the
+    /// persisted weights into `dp`, and starts the rollout controller and
+    /// the notify webhook. Called once by `switchyard run`; must run inside
+    /// a Tokio runtime.
     pub fn start(config: &Config, dp: DataPlane) -> Result<ControlPlane, AdminError> {
-        let store = Store::open(&config.state.path)?;
-        dp.set_green_bp(store.current().green_bp);
-        Ok(ControlPlane {
-            inner: Arc::new(Inner {
-                dp,
-                settings: ArcSwap::from_pointee(settings_of(config)),
-                store,
-            }),
+        if config.admin.token.is_empty() {
+            return Err(AdminError::EmptyToken);
+        }
+        let (store, opened) = Store::open(&config.state.path)?;
+        let state = store.current();
+        dp.set_green_bp(state.green_bp);
+        match &opened {
+            Opened::FromBackup { damaged, reason } => tracing::warn!(
+                state = %config.state.path.display(), damaged = %damaged.display(), %reason,
+                "state file was unreadable; restored the last good copy"
+            ),
+            Opened::Restored => tracing::info!(
+                state = state.rollout.phase.as_str(), step = ?state.rollout.step,
+                green = f64::from(state.green_bp) / 100.0, "state restored"
+            ),
+            Opened::Fresh => {}
+        }
+        let inner = Arc::new(Inner {
+            dp,
+            settings: ArcSwap::from_pointee(settings_of(config)),
+            store,
+            hub: Hub::default(),
+            webhooks: webhook::WebhookClient::default(),
+            gates: Mutex::new(Vec::new()),
+            live: Mutex::new(Live::default()),
+            rollbacks: AtomicU64::new(0),
+        });
+        if let Opened::FromBackup { damaged, reason } = opened {
+            let why = format!(
+                "state file unreadable ({reason}); restored from {}, damaged copy kept at {}",
+                store::backup_path(&config.state.path).display(),
+                damaged.display()
+            );
+            let _ = inner.transition("startup", |_| {
+                Ok(Change {
+                    kind: "state_restored",
+                    reason: Some(why),
+                })
+            });
+        }
+        tokio::spawn(controller::run(Arc::downgrade(&inner)));
+        tokio::spawn(webhook::notify_loop(inner.clone()));
+        Ok(ControlPlane { inner })
+    }
+
+    /// Adds a gate every weight increase must pass from now on (the
+    /// database module registers verification and replication lag here).
+    pub fn add_gate(&self, gate: Arc<dyn Gate>) {
+        self.inner
+            .gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(gate);
+    }
+
+    /// Performs an operator action, as `POST /api/v1/rollout/{action}`
+    /// does. `actor` is recorded in the history.
+    pub fn act(
+        &self,
+        action: Action,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<PersistedState, TransitionError> {
+        let steps = self.inner.settings.load().rollout.steps.0.clone();
+        self.inner.transition(actor, |s| {
+            rollout::apply(s, action, &steps, reason, events::now_ms())
         })
+    }
+
+    /// The persisted state now (weights, rollout, history).
+    pub fn state(&self) -> PersistedState {
+        self.inner.store.current()
+    }
+
+    /// Subscribes to events from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.inner.hub.subscribe()
     }
 
     /// The admin API as an axum router (used by `serve` and by tests).
@@ -79,7 +273,9 @@ impl ControlPlane {
             .await
     }
 
-    /// Applies a reloaded configuration (token, analysis settings).
+    /// Applies a reloaded configuration (token, steps, bakes, analysis
+    /// thresholds, webhooks). Called on SIGHUP after the config validated.
+    /// The state file path is not changed by a reload.
     pub fn reload(&self, config: &Config) {
         self.inner.settings.store(Arc::new(settings_of(config)));
     }
@@ -94,10 +290,13 @@ fn settings_of(config: &Config) -> Settings {
     Settings {
         token: config.admin.token.clone(),
         metrics_auth: config.admin.metrics_auth,
+        rollout: config.rollout.clone(),
+        webhooks: config.webhooks.clone(),
     }
 }
 
-/// Binds the admin listener of `[admin]`.
+/// Binds the admin listener of `[admin]`. Called by `switchyard run` before
+/// serving.
 pub async fn bind(config: &Config) -> Result<tokio::net::TcpListener, AdminError> {
     let addr = config.admin.listen;
     tokio::net::TcpListener::bind(addr)

@@ -1,79 +1,286 @@
-//! The state store: weights and rollout state persisted as JSON, written
-//! atomically (write a temp file, fsync, rename, fsync the directory) so a
-//! crash leaves either the old or the new state, never a torn one.
+//! The state store: weights, rollout state and the event history persisted
+//! as JSON, written atomically (write a temp file, fsync, rename, fsync the
+//! directory) so a crash leaves either the old or the new state, never a torn
+//! one. Every write also refreshes `<path>.bak` the same way, so a state file
+//! damaged by something else (a disk error, a careless edit) falls back to
+//! the last good copy instead of silently resetting traffic.
 
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
+use switchyard_proxy::Colour;
+
+use crate::events::Event;
+use crate::rollout::Rollout;
+
+/// How many events the persisted history keeps (oldest dropped first).
+pub const HISTORY_LIMIT: usize = 256;
 
 /// Why the state store cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The file or its directory could not be read or written.
     #[error("state file {}: {source} (check [state] path and its directory's permissions)", path.display())]
     Io {
+        /// The state file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
-    #[error("state file {} is unreadable: {reason}. Refusing to start rather than reset traffic; \
-             restore it, or delete it to start from blue at 100%", path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    /// Neither the state file nor its backup could be parsed.
+    #[error("state file {} is unreadable ({reason}) and no good backup exists at {}. \
+             Refusing to start rather than reset traffic: restore it, or remove both files \
+             to start again with blue at 100%", path.display(), backup.display())]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// Its backup copy.
+        backup: PathBuf,
+        /// Why parsing failed.
+        reason: String,
+    },
 }
 
-/// What survives a restart.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Everything that survives a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PersistedState {
-    /// Green's weight in basis points.
+    /// Format version of this file.
+    pub version: u32,
+    /// Green's weight in basis points; blue has the rest.
     pub green_bp: u32,
+    /// The colour serving production; the other one is the rollout candidate.
+    #[serde(with = "colour_serde")]
+    pub stable: Colour,
+    /// Where the rollout state machine is.
+    pub rollout: Rollout,
+    /// The most recent events, oldest first.
+    pub history: VecDeque<Event>,
+    /// Sequence number the next event gets.
+    pub next_seq: u64,
 }
 
-/// The persisted state and the file behind it.
+impl Default for PersistedState {
+    fn default() -> Self {
+        PersistedState {
+            version: 1,
+            green_bp: 0,
+            stable: Colour::Blue,
+            rollout: Rollout::default(),
+            history: VecDeque::new(),
+            next_seq: 1,
+        }
+    }
+}
+
+impl PersistedState {
+    /// The rollout candidate: the colour that is not stable.
+    pub fn candidate(&self) -> Colour {
+        self.stable.other()
+    }
+
+    /// The candidate's weight in basis points.
+    pub fn candidate_bp(&self) -> u32 {
+        match self.candidate() {
+            Colour::Green => self.green_bp,
+            Colour::Blue => 10_000 - self.green_bp,
+        }
+    }
+
+    /// Sets the candidate's weight in basis points (the stable colour gets
+    /// the rest).
+    pub fn set_candidate_bp(&mut self, bp: u32) {
+        let bp = bp.min(10_000);
+        self.green_bp = match self.candidate() {
+            Colour::Green => bp,
+            Colour::Blue => 10_000 - bp,
+        };
+    }
+
+    /// Appends an event to the history, dropping the oldest beyond
+    /// [`HISTORY_LIMIT`].
+    pub(crate) fn record(&mut self, mut event: Event) -> Event {
+        event.seq = self.next_seq;
+        self.next_seq += 1;
+        self.history.push_back(event.clone());
+        while self.history.len() > HISTORY_LIMIT {
+            self.history.pop_front();
+        }
+        event
+    }
+}
+
+mod colour_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use switchyard_proxy::Colour;
+
+    pub fn serialize<S: Serializer>(c: &Colour, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Colour, D::Error> {
+        let s = String::deserialize(d)?;
+        Colour::parse(s.as_bytes())
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not blue or green")))
+    }
+}
+
+/// The persisted state and the files behind it. The state lives behind a
+/// mutex: whoever changes it holds the lock until it is written, so the
+/// file always reflects the order of changes.
 pub struct Store {
     path: PathBuf,
+    backup: PathBuf,
     current: Mutex<PersistedState>,
 }
 
+/// How [`Store::open`] found the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// No state file yet: a fresh start with blue at 100%.
+    Fresh,
+    /// The state file was read.
+    Restored,
+    /// The state file was damaged; the backup was used and the damaged file
+    /// kept aside under the given name.
+    FromBackup {
+        /// Where the damaged file was moved.
+        damaged: PathBuf,
+        /// Why it was unreadable.
+        reason: String,
+    },
+}
+
+fn parse(bytes: &[u8]) -> Result<PersistedState, String> {
+    let s: PersistedState = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if s.green_bp > 10_000 {
+        return Err(format!("green_bp {} is above 10000", s.green_bp));
+    }
+    Ok(s)
+}
+
+fn read(path: &Path) -> Result<Option<Vec<u8>>, std::io::Error> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Store {
-    /// Opens the store at `path`, reading the state if the file exists.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let state = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PersistedState::default(),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        Ok(Store {
+    /// Opens the store at `path`, called once at start. Reads the state
+    /// file; if it is damaged, falls back to `<path>.bak` (and rewrites the
+    /// state file from it); if both are unusable, refuses with
+    /// [`StoreError::Corrupt`] naming the file and how to reset.
+    pub fn open(path: &Path) -> Result<(Store, Opened), StoreError> {
+        let backup = backup_path(path);
+        let io = |source| StoreError::Io {
             path: path.to_path_buf(),
+            source,
+        };
+        let main = read(path).map_err(io)?;
+        let bak = read(&backup).map_err(|source| StoreError::Io {
+            path: backup.clone(),
+            source,
+        })?;
+        let (state, how) = match (main, bak) {
+            (None, None) => (PersistedState::default(), Opened::Fresh),
+            (Some(bytes), bak) => match parse(&bytes) {
+                Ok(s) => (s, Opened::Restored),
+                Err(reason) => match bak.as_deref().map(parse) {
+                    Some(Ok(s)) => {
+                        let damaged = damaged_path(path);
+                        std::fs::rename(path, &damaged).map_err(io)?;
+                        (s, Opened::FromBackup { damaged, reason })
+                    }
+                    _ => {
+                        return Err(StoreError::Corrupt {
+                            path: path.to_path_buf(),
+                            backup,
+                            reason,
+                        })
+                    }
+                },
+            },
+            (None, Some(bytes)) => match parse(&bytes) {
+                // The main file vanished but its copy is good: use it.
+                Ok(s) => (
+                    s,
+                    Opened::FromBackup {
+                        damaged: path.to_path_buf(),
+                        reason: "the state file is missing".into(),
+                    },
+                ),
+                Err(reason) => {
+                    return Err(StoreError::Corrupt {
+                        path: path.to_path_buf(),
+                        backup,
+                        reason: format!("state file missing, backup unreadable: {reason}"),
+                    })
+                }
+            },
+        };
+        let store = Store {
+            path: path.to_path_buf(),
+            backup,
             current: Mutex::new(state),
-        })
+        };
+        if how != Opened::Restored {
+            let state = store.current();
+            store.write(&state)?;
+        }
+        Ok((store, how))
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// A copy of the current state.
     pub fn current(&self) -> PersistedState {
-        self.current.lock().expect("state lock").clone()
+        self.lock().clone()
     }
 
-    /// Changes the state with `f` and persists it before returning.
-    pub fn update(&self, f: impl FnOnce(&mut PersistedState)) -> Result<PersistedState, StoreError> {
-        let mut guard = self.current.lock().expect("state lock");
-        let mut next = guard.clone();
-        f(&mut next);
-        write_atomically(&self.path, &serde_json::to_vec_pretty(&next).expect("state serializes"))
-            .map_err(|source| StoreError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        *guard = next.clone();
-        Ok(next)
+    /// Locks the state for a change; call [`Store::write`] with the new
+    /// state before releasing the guard.
+    pub fn lock(&self) -> MutexGuard<'_, PersistedState> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Persists `state` to the state file and then to its backup, each
+    /// atomically.
+    pub fn write(&self, state: &PersistedState) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+        write_atomically(&self.path, &bytes).map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        write_atomically(&self.backup, &bytes).map_err(|source| StoreError::Io {
+            path: self.backup.clone(),
+            source,
+        })
+    }
+}
+
+/// `<path>.bak`.
+pub fn backup_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".bak");
+    PathBuf::from(name)
+}
+
+fn damaged_path(path: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".damaged-{secs}"));
+    PathBuf::from(name)
 }
 
 /// Writes `bytes` to `path` via a temp file in the same directory: write,
@@ -94,4 +301,73 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_green(bp: u32) -> PersistedState {
+        PersistedState {
+            green_bp: bp,
+            ..PersistedState::default()
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_a_fresh_start_and_a_write_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (store, how) = Store::open(&path).unwrap();
+        assert_eq!(how, Opened::Fresh);
+        assert_eq!(store.current().green_bp, 0);
+        store.write(&with_green(2500)).unwrap();
+        let (store, how) = Store::open(&path).unwrap();
+        assert_eq!(how, Opened::Restored);
+        assert_eq!(store.current().green_bp, 2500);
+        assert!(backup_path(&path).exists());
+    }
+
+    #[test]
+    fn a_corrupt_file_falls_back_to_the_backup_and_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (store, _) = Store::open(&path).unwrap();
+        store.write(&with_green(500)).unwrap();
+        std::fs::write(&path, b"{\"green_bp\": 5").unwrap();
+        let (store, how) = Store::open(&path).unwrap();
+        assert_eq!(store.current().green_bp, 500);
+        let Opened::FromBackup { damaged, .. } = how else {
+            panic!("expected a fallback, got {how:?}")
+        };
+        assert_eq!(std::fs::read(&damaged).unwrap(), b"{\"green_bp\": 5");
+        // The state file is good again.
+        assert_eq!(parse(&std::fs::read(&path).unwrap()).unwrap().green_bp, 500);
+    }
+
+    #[test]
+    fn corrupt_file_and_backup_refuse_naming_the_file_and_the_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, b"garbage").unwrap();
+        std::fs::write(backup_path(&path), b"{\"green_bp\": 20000}").unwrap();
+        let err = Store::open(&path).err().expect("refuses").to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("remove both files"), "{err}");
+        // Nothing was changed on disk.
+        assert_eq!(std::fs::read(&path).unwrap(), b"garbage");
+    }
+
+    #[test]
+    fn candidate_weight_is_expressed_for_either_direction() {
+        let mut s = PersistedState::default();
+        s.set_candidate_bp(100);
+        assert_eq!(s.green_bp, 100);
+        s.stable = Colour::Green;
+        s.green_bp = 10_000;
+        assert_eq!(s.candidate(), Colour::Blue);
+        assert_eq!(s.candidate_bp(), 0);
+        s.set_candidate_bp(2500);
+        assert_eq!(s.green_bp, 7500);
+    }
 }

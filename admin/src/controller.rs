@@ -1,0 +1,263 @@
+//! The rollout controller: every `analysis.interval` it judges the candidate
+//! from the data plane's windows and, on a breach, rolls back in the same
+//! tick. When a step's bake has elapsed and analysis passes, it runs the
+//! pluggable gates (database, confirm webhook) in the background, still
+//! ticking, and advances once they pass and nothing changed meanwhile.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use crate::analysis::{self, Verdict};
+use crate::events::now_ms;
+use crate::gates::{self, ConfirmWebhook, Gate, GateContext, GateResult};
+use crate::rollout::{self, Change, Conflict, Phase};
+use crate::Inner;
+
+/// How long a held gate waits before it is asked again.
+const GATE_RETRY: Duration = Duration::from_secs(1);
+
+/// The step a gate check was started for; a result for anything else is
+/// stale and ignored.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Key {
+    phase: Phase,
+    step: Option<usize>,
+    step_started_ms: u64,
+}
+
+struct Pending {
+    key: Key,
+    task: JoinHandle<GateResult>,
+}
+
+/// Runs until the control plane is dropped.
+pub(crate) async fn run(weak: Weak<Inner>) {
+    let mut period = match weak.upgrade() {
+        Some(i) => i.settings.load().rollout.analysis.interval,
+        None => return,
+    };
+    let mut tick = ticker(period);
+    let mut pending: Option<Pending> = None;
+    let mut retry_at = Instant::now();
+    loop {
+        let gate_done = async {
+            match pending.as_mut() {
+                Some(p) => Some((&mut p.task).await),
+                None => std::future::pending().await,
+            }
+        };
+        let finished = tokio::select! {
+            _ = tick.tick() => None,
+            r = gate_done => r,
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        if let Some(result) = finished {
+            let key = pending.take().map(|p| p.key);
+            let result =
+                result.unwrap_or_else(|e| GateResult::Hold(format!("gate check panicked: {e}")));
+            gate_finished(&inner, key, result, &mut retry_at);
+            continue;
+        }
+        let now_period = inner.settings.load().rollout.analysis.interval;
+        if now_period != period {
+            period = now_period;
+            tick = ticker(period);
+        }
+        tick_once(&inner, &mut pending, &mut retry_at);
+    }
+}
+
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t
+}
+
+fn key_of(s: &crate::PersistedState) -> Key {
+    Key {
+        phase: s.rollout.phase,
+        step: s.rollout.step,
+        step_started_ms: s.rollout.step_started_ms,
+    }
+}
+
+fn set_live(inner: &Inner, verdict: Option<Verdict>, holding: Option<String>) {
+    if let Ok(mut live) = inner.live.lock() {
+        live.verdict = verdict;
+        live.holding = holding;
+        live.judged_at_ms = now_ms();
+    }
+}
+
+/// One analysis tick.
+fn tick_once(inner: &Arc<Inner>, pending: &mut Option<Pending>, retry_at: &mut Instant) {
+    let settings = inner.settings.load_full();
+    let (key, candidate, stable, candidate_bp) = {
+        let s = inner.store.lock();
+        (key_of(&s), s.candidate(), s.stable, s.candidate_bp())
+    };
+    if pending.as_ref().is_some_and(|p| p.key != key) {
+        if let Some(p) = pending.take() {
+            p.task.abort();
+        }
+    }
+    match key.phase {
+        Phase::Preparing | Phase::Progressing | Phase::Paused => {}
+        Phase::Cutover => {
+            // Without a database there is nothing to switch but traffic,
+            // which entering cutover already did.
+            let _ = inner.transition("controller", |s| {
+                if s.rollout.phase != Phase::Cutover {
+                    return Err(Conflict("no longer in cutover".into()));
+                }
+                Ok(rollout::finish_cutover(s))
+            });
+            set_live(inner, None, None);
+            return;
+        }
+        Phase::Idle | Phase::Promoted | Phase::Aborted => {
+            set_live(inner, None, None);
+            return;
+        }
+    }
+    let a = &settings.rollout.analysis;
+    let cw = inner.dp.window(candidate);
+    let sw = inner.dp.window(stable);
+    let healthy = inner.dp.healthy_upstreams(candidate);
+    let verdict = analysis::judge(a, &cw, &sw, healthy);
+
+    if let Verdict::Breach(why) = &verdict {
+        if candidate_bp > 0 {
+            let r = inner.transition("controller", |s| {
+                if key_of(s) != key || s.candidate_bp() == 0 {
+                    return Err(Conflict("state changed before the rollback".into()));
+                }
+                Ok(rollout::roll_back(s, why.clone()))
+            });
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "rollback skipped");
+            }
+            if let Some(p) = pending.take() {
+                p.task.abort();
+            }
+            set_live(inner, Some(verdict), None);
+            return;
+        }
+    }
+
+    let steps = &settings.rollout.steps.0;
+    let holding = match key.phase {
+        Phase::Paused => Some("paused".to_string()),
+        Phase::Preparing if healthy == 0 => Some("no healthy candidate upstream".to_string()),
+        Phase::Preparing => None,
+        _ => {
+            let i = key.step.unwrap_or(0);
+            let bake = rollout::bake_of(steps, i, settings.rollout.bake);
+            let elapsed = Duration::from_millis(now_ms().saturating_sub(key.step_started_ms));
+            if elapsed < bake {
+                Some(format!(
+                    "baking: {} of {} left",
+                    switchyard_config::format_duration(round_ms(bake - elapsed)),
+                    switchyard_config::format_duration(bake)
+                ))
+            } else {
+                match &verdict {
+                    Verdict::Pass => None,
+                    Verdict::Inconclusive(why) => Some(format!("analysis inconclusive: {why}")),
+                    Verdict::Breach(why) => Some(format!("analysis: {why}")),
+                }
+            }
+        }
+    };
+    if let Some(h) = holding {
+        set_live(inner, Some(verdict), Some(h));
+        return;
+    }
+    // Every built-in gate passed: run the pluggable ones.
+    let mut gate_list: Vec<Arc<dyn Gate>> =
+        inner.gates.lock().map(|g| g.clone()).unwrap_or_default();
+    if let Some(url) = &settings.webhooks.confirm {
+        gate_list.push(Arc::new(ConfirmWebhook {
+            url: url.clone(),
+            timeout: settings.webhooks.timeout,
+            client: inner.webhooks.clone(),
+        }));
+    }
+    if gate_list.is_empty() {
+        advance(inner, key);
+        set_live(inner, Some(verdict), None);
+        return;
+    }
+    let previous_hold = inner.live.lock().ok().and_then(|l| l.holding.clone());
+    if pending.is_none() && Instant::now() >= *retry_at {
+        let to_step = match key.phase {
+            Phase::Preparing => Some(rollout::step_at_or_above(steps, candidate_bp.max(1))),
+            _ => key.step.map(|i| i + 1).filter(|n| *n < steps.len()),
+        };
+        let ctx = GateContext {
+            candidate,
+            to_step,
+            from_weight: f64::from(candidate_bp) / 100.0,
+            to_weight: to_step.map_or(100.0, |n| f64::from(steps[n].weight_bp) / 100.0),
+        };
+        *pending = Some(Pending {
+            key,
+            task: tokio::spawn(gates::check_all(gate_list, ctx)),
+        });
+    }
+    set_live(
+        inner,
+        Some(verdict),
+        Some(previous_hold.unwrap_or_else(|| "checking gates".into())),
+    );
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64 / 100 * 100)
+}
+
+fn gate_finished(inner: &Arc<Inner>, key: Option<Key>, result: GateResult, retry_at: &mut Instant) {
+    let Some(key) = key else { return };
+    match result {
+        GateResult::Hold(why) => {
+            tracing::info!(reason = %why, "gate holds the rollout");
+            *retry_at = Instant::now() + GATE_RETRY;
+            if let Ok(mut live) = inner.live.lock() {
+                live.holding = Some(why);
+            }
+        }
+        GateResult::Pass => {
+            // Analysis may have changed while the gates ran: judge again.
+            let settings = inner.settings.load_full();
+            let (candidate, stable) = {
+                let s = inner.store.lock();
+                (s.candidate(), s.stable)
+            };
+            let v = analysis::judge(
+                &settings.rollout.analysis,
+                &inner.dp.window(candidate),
+                &inner.dp.window(stable),
+                inner.dp.healthy_upstreams(candidate),
+            );
+            if key.phase == Phase::Preparing || v == Verdict::Pass {
+                advance(inner, key);
+            }
+        }
+    }
+}
+
+fn advance(inner: &Arc<Inner>, key: Key) {
+    let steps = inner.settings.load().rollout.steps.0.clone();
+    let r = inner.transition("controller", |s| {
+        if key_of(s) != key || !matches!(s.rollout.phase, Phase::Preparing | Phase::Progressing) {
+            return Err(Conflict("state changed while the gates ran".into()));
+        }
+        let c: Change = rollout::advance(s, &steps, now_ms());
+        Ok(c)
+    });
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "advance skipped");
+    }
+}

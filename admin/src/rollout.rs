@@ -1,0 +1,419 @@
+//! The rollout state machine, as pure functions over [`PersistedState`]:
+//!
+//! ```text
+//! idle ─start→ preparing ─gates pass→ progressing ⇄ paused
+//!                                      │ last step passes, or promote
+//!                                      ↓
+//!                                   cutover → promoted ─start→ preparing (other way)
+//! aborted ← abort (from any active state), or a breach (rolled back)
+//! ```
+//!
+//! The candidate is always the colour that is not stable: after a promote the
+//! next rollout goes the other way. Weights are kept as green basis points;
+//! the candidate's share is derived from them.
+//!
+//! Nothing here does I/O: the controller and the API call these under the
+//! store lock, then persist, apply the weights and publish the event.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use switchyard_config::Step;
+
+use crate::store::PersistedState;
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// No rollout has run (or weights are managed by hand).
+    #[default]
+    Idle,
+    /// Started; waiting for the gates of the first weight increase.
+    Preparing,
+    /// Walking the steps; analysis judges the candidate continuously.
+    Progressing,
+    /// Held by an operator (or a manual weight change); analysis still rolls
+    /// back on a breach.
+    Paused,
+    /// The candidate is taking all traffic.
+    Cutover,
+    /// The candidate became the stable colour.
+    Promoted,
+    /// Rolled back or aborted: the candidate has no traffic.
+    Aborted,
+}
+
+impl Phase {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Preparing => "preparing",
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Cutover => "cutover",
+            Phase::Promoted => "promoted",
+            Phase::Aborted => "aborted",
+        }
+    }
+
+    /// Whether a rollout is under way (the candidate may be serving).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Phase::Preparing | Phase::Progressing | Phase::Paused | Phase::Cutover
+        )
+    }
+}
+
+/// The rollout part of the persisted state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Rollout {
+    /// Current phase.
+    pub phase: Phase,
+    /// Index into `[rollout] steps` of the current step, while progressing
+    /// or paused after the first step was reached.
+    pub step: Option<usize>,
+    /// When the current step began (ms since the epoch, wall clock, so a
+    /// restart continues the bake instead of starting it over).
+    pub step_started_ms: u64,
+    /// Why the last transition happened (a breach, an operator's reason).
+    pub reason: Option<String>,
+}
+
+/// An operator action on the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Begin a rollout of the candidate.
+    Start,
+    /// Hold at the current weight.
+    Pause,
+    /// Continue from the step at or above the current weight.
+    Resume,
+    /// Send all traffic to the candidate now.
+    Promote,
+    /// Send no traffic to the candidate now.
+    Abort,
+}
+
+impl Action {
+    /// Parses the last path segment of `POST /api/v1/rollout/{action}`.
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "start" => Action::Start,
+            "pause" => Action::Pause,
+            "resume" => Action::Resume,
+            "promote" => Action::Promote,
+            "abort" => Action::Abort,
+            _ => return None,
+        })
+    }
+
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Promote => "promote",
+            Action::Abort => "abort",
+        }
+    }
+}
+
+/// An action not allowed in the current state (HTTP 409).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict(pub String);
+
+/// What a transition did: the event kind and its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Event kind, e.g. `step_advanced`.
+    pub kind: &'static str,
+    /// Why, if known.
+    pub reason: Option<String>,
+}
+
+fn change(kind: &'static str, reason: Option<String>) -> Result<Change, Conflict> {
+    Ok(Change { kind, reason })
+}
+
+fn conflict(action: &str, phase: Phase, hint: &str) -> Result<Change, Conflict> {
+    Err(Conflict(format!(
+        "cannot {action} while the rollout is {}: {hint}",
+        phase.as_str()
+    )))
+}
+
+/// Bake time of step `i`: its own, or the default.
+pub fn bake_of(steps: &[Step], i: usize, default: Duration) -> Duration {
+    steps.get(i).and_then(|s| s.bake).unwrap_or(default)
+}
+
+/// The first step whose weight is at or above `bp` (the last step if none).
+pub fn step_at_or_above(steps: &[Step], bp: u32) -> usize {
+    steps
+        .iter()
+        .position(|s| s.weight_bp >= bp)
+        .unwrap_or(steps.len().saturating_sub(1))
+}
+
+/// Applies an operator action. `steps` must not be empty (config validation
+/// guarantees it).
+pub fn apply(
+    s: &mut PersistedState,
+    action: Action,
+    steps: &[Step],
+    reason: Option<String>,
+    now_ms: u64,
+) -> Result<Change, Conflict> {
+    let phase = s.rollout.phase;
+    match action {
+        Action::Start => match phase {
+            Phase::Idle | Phase::Promoted | Phase::Aborted => {
+                s.rollout = Rollout {
+                    phase: Phase::Preparing,
+                    step: None,
+                    step_started_ms: now_ms,
+                    reason: reason.clone(),
+                };
+                change("rollout_started", reason)
+            }
+            _ => conflict(
+                "start",
+                phase,
+                "pause, abort or promote the current rollout first",
+            ),
+        },
+        Action::Pause => match phase {
+            Phase::Preparing | Phase::Progressing => {
+                s.rollout.phase = Phase::Paused;
+                s.rollout.reason = reason.clone();
+                change("paused", reason)
+            }
+            _ => conflict(
+                "pause",
+                phase,
+                "only a preparing or progressing rollout can be paused",
+            ),
+        },
+        Action::Resume => match phase {
+            Phase::Paused => {
+                if s.rollout.step.is_none() && s.candidate_bp() == 0 {
+                    s.rollout.phase = Phase::Preparing;
+                } else {
+                    let i = step_at_or_above(steps, s.candidate_bp());
+                    let target = steps[i].weight_bp.max(s.candidate_bp());
+                    s.set_candidate_bp(target);
+                    s.rollout.phase = Phase::Progressing;
+                    s.rollout.step = Some(i);
+                }
+                s.rollout.step_started_ms = now_ms;
+                s.rollout.reason = reason.clone();
+                change("resumed", reason)
+            }
+            _ => conflict("resume", phase, "only a paused rollout can be resumed"),
+        },
+        Action::Promote => match phase {
+            Phase::Idle | Phase::Preparing | Phase::Progressing | Phase::Paused => {
+                enter_cutover(s, steps, now_ms, reason.clone());
+                change("cutover", reason)
+            }
+            _ => conflict("promote", phase, "start a rollout first"),
+        },
+        Action::Abort => match phase {
+            Phase::Preparing | Phase::Progressing | Phase::Paused | Phase::Cutover => {
+                let reason = reason.unwrap_or_else(|| "aborted by operator".into());
+                stop(s, reason.clone());
+                change("aborted", Some(reason))
+            }
+            _ => conflict("abort", phase, "no rollout is under way"),
+        },
+    }
+}
+
+fn enter_cutover(s: &mut PersistedState, steps: &[Step], now_ms: u64, reason: Option<String>) {
+    s.set_candidate_bp(10_000);
+    s.rollout.phase = Phase::Cutover;
+    s.rollout.step = Some(steps.len().saturating_sub(1));
+    s.rollout.step_started_ms = now_ms;
+    s.rollout.reason = reason;
+}
+
+fn stop(s: &mut PersistedState, reason: String) {
+    s.set_candidate_bp(0);
+    s.rollout.phase = Phase::Aborted;
+    s.rollout.step = None;
+    s.rollout.reason = Some(reason);
+}
+
+/// A manual weight change (`PUT /api/v1/weights`): pauses a running rollout,
+/// refused during cutover.
+pub fn set_weights(s: &mut PersistedState, green_bp: u32) -> Result<Change, Conflict> {
+    let phase = s.rollout.phase;
+    if phase == Phase::Cutover {
+        return Err(Conflict(
+            "cannot set weights during cutover: wait for it to finish, or abort".into(),
+        ));
+    }
+    s.green_bp = green_bp.min(10_000);
+    let reason = format!(
+        "manual weight change: green {}%",
+        f64::from(green_bp) / 100.0
+    );
+    if matches!(phase, Phase::Preparing | Phase::Progressing) {
+        s.rollout.phase = Phase::Paused;
+        s.rollout.reason = Some(reason.clone());
+    }
+    change("weights_set", Some(reason))
+}
+
+/// The controller's move once every gate passed: to the first step (from
+/// preparing), to the next step, or into cutover after the last one.
+pub fn advance(s: &mut PersistedState, steps: &[Step], now_ms: u64) -> Change {
+    let next = match (s.rollout.phase, s.rollout.step) {
+        (Phase::Preparing, _) => step_at_or_above(steps, s.candidate_bp().max(1)),
+        (_, Some(i)) if i + 1 < steps.len() => i + 1,
+        _ => {
+            enter_cutover(s, steps, now_ms, None);
+            return Change {
+                kind: "cutover",
+                reason: Some("every step passed".into()),
+            };
+        }
+    };
+    let target = steps[next].weight_bp.max(s.candidate_bp());
+    s.set_candidate_bp(target);
+    s.rollout.phase = Phase::Progressing;
+    s.rollout.step = Some(next);
+    s.rollout.step_started_ms = now_ms;
+    s.rollout.reason = None;
+    Change {
+        kind: "step_advanced",
+        reason: None,
+    }
+}
+
+/// Cutover done: the candidate takes all traffic and becomes stable.
+pub fn finish_cutover(s: &mut PersistedState) -> Change {
+    s.set_candidate_bp(10_000);
+    s.stable = s.candidate();
+    s.rollout.phase = Phase::Promoted;
+    s.rollout.step = None;
+    Change {
+        kind: "promoted",
+        reason: s.rollout.reason.clone(),
+    }
+}
+
+/// A breach: the candidate gets no traffic, and the reason is kept.
+pub fn roll_back(s: &mut PersistedState, reason: String) -> Change {
+    let reason = format!("rolled back: {reason}");
+    stop(s, reason.clone());
+    Change {
+        kind: "rolled_back",
+        reason: Some(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_proxy::Colour;
+
+    fn steps(w: &[u32]) -> Vec<Step> {
+        w.iter()
+            .map(|p| Step {
+                weight_bp: p * 100,
+                bake: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rollout_walks_every_step_then_cuts_over_and_promotes() {
+        let st = steps(&[1, 5, 25, 100]);
+        let mut s = PersistedState::default();
+        apply(&mut s, Action::Start, &st, None, 1).unwrap();
+        assert_eq!(s.rollout.phase, Phase::Preparing);
+        assert_eq!(s.green_bp, 0);
+        let mut seen = vec![];
+        for _ in 0..4 {
+            assert_eq!(advance(&mut s, &st, 2).kind, "step_advanced");
+            seen.push(s.green_bp);
+        }
+        assert_eq!(seen, vec![100, 500, 2500, 10_000]);
+        assert_eq!(advance(&mut s, &st, 3).kind, "cutover");
+        assert_eq!(s.rollout.phase, Phase::Cutover);
+        finish_cutover(&mut s);
+        assert_eq!(s.rollout.phase, Phase::Promoted);
+        assert_eq!(s.stable, Colour::Green);
+        assert_eq!(s.green_bp, 10_000);
+        // The next rollout goes the other way: blue is the candidate.
+        apply(&mut s, Action::Start, &st, None, 4).unwrap();
+        advance(&mut s, &st, 5);
+        assert_eq!((s.candidate(), s.green_bp), (Colour::Blue, 9_900));
+    }
+
+    #[test]
+    fn actions_not_allowed_in_a_state_conflict_and_change_nothing() {
+        let st = steps(&[10, 50]);
+        let mut s = PersistedState::default();
+        for a in [Action::Pause, Action::Resume, Action::Abort] {
+            let before = s.clone();
+            assert!(apply(&mut s, a, &st, None, 1).is_err(), "{a:?} in idle");
+            assert_eq!(s, before);
+        }
+        apply(&mut s, Action::Start, &st, None, 1).unwrap();
+        assert!(apply(&mut s, Action::Start, &st, None, 1).is_err());
+        assert!(apply(&mut s, Action::Resume, &st, None, 1).is_err());
+        apply(&mut s, Action::Abort, &st, None, 1).unwrap();
+        assert!(apply(&mut s, Action::Promote, &st, None, 1).is_err());
+    }
+
+    #[test]
+    fn resume_continues_from_the_step_at_or_above_the_current_weight() {
+        let st = steps(&[1, 5, 25, 50, 100]);
+        let mut s = PersistedState::default();
+        apply(&mut s, Action::Start, &st, None, 1).unwrap();
+        advance(&mut s, &st, 1);
+        set_weights(&mut s, 1000).unwrap();
+        assert_eq!(s.rollout.phase, Phase::Paused, "manual weights pause");
+        apply(&mut s, Action::Resume, &st, None, 9).unwrap();
+        assert_eq!(s.rollout.phase, Phase::Progressing);
+        assert_eq!((s.rollout.step, s.green_bp), (Some(2), 2500));
+        assert_eq!(s.rollout.step_started_ms, 9);
+        set_weights(&mut s, 5000).unwrap();
+        apply(&mut s, Action::Resume, &st, None, 9).unwrap();
+        assert_eq!((s.rollout.step, s.green_bp), (Some(3), 5000));
+    }
+
+    #[test]
+    fn a_breach_and_an_abort_take_the_candidate_to_zero_with_the_reason() {
+        let st = steps(&[10, 50]);
+        let mut s = PersistedState::default();
+        apply(&mut s, Action::Start, &st, None, 1).unwrap();
+        advance(&mut s, &st, 1);
+        advance(&mut s, &st, 1);
+        let c = roll_back(&mut s, "error rate 0.5 > 0.05".into());
+        assert_eq!(c.kind, "rolled_back");
+        assert_eq!((s.rollout.phase, s.green_bp), (Phase::Aborted, 0));
+        assert!(s.rollout.reason.as_deref().unwrap().contains("0.5 > 0.05"));
+        apply(&mut s, Action::Start, &st, None, 1).unwrap();
+        let c = apply(&mut s, Action::Abort, &st, Some("bad build".into()), 1).unwrap();
+        assert_eq!(c.reason.as_deref(), Some("bad build"));
+    }
+
+    #[test]
+    fn promote_goes_to_everything_now_and_weights_are_refused_during_cutover() {
+        let st = steps(&[10, 50]);
+        let mut s = PersistedState::default();
+        apply(&mut s, Action::Start, &st, None, 1).unwrap();
+        apply(&mut s, Action::Promote, &st, None, 1).unwrap();
+        assert_eq!((s.rollout.phase, s.green_bp), (Phase::Cutover, 10_000));
+        assert!(set_weights(&mut s, 0).is_err());
+        finish_cutover(&mut s);
+        assert_eq!(s.stable, Colour::Green);
+    }
+}

@@ -25,18 +25,16 @@ pub(crate) fn interpolate_with(
             rest = stripped;
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body.find('}').ok_or_else(|| {
-                format!("unterminated `${{` in {input:?}: write `${{NAME}}`, or `$$` for a literal `$`")
+                format!(
+                    "unterminated `${{` in {input:?}: write `${{NAME}}`, or `$$` for a literal `$`"
+                )
             })?;
             let expr = &body[..end];
             let (name, default) = match expr.find(":-") {
                 Some(i) => (&expr[..i], Some(&expr[i + 2..])),
                 None => (expr, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!(
                     "invalid environment variable name {name:?} in `${{{expr}}}`: use letters, digits and `_`"
                 ));
@@ -86,7 +84,11 @@ mod tests {
     fn missing_variable_is_named() {
         let err = interpolate_with("${NOPE}", env).unwrap_err();
         assert!(err.contains("NOPE is not set"), "{err}");
-        assert!(interpolate_with("${TOKEN", env).unwrap_err().contains("unterminated"));
-        assert!(interpolate_with("${A B}", env).unwrap_err().contains("invalid"));
+        assert!(interpolate_with("${TOKEN", env)
+            .unwrap_err()
+            .contains("unterminated"));
+        assert!(interpolate_with("${A B}", env)
+            .unwrap_err()
+            .contains("invalid"));
     }
 }

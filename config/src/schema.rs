@@ -262,7 +262,10 @@ fn health_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    #[serde(default = "default_admin_listen", deserialize_with = "values::socket_addr")]
+    #[serde(
+        default = "default_admin_listen",
+        deserialize_with = "values::socket_addr"
+    )]
     pub listen: SocketAddr,
     /// Bearer token demanded by every mutating endpoint. Required, never empty.
     #[serde(deserialize_with = "values::non_empty_string")]
@@ -355,8 +358,9 @@ impl<'de> Deserialize<'de> for Step {
                     match key.as_str() {
                         "weight" => {
                             let v: f64 = map.next_value()?;
-                            weight =
-                                Some(values::percent_to_basis_points(v).map_err(de::Error::custom)?);
+                            weight = Some(
+                                values::percent_to_basis_points(v).map_err(de::Error::custom)?,
+                            );
                         }
                         "bake" => {
                             let s: String = map.next_value()?;
@@ -492,7 +496,10 @@ pub struct DatabaseConfig {
     #[serde(default = "default_jobs")]
     pub jobs: usize,
     /// Longest time cutover may hold writes before giving up.
-    #[serde(default = "default_cutover_timeout", deserialize_with = "values::positive_duration")]
+    #[serde(
+        default = "default_cutover_timeout",
+        deserialize_with = "values::positive_duration"
+    )]
     pub cutover_timeout: Duration,
 }
 

@@ -152,7 +152,10 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
         assert!(parse_duration("5 days").is_err());
-        assert_eq!(format_duration(Duration::from_secs(90)), "1.5m".replace("1.5m", "90s"));
+        assert_eq!(
+            format_duration(Duration::from_secs(90)),
+            "1.5m".replace("1.5m", "90s")
+        );
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
     }

@@ -55,9 +55,15 @@ fn the_documented_example_parses_with_env_interpolation() {
     assert_eq!(c.pools.green.health.as_ref().unwrap().fall, 2);
     let steps: Vec<u32> = c.rollout.steps.0.iter().map(|s| s.weight_bp).collect();
     assert_eq!(steps, vec![100, 500, 2500, 5000, 10000]);
-    assert_eq!(c.rollout.steps.0[2].bake, Some(std::time::Duration::from_secs(60)));
+    assert_eq!(
+        c.rollout.steps.0[2].bake,
+        Some(std::time::Duration::from_secs(60))
+    );
     assert_eq!(c.database.unwrap().mode, SyncMode::Replicate);
-    assert!(!format!("{:?}", c.admin).contains("t0ken"), "token must not be logged");
+    assert!(
+        !format!("{:?}", c.admin).contains("t0ken"),
+        "token must not be logged"
+    );
 }
 
 #[test]
@@ -92,17 +98,27 @@ fn bad_values_point_at_the_value() {
 fn missing_or_empty_token_is_an_error() {
     let pools = "[pools.blue]\nupstreams=[\"a:1\"]\n[pools.green]\nupstreams=[\"b:2\"]\n";
     let e = err(&format!("[admin]\ntoken = \"\"\n{pools}"));
-    assert!(e.starts_with("sy.toml:2:9:") && e.contains("must not be empty"), "{e}");
+    assert!(
+        e.starts_with("sy.toml:2:9:") && e.contains("must not be empty"),
+        "{e}"
+    );
     let e = err(&format!("[admin]\n{pools}"));
     assert!(e.contains("missing field `token`"), "{e}");
-    let e = err(&format!("[admin]\ntoken = \"${{SY_SURELY_UNSET_VAR}}\"\n{pools}"));
+    let e = err(&format!(
+        "[admin]\ntoken = \"${{SY_SURELY_UNSET_VAR}}\"\n{pools}"
+    ));
     assert!(e.contains("SY_SURELY_UNSET_VAR is not set"), "{e}");
 }
 
 #[test]
 fn upstreams_are_validated() {
-    let e = err("[admin]\ntoken=\"x\"\n[pools.blue]\nupstreams=[]\n[pools.green]\nupstreams=[\"b:2\"]\n");
-    assert!(e.starts_with("sy.toml:4:") && e.contains("at least one upstream"), "{e}");
+    let e = err(
+        "[admin]\ntoken=\"x\"\n[pools.blue]\nupstreams=[]\n[pools.green]\nupstreams=[\"b:2\"]\n",
+    );
+    assert!(
+        e.starts_with("sy.toml:4:") && e.contains("at least one upstream"),
+        "{e}"
+    );
     let e = err("[admin]\ntoken=\"x\"\n[pools.blue]\nupstreams=[\"nope\"]\n[pools.green]\nupstreams=[\"b:2\"]\n");
     assert!(e.contains("HOST:PORT"), "{e}");
 }
@@ -116,6 +132,8 @@ fn load_resolves_paths_next_to_the_file() {
     let c = Config::load(&path).unwrap();
     assert_eq!(c.state.path, dir.path().join("switchyard-state.json"));
     assert_eq!(c.proxy.tls.unwrap().cert, dir.path().join("cert.pem"));
-    let missing = Config::load(&dir.path().join("nope.toml")).unwrap_err().to_string();
+    let missing = Config::load(&dir.path().join("nope.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(missing.contains("cannot read config file"), "{missing}");
 }

@@ -70,17 +70,22 @@ impl Body for ProxyBody {
         match &mut self.get_mut().kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream { body, conn } => {
-                let r = Pin::new(body).poll_frame(cx);
-                match &r {
-                    Poll::Ready(None) => {
-                        if let Some((tx, up)) = conn.take() {
-                            up.checkin(tx);
-                        }
-                    }
+                let r = Pin::new(&mut *body).poll_frame(cx);
+                // Servers stop polling once a Content-Length body is complete,
+                // so look for the end after every frame, not only at `None`.
+                let done = match &r {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
                     Poll::Ready(Some(Err(_))) => {
                         conn.take();
+                        false
                     }
-                    _ => {}
+                    Poll::Pending => false,
+                };
+                if done {
+                    if let Some((tx, up)) = conn.take() {
+                        up.checkin(tx);
+                    }
                 }
                 r
             }
@@ -99,6 +104,19 @@ impl Body for ProxyBody {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // A body dropped after its last byte still leaves a reusable connection.
+        if let Kind::Upstream { body, conn } = &mut self.kind {
+            if body.is_end_stream() {
+                if let Some((tx, up)) = conn.take() {
+                    up.checkin(tx);
+                }
+            }
         }
     }
 }

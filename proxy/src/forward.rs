@@ -159,7 +159,10 @@ async fn forward(
     let mut stale_retries = 0;
     loop {
         attempts_left -= 1;
-        let up = pool.pick(avoid.as_ref()).ok_or(Failure::NoUpstream)?.clone();
+        let up = pool
+            .pick(avoid.as_ref())
+            .ok_or(Failure::NoUpstream)?
+            .clone();
         let mut tx = match up.checkout(routing.settings.connect_timeout).await {
             Ok(tx) => tx,
             Err(e) => {
@@ -173,11 +176,8 @@ async fn forward(
             }
         };
         up.begin();
-        let sent = tokio::time::timeout(
-            routing.settings.upstream_timeout,
-            tx.try_send_request(req),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(routing.settings.upstream_timeout, tx.try_send_request(req)).await;
         up.end();
         match sent {
             Err(_) => return Err(Failure::Timeout),

@@ -65,7 +65,8 @@ fn tls_err(what: &'static str, path: &Path, reason: String) -> ProxyError {
 }
 
 fn load_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ProxyError> {
-    let file = std::fs::File::open(path).map_err(|e| tls_err("certificate", path, e.to_string()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| tls_err("certificate", path, e.to_string()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(file))
         .collect::<Result<_, _>>()
         .map_err(|e| tls_err("certificate", path, format!("is not valid PEM: {e}")))?;
@@ -89,7 +90,9 @@ fn load_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, Pr
 impl Listeners {
     /// The plain HTTP address actually bound (useful with port 0).
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// The HTTPS address actually bound, when TLS is configured.
@@ -103,7 +106,10 @@ impl Listeners {
     /// lets in-flight requests finish for up to `drain`.
     pub async fn serve(self, dp: DataPlane, shutdown: impl Future<Output = ()>, drain: Duration) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new());
+        builder
+            .http1()
+            .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new());
         builder.http1().header_read_timeout(Duration::from_secs(60));
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
@@ -111,7 +117,15 @@ impl Listeners {
         let http = accept_loop(self.http, None, &dp, &builder, &graceful, stop_rx.clone());
         let tls = async {
             if let Some((listener, acceptor)) = self.tls {
-                accept_loop(listener, Some(acceptor), &dp, &builder, &graceful, stop_rx.clone()).await
+                accept_loop(
+                    listener,
+                    Some(acceptor),
+                    &dp,
+                    &builder,
+                    &graceful,
+                    stop_rx.clone(),
+                )
+                .await
             }
         };
         let stopper = async {
@@ -119,9 +133,18 @@ impl Listeners {
             let _ = stop_tx.send(true);
         };
         tokio::join!(http, tls, stopper);
-        tracing::info!(connections = graceful.count(), "draining in-flight requests");
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-            tracing::warn!(?drain, "drain timeout passed; closing remaining connections");
+        tracing::info!(
+            connections = graceful.count(),
+            "draining in-flight requests"
+        );
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                "drain timeout passed; closing remaining connections"
+            );
         }
     }
 }

@@ -10,19 +10,34 @@ const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000,
 
 pub(crate) fn render(shared: &Shared, out: &mut String) {
     let routing = shared.routing.load();
-    let _ = writeln!(out, "# HELP switchyard_weight_percent Share of new requests sent to each colour.");
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_weight_percent Share of new requests sent to each colour."
+    );
     let _ = writeln!(out, "# TYPE switchyard_weight_percent gauge");
     for c in Colour::ALL {
         let bp = crate::Weights::of(c, routing.green_bp);
-        let _ = writeln!(out, "switchyard_weight_percent{{colour=\"{c}\"}} {}", bp as f64 / 100.0);
+        let _ = writeln!(
+            out,
+            "switchyard_weight_percent{{colour=\"{c}\"}} {}",
+            bp as f64 / 100.0
+        );
     }
     let totals: Vec<_> = Colour::ALL
         .iter()
         .map(|&c| (c, shared.stats.colour(c).totals()))
         .collect();
     let counters: [(&str, &str, fn(&crate::stats::Totals) -> u64); 3] = [
-        ("switchyard_requests_total", "Requests forwarded, by colour.", |t| t.requests),
-        ("switchyard_upstream_5xx_total", "Responses with a 5xx status, by colour.", |t| t.server_errors),
+        (
+            "switchyard_requests_total",
+            "Requests forwarded, by colour.",
+            |t| t.requests,
+        ),
+        (
+            "switchyard_upstream_5xx_total",
+            "Responses with a 5xx status, by colour.",
+            |t| t.server_errors,
+        ),
         (
             "switchyard_transport_failures_total",
             "Requests that got no upstream response (connect failure, reset, timeout), by colour.",
@@ -37,19 +52,37 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
         }
     }
     let name = "switchyard_request_duration_seconds";
-    let _ = writeln!(out, "# HELP {name} Time to the upstream's response headers, by colour.");
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time to the upstream's response headers, by colour."
+    );
     let _ = writeln!(out, "# TYPE {name} histogram");
     for (c, t) in &totals {
         let s = shared.stats.colour(*c);
         for ms in LATENCY_BUCKETS_MS {
             let n = s.count_at_or_below(Duration::from_millis(ms));
-            let _ = writeln!(out, "{name}_bucket{{colour=\"{c}\",le=\"{}\"}} {n}", ms as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{colour=\"{c}\",le=\"{}\"}} {n}",
+                ms as f64 / 1000.0
+            );
         }
-        let _ = writeln!(out, "{name}_bucket{{colour=\"{c}\",le=\"+Inf\"}} {}", t.requests);
-        let _ = writeln!(out, "{name}_sum{{colour=\"{c}\"}} {}", t.latency_sum.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{colour=\"{c}\",le=\"+Inf\"}} {}",
+            t.requests
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{colour=\"{c}\"}} {}",
+            t.latency_sum.as_secs_f64()
+        );
         let _ = writeln!(out, "{name}_count{{colour=\"{c}\"}} {}", t.requests);
     }
-    let _ = writeln!(out, "# HELP switchyard_upstream_healthy 1 when the upstream passes health checks.");
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_upstream_healthy 1 when the upstream passes health checks."
+    );
     let _ = writeln!(out, "# TYPE switchyard_upstream_healthy gauge");
     for pool in routing.pools.iter() {
         for u in pool.upstreams.iter() {

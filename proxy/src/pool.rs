@@ -173,7 +173,11 @@ impl Pool {
             let reused = previous.and_then(|p| {
                 p.upstreams
                     .iter()
-                    .find(|old| old.name == name && old.addr == addr && same_health(&old.health, &cfg.health))
+                    .find(|old| {
+                        old.name == name
+                            && old.addr == addr
+                            && same_health(&old.health, &cfg.health)
+                    })
                     .cloned()
             });
             match reused {

@@ -96,9 +96,7 @@ impl RouterConfig {
         let (bucket, set_cookie) = match self.sticky {
             StickyMode::None => (random_bucket(), None),
             StickyMode::Hash => (self.hashed_bucket(headers, client), None),
-            StickyMode::Cookie => match cookie(headers, &self.cookie_name)
-                .and_then(parse_bucket)
-            {
+            StickyMode::Cookie => match cookie(headers, &self.cookie_name).and_then(parse_bucket) {
                 Some(b) => (b, None),
                 None => {
                     let b = random_bucket();
@@ -118,7 +116,9 @@ impl RouterConfig {
 
     fn hashed_bucket(&self, headers: &HeaderMap, client: IpAddr) -> u32 {
         match &self.key {
-            Key::Cookie(name) => cookie(headers, name).map(bucket_of).unwrap_or_else(random_bucket),
+            Key::Cookie(name) => cookie(headers, name)
+                .map(bucket_of)
+                .unwrap_or_else(random_bucket),
             Key::Header(name) => headers
                 .get(name)
                 .map(|v| bucket_of(v.as_bytes()))
@@ -253,7 +253,10 @@ mod tests {
         let c = r.choose(&HeaderMap::new(), ip, 5000);
         let b = c.set_cookie.expect("new client gets a bucket");
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_str(&format!("switchyard={b}")).unwrap());
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("switchyard={b}")).unwrap(),
+        );
         for _ in 0..10 {
             let again = r.choose(&h, ip, 5000);
             assert_eq!(again.colour, c.colour);

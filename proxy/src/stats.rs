@@ -312,7 +312,11 @@ mod tests {
             let b = bin_of(v);
             assert!(b >= last && b < BINS);
             if v < (1 << 30) {
-                assert!(bin_upper(b) >= v, "{v} in bin {b} with upper {}", bin_upper(b));
+                assert!(
+                    bin_upper(b) >= v,
+                    "{v} in bin {b} with upper {}",
+                    bin_upper(b)
+                );
                 assert!(bin_upper(b) as f64 <= v as f64 * 1.13 + 1.0);
             }
             last = b;

@@ -1,0 +1,227 @@
+//! The admin API's contract: who may call it, what it accepts, and what it
+//! refuses in which state. Against a real switchyard process.
+
+mod support;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client as Legacy;
+use hyper_util::rt::TokioExecutor;
+use support::switchyard::TOKEN;
+use support::{eventually, Backend, Switchyard};
+
+/// Steps that never advance by themselves during a test.
+const SLOW: &str = r#"
+[rollout]
+steps = [10, 50, 100]
+bake = "1h"
+
+[rollout.analysis]
+window = "2s"
+interval = "50ms"
+min_requests = 10
+"#;
+
+async fn start() -> (Backend, Backend, Switchyard) {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(SLOW)
+        .start();
+    (blue, green, sy)
+}
+
+/// The status code of a request, without reading the body (the events
+/// endpoint never ends).
+async fn status_of(sy: &Switchyard, method: &Method, path: &str, auth: Option<&str>) -> u16 {
+    let client = Legacy::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = http::Request::builder()
+        .method(method.clone())
+        .uri(sy.admin_url(path));
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let body = if method == Method::PUT {
+        Bytes::from_static(b"{\"green\": 0}")
+    } else {
+        Bytes::new()
+    };
+    let resp = client
+        .request(req.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_demands_the_right_token() {
+    let (_b, _g, sy) = start().await;
+    let protected = [
+        (Method::GET, "/api/v1/status"),
+        (Method::PUT, "/api/v1/weights"),
+        (Method::POST, "/api/v1/rollout/start"),
+        (Method::POST, "/api/v1/rollout/pause"),
+        (Method::POST, "/api/v1/rollout/resume"),
+        (Method::POST, "/api/v1/rollout/promote"),
+        (Method::POST, "/api/v1/rollout/abort"),
+        (Method::GET, "/api/v1/history"),
+        (Method::GET, "/api/v1/events"),
+    ];
+    let right = format!("Bearer {TOKEN}");
+    let same_length = format!("Bearer {}", "x".repeat(TOKEN.len()));
+    for (m, p) in &protected {
+        for wrong in [
+            None,
+            Some("Bearer nope"),
+            Some(same_length.as_str()),
+            Some(TOKEN),
+            Some("Basic dGVzdA=="),
+        ] {
+            assert_eq!(
+                status_of(&sy, m, p, wrong).await,
+                401,
+                "{m} {p} with {wrong:?}"
+            );
+        }
+        let ok = status_of(&sy, m, p, Some(&right)).await;
+        assert!(
+            ok == 200 || ok == 409,
+            "{m} {p} with the right token answered {ok}"
+        );
+    }
+    // Open endpoints.
+    assert_eq!(status_of(&sy, &Method::GET, "/healthz", None).await, 200);
+    assert_eq!(status_of(&sy, &Method::GET, "/metrics", None).await, 200);
+    // A 401 body says what to do, as JSON.
+    let r = sy
+        .client
+        .get(&sy.admin_url("/api/v1/status"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error"].as_str().unwrap().contains("Bearer"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_out_of_range_bodies_get_400_and_change_nothing() {
+    let (_b, _g, sy) = start().await;
+    sy.set_green(20.0).await;
+    let before = sy.status().await;
+    let history = sy.admin(Method::GET, "/api/v1/history", "").await.json();
+    let big = format!("{{\"green\": 1, \"pad\": \"{}\"}}", "x".repeat(100_000));
+    let bad_weights = [
+        "",
+        "nope",
+        "[]",
+        "50",
+        "{}",
+        "{\"green\": 101}",
+        "{\"green\": -1}",
+        "{\"green\": \"50\"}",
+        "{\"green\": null}",
+        "{\"green\": 50, \"blue\": 50}",
+        "{\"blue\": 50}",
+        "{\"green\": 5",
+        big.as_str(),
+    ];
+    for body in bad_weights {
+        let r = sy.admin(Method::PUT, "/api/v1/weights", body).await;
+        assert_eq!(r.status, 400, "PUT weights {:.60}: {}", body, r.text());
+        assert!(r.json()["error"].is_string());
+    }
+    let bad_actions = [
+        "{bad",
+        "[]",
+        "\"why\"",
+        "{\"reason\": 5}",
+        "{\"why\": \"x\"}",
+        "{\"reason\": \"x\", \"force\": true}",
+    ];
+    for body in bad_actions {
+        for action in ["start", "abort"] {
+            let r = sy
+                .admin(Method::POST, &format!("/api/v1/rollout/{action}"), body)
+                .await;
+            assert_eq!(r.status, 400, "POST {action} {body}: {}", r.text());
+        }
+    }
+    let after = sy.status().await;
+    assert_eq!(after["weights"], before["weights"]);
+    assert_eq!(after["rollout"]["state"], "idle");
+    assert_eq!(
+        sy.admin(Method::GET, "/api/v1/history", "").await.json(),
+        history,
+        "no event was recorded"
+    );
+    // A good body with a reason is accepted and the reason recorded.
+    let r = sy
+        .admin(
+            Method::POST,
+            "/api/v1/rollout/start",
+            "{\"reason\": \"release 42\"}",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["rollout"]["reason"], "release 42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_not_allowed_in_a_state_get_409() {
+    let (_b, _g, sy) = start().await;
+    let act = async |a: &str| {
+        sy.admin(Method::POST, &format!("/api/v1/rollout/{a}"), "")
+            .await
+    };
+    let state = async || {
+        sy.status().await["rollout"]["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    for a in ["pause", "resume", "abort"] {
+        let r = act(a).await;
+        assert_eq!(r.status, 409, "{a} in idle: {}", r.text());
+        assert!(r.json()["error"].as_str().unwrap().contains("idle"));
+    }
+    assert_eq!(act("start").await.status, 200);
+    assert!(eventually(10, async || state().await == "progressing").await);
+    assert_eq!(act("start").await.status, 409, "start while progressing");
+    assert_eq!(act("resume").await.status, 409, "resume while progressing");
+
+    // A manual weight pauses the rollout; resume continues from the step at
+    // or above the weight.
+    sy.set_green(30.0).await;
+    assert_eq!(state().await, "paused");
+    assert_eq!(act("pause").await.status, 409, "pause while paused");
+    assert_eq!(act("start").await.status, 409, "start while paused");
+    assert_eq!(act("resume").await.status, 200);
+    let s = sy.status().await;
+    assert_eq!(
+        (
+            s["rollout"]["state"].as_str(),
+            s["rollout"]["step"].as_u64(),
+            s["weights"]["green"].as_f64()
+        ),
+        (Some("progressing"), Some(1), Some(50.0))
+    );
+
+    assert_eq!(act("abort").await.status, 200);
+    assert_eq!(sy.status().await["weights"]["green"], 0.0);
+    for a in ["abort", "pause", "resume", "promote"] {
+        assert_eq!(act(a).await.status, 409, "{a} when aborted");
+    }
+    assert_eq!(act("start").await.status, 200);
+    assert_eq!(act("promote").await.status, 200);
+    assert!(eventually(10, async || state().await == "promoted").await);
+    for a in ["promote", "abort", "pause", "resume"] {
+        assert_eq!(act(a).await.status, 409, "{a} when promoted");
+    }
+    assert_eq!(act("explode").await.status, 404);
+    assert_eq!(
+        sy.admin(Method::DELETE, "/api/v1/weights", "").await.status,
+        405
+    );
+}

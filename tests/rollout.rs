@@ -1,0 +1,452 @@
+//! Rollouts as users see them: a real switchyard process, real backends,
+//! real load. The controller walks the steps, rolls back by itself when the
+//! candidate misbehaves, holds when it cannot judge or a gate says no, and
+//! survives `kill -9` and a damaged state file.
+
+#[path = "support/load.rs"]
+mod load;
+mod support;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client as Legacy;
+use hyper_util::rt::TokioExecutor;
+use load::Load;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{eventually, Backend, Switchyard};
+
+/// Short bakes and windows so a whole rollout takes a few seconds.
+const FAST: &str = r#"
+[rollout]
+steps = [10, 50, 100]
+bake = "300ms"
+
+[rollout.analysis]
+window = "2s"
+interval = "50ms"
+min_requests = 10
+max_error_rate = 0.05
+"#;
+
+/// Like [`FAST`], but the second step bakes for an hour: the rollout stays
+/// there until the test acts ("mid-rollout").
+fn parked(analysis_extra: &str) -> String {
+    format!(
+        r#"
+[rollout]
+steps = [{{ weight = 10, bake = "300ms" }}, {{ weight = 50, bake = "1h" }}, 100]
+bake = "300ms"
+
+[rollout.analysis]
+window = "2s"
+interval = "50ms"
+min_requests = 10
+max_error_rate = 0.05
+{analysis_extra}
+"#
+    )
+}
+
+async fn act(sy: &Switchyard, action: &str) -> support::client::Resp {
+    sy.admin(Method::POST, &format!("/api/v1/rollout/{action}"), "")
+        .await
+}
+
+/// (state, step, green percent) from the status endpoint.
+async fn rollout(sy: &Switchyard) -> (String, Option<u64>, f64) {
+    let s = sy.status().await;
+    (
+        s["rollout"]["state"].as_str().unwrap().to_string(),
+        s["rollout"]["step"].as_u64(),
+        s["weights"]["green"].as_f64().unwrap(),
+    )
+}
+
+async fn history_kinds(sy: &Switchyard) -> Vec<String> {
+    let h = sy.admin(Method::GET, "/api/v1/history", "").await;
+    assert_eq!(h.status, 200, "{}", h.text());
+    h.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn wait_for_step(sy: &Switchyard, step: u64) {
+    let reached = eventually(30, async || {
+        let (state, s, _) = rollout(sy).await;
+        state == "progressing" && s == Some(step)
+    })
+    .await;
+    assert!(reached, "never reached step {step}: {}", sy.status().await);
+}
+
+/// Collects the server-sent events stream into a string, in the background.
+async fn sse(sy: &Switchyard) -> Arc<Mutex<String>> {
+    let client = Legacy::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let req = http::Request::get(sy.admin_url("/api/v1/events"))
+        .header(
+            "authorization",
+            format!("Bearer {}", support::switchyard::TOKEN),
+        )
+        .body(Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = Arc::new(Mutex::new(String::new()));
+    let t = text.clone();
+    tokio::spawn(async move {
+        let mut body = resp.into_body();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(d) = frame.into_data() {
+                t.lock().unwrap().push_str(&String::from_utf8_lossy(&d));
+            }
+        }
+    });
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_rollout_on_a_healthy_green_reaches_promoted_and_the_next_goes_back_to_blue() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let hook = Backend::start("hook").await;
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(FAST)
+        .extra(&format!(
+            "[webhooks]\nnotify = \"http://{}/events\"",
+            hook.addr
+        ))
+        .start();
+    let events = sse(&sy).await;
+    let load = Load::start(sy.url("/"), 4, 200_000, Duration::from_secs(90));
+
+    let t0 = Instant::now();
+    let r = act(&sy, "start").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let promoted = eventually(60, async || rollout(&sy).await.0 == "promoted").await;
+    assert!(promoted, "rollout did not finish: {}", sy.status().await);
+    println!("rollout through 3 steps took {:?}", t0.elapsed());
+    let s = sy.status().await;
+    assert_eq!(s["weights"]["green"], 100.0);
+    assert_eq!(s["rollout"]["stable"], "green");
+    let kinds = history_kinds(&sy).await;
+    assert_eq!(
+        kinds,
+        [
+            "rollout_started",
+            "step_advanced",
+            "step_advanced",
+            "step_advanced",
+            "cutover",
+            "promoted"
+        ],
+        "history"
+    );
+    let sse_ok = eventually(5, async || {
+        let t = events.lock().unwrap().clone();
+        t.contains("event: rollout_started") && t.contains("event: promoted")
+    })
+    .await;
+    assert!(sse_ok, "SSE stream: {}", events.lock().unwrap());
+    assert!(
+        eventually(5, async || hook.requests() >= 6).await,
+        "notify webhook got {} events",
+        hook.requests()
+    );
+
+    // The next rollout goes the other way: blue is now the candidate.
+    let r = act(&sy, "start").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["rollout"]["candidate"], "blue");
+    wait_for_step(&sy, 0).await;
+    assert_eq!(rollout(&sy).await.2, 90.0, "blue at 10% means green at 90%");
+    let promoted = eventually(60, async || rollout(&sy).await.0 == "promoted").await;
+    assert!(promoted, "second rollout: {}", sy.status().await);
+    let s = sy.status().await;
+    assert_eq!(
+        (
+            s["weights"]["blue"].as_f64(),
+            s["weights"]["green"].as_f64()
+        ),
+        (Some(100.0), Some(0.0))
+    );
+    assert_eq!(s["rollout"]["stable"], "blue");
+
+    let c = load.stop().await;
+    println!("load: {c:?}");
+    assert!(c.green_ok > 0 && c.blue_ok > 0);
+    assert_eq!(
+        (c.blue_5xx, c.green_5xx, c.other_failures),
+        (0, 0, 0),
+        "no request may fail while weights shift on healthy colours"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn green_failing_mid_rollout_is_rolled_back() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(&parked(""))
+        .start();
+    let load = Load::start(sy.url("/"), 4, 200_000, Duration::from_secs(60));
+    assert_eq!(act(&sy, "start").await.status, 200);
+    wait_for_step(&sy, 1).await;
+    let before = load.counts();
+
+    let onset = Instant::now();
+    green.fail(0.5);
+    let rolled_back = eventually(10, async || rollout(&sy).await.2 == 0.0).await;
+    let reaction = onset.elapsed();
+    assert!(rolled_back, "not rolled back: {}", sy.status().await);
+    let after = load.counts();
+    println!(
+        "green at 50% failing half its requests: weight 0 after {reaction:?} (seen through status polling); \
+         {} failed responses reached clients during that time, of {} requests",
+        after.green_5xx - before.green_5xx,
+        after.sent - before.sent
+    );
+    let s = sy.status().await;
+    assert_eq!(s["rollout"]["state"], "aborted");
+    let reason = s["rollout"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("rolled back") && reason.contains("error rate"),
+        "{reason}"
+    );
+    let h = sy.admin(Method::GET, "/api/v1/history", "").await.json();
+    let last = h["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["kind"].as_str(), last["actor"].as_str()),
+        (Some("rolled_back"), Some("controller"))
+    );
+    // Green gets nothing from now on.
+    let settled = load.counts();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = load.stop().await;
+    assert_eq!(
+        c.green_ok + c.green_5xx,
+        settled.green_ok + settled.green_5xx
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn green_latency_regression_is_rolled_back() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(&parked("max_p99 = \"150ms\"\nmax_p99_ratio = 5.0"))
+        .start();
+    let load = Load::start(sy.url("/"), 4, 200_000, Duration::from_secs(60));
+    assert_eq!(act(&sy, "start").await.status, 200);
+    wait_for_step(&sy, 1).await;
+
+    let onset = Instant::now();
+    green.delay(Duration::from_millis(400));
+    let rolled_back = eventually(15, async || rollout(&sy).await.2 == 0.0).await;
+    assert!(rolled_back, "not rolled back: {}", sy.status().await);
+    println!("green p99 regression: weight 0 after {:?}", onset.elapsed());
+    let s = sy.status().await;
+    assert_eq!(s["rollout"]["state"], "aborted");
+    let reason = s["rollout"]["reason"].as_str().unwrap();
+    assert!(reason.contains("p99"), "{reason}");
+    load.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_traffic_holds_the_step() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(&FAST.replace("min_requests = 10", "min_requests = 1000"))
+        .start();
+    assert_eq!(act(&sy, "start").await.status, 200);
+    wait_for_step(&sy, 0).await;
+    for _ in 0..50 {
+        sy.client.get(&sy.url("/")).await.unwrap();
+    }
+    // Several bakes pass; with under min_requests green requests the step
+    // must hold.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = sy.status().await;
+    assert_eq!(s["rollout"]["state"], "progressing");
+    assert_eq!(s["rollout"]["step"], 0);
+    assert_eq!(s["weights"]["green"], 10.0);
+    assert_eq!(s["analysis"]["verdict"], "inconclusive");
+    let holding = s["rollout"]["holding"].as_str().unwrap();
+    assert!(holding.contains("inconclusive"), "{holding}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_confirm_webhook_holds() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let hook = Backend::start("confirm").await;
+    hook.fail(1.0);
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(FAST)
+        .extra(&format!(
+            "[webhooks]\nconfirm = \"http://{}/confirm\"\ntimeout = \"300ms\"",
+            hook.addr
+        ))
+        .start();
+    let load = Load::start(sy.url("/"), 2, 100_000, Duration::from_secs(60));
+    assert_eq!(act(&sy, "start").await.status, 200);
+
+    // The webhook answers 500: asked, and asked again, and nothing moves.
+    assert!(eventually(10, async || hook.requests() >= 2).await);
+    let s = sy.status().await;
+    assert_eq!(
+        (
+            s["rollout"]["state"].as_str(),
+            s["weights"]["green"].as_f64()
+        ),
+        (Some("preparing"), Some(0.0))
+    );
+    let holding = s["rollout"]["holding"].as_str().unwrap_or("").to_string();
+    assert!(
+        holding.contains("confirm webhook") && holding.contains("500"),
+        "{s}"
+    );
+
+    // It says yes: the first step goes ahead.
+    hook.fail(0.0);
+    wait_for_step(&sy, 0).await;
+
+    // It stops answering in time: the next step holds on the timeout.
+    hook.delay(Duration::from_secs(2));
+    let asked = hook.requests();
+    assert!(eventually(10, async || hook.requests() >= asked + 2).await);
+    let s = sy.status().await;
+    assert_eq!(
+        (
+            s["rollout"]["step"].as_u64(),
+            s["weights"]["green"].as_f64()
+        ),
+        (Some(0), Some(10.0)),
+        "{s}"
+    );
+    let holding = s["rollout"]["holding"].as_str().unwrap_or("").to_string();
+    assert!(holding.contains("no answer within"), "{s}");
+    load.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_rollout_resumes_at_the_same_step_and_weight() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(&parked(""))
+        .start();
+    let load = Load::start(sy.url("/"), 4, 200_000, Duration::from_secs(60));
+    assert_eq!(act(&sy, "start").await.status, 200);
+    wait_for_step(&sy, 1).await;
+    load.stop().await;
+    let before = sy.status().await;
+
+    let sy = sy.restart();
+    let after = sy.status().await;
+    assert_eq!(after["rollout"]["state"], "progressing");
+    assert_eq!(after["rollout"]["step"], 1);
+    assert_eq!(after["weights"]["green"], 50.0);
+    assert_eq!(
+        after["rollout"]["step_started"], before["rollout"]["step_started"],
+        "the bake continues from when the step began"
+    );
+    assert_eq!(history_kinds(&sy).await.len(), 3, "history survives");
+    // Traffic really is split at the restored weight, and the rollout can
+    // be driven on.
+    let (mut g, n) = (0, 400);
+    for _ in 0..n {
+        if sy.client.get(&sy.url("/")).await.unwrap().text() == "green" {
+            g += 1;
+        }
+    }
+    assert!((100..=300).contains(&g), "{g} of {n} green at 50%");
+    assert_eq!(act(&sy, "promote").await.status, 200);
+    assert!(eventually(10, async || rollout(&sy).await.0 == "promoted").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_file_falls_back_to_the_last_good_copy_or_refuses_to_start() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let mut sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(&parked(""))
+        .start();
+    assert_eq!(act(&sy, "start").await.status, 200);
+    wait_for_step(&sy, 0).await;
+    sy.set_green(30.0).await; // pauses the rollout
+    let state = sy.dir.path().join("state.json");
+    let backup = sy.dir.path().join("state.json.bak");
+
+    // A damaged state file: the backup is used, the damage kept aside.
+    sy.kill9();
+    std::fs::write(&state, b"{\"green_bp\": 30").unwrap();
+    let mut sy = sy.restart();
+    let s = sy.status().await;
+    assert_eq!(
+        (
+            s["rollout"]["state"].as_str(),
+            s["weights"]["green"].as_f64()
+        ),
+        (Some("paused"), Some(30.0)),
+        "restored from the backup: {s}"
+    );
+    assert_eq!(history_kinds(&sy).await.last().unwrap(), "state_restored");
+    let kept = std::fs::read_dir(sy.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.damaged-")
+        });
+    assert!(kept, "the damaged file is kept for inspection");
+    assert!(sy.stderr().contains("restored the last good copy"));
+
+    // Both damaged: refuse to start, say which file and how to reset.
+    sy.kill9();
+    std::fs::write(&state, b"not json").unwrap();
+    std::fs::write(&backup, b"not json either").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("run")
+        .arg("-c")
+        .arg(&sy.config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("switchyard started on a corrupt state file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains(&state.display().to_string()), "{stderr}");
+    assert!(stderr.contains("remove both files"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        b"not json",
+        "nothing was reset"
+    );
+}

@@ -1,6 +1,6 @@
 //! `switchyard demo`: two built-in apps (blue "v1" and green "v2") behind the
-//! proxy, and a walk of the green weight through the rollout steps while a
-//! sample of users is sent through and tallied per colour.
+//! proxy, and a real rollout driven by the controller (short bakes, live
+//! analysis) while a sample of users is sent through and tallied per colour.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -49,11 +49,22 @@ token = "{TOKEN}"
 [state]
 path = "state.json"
 
+[rollout]
+steps = [1, 5, 25, 50, 100]
+bake = "{bake}s"
+
+[rollout.analysis]
+window = "5s"
+interval = "100ms"
+min_requests = 10
+max_error_rate = 0.05
+
 [log]
 level = "warn"
 "#,
             listen = args.listen,
             admin = args.admin,
+            bake = args.step_seconds,
         );
         std::fs::write(&path, &toml)?;
         let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -70,24 +81,51 @@ level = "warn"
             async move { crate::run::serve(config, &path).await }
         });
         wait_for(admin).await?;
-        for green_pct in [0u32, 1, 5, 25, 50, 100] {
-            set_weight(admin, green_pct).await?;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let (b, g) = sample(proxy).await?;
-            println!(
-                "green {green_pct:>3}%  {}{}  blue {b:>3} / green {g:>3} of {USERS} users",
-                "\u{2588}".repeat(g * 40 / USERS),
-                "\u{2591}".repeat(40 - g * 40 / USERS),
-            );
-            if green_pct < 100 {
-                tokio::time::sleep(Duration::from_secs(args.step_seconds)).await;
+        // Background traffic without a sticky key, so analysis sees the
+        // candidate's share at every step.
+        let traffic = tokio::spawn(background_traffic(proxy));
+        admin_call(admin, "POST", "/api/v1/rollout/start", "{\"reason\": \"demo\"}").await?;
+        println!("rollout started: the controller raises green step by step while analysis passes\n");
+        let mut last_step = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120 + 10 * args.step_seconds);
+        loop {
+            let status = admin_call(admin, "GET", "/api/v1/status", "").await?;
+            let state = status["rollout"]["state"].as_str().unwrap_or("?").to_string();
+            let step = status["rollout"]["step"].as_u64();
+            if step != last_step || state == "promoted" {
+                last_step = step;
+                let green_pct = status["weights"]["green"].as_f64().unwrap_or(0.0);
+                let (b, g) = sample(proxy).await?;
+                println!(
+                    "{state:<12} green {green_pct:>5}%  {}{}  blue {b:>3} / green {g:>3} of {USERS} users",
+                    "\u{2588}".repeat(g * 40 / USERS),
+                    "\u{2591}".repeat(40 - g * 40 / USERS),
+                );
             }
+            match state.as_str() {
+                "promoted" => break,
+                "aborted" => anyhow::bail!(
+                    "the demo rollout was rolled back: {}",
+                    status["rollout"]["reason"]
+                ),
+                _ => {}
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the demo rollout did not finish: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        println!("\nall traffic is on green. Roll back with:");
-        println!("  curl -X PUT -H 'Authorization: Bearer {TOKEN}' -d '{{\"green\":0}}' http://{admin}/api/v1/weights");
+        traffic.abort();
+        println!("\nall traffic is on green, now the stable colour.");
         if args.once {
             return Ok(ExitCode::SUCCESS);
         }
+        println!("Try, in another terminal:");
+        println!("  export SWITCHYARD_ADMIN=http://{admin} SWITCHYARD_TOKEN={TOKEN}");
+        println!("  switchyard ctl status        # weights, rollout, analysis, pools");
+        println!("  switchyard ctl history       # who did what, when and why");
+        println!("  switchyard ctl start         # the next rollout goes back to blue");
         println!("serving until Ctrl-C");
         server.await.context("demo server panicked")??;
         Ok(ExitCode::SUCCESS)
@@ -100,7 +138,9 @@ async fn spawn_app(colour: &'static str, version: &'static str) -> anyhow::Resul
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| async move {
                     let body = if req.uri().path() == "/healthz" {
@@ -141,21 +181,63 @@ async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> anyhow::Result<Res
     Ok(tx.send_request(req).await?)
 }
 
-async fn set_weight(admin: SocketAddr, green: u32) -> anyhow::Result<()> {
-    let req = Request::put(format!("http://{admin}/api/v1/weights"))
+/// One admin API call with the demo token; returns the JSON answer.
+async fn admin_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
         .header("host", admin.to_string())
         .header("authorization", format!("Bearer {TOKEN}"))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(format!("{{\"green\": {green}}}"))))?;
+        .header("x-switchyard-actor", "demo")
+        .body(Full::new(Bytes::from(body.to_string())))?;
     let resp = send(admin, req).await?;
-    anyhow::ensure!(resp.status().is_success(), "setting the weight failed: {}", resp.status());
-    Ok(())
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status.is_success(),
+        "{method} {path} failed: {status} {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Keyless requests in a loop (weighted at random), until aborted.
+async fn background_traffic(proxy: SocketAddr) -> anyhow::Result<()> {
+    loop {
+        let stream = tokio::net::TcpStream::connect(proxy).await?;
+        let (mut tx, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        for _ in 0..10_000 {
+            if tx.ready().await.is_err() {
+                break;
+            }
+            let req = Request::get("/")
+                .header("host", proxy.to_string())
+                .body(Empty::new())?;
+            match tx.send_request(req).await {
+                Ok(resp) => {
+                    let _ = resp.into_body().collect().await;
+                }
+                Err(_) => break,
+            }
+            // About 500 requests per second: plenty for analysis, light on CPU.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }
 
 /// Sends one request per demo user and counts the colours that answered.
 async fn sample(proxy: SocketAddr) -> anyhow::Result<(usize, usize)> {
     let stream = tokio::net::TcpStream::connect(proxy).await?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let (mut blue, mut green) = (0, 0);
     for user in 0..USERS {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod ctl;
 mod demo;
 mod run;
 
@@ -15,6 +16,7 @@ fn main() -> ExitCode {
         cli::Command::Run { config } => run::run(&config),
         cli::Command::Check { config } => run::check(&config),
         cli::Command::Demo(opts) => demo::demo(opts),
+        cli::Command::Ctl(args) => ctl::ctl(args),
     };
     match result {
         Ok(code) => code,

@@ -113,7 +113,12 @@ pub(crate) async fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    tokio::spawn(signals(stop_tx, path.to_path_buf(), config.clone(), cp.clone()));
+    tokio::spawn(signals(
+        stop_tx,
+        path.to_path_buf(),
+        config.clone(),
+        cp.clone(),
+    ));
     let drain = config.proxy.drain_timeout;
     let proxy = listeners.serve(dp, stopped(stop_rx.clone()), drain);
     let admin = cp.serve(admin_listener, stopped(stop_rx));
@@ -123,7 +128,12 @@ pub(crate) async fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn signals(stop: watch::Sender<bool>, path: std::path::PathBuf, mut running: Config, cp: ControlPlane) {
+async fn signals(
+    stop: watch::Sender<bool>,
+    path: std::path::PathBuf,
+    mut running: Config,
+    cp: ControlPlane,
+) {
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

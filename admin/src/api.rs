@@ -102,7 +102,7 @@ fn actor(headers: &HeaderMap) -> String {
         .get("x-switchyard-actor")
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .map(|s| format!("api:{s}"))
+        .map(str::to_string)
         .unwrap_or_else(|| "api".into())
 }
 

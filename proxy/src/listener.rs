@@ -109,6 +109,7 @@ impl Listeners {
         builder
             .http1()
             .keep_alive(true)
+            .writev(false)
             .timer(hyper_util::rt::TokioTimer::new());
         builder.http1().header_read_timeout(Duration::from_secs(60));
         let builder = Arc::new(builder);

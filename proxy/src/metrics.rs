@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::{Colour, Shared};
 
+/// A counter's name, help text and how to read it from the totals.
+type Counter = (&'static str, &'static str, fn(&crate::stats::Totals) -> u64);
+
 const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000];
 
 pub(crate) fn render(shared: &Shared, out: &mut String) {
@@ -27,7 +30,7 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
         .iter()
         .map(|&c| (c, shared.stats.colour(c).totals()))
         .collect();
-    let counters: [(&str, &str, fn(&crate::stats::Totals) -> u64); 3] = [
+    let counters: [Counter; 3] = [
         (
             "switchyard_requests_total",
             "Requests forwarded, by colour.",

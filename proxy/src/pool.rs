@@ -117,6 +117,7 @@ impl Upstream {
     async fn connect(&self, timeout: Duration) -> Result<SendRequest<Incoming>, ConnectError> {
         let stream = connect_tcp(self.addr, timeout).await?;
         let (tx, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ConnectError::Handshake {

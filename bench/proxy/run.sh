@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Proxy throughput and latency: direct, nginx, haproxy and switchyard in front of
+# one fixed backend, each proxy with one worker thread, keep-alive, loopback,
+# measured by wrk in the same run. Proxies are pinned to CPU 0; wrk and the
+# backend to CPU 1, so each proxy gets the same dedicated core.
+#
+# Usage: bench/proxy/run.sh [duration_seconds] [connections] [rounds]
+set -euo pipefail
+DUR=${1:-10}
+CONNS=${2:-32}
+ROUNDS=${3:-3}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/bench/out/proxy}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.3; rm -rf "$WORK"' EXIT
+
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+if ! need nginx || ! need haproxy || ! need wrk; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
+if [ -z "${SY:-}" ]; then
+  (cd "$ROOT" && cargo build --release --bin switchyard -q)
+  SY="$ROOT/target/release/switchyard"
+fi
+
+BACKEND=19100; NGINX_P=19101; HAPROXY_P=19102; SY_P=19103; SY_ADMIN=19104
+
+# The fixed backend: nginx answering a small body, pinned to CPU 1.
+mkdir -p "$WORK/backend" "$WORK/nginx"
+cat > "$WORK/backend/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/backend/pid; error_log $WORK/backend/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from the backend\n"; } } }
+CONF
+taskset -c 1 "$NGINX" -c "$WORK/backend/nginx.conf" -p "$WORK/backend" &
+
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/nginx/pid; error_log $WORK/nginx/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$BACKEND; keepalive 256; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$NGINX_P;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+CONF
+taskset -c 0 "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+NGINX_PID=$!
+
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPROXY_P
+  default_backend be
+backend be
+  server s1 127.0.0.1:$BACKEND
+CONF
+taskset -c 0 "$HAPROXY" -f "$WORK/haproxy.cfg" &
+HAPROXY_PID=$!
+
+# switchyard: both colours on the same backend, green at 50% so every
+# request goes through the sticky hash and the weight comparison.
+cat > "$WORK/switchyard.toml" <<CONF
+[proxy]
+listen = "127.0.0.1:$SY_P"
+workers = 1
+sticky = "hash"
+sticky_key = "client_ip"
+[pools.blue]
+upstreams = ["127.0.0.1:$BACKEND"]
+[pools.green]
+upstreams = ["127.0.0.1:$BACKEND"]
+[admin]
+listen = "127.0.0.1:$SY_ADMIN"
+token = "bench"
+[state]
+path = "$WORK/state.json"
+[log]
+level = "warn"
+CONF
+taskset -c 0 "$SY" run -c "$WORK/switchyard.toml" > "$WORK/sy.out" 2> "$WORK/sy.err" &
+SY_PID=$!
+for _ in $(seq 50); do
+  curl -sf "http://127.0.0.1:$SY_ADMIN/healthz" >/dev/null 2>&1 && break; sleep 0.1
+done
+curl -sf -X PUT -H "Authorization: Bearer bench" -d '{"green": 50}' "http://127.0.0.1:$SY_ADMIN/api/v1/weights" >/dev/null
+sleep 0.5
+
+declare -A RPS P50 P99 CPU
+# CPU time (clock ticks) used so far by a process and its children.
+ticks() {
+  local total=0 p
+  for p in "$@" $(for q in "$@"; do pgrep -P "$q" || true; done); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+  done
+  echo "$total"
+}
+run() { # name port pids...
+  local name=$1 port=$2; shift 2
+  local pids="$*"
+  curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "$name is not answering on $port" >&2; exit 1; }
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
+  for r in $(seq "$ROUNDS"); do
+    local t0 t1
+    t0=$(ticks $pids)
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "http://127.0.0.1:$port/" > "$OUT/$name.$r.txt"
+    t1=$(ticks $pids)
+    echo "proxy_cpu_ticks: $(( t1 - t0 )) $(getconf CLK_TCK)" >> "$OUT/$name.$r.txt"
+  done
+  # Median round by requests/s.
+  local line
+  line=$(for r in $(seq "$ROUNDS"); do
+      python3 - "$OUT/$name.$r.txt" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+def ms(v, u): return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", t); p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", t)
+errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+n = int(re.search(r"(\d+) requests in", t).group(1))
+ticks, hz = map(int, re.search(r"proxy_cpu_ticks: (-?\d+) (\d+)", t).groups())
+cpu_us = (ticks / hz) * 1e6 / n if ticks > 0 else 0.0
+print(f"{rps:.0f} {ms(*p50.groups()):.3f} {ms(*p99.groups()):.3f} {errs.group(1) if errs else 0} {cpu_us:.1f}")
+PY
+    done | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p")
+  read -r RPS[$name] P50[$name] P99[$name] errs CPU[$name] <<< "$line"
+  if [ "$errs" != 0 ]; then echo "$name answered $errs non-2xx responses" >&2; exit 1; fi
+}
+
+# Interleave the peers so drift in the machine's load hits all of them.
+run direct $BACKEND
+run nginx $NGINX_P $NGINX_PID
+run haproxy $HAPROXY_P $HAPROXY_PID
+run switchyard $SY_P $SY_PID
+
+{
+  echo "| target | requests/s | p50 ms | p99 ms | proxy CPU µs/request | switchyard ÷ target (req/s) |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for n in direct nginx haproxy switchyard; do
+    ratio=$(python3 -c "print(f'{${RPS[switchyard]}/${RPS[$n]}:.2f}')")
+    cpu=${CPU[$n]}; [ "$n" = direct ] && cpu="–"
+    echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $cpu | $ratio |"
+  done
+  echo
+  echo "wrk -t1 -c$CONNS -d${DUR}s, median of $ROUNDS rounds; $(nproc) cores; $(date -u +%F)"
+} | tee "$OUT/table.md"

@@ -450,3 +450,151 @@ async fn a_corrupt_state_file_falls_back_to_the_last_good_copy_or_refuses_to_sta
         "nothing was reset"
     );
 }
+
+/// One rollback-reaction measurement (see `bench/rollback/run.sh`).
+struct Reaction {
+    /// Onset (first failing answer possible) to the `rolled_back` event's
+    /// timestamp, which is taken just before the weight is set.
+    to_weight_zero: Duration,
+    /// Green 5xx responses clients received from onset until the end.
+    failed: u64,
+    /// Green requests per second before onset.
+    green_rps: f64,
+    reason: String,
+}
+
+async fn measure_rollback(analysis: &str, share: f64, concurrency: usize) -> Reaction {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(&format!(
+            "[rollout]\nsteps = [{{ weight = 50, bake = \"1h\" }}, 100]\n[rollout.analysis]\n{analysis}\n[log]\nlevel = \"warn\"\n"
+        ))
+        .start();
+    let window = sy.status().await["analysis"]["window_seconds"]
+        .as_f64()
+        .unwrap();
+    let events = sse(&sy).await;
+    let load = Load::start(
+        sy.url("/"),
+        concurrency,
+        10_000_000,
+        Duration::from_secs(120),
+    );
+    assert_eq!(act(&sy, "start").await.status, 200);
+    wait_for_step(&sy, 0).await;
+    // Let the window fill with healthy traffic, as in production.
+    tokio::time::sleep(Duration::from_secs_f64(window + 0.5)).await;
+    let (c0, t0) = (load.counts(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c1 = load.counts();
+    let green_rps = (c1.green_ok - c0.green_ok) as f64 / t0.elapsed().as_secs_f64();
+
+    let onset_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let before = load.counts();
+    green.fail(share);
+    let done = eventually(60, async || {
+        events.lock().unwrap().contains("event: rolled_back")
+    })
+    .await;
+    assert!(done, "no rollback: {}", sy.status().await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = load.stop().await;
+    let h = sy.admin(Method::GET, "/api/v1/history", "").await.json();
+    let ev = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "rolled_back")
+        .unwrap()
+        .clone();
+    Reaction {
+        to_weight_zero: Duration::from_millis(ev["at_ms"].as_u64().unwrap() - onset_ms),
+        failed: after.green_5xx - before.green_5xx,
+        green_rps,
+        reason: ev["reason"].as_str().unwrap().to_string(),
+    }
+}
+
+/// The rollback benchmark: `bench/rollback/run.sh` runs it in release mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run bench/rollback/run.sh"]
+async fn rollback_reaction_benchmark() {
+    let runs: u32 = std::env::var("ROLLBACK_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let concurrency = 8;
+    let defaults =
+        "window = \"10s\"\ninterval = \"100ms\"\nmin_requests = 50\nmax_error_rate = 0.05";
+    let scenarios = [
+        (
+            "defaults (window 10s, interval 100ms, max_error_rate 5%)",
+            defaults.to_string(),
+            1.0,
+        ),
+        ("defaults", defaults.to_string(), 0.2),
+        (
+            "defaults + fail_fast_after = 5",
+            format!("{defaults}\nfail_fast_after = 5"),
+            1.0,
+        ),
+        (
+            "window 2s, interval 50ms",
+            defaults.replace("10s", "2s").replace("100ms", "50ms"),
+            0.2,
+        ),
+    ];
+    let mut table = String::from(
+        "| analysis config | green failing | onset → green 0 (median, min–max) | failed responses (median, min–max) | green req/s | one tick's worth | reason (first run) |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (name, cfg, share) in scenarios {
+        let mut times = vec![];
+        let mut failed = vec![];
+        let mut rps = vec![];
+        let mut reason = String::new();
+        for i in 0..runs {
+            let r = measure_rollback(&cfg, share, concurrency).await;
+            println!(
+                "{name}, {:.0}% failing, run {i}: {:?} to weight 0, {} failed responses, {:.0} green req/s ({})",
+                share * 100.0,
+                r.to_weight_zero,
+                r.failed,
+                r.green_rps,
+                r.reason
+            );
+            if i == 0 {
+                reason = r.reason.clone();
+            }
+            times.push(r.to_weight_zero);
+            failed.push(r.failed);
+            rps.push(r.green_rps);
+        }
+        times.sort();
+        failed.sort();
+        let mid = times.len() / 2;
+        let rps_avg = rps.iter().sum::<f64>() / rps.len() as f64;
+        let interval = if cfg.contains("50ms") { 0.05 } else { 0.1 };
+        table.push_str(&format!(
+            "| {name} | {:.0}% | {} ms ({}–{}) | {} ({}–{}) | {:.0} | {:.0} | {} |\n",
+            share * 100.0,
+            times[mid].as_millis(),
+            times[0].as_millis(),
+            times[times.len() - 1].as_millis(),
+            failed[mid],
+            failed[0],
+            failed[failed.len() - 1],
+            rps_avg,
+            rps_avg * interval * share,
+            reason.replace('|', "/"),
+        ));
+    }
+    println!("\n{concurrency} concurrent keep-alive clients, {runs} runs per row\n\n{table}");
+    if let Ok(out) = std::env::var("ROLLBACK_OUT") {
+        std::fs::write(out, &table).unwrap();
+    }
+}

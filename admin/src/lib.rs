@@ -205,6 +205,8 @@ impl ControlPlane {
             live: Mutex::new(Live::default()),
             rollbacks: AtomicU64::new(0),
         });
+        // Subscribe before the first event so the notify hook sees it.
+        let notify_rx = inner.hub.subscribe();
         if let Opened::FromBackup { damaged, reason } = opened {
             let why = format!(
                 "state file unreadable ({reason}); restored from {}, damaged copy kept at {}",
@@ -219,7 +221,7 @@ impl ControlPlane {
             });
         }
         tokio::spawn(controller::run(Arc::downgrade(&inner)));
-        tokio::spawn(webhook::notify_loop(inner.clone()));
+        tokio::spawn(webhook::notify_loop(inner.clone(), notify_rx));
         Ok(ControlPlane { inner })
     }
 

@@ -8,7 +8,9 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::events::Event;
 
 use crate::Inner;
 
@@ -70,8 +72,7 @@ impl WebhookClient {
 /// Delivers every event to the `notify` webhook, in order, one at a time.
 /// Runs for the life of the control plane; a failing hook is logged and
 /// never holds the rollout up.
-pub(crate) async fn notify_loop(inner: Arc<Inner>) {
-    let mut rx = inner.hub.subscribe();
+pub(crate) async fn notify_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<Event>) {
     loop {
         let event = match rx.recv().await {
             Ok(e) => e,

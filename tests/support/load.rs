@@ -83,13 +83,13 @@ impl Load {
                                     ("green", false) => tally.green_ok.fetch_add(1, Relaxed),
                                     ("blue", true) => tally.blue_5xx.fetch_add(1, Relaxed),
                                     ("green", true) => {
-                                        let now = Some(Instant::now());
-                                        *tally.last_green_failure.lock().unwrap() = now;
+                                        let now = Instant::now();
+                                        *tally.last_green_failure.lock().unwrap() = Some(now);
                                         tally
                                             .first_green_failure
                                             .lock()
                                             .unwrap()
-                                            .get_or_insert(now.unwrap());
+                                            .get_or_insert(now);
                                         tally.green_5xx.fetch_add(1, Relaxed)
                                     }
                                     _ => tally.other_failures.fetch_add(u64::from(bad), Relaxed),

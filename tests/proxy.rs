@@ -465,4 +465,13 @@ async fn a_connect_failure_is_retried_on_another_upstream() {
         m.contains("switchyard_transport_failures_total{colour=\"blue\"} 1"),
         "{m}"
     );
+    // A pool of one dead upstream names the connect error, too.
+    green.kill();
+    let r = sy
+        .client
+        .request(Method::GET, &sy.url("/"), &[("x-switchyard-colour", "green")], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("no green upstream could be reached"), "{}", r.text());
 }

@@ -157,12 +157,14 @@ async fn forward(
     let mut avoid: Option<Arc<Upstream>> = None;
     let mut attempts_left = routing.settings.retries + 1;
     let mut stale_retries = 0;
+    let mut last_connect_error = None;
     loop {
         attempts_left -= 1;
-        let up = pool
-            .pick(avoid.as_ref())
-            .ok_or(Failure::NoUpstream)?
-            .clone();
+        let up = match pool.pick(avoid.as_ref()) {
+            Some(up) => up.clone(),
+            // Only the upstream that just failed is left: report its error.
+            None => return Err(last_connect_error.map_or(Failure::NoUpstream, Failure::Connect)),
+        };
         let mut tx = match up.checkout(routing.settings.connect_timeout).await {
             Ok(tx) => tx,
             Err(e) => {
@@ -171,6 +173,7 @@ async fn forward(
                 if attempts_left == 0 {
                     return Err(Failure::Connect(e.to_string()));
                 }
+                last_connect_error = Some(e.to_string());
                 avoid = Some(up);
                 continue;
             }

@@ -33,6 +33,67 @@ pub enum Command {
     /// Drive a running switchyard through its admin API: status, weights,
     /// start, pause, resume, promote, abort, history.
     Ctl(CtlArgs),
+    /// Prepare green's PostgreSQL database: preflight, clone, migrate, verify.
+    Sync(SyncArgs),
+}
+
+/// `switchyard sync`: the database steps of a blue-green deployment.
+#[derive(Args, Debug, Clone)]
+pub struct SyncArgs {
+    /// The configuration file (its `[database]` table is used).
+    #[arg(short, long, default_value = "switchyard.toml", global = true)]
+    pub config: PathBuf,
+    /// Print one JSON document instead of text and progress bars.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: SyncCommand,
+}
+
+/// What `switchyard sync` should do.
+#[derive(Subcommand, Debug, Clone)]
+pub enum SyncCommand {
+    /// Check both databases for what would break a clone or replication;
+    /// exit 1 on blockers.
+    Preflight,
+    /// Snapshot blue and restore it into green: schema, parallel COPY, indexes,
+    /// sequences, ANALYZE. Refuses a non-empty green unless --replace.
+    Clone {
+        /// Parallel COPY streams (default: `[database] jobs`).
+        #[arg(long, default_value_t = 0)]
+        jobs: usize,
+        /// Drop what green holds first.
+        #[arg(long)]
+        replace: bool,
+        /// Verify green against the clone's snapshot afterwards.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Apply pending Flyway-style migrations to green.
+    Migrate {
+        /// List what would be applied without applying it.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(subcommand)]
+        action: Option<MigrateAction>,
+    },
+    /// Compare blue and green table by table; exit 1 on differences.
+    Verify {
+        /// Parallel table comparisons (default: `[database] jobs`).
+        #[arg(long, default_value_t = 0)]
+        jobs: usize,
+    },
+    /// Green's schema version, last verification and gate state.
+    Status,
+}
+
+/// `switchyard sync migrate validate|info`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum MigrateAction {
+    /// Check applied migrations against the files (changed, missing, unknown).
+    Validate,
+    /// List applied and pending migrations.
+    Info,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -6,6 +6,7 @@ mod cli;
 mod ctl;
 mod demo;
 mod run;
+mod sync;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
         cli::Command::Check { config } => run::check(&config),
         cli::Command::Demo(opts) => demo::demo(opts),
         cli::Command::Ctl(args) => ctl::ctl(args),
+        cli::Command::Sync(args) => sync::sync(args),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,7 @@ use crate::pg::{self, Table};
 use crate::progress::Progress;
 use crate::verify::{snapshot_session, SnapshotHolder};
 use crate::{state, Output};
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -50,6 +51,8 @@ pub struct CloneReport {
     pub seconds: f64,
     /// Whether an existing green database was dropped first (`--replace`).
     pub replaced: bool,
+    /// Seconds spent in each phase: `schema`, `copy`, `post_data`, `analyze`.
+    pub phases: Vec<(String, f64)>,
 }
 
 /// What green holds that makes it "not empty", or `None` when it is empty.
@@ -163,6 +166,12 @@ pub async fn clone(
     let dir = tempfile::tempdir()
         .map_err(|e| SyncError::Other(format!("cannot create a temporary directory: {e}")))?;
     let dump = dir.path().join("schema.dump");
+    let mut phases = Vec::new();
+    let mut phase_start = Instant::now();
+    let mut phase = |name: &str| {
+        phases.push((name.to_string(), phase_start.elapsed().as_secs_f64()));
+        phase_start = Instant::now();
+    };
     pg::run_tool(
         "pg_dump",
         "dumping blue's schema",
@@ -200,6 +209,7 @@ pub async fn clone(
     .await?;
 
     // Data.
+    phase("schema");
     let total: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = Arc::new(Progress::new(output, "clone", total.max(0) as u64));
     let queue = Arc::new(Mutex::new(
@@ -250,13 +260,16 @@ pub async fn clone(
     }
 
     let sequences = copy_sequences(&blue, &green).await?;
+    phase("copy");
     pg::run_tool(
         "pg_restore",
         "building indexes and constraints in green (post-data)",
         &restore("post-data", jobs),
     )
     .await?;
+    phase("post_data");
     pg::exec(&green, Side::Green, "analyzing green", "ANALYZE").await?;
+    phase("analyze");
 
     let mut merged: Vec<TableCopy> = Vec::new();
     for c in copied {
@@ -279,6 +292,7 @@ pub async fn clone(
         sequences,
         seconds: started.elapsed().as_secs_f64(),
         replaced,
+        phases,
     };
     state::ensure_schema(&green).await?;
     let json = serde_json::to_string(&report).expect("report serialises");
@@ -310,6 +324,9 @@ fn chunk_blocks() -> i64 {
         .filter(|&n: &i64| n > 0)
         .unwrap_or(CHUNK_BLOCKS)
 }
+
+/// Bytes of COPY data handed to green at a time.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// One unit of copy work: a whole table, or a range of its heap blocks.
 #[derive(Clone)]
@@ -416,12 +433,24 @@ async fn copy_chunk(
     let mut bytes = 0u64;
     let mut sink = std::pin::pin!(sink);
     let mut stream = std::pin::pin!(out);
+    // Blue sends one message per row; hand green big batches instead, so the
+    // connection task is woken once per batch rather than every 4 KiB.
+    let mut batch = BytesMut::with_capacity(BATCH_BYTES + 64 * 1024);
     while let Some(data) = stream.next().await {
         let data = data.map_err(|e| err(format!("blue: {}", pg_message(&e))))?;
-        bytes += data.len() as u64;
-        bar.inc(data.len() as u64);
-        // feed, not send: the sink batches rows and flushes when its buffer fills.
-        sink.feed(data)
+        batch.extend_from_slice(&data);
+        if batch.len() >= BATCH_BYTES {
+            bytes += batch.len() as u64;
+            bar.inc(batch.len() as u64);
+            sink.feed(batch.split().freeze())
+                .await
+                .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+        }
+    }
+    if !batch.is_empty() {
+        bytes += batch.len() as u64;
+        bar.inc(batch.len() as u64);
+        sink.feed(batch.split().freeze())
             .await
             .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
     }

@@ -37,7 +37,8 @@ pub async fn exec(client: &Client, side: Side, context: &str, sql: &str) -> Resu
 
 /// Session settings that make text output identical on both sides.
 pub const NORMALISED_SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
-     SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'";
+     SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'; \
+     SET jit = off";
 
 /// Quotes an identifier the way PostgreSQL's `quote_ident` does (always quoting).
 pub fn ident(s: &str) -> String {

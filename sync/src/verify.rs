@@ -1,9 +1,10 @@
 //! Verification: per table, row count and an order-independent checksum computed
-//! inside each database, both sides in parallel: the sum of every row's
-//! `hash_record_extended` over its columns. Built-in types whose hash depends
-//! only on the value (numeric ignores scale, timestamptz the time zone) are
-//! hashed as they are; enums, user-defined types, json and columns whose type
-//! differs between the sides are normalised to text first (numeric without
+//! inside each database, both sides in parallel: the sum over rows of the XOR
+//! of each column's 64-bit hash (seeded by column position). Built-in types
+//! whose hash depends only on the value (numeric ignores scale, timestamptz the
+//! time zone) are hashed with their own hash function; enums, user-defined
+//! types, json and columns whose type differs between the sides are
+//! normalised to text first (numeric without
 //! trailing zeros, json as jsonb, timestamps in UTC ISO form), so equal data
 //! compares equal. On a mismatch the primary-key range is bisected until the
 //! differing rows are few, and the first differing keys are reported.
@@ -296,6 +297,10 @@ struct Column {
     /// A built-in type whose hash function depends only on the value (not on
     /// OIDs or representation), so it can be hashed as is.
     hashable: bool,
+    /// The type's extended hash function when it can be called on the column
+    /// directly (its argument is exactly this type).
+    hash_fn: Option<String>,
+    not_null: bool,
 }
 
 async fn columns(client: &Client, side: Side, table: &Table) -> Result<Vec<Column>, SyncError> {
@@ -306,7 +311,16 @@ async fn columns(client: &Client, side: Side, table: &Table) -> Result<Vec<Colum
                     AND EXISTS (SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod \
                                   JOIN pg_amproc ap ON ap.amprocfamily = oc.opcfamily AND ap.amprocnum = 2 \
                                  WHERE am.amname = 'hash' AND oc.opcdefault \
-                                   AND oc.opcintype = CASE WHEN b.typcategory = 'A' THEN b.typelem ELSE b.oid END) \
+                                   AND oc.opcintype = CASE WHEN b.typcategory = 'A' THEN b.typelem ELSE b.oid END), \
+                    CASE WHEN b.typcategory = 'A' THEN 'hash_array_extended' ELSE \
+                      (SELECT p.proname::text FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod \
+                         JOIN pg_amproc ap ON ap.amprocfamily = oc.opcfamily AND ap.amprocnum = 2 \
+                                          AND ap.amproclefttype = oc.opcintype \
+                         JOIN pg_proc p ON p.oid = ap.amproc \
+                        WHERE am.amname = 'hash' AND oc.opcdefault AND oc.opcintype = b.oid \
+                          AND p.proargtypes[0] = b.oid AND p.pronamespace = 'pg_catalog'::regnamespace \
+                        LIMIT 1) END, \
+                    a.attnotnull \
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
                JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
@@ -322,23 +336,32 @@ async fn columns(client: &Client, side: Side, table: &Table) -> Result<Vec<Colum
             base: r.get(1),
             sql_type: r.get(2),
             hashable: r.get(3),
+            hash_fn: r.get(4),
+            not_null: r.get(5),
         })
         .collect())
 }
 
-/// The expression hashed for a column. Values are hashed as they are when the
-/// type is the same on both sides and its hash depends only on the value
-/// (numeric's hash already ignores scale, timestamptz's the time zone);
-/// otherwise they are compared as normalised text: numeric without trailing
-/// zeros, json as jsonb, everything else in its (UTC, ISO) text form.
-fn normalised(col: &Column, same_type: bool) -> String {
+/// The 64-bit hash of a column's value, seeded with the column's position so
+/// that values moved between columns do not cancel out. Values are hashed as
+/// they are when the type is the same on both sides and its hash depends only
+/// on the value (numeric's hash already ignores scale, timestamptz's the time
+/// zone); otherwise they are hashed as normalised text: numeric without
+/// trailing zeros, json as jsonb, everything else in its (UTC, ISO) text form.
+fn column_hash(col: &Column, same_type: bool, seed: usize) -> String {
     let c = pg::ident(&col.name);
-    match col.base.as_str() {
-        _ if same_type && col.hashable => c,
-        "json" if same_type => format!("{c}::jsonb"),
-        "numeric" => format!("trim_scale({c})::text"),
-        "json" | "jsonb" => format!("{c}::jsonb::text"),
-        _ => format!("{c}::text"),
+    let h = match (col.base.as_str(), &col.hash_fn) {
+        (_, Some(f)) if same_type && col.hashable => format!("{f}({c}, {seed})"),
+        _ if same_type && col.hashable => format!("hash_record_extended(ROW({c}), {seed})"),
+        ("json", _) if same_type => format!("jsonb_hash_extended({c}::jsonb, {seed})"),
+        ("numeric", _) => format!("hashtextextended(trim_scale({c})::text, {seed})"),
+        ("json" | "jsonb", _) => format!("hashtextextended({c}::jsonb::text, {seed})"),
+        _ => format!("hashtextextended({c}::text, {seed})"),
+    };
+    if col.not_null {
+        h
+    } else {
+        format!("coalesce({h}, {seed})")
     }
 }
 
@@ -441,24 +464,24 @@ async fn compare_table(
     let row_hash = |cols: &[Column]| {
         let exprs: Vec<String> = common
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 let other = gcols
                     .iter()
                     .find(|g| g.name == c.name)
                     .expect("common column");
                 let same = c.sql_type == other.sql_type && c.hashable && other.hashable;
-                normalised(
-                    cols.iter()
-                        .find(|x| x.name == c.name)
-                        .expect("common column"),
-                    same,
-                )
+                let col = cols
+                    .iter()
+                    .find(|x| x.name == c.name)
+                    .expect("common column");
+                column_hash(col, same, i + 1)
             })
             .collect();
         if exprs.is_empty() {
             "0::int8".to_string()
         } else {
-            format!("hash_record_extended(ROW({}), 0)", exprs.join(", "))
+            format!("({})", exprs.join(" # "))
         }
     };
     let key_ok =

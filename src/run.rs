@@ -73,8 +73,9 @@ pub(crate) fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Ru
 
 pub(crate) fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
+    // PostgreSQL NOTICEs ("already exists, skipping") are not news.
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .or_else(|_| EnvFilter::try_new(format!("{},tokio_postgres=warn", config.log.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

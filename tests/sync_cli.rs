@@ -1,0 +1,120 @@
+//! An operator prepares green's database with `switchyard sync`, from the
+//! command line, against two real PostgreSQL clusters.
+
+#[path = "../sync/tests/support/mod.rs"]
+mod pg;
+
+use std::process::Command;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn sync(config: &std::path::Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("sync")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_clone_migrate_verify_from_the_command_line() {
+    let pair = pg::Pair::new("cli_story").await;
+    pg::sql(
+        pair.blue(),
+        "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, balance numeric(12,2));
+         INSERT INTO users SELECT g, 'user ' || g, g * 1.5 FROM generate_series(1, 2000) g;
+         CREATE TABLE orders (id serial PRIMARY KEY, user_id bigint REFERENCES users(id), total numeric);
+         INSERT INTO orders (user_id, total) SELECT (g % 2000) + 1, g FROM generate_series(1, 5000) g;",
+    )
+    .await;
+    std::fs::write(
+        pair.migrations.path().join("V1__add_email.sql"),
+        "ALTER TABLE users ADD COLUMN email text;\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\ntoken = \"t\"\n\
+             [database]\nblue = \"{}\"\ngreen = \"{}\"\nmigrations = \"{}\"\nmode = \"snapshot\"\n",
+            pair.blue(),
+            pair.green(),
+            pair.migrations.path().display()
+        ),
+    )
+    .unwrap();
+
+    let r = sync(&config, &["preflight"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("preflight passed"), "{}", r.stdout);
+
+    let r = sync(&config, &["--json", "clone", "--jobs", "2"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let summary: serde_json::Value =
+        serde_json::from_str(&r.stdout).expect("clone --json prints JSON");
+    assert_eq!(summary["clone"]["rows"], 7000, "{summary}");
+
+    // A second clone into the now non-empty green is refused.
+    let r = sync(&config, &["clone"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("--replace"),
+        "the refusal says how to proceed: {}",
+        r.stderr
+    );
+
+    // Verification demands green at the newest migration.
+    let r = sync(&config, &["verify"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("switchyard sync migrate"), "{}", r.stdout);
+
+    let r = sync(&config, &["migrate"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("V1") || r.stdout.contains("add email"),
+        "{}",
+        r.stdout
+    );
+    let r = sync(&config, &["migrate", "validate"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = sync(&config, &["verify"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+
+    // Green drifts from blue: verify fails and names the row.
+    pg::sql(
+        pair.green(),
+        "UPDATE users SET name = 'mallory' WHERE id = 1234",
+    )
+    .await;
+    let r = sync(&config, &["verify"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("users") && r.stdout.contains("1234"),
+        "{}",
+        r.stdout
+    );
+
+    // No [database] table: a clear error, exit 2.
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(
+        &bare,
+        "[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\ntoken = \"t\"\n",
+    )
+    .unwrap();
+    let r = sync(&bare, &["status"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no [database] table"), "{}", r.stderr);
+}

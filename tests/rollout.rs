@@ -593,6 +593,34 @@ async fn rollback_reaction_benchmark() {
             reason.replace('|', "/"),
         ));
     }
+    // Control: a candidate failing below the threshold must not be rolled
+    // back by the fast lane's noise.
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(&format!(
+            "[rollout]\nsteps = [{{ weight = 50, bake = \"1h\" }}, 100]\n[rollout.analysis]\n{defaults}\n"
+        ))
+        .start();
+    let load = Load::start(
+        sy.url("/"),
+        concurrency,
+        10_000_000,
+        Duration::from_secs(60),
+    );
+    assert_eq!(act(&sy, "start").await.status, 200);
+    wait_for_step(&sy, 0).await;
+    green.fail(0.02);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let c = load.stop().await;
+    let state = rollout(&sy).await.0;
+    table.push_str(&format!(
+        "\nControl: green failing 2% (threshold 5%) for 20 s under the same load ({} green requests, {} failed): state afterwards `{state}`.\n",
+        c.green_ok + c.green_5xx,
+        c.green_5xx
+    ));
+    assert_eq!(state, "progressing", "false rollback below the threshold");
     println!("\n{concurrency} concurrent keep-alive clients, {runs} runs per row\n\n{table}");
     if let Ok(out) = std::env::var("ROLLBACK_OUT") {
         std::fs::write(out, &table).unwrap();

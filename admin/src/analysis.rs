@@ -3,6 +3,7 @@
 //! windows and acts on the [`Verdict`].
 
 use serde::Serialize;
+use std::time::Duration;
 use switchyard_config::AnalysisConfig;
 use switchyard_proxy::WindowStats;
 
@@ -29,7 +30,7 @@ impl Verdict {
     }
 }
 
-fn ms(d: std::time::Duration) -> String {
+fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
 
@@ -102,10 +103,61 @@ pub fn judge(
     Verdict::Pass
 }
 
+/// How many standard deviations above `max_error_rate` a recent failure
+/// count must be before [`judge_recent`] rolls back. At 5σ a candidate
+/// failing at exactly the threshold trips it about once in 3.5 million
+/// checks; a candidate failing well above it trips it within one tick.
+pub const RECENT_SIGMAS: f64 = 5.0;
+
+/// Requests and failures (5xx + transport) the candidate saw during one
+/// analysis tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickCounts {
+    /// Requests finished during the tick.
+    pub requests: u64,
+    /// Of those, failures.
+    pub failures: u64,
+}
+
+/// The fast lane of analysis: a breach if, over the most recent ticks, the
+/// candidate's failures are *significantly* above `max_error_rate`.
+///
+/// The window check in [`judge`] is diluted by the healthy traffic already
+/// in the window: with a 10 s window, a candidate that starts failing 20% of
+/// its requests needs about 2.5 s to pull the window's rate over 5%. This
+/// check looks at every suffix of `ticks` (newest last) holding at least
+/// `min_requests` requests, and breaches when the failures in it exceed the
+/// threshold by more than [`RECENT_SIGMAS`] binomial standard deviations,
+/// so a sudden failure is caught in the first tick after it starts while
+/// ordinary noise around a healthy rate is not.
+pub fn judge_recent(cfg: &AnalysisConfig, ticks: &[TickCounts], tick: Duration) -> Option<String> {
+    let p = cfg.max_error_rate;
+    if p >= 1.0 {
+        return None;
+    }
+    let (mut n, mut f) = (0u64, 0u64);
+    for (age, t) in ticks.iter().rev().enumerate() {
+        n += t.requests;
+        f += t.failures;
+        if n < cfg.min_requests.max(1) || f == 0 {
+            continue;
+        }
+        let nf = n as f64;
+        let limit = nf * p + RECENT_SIGMAS * (nf * p * (1.0 - p)).sqrt();
+        if f as f64 > limit {
+            return Some(format!(
+                "candidate error rate {:.3} over the last {} ({f} of {n} requests failed) is significantly above max_error_rate {p}",
+                f as f64 / nf,
+                switchyard_config::format_duration(tick * (age as u32 + 1)),
+            ));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn w(requests: u64, errors: u64, p99_ms: u64) -> WindowStats {
         WindowStats {
@@ -217,5 +269,39 @@ mod tests {
             matches!(&v, Verdict::Breach(r) if r.contains("healthy")),
             "{v:?}"
         );
+    }
+
+    fn ticks(pattern: &[(u64, u64)]) -> Vec<TickCounts> {
+        pattern
+            .iter()
+            .map(|&(requests, failures)| TickCounts { requests, failures })
+            .collect()
+    }
+
+    const TICK: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn recent_check_catches_a_sudden_failure_within_one_tick() {
+        let mut t = ticks(&[(500, 5); 100]);
+        assert_eq!(judge_recent(&cfg(), &t, TICK), None, "1% is healthy");
+        t.push(TickCounts {
+            requests: 500,
+            failures: 100,
+        });
+        let r = judge_recent(&cfg(), &t, TICK).expect("20% failing in the last tick");
+        assert!(r.contains("100 of 500") && r.contains("100ms"), "{r}");
+    }
+
+    #[test]
+    fn recent_check_ignores_noise_and_small_samples() {
+        // Failures bunched around the threshold: 4 of 50 (8%) in one tick is
+        // noise at 5%, not a significant breach.
+        let t = ticks(&[(50, 2), (50, 4), (50, 1), (50, 3)]);
+        assert_eq!(judge_recent(&cfg(), &t, TICK), None);
+        // Under min_requests nothing is judged, however bad.
+        assert_eq!(judge_recent(&cfg(), &ticks(&[(10, 10)]), TICK), None);
+        // A slow trickle becomes significant once enough ticks add up.
+        let t = ticks(&[(20, 4); 10]);
+        assert!(judge_recent(&cfg(), &t, TICK).is_some());
     }
 }

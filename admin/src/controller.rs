@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use crate::analysis::{self, Verdict};
+use crate::analysis::{self, TickCounts, Verdict};
 use crate::events::now_ms;
 use crate::gates::{self, ConfirmWebhook, Gate, GateContext, GateResult};
 use crate::rollout::{self, Change, Conflict, Phase};
@@ -41,6 +41,7 @@ pub(crate) async fn run(weak: Weak<Inner>) {
     let mut tick = ticker(period);
     let mut pending: Option<Pending> = None;
     let mut retry_at = Instant::now();
+    let mut recent = Recent::default();
     loop {
         let gate_done = async {
             match pending.as_mut() {
@@ -65,7 +66,7 @@ pub(crate) async fn run(weak: Weak<Inner>) {
             period = now_period;
             tick = ticker(period);
         }
-        tick_once(&inner, &mut pending, &mut retry_at);
+        tick_once(&inner, &mut pending, &mut retry_at, &mut recent);
     }
 }
 
@@ -92,7 +93,12 @@ fn set_live(inner: &Inner, verdict: Option<Verdict>, holding: Option<String>) {
 }
 
 /// One analysis tick.
-fn tick_once(inner: &Arc<Inner>, pending: &mut Option<Pending>, retry_at: &mut Instant) {
+fn tick_once(
+    inner: &Arc<Inner>,
+    pending: &mut Option<Pending>,
+    retry_at: &mut Instant,
+    recent: &mut Recent,
+) {
     let settings = inner.settings.load_full();
     let (key, candidate, stable, candidate_bp) = {
         let s = inner.store.lock();
@@ -102,6 +108,12 @@ fn tick_once(inner: &Arc<Inner>, pending: &mut Option<Pending>, retry_at: &mut I
         if let Some(p) = pending.take() {
             p.task.abort();
         }
+    }
+    if !matches!(
+        key.phase,
+        Phase::Preparing | Phase::Progressing | Phase::Paused
+    ) {
+        *recent = Recent::default();
     }
     match key.phase {
         Phase::Preparing | Phase::Progressing | Phase::Paused => {}
@@ -126,7 +138,13 @@ fn tick_once(inner: &Arc<Inner>, pending: &mut Option<Pending>, retry_at: &mut I
     let cw = inner.dp.window(candidate);
     let sw = inner.dp.window(stable);
     let healthy = inner.dp.healthy_upstreams(candidate);
-    let verdict = analysis::judge(a, &cw, &sw, healthy);
+    let mut verdict = analysis::judge(a, &cw, &sw, healthy);
+    let ticks = recent.sample(inner, candidate, a.window);
+    if !matches!(verdict, Verdict::Breach(_)) {
+        if let Some(why) = analysis::judge_recent(a, &ticks, settings.rollout.analysis.interval) {
+            verdict = Verdict::Breach(why);
+        }
+    }
 
     if let Verdict::Breach(why) = &verdict {
         if candidate_bp > 0 {
@@ -142,6 +160,7 @@ fn tick_once(inner: &Arc<Inner>, pending: &mut Option<Pending>, retry_at: &mut I
             if let Some(p) = pending.take() {
                 p.task.abort();
             }
+            *recent = Recent::default();
             set_live(inner, Some(verdict), None);
             return;
         }
@@ -260,4 +279,75 @@ fn advance(inner: &Arc<Inner>, key: Key) {
     if let Err(e) = r {
         tracing::debug!(error = %e, "advance skipped");
     }
+}
+
+/// The candidate's lifetime request and failure counters, sampled once per
+/// tick, so the fast lane of analysis can see what happened in each tick.
+#[derive(Default)]
+struct Recent {
+    colour: Option<switchyard_proxy::Colour>,
+    /// (requests, failures) totals at each tick, oldest first.
+    totals: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Recent {
+    /// Takes this tick's sample and returns the per-tick counts covering
+    /// at most one analysis window.
+    fn sample(
+        &mut self,
+        inner: &Inner,
+        colour: switchyard_proxy::Colour,
+        window: Duration,
+    ) -> Vec<TickCounts> {
+        if self.colour != Some(colour) {
+            *self = Recent {
+                colour: Some(colour),
+                ..Recent::default()
+            };
+        }
+        let Some(now) = totals(&inner.dp, colour) else {
+            return Vec::new();
+        };
+        if self.totals.back().is_some_and(|last| now.0 < last.0) {
+            self.totals.clear(); // counters restarted
+        }
+        self.totals.push_back(now);
+        let interval = inner.settings.load().rollout.analysis.interval;
+        let keep = (window.as_millis() / interval.as_millis().max(1)) as usize + 1;
+        while self.totals.len() > keep.max(2) {
+            self.totals.pop_front();
+        }
+        self.totals
+            .iter()
+            .zip(self.totals.iter().skip(1))
+            .map(|(a, b)| TickCounts {
+                requests: b.0 - a.0,
+                failures: b.1.saturating_sub(a.1),
+            })
+            .collect()
+    }
+}
+
+/// Lifetime (requests, 5xx + transport failures) of `colour`.
+///
+/// Stop-gap: read from the data plane's Prometheus rendering, because
+/// `DataPlane` does not expose its lifetime totals directly yet. Replace
+/// with a `DataPlane::totals(colour)` accessor when the data plane has one.
+fn totals(
+    dp: &switchyard_proxy::DataPlane,
+    colour: switchyard_proxy::Colour,
+) -> Option<(u64, u64)> {
+    let mut text = String::with_capacity(8192);
+    dp.render_metrics(&mut text);
+    let label = format!("{{colour=\"{colour}\"}} ");
+    let read = |name: &str| -> Option<u64> {
+        let prefix = format!("{name}{label}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let requests = read("switchyard_requests_total")?;
+    let failures =
+        read("switchyard_upstream_5xx_total")? + read("switchyard_transport_failures_total")?;
+    Some((requests, failures))
 }

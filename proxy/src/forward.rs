@@ -17,6 +17,7 @@ use crate::body::ProxyBody;
 use crate::headers::{add_forwarded, is_upgrade, strip_hop_by_hop};
 use crate::pool::{connect_tcp, Upstream};
 use crate::stats::Outcome;
+use crate::write_gate::is_write;
 use crate::{Colour, Routing, Shared};
 
 /// What the proxy knows about a client connection, prepared once.
@@ -43,10 +44,20 @@ pub(crate) async fn handle(
     conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    // Writes wait here while the gate is held (cutover), and count as in
+    // flight until answered; the routing snapshot is read after the wait.
+    let write_guard = if is_write(req.method()) {
+        Some(shared.gate.enter().await)
+    } else {
+        None
+    };
     let routing = shared.routing.load_full();
-    let choice = routing
+    let mut choice = routing
         .router
         .choose(req.headers(), conn.peer.ip(), routing.green_bp);
+    if let (Some(writer), Some(_)) = (routing.writer, &write_guard) {
+        choice.colour = writer;
+    }
     let colour = choice.colour;
     let started = Instant::now();
 

@@ -20,6 +20,7 @@ mod metrics;
 pub mod pool;
 pub mod router;
 pub mod stats;
+mod write_gate;
 
 pub use body::ProxyBody;
 pub use colour::Colour;
@@ -72,14 +73,30 @@ pub(crate) struct Settings {
 pub(crate) struct Routing {
     /// Green's share in basis points (0..=10000); blue has the rest.
     green_bp: u32,
+    /// Where writes go regardless of the weights (`None`: writes follow the
+    /// weights like reads).
+    writer: Option<Colour>,
     router: RouterConfig,
     pools: [Arc<Pool>; 2],
     settings: Settings,
 }
 
+impl Routing {
+    fn duplicate(&self) -> Routing {
+        Routing {
+            green_bp: self.green_bp,
+            writer: self.writer,
+            router: self.router.clone(),
+            pools: self.pools.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
 pub(crate) struct Shared {
     routing: ArcSwap<Routing>,
     stats: Stats,
+    gate: write_gate::WriteGate,
 }
 
 /// The handle the control plane uses to drive the data plane. Cheap to clone.
@@ -104,6 +121,17 @@ impl Weights {
     }
 }
 
+/// The write gate's state.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct WriteGateStatus {
+    pub held: bool,
+    /// Writes forwarded and not yet answered.
+    pub in_flight: usize,
+    /// Writes waiting at the held gate.
+    pub waiting: usize,
+    pub writer: Option<Colour>,
+}
+
 /// Health of one upstream, for status pages.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct UpstreamStatus {
@@ -121,6 +149,7 @@ impl DataPlane {
         let shared = Arc::new(Shared {
             routing: ArcSwap::from_pointee(routing),
             stats: Stats::new(config.rollout.analysis.window),
+            gate: write_gate::WriteGate::default(),
         });
         let weak = Arc::downgrade(&shared);
         let slot = shared.stats.slot_length();
@@ -143,7 +172,8 @@ impl DataPlane {
     /// weights are kept. Listener addresses are not changed by a reload.
     pub fn reload(&self, config: &Config) -> Result<(), ProxyError> {
         let current = self.shared.routing.load();
-        let routing = build_routing(config, current.green_bp, Some(&current))?;
+        let mut routing = build_routing(config, current.green_bp, Some(&current))?;
+        routing.writer = current.writer;
         self.shared.routing.store(Arc::new(routing));
         Ok(())
     }
@@ -155,11 +185,54 @@ impl DataPlane {
         self.shared.routing.rcu(|r| {
             Arc::new(Routing {
                 green_bp,
-                router: r.router.clone(),
-                pools: r.pools.clone(),
-                settings: r.settings.clone(),
+                ..r.duplicate()
             })
         });
+    }
+
+    /// Sends every write (any method but GET, HEAD, OPTIONS, TRACE) to
+    /// `writer`, whatever the weights; `None` lets writes follow the weights.
+    /// Used while one database is the primary and the other a replica.
+    pub fn set_writer(&self, writer: Option<Colour>) {
+        self.shared.routing.rcu(|r| {
+            Arc::new(Routing {
+                writer,
+                ..r.duplicate()
+            })
+        });
+    }
+
+    /// The colour writes are pinned to, if any.
+    pub fn writer(&self) -> Option<Colour> {
+        self.shared.routing.load().writer
+    }
+
+    /// Holds new writes at the proxy (cutover). Reads keep flowing. Held
+    /// requests wait until [`DataPlane::release_writes`], for at most a minute.
+    pub fn hold_writes(&self) {
+        self.shared.gate.hold();
+    }
+
+    /// Releases held writes; they route by the snapshot current at release.
+    pub fn release_writes(&self) {
+        self.shared.gate.release();
+    }
+
+    /// Waits until no write is in flight (held ones do not count), for at
+    /// most `timeout`; returns whether they drained.
+    pub async fn writes_drained(&self, timeout: Duration) -> bool {
+        self.shared.gate.drained(timeout).await
+    }
+
+    /// The write gate's state, for status pages.
+    pub fn write_gate(&self) -> WriteGateStatus {
+        let g = &self.shared.gate;
+        WriteGateStatus {
+            held: g.is_held(),
+            in_flight: g.in_flight(),
+            waiting: g.waiting(),
+            writer: self.writer(),
+        }
     }
 
     /// Current weights.
@@ -226,6 +299,7 @@ fn build_routing(
     }
     Ok(Routing {
         green_bp,
+        writer: None,
         router,
         pools: [Arc::new(blue), Arc::new(green)],
         settings: Settings {

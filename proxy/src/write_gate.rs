@@ -1,0 +1,144 @@
+//! The write gate used at database cutover. Writes are requests whose method
+//! may change data (anything but GET, HEAD, OPTIONS and TRACE). While the gate
+//! is held, new writes wait at the proxy instead of reaching an upstream; the
+//! control plane waits for in-flight writes to finish, switches the writer
+//! colour, and releases the held requests, which then route by the new
+//! snapshot. Reads are never held.
+
+use http::Method;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Longest a request waits at a held gate before it proceeds anyway: a
+/// safety net should the control plane never release it.
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(60);
+
+/// Whether a request with this method may write.
+pub(crate) fn is_write(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+#[derive(Default)]
+pub(crate) struct WriteGate {
+    held: AtomicBool,
+    in_flight: AtomicUsize,
+    waiting: AtomicUsize,
+    released: Notify,
+    drained: Notify,
+}
+
+/// Counts a write as in flight until dropped.
+pub(crate) struct InFlightWrite<'a> {
+    gate: &'a WriteGate,
+}
+
+impl Drop for InFlightWrite<'_> {
+    fn drop(&mut self) {
+        if self.gate.in_flight.fetch_sub(1, SeqCst) == 1 {
+            self.gate.drained.notify_waiters();
+        }
+    }
+}
+
+impl WriteGate {
+    /// Waits while the gate is held (bounded by [`MAX_HOLD`]), then counts
+    /// the write as in flight. Called for every write before routing.
+    pub(crate) async fn enter(&self) -> InFlightWrite<'_> {
+        if self.held.load(SeqCst) {
+            self.waiting.fetch_add(1, SeqCst);
+            let _ = tokio::time::timeout(MAX_HOLD, async {
+                loop {
+                    let notified = self.released.notified();
+                    if !self.held.load(SeqCst) {
+                        break;
+                    }
+                    notified.await;
+                }
+            })
+            .await;
+            self.waiting.fetch_sub(1, SeqCst);
+        }
+        self.in_flight.fetch_add(1, SeqCst);
+        InFlightWrite { gate: self }
+    }
+
+    pub(crate) fn hold(&self) {
+        self.held.store(true, SeqCst);
+    }
+
+    pub(crate) fn release(&self) {
+        self.held.store(false, SeqCst);
+        self.released.notify_waiters();
+    }
+
+    pub(crate) fn is_held(&self) -> bool {
+        self.held.load(SeqCst)
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(SeqCst)
+    }
+
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(SeqCst)
+    }
+
+    /// Waits until no write is in flight, or `timeout` passes; returns
+    /// whether the writes drained.
+    pub(crate) async fn drained(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let notified = self.drained.notified();
+                if self.in_flight.load(SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_safe_methods_are_reads() {
+        assert!(!is_write(&Method::GET));
+        assert!(!is_write(&Method::HEAD));
+        assert!(!is_write(&Method::OPTIONS));
+        assert!(is_write(&Method::POST));
+        assert!(is_write(&Method::PUT));
+        assert!(is_write(&Method::PATCH));
+        assert!(is_write(&Method::DELETE));
+        assert!(is_write(&Method::from_bytes(b"PURGE").unwrap()));
+    }
+
+    #[tokio::test]
+    async fn held_writes_wait_for_release_and_drain_is_observed() {
+        let gate = std::sync::Arc::new(WriteGate::default());
+        let w = gate.enter().await;
+        assert_eq!(gate.in_flight(), 1);
+        gate.hold();
+        let g2 = gate.clone();
+        let waiter = tokio::spawn(async move {
+            let _w = g2.enter().await;
+        });
+        while gate.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!gate.drained(Duration::from_millis(20)).await);
+        drop(w);
+        assert!(gate.drained(Duration::from_secs(5)).await);
+        assert!(!waiter.is_finished(), "held write proceeded before release");
+        gate.release();
+        waiter.await.unwrap();
+        assert_eq!(gate.in_flight(), 0);
+    }
+}

@@ -430,11 +430,37 @@ async fn a_connect_failure_is_retried_on_another_upstream() {
         .blue(dead)
         .blue(live.addr)
         .green(green.addr)
+        .proxy_extra("fail_timeout = \"500ms\"")
         .start();
     for _ in 0..30 {
         let r = sy.client.get(&sy.url("/")).await.unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    // The refused upstream was ejected (nginx's max_fails = 1) ...
+    let s = sy.status().await;
+    let dead_status = s["pools"]["blue"]["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == dead.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(dead_status["ejected"], true, "{s}");
+    assert_eq!(s["pools"]["blue"]["healthy"], 1, "{s}");
+    // ... and is readmitted once it answers again after fail_timeout.
+    let revived = Backend::start_on(dead, "blue-revived").await;
+    assert!(
+        eventually(10, async || sy
+            .client
+            .get(&sy.url("/"))
+            .await
+            .unwrap()
+            .text()
+            == "blue-revived")
+        .await,
+        "the ejected upstream never came back"
+    );
+    drop(revived);
     for _ in 0..10 {
         let r = sy
             .client
@@ -469,9 +495,18 @@ async fn a_connect_failure_is_retried_on_another_upstream() {
     green.kill();
     let r = sy
         .client
-        .request(Method::GET, &sy.url("/"), &[("x-switchyard-colour", "green")], "")
+        .request(
+            Method::GET,
+            &sy.url("/"),
+            &[("x-switchyard-colour", "green")],
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 502);
-    assert!(r.text().contains("no green upstream could be reached"), "{}", r.text());
+    assert!(
+        r.text().contains("no green upstream could be reached"),
+        "{}",
+        r.text()
+    );
 }

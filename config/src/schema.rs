@@ -59,8 +59,15 @@ pub struct ProxyConfig {
     /// How long SIGTERM waits for in-flight requests before exiting.
     #[serde(deserialize_with = "values::duration")]
     pub drain_timeout: Duration,
-    /// Retries on another upstream after a connect failure (idempotent requests only).
+    /// Retries on another upstream after a connect failure (nothing was
+    /// sent, so this is safe for every method).
     pub retries: u32,
+    /// Passive ejection, as nginx's `max_fails`: this many connect failures
+    /// in a row take an upstream out of rotation for `fail_timeout`.
+    /// 0 disables it.
+    pub max_fails: u32,
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub fail_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -77,6 +84,8 @@ impl Default for ProxyConfig {
             upstream_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             retries: 1,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -176,7 +176,10 @@ async fn forward(
             // Only the upstream that just failed is left: report its error.
             None => return Err(last_connect_error.map_or(Failure::NoUpstream, Failure::Connect)),
         };
-        let mut tx = match up.checkout(routing.settings.connect_timeout).await {
+        let mut tx = match up
+            .checkout(routing.settings.connect_timeout, routing.settings.ejection)
+            .await
+        {
             Ok(tx) => tx,
             Err(e) => {
                 // Nothing was sent: any method may go to another upstream.

@@ -67,6 +67,7 @@ pub(crate) struct Settings {
     connect_timeout: Duration,
     upstream_timeout: Duration,
     retries: u32,
+    ejection: pool::Ejection,
 }
 
 /// One immutable routing snapshot: weights, rules and pools.
@@ -136,7 +137,10 @@ pub struct WriteGateStatus {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct UpstreamStatus {
     pub address: String,
+    /// Passing active health checks (always true without checks).
     pub healthy: bool,
+    /// Out of rotation after connect failures (`proxy.max_fails`).
+    pub ejected: bool,
     pub in_flight: usize,
 }
 
@@ -262,6 +266,7 @@ impl DataPlane {
             .map(|u| UpstreamStatus {
                 address: u.name.clone(),
                 healthy: u.is_healthy(),
+                ejected: u.is_ejected(),
                 in_flight: u.in_flight(),
             })
             .collect()
@@ -306,6 +311,10 @@ fn build_routing(
             connect_timeout: config.proxy.connect_timeout,
             upstream_timeout: config.proxy.upstream_timeout,
             retries: config.proxy.retries,
+            ejection: pool::Ejection {
+                max_fails: config.proxy.max_fails,
+                fail_timeout: config.proxy.fail_timeout,
+            },
         },
     })
 }

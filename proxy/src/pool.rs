@@ -7,9 +7,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 use switchyard_config::{HealthConfig, PoolConfig};
 use tokio::net::TcpStream;
 
@@ -29,6 +29,23 @@ pub struct Upstream {
     pub(crate) passes: AtomicU32,
     idle: ArrayQueue<SendRequest<Incoming>>,
     in_flight: AtomicUsize,
+    /// Connect failures in a row (passive ejection).
+    connect_failures: AtomicU32,
+    /// Out of rotation until this many ms after [`clock_ms`]'s epoch; 0 = in.
+    ejected_until_ms: AtomicU64,
+}
+
+/// Milliseconds since the first call: a cheap monotonic clock for ejection.
+pub(crate) fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Passive ejection policy (`proxy.max_fails`, `proxy.fail_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ejection {
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
 }
 
 /// Why no connection to an upstream could be had.
@@ -61,6 +78,41 @@ impl Upstream {
             passes: AtomicU32::new(0),
             idle: ArrayQueue::new(IDLE_PER_UPSTREAM),
             in_flight: AtomicUsize::new(0),
+            connect_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether requests may be sent here: healthy by the active checks and
+    /// not passively ejected.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_ejected()
+    }
+
+    /// Whether recent connect failures took it out of rotation.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Relaxed);
+        until != 0 && clock_ms() < until
+    }
+
+    /// Records a failed connect; ejects after `max_fails` in a row.
+    pub(crate) fn connect_failed(&self, policy: Ejection) {
+        let n = self.connect_failures.fetch_add(1, Relaxed) + 1;
+        if policy.max_fails > 0 && n >= policy.max_fails {
+            let until = clock_ms() + policy.fail_timeout.as_millis() as u64;
+            if self.ejected_until_ms.swap(until, Relaxed) == 0 {
+                tracing::warn!(upstream = %self.name, failures = n, for_ = ?policy.fail_timeout, "upstream ejected after connect failures");
+            }
+        }
+    }
+
+    /// Records a successful connect, readmitting an ejected upstream.
+    pub(crate) fn connect_succeeded(&self) {
+        if self.connect_failures.load(Relaxed) != 0 {
+            self.connect_failures.store(0, Relaxed);
+        }
+        if self.ejected_until_ms.load(Relaxed) != 0 {
+            self.ejected_until_ms.store(0, Relaxed);
         }
     }
 
@@ -90,6 +142,7 @@ impl Upstream {
     pub(crate) async fn checkout(
         &self,
         connect_timeout: Duration,
+        ejection: Ejection,
     ) -> Result<SendRequest<Incoming>, ConnectError> {
         while let Some(mut tx) = self.idle.pop() {
             if tx.is_ready() {
@@ -104,7 +157,16 @@ impl Upstream {
                 return Ok(tx);
             }
         }
-        self.connect(connect_timeout).await
+        match self.connect(connect_timeout).await {
+            Ok(tx) => {
+                self.connect_succeeded();
+                Ok(tx)
+            }
+            Err(e) => {
+                self.connect_failed(ejection);
+                Err(e)
+            }
+        }
     }
 
     /// Returns a connection whose response has been read to the end.
@@ -200,9 +262,9 @@ impl Pool {
         ))
     }
 
-    /// Next upstream by round robin, skipping unhealthy ones and `avoid`
-    /// (the one that just failed). When none is healthy, every upstream is
-    /// tried anyway: failing open beats refusing all traffic.
+    /// Next upstream by round robin, skipping unhealthy or ejected ones and
+    /// `avoid` (the one that just failed). When none is available, every
+    /// upstream is tried anyway: failing open beats refusing all traffic.
     pub fn pick(&self, avoid: Option<&Arc<Upstream>>) -> Option<&Arc<Upstream>> {
         let n = self.upstreams.len();
         if n == 1 {
@@ -216,7 +278,7 @@ impl Pool {
         let usable = |u: &Arc<Upstream>| avoid.is_none_or(|a| !Arc::ptr_eq(a, u));
         (0..n)
             .map(|i| &self.upstreams[(start + i) % n])
-            .find(|u| u.is_healthy() && usable(u))
+            .find(|u| u.is_available() && usable(u))
             .or_else(|| {
                 (0..n)
                     .map(|i| &self.upstreams[(start + i) % n])
@@ -224,9 +286,10 @@ impl Pool {
             })
     }
 
-    /// Upstreams currently passing health checks.
+    /// Upstreams that can take requests: passing health checks and not
+    /// ejected after connect failures.
     pub fn healthy_count(&self) -> usize {
-        self.upstreams.iter().filter(|u| u.is_healthy()).count()
+        self.upstreams.iter().filter(|u| u.is_available()).count()
     }
 }
 

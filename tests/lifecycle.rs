@@ -41,7 +41,10 @@ fn check_accepts_a_good_config_and_names_line_and_column_of_a_bad_one() {
     .unwrap();
     let (code, _, err) = switchyard(&["check", "-c", bad.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("bad.toml:8:8:"), "stderr must name file:line:col: {err}");
+    assert!(
+        err.contains("bad.toml:8:8:"),
+        "stderr must name file:line:col: {err}"
+    );
     assert!(err.contains("duration"), "{err}");
 
     // `run` refuses the same file the same way, before binding anything.
@@ -49,7 +52,11 @@ fn check_accepts_a_good_config_and_names_line_and_column_of_a_bad_one() {
     assert_eq!(code, 1);
     assert!(err.contains("bad.toml:8:8:"), "{err}");
 
-    let (code, _, err) = switchyard(&["check", "-c", dir.path().join("missing.toml").to_str().unwrap()]);
+    let (code, _, err) = switchyard(&[
+        "check",
+        "-c",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("cannot read config file"), "{err}");
 }
@@ -67,7 +74,10 @@ fn check_rejects_an_unusable_tls_certificate_naming_the_file() {
     .unwrap();
     let (code, _, err) = switchyard(&["check", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("proxy.tls") && err.contains("cert.pem"), "{err}");
+    assert!(
+        err.contains("proxy.tls") && err.contains("cert.pem"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +98,11 @@ async fn sighup_applies_a_good_config_and_rejects_a_bad_one_without_disruption()
         "{}",
         sy.stderr()
     );
-    assert!(sy.stderr().contains("switchyard.toml:"), "error names the file: {}", sy.stderr());
+    assert!(
+        sy.stderr().contains("switchyard.toml:"),
+        "error names the file: {}",
+        sy.stderr()
+    );
     for _ in 0..10 {
         assert_eq!(sy.client.get(&sy.url("/")).await.unwrap().text(), "blue");
     }
@@ -98,7 +112,14 @@ async fn sighup_applies_a_good_config_and_rejects_a_bad_one_without_disruption()
     std::fs::write(&sy.config_path, new_text).unwrap();
     sy.signal("HUP");
     assert!(
-        eventually(10, async || sy.client.get(&sy.url("/")).await.unwrap().text() == "blue-2").await,
+        eventually(10, async || sy
+            .client
+            .get(&sy.url("/"))
+            .await
+            .unwrap()
+            .text()
+            == "blue-2")
+        .await,
         "reloaded upstream never served: {}",
         sy.stderr()
     );
@@ -106,31 +127,37 @@ async fn sighup_applies_a_good_config_and_rejects_a_bad_one_without_disruption()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_then_exits() {
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
+    let (blue, _green, mut sy) = support::deployment(|b| b).await;
     blue.delay(Duration::from_millis(800));
-    let mut sy = Switchyard::builder().blue(blue.addr).green(green.addr).start();
     let url = sy.url("/");
     let client = sy.client.clone();
     let in_flight = tokio::spawn(async move { client.get(&url).await });
     assert!(eventually(5, async || blue.requests() == 1).await);
     sy.signal("TERM");
-    let r = in_flight.await.unwrap().expect("in-flight request completes during drain");
+    let r = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes during drain");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "blue");
-    let code = tokio::task::spawn_blocking(move || sy.wait_exit(10)).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || sy.wait_exit(10))
+        .await
+        .unwrap();
     assert_eq!(code, Some(0), "switchyard exits cleanly after draining");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_demands_the_token_and_rejects_bad_weights() {
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
-    let sy = Switchyard::builder().blue(blue.addr).green(green.addr).start();
+    let (_blue, _green, sy) = support::deployment(|b| b).await;
     let c = &sy.client;
     assert_eq!(c.get(&sy.admin_url("/healthz")).await.unwrap().status, 200);
     let r = c
-        .request(Method::PUT, &sy.admin_url("/api/v1/weights"), &[], "{\"green\": 10}")
+        .request(
+            Method::PUT,
+            &sy.admin_url("/api/v1/weights"),
+            &[],
+            "{\"green\": 10}",
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 401);
@@ -145,11 +172,20 @@ async fn the_admin_api_demands_the_token_and_rejects_bad_weights() {
         .await
         .unwrap();
     assert_eq!(r.status, 401);
-    let r = sy.admin(Method::PUT, "/api/v1/weights", "{\"green\": 150}").await;
+    let r = sy
+        .admin(Method::PUT, "/api/v1/weights", "{\"green\": 150}")
+        .await;
     assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.json()["error"].as_str().unwrap().contains("0 to 100"), "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("0 to 100"),
+        "{}",
+        r.text()
+    );
     let s = sy.status().await;
-    assert_eq!(s["weights"]["green"], 0.0, "a rejected body changes nothing");
+    assert_eq!(
+        s["weights"]["green"], 0.0,
+        "a rejected body changes nothing"
+    );
     assert_eq!(s["weights"]["blue"], 100.0);
     sy.set_green(30.0).await;
     let s = sy.status().await;

@@ -30,11 +30,7 @@ async fn green_share(sy: &Switchyard, users: usize, offset: usize) -> (usize, Ha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_splits_by_weight_within_tolerance() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .start();
+    let (_blue, _green, sy) = support::deployment(|b| b).await;
     let n = 3000;
     for pct in [0.0, 1.0, 25.0, 50.0, 100.0] {
         sy.set_green(pct).await;
@@ -63,11 +59,7 @@ async fn traffic_splits_by_weight_within_tolerance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raising_the_weight_only_moves_users_from_blue_to_green() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .start();
+    let (_blue, _green, sy) = support::deployment(|b| b).await;
     let mut before: HashSet<usize> = HashSet::new();
     for pct in [0.0, 1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 99.0, 100.0] {
         sy.set_green(pct).await;
@@ -90,11 +82,7 @@ async fn raising_the_weight_only_moves_users_from_blue_to_green() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weight_changes_under_keep_alive_load_fail_no_request() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .start();
+    let (blue, green, sy) = support::deployment(|b| b).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut load = Vec::new();
@@ -150,11 +138,7 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_megabyte_upload_and_download_stream_through_with_bounded_memory() {
     use http_body_util::{BodyExt, StreamBody};
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .start();
+    let (_blue, _green, sy) = support::deployment(|b| b).await;
     const MB100: u64 = 100 * 1024 * 1024;
 
     // Download: 100 MB from the backend, counted as it arrives.
@@ -211,11 +195,7 @@ async fn hundred_megabyte_upload_and_download_stream_through_with_bounded_memory
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_passes_through() {
     use tokio_tungstenite::tungstenite::Message;
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .start();
+    let (_blue, _green, sy) = support::deployment(|b| b).await;
     let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", sy.proxy))
         .await
         .expect("websocket handshake through the proxy");
@@ -272,11 +252,7 @@ async fn https_end_to_end_with_http1_and_http2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_are_set_and_hop_by_hop_headers_dropped() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .start();
+    let (_blue, _green, sy) = support::deployment(|b| b).await;
     let r = sy
         .client
         .request(
@@ -312,11 +288,7 @@ async fn forwarded_headers_are_set_and_hop_by_hop_headers_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testers_pin_a_colour_with_the_override_header() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .start();
+    let (_blue, _green, sy) = support::deployment(|b| b).await;
     for _ in 0..20 {
         let r = sy
             .client
@@ -338,12 +310,7 @@ async fn testers_pin_a_colour_with_the_override_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_stickiness_hands_out_a_bucket_and_keeps_it() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .proxy_extra("sticky = \"cookie\"")
-        .start();
+    let (_blue, _green, sy) = support::deployment(|b| b.proxy_extra("sticky = \"cookie\"")).await;
     sy.set_green(50.0).await;
     let mut colours = HashSet::new();
     for _ in 0..40 {

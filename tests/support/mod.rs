@@ -12,6 +12,17 @@ pub use backend::Backend;
 pub use client::Client;
 pub use switchyard::Switchyard;
 
+/// A blue and a green backend behind a switchyard configured by `configure`
+/// (which receives a builder with both pools set).
+pub async fn deployment(
+    configure: impl FnOnce(switchyard::SwitchyardBuilder) -> switchyard::SwitchyardBuilder,
+) -> (Backend, Backend, Switchyard) {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let sy = configure(Switchyard::builder().blue(blue.addr).green(green.addr)).start();
+    (blue, green, sy)
+}
+
 /// Polls `f` every 20 ms until it returns true or `secs` pass; returns the
 /// last result. For waiting on asynchronous effects, never for timing.
 pub async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {

@@ -67,12 +67,22 @@ fresh_green() {
   "$BIN/createdb" -h 127.0.0.1 -p "$GREEN_PORT" -U postgres bench
 }
 now() { date +%s.%N; }
-elapsed() { echo "$(now) - $1" | bc; }
+elapsed() { printf "%.3f" "$(echo "$(now) - $1" | bc)"; }
 
-declare -A best
+declare -A times
 record() { # name seconds
   echo "  $1: $2 s" >&2
-  if [ -z "${best[$1]:-}" ] || [ "$(echo "$2 < ${best[$1]}" | bc)" = 1 ]; then best[$1]=$2; fi
+  times[$1]="${times[$1]:-} $2"
+}
+stat() { # best|median name
+  local sorted
+  sorted=$(tr ' ' '\n' <<<"${times[$2]}" | grep . | sort -g)
+  if [ "$1" = best ]; then head -1 <<<"$sorted"; else awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}' <<<"$sorted"; fi
+}
+quiesce() { # flush both clusters so one method's dirty pages do not slow the next
+  "$BIN/psql" -Atq "postgres://postgres@127.0.0.1:$BLUE_PORT/postgres" -c CHECKPOINT
+  "$BIN/psql" -Atq "postgres://postgres@127.0.0.1:$GREEN_PORT/postgres" -c CHECKPOINT
+  sync
 }
 
 check_green() { # the clone is complete: same row count as blue
@@ -88,36 +98,54 @@ counts() { # count(*) of every pgbench table on blue and green at the same time
   wait
 }
 
-for run in $(seq 1 "$RUNS"); do
-  echo "run $run/$RUNS" >&2
-  fresh_green; sync; t=$(now)
+clone_switchyard() {
+  fresh_green; quiesce; local t; t=$(now)
   "$SYNC" --blue "$BLUE" --green "$GREEN" --json clone --jobs "$JOBS" >"$WORK/clone.json"
   record switchyard_clone "$(elapsed "$t")"; check_green
-
-  t=$(now); counts; record count "$(elapsed "$t")"
+  # verify right after: green equals blue; against count(*) of the same tables
+  quiesce; t=$(now); counts; record count "$(elapsed "$t")"
   t=$(now)
   "$SYNC" --blue "$BLUE" --green "$GREEN" --json verify --jobs "$JOBS" >"$WORK/verify.json" \
     || { cat "$WORK/verify.json" >&2; echo "verify failed" >&2; exit 1; }
   record switchyard_verify "$(elapsed "$t")"
-
-  fresh_green; t=$(now)
+}
+clone_dump_fc() {
+  fresh_green; quiesce; local t; t=$(now)
   "$BIN/pg_dump" -Fc -d "$BLUE" | "$BIN/pg_restore" --no-owner -d "$GREEN"
   record dump_fc_restore "$(elapsed "$t")"; check_green
-
-  fresh_green; rm -rf "$WORK/dumpdir"; t=$(now)
+}
+clone_dump_fd() {
+  fresh_green; rm -rf "$WORK/dumpdir"; quiesce; local t; t=$(now)
   "$BIN/pg_dump" -Fd -j "$JOBS" -f "$WORK/dumpdir" -d "$BLUE"
   "$BIN/pg_restore" -j "$JOBS" --no-owner -d "$GREEN" "$WORK/dumpdir"
   record dump_fd_restore_j "$(elapsed "$t")"; check_green
+}
+
+# Warm-up: blue's pages read once (hint bits set) before anything is timed.
+"$BIN/psql" -Atq "$BLUE" -c "VACUUM ANALYZE" >/dev/null
+counts >/dev/null 2>&1 || true
+methods=(clone_switchyard clone_dump_fc clone_dump_fd)
+for run in $(seq 1 "$RUNS"); do
+  echo "run $run/$RUNS (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+  for i in 0 1 2; do # rotate the order so no method always goes first
+    "${methods[$(((i + run) % 3))]}"
+  done
 done
 
-ratio() { echo "scale=2; $1 / $2" | bc; }
+ratio() { echo "scale=2; $1 / $2" | bc | sed 's/^\./0./'; }
 OUT="$ROOT/bench/sync/results-$(date -u +%Y-%m-%d).md"
 {
-  echo "pgbench scale $SCALE ($SIZE on blue), $(nproc) cores, PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), best of $RUNS runs, jobs $JOBS"
+  echo "pgbench scale $SCALE ($SIZE on blue), $(nproc) cores, PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), jobs $JOBS, $RUNS runs (median; best in brackets)"
   echo
-  echo "| operation | switchyard | peer | peer time | ratio | target |"
-  echo "|---|---|---|---|---|---|"
-  echo "| clone | ${best[switchyard_clone]} s | \`pg_dump -Fc \\| pg_restore\` | ${best[dump_fc_restore]} s | $(ratio "${best[switchyard_clone]}" "${best[dump_fc_restore]}") | ≤ 0.5 |"
-  echo "| clone | ${best[switchyard_clone]} s | \`pg_dump -Fd -j$JOBS\` + \`pg_restore -j$JOBS\` | ${best[dump_fd_restore_j]} s | $(ratio "${best[switchyard_clone]}" "${best[dump_fd_restore_j]}") | ≤ 0.8 |"
-  echo "| verify | ${best[switchyard_verify]} s | \`count(*)\` of the same tables, blue and green in parallel | ${best[count]} s | $(ratio "${best[switchyard_verify]}" "${best[count]}") | ≤ 2 |"
+  echo "| operation | switchyard | peer | peer time | ratio (median) | ratio (best) | target |"
+  echo "|---|---|---|---|---|---|---|"
+  row() { # op ours peer label target
+    echo "| $1 | $(stat median "$2") s ($(stat best "$2")) | $4 | $(stat median "$3") s ($(stat best "$3")) | $(ratio "$(stat median "$2")" "$(stat median "$3")") | $(ratio "$(stat best "$2")" "$(stat best "$3")") | $5 |"
+  }
+  row clone switchyard_clone dump_fc_restore '`pg_dump -Fc \| pg_restore`' "≤ 0.5"
+  row clone switchyard_clone dump_fd_restore_j "\`pg_dump -Fd -j$JOBS\` + \`pg_restore -j$JOBS\`" "≤ 0.8"
+  row verify switchyard_verify count '`count(*)` of the same tables, blue and green in parallel' "≤ 2"
+  echo
+  echo "raw seconds:"
+  for k in switchyard_clone dump_fc_restore dump_fd_restore_j switchyard_verify count; do echo "- $k:${times[$k]}"; done
 } | tee "$OUT"

@@ -477,3 +477,47 @@ async fn a_connect_failure_is_retried_on_another_upstream() {
         r.text()
     );
 }
+
+/// An upstream that closes every connection right after its response,
+/// without saying `Connection: close`: as one whose keep-alive timeout is
+/// shorter than switchyard's.
+async fn closing_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nclosed")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_survive_upstreams_closing_idle_connections() {
+    let blue = closing_upstream().await;
+    let green = Backend::start("green").await;
+    let sy = Switchyard::builder().blue(blue).green(green.addr).start();
+    // Sequential requests reuse the pooled connection the upstream has just
+    // closed; some race the close. None may fail.
+    for i in 0..300 {
+        let r = sy.client.get(&sy.url("/")).await.unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.text(), "closed");
+    }
+}

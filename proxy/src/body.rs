@@ -12,6 +12,42 @@ use std::task::{Context, Poll};
 
 use crate::pool::Upstream;
 
+/// A request body sent upstream: the client's, streamed, or none (a replayed
+/// bodiless request).
+pub(crate) enum RequestBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Client(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Client(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// A response body from the proxy.
 pub struct ProxyBody {
     kind: Kind,
@@ -22,7 +58,7 @@ enum Kind {
         body: Incoming,
         /// The connection the body arrives on, returned to the pool once the
         /// body has been read to its end.
-        conn: Option<(SendRequest<Incoming>, Arc<Upstream>)>,
+        conn: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
     },
     Full(Option<Bytes>),
 }
@@ -30,7 +66,7 @@ enum Kind {
 impl ProxyBody {
     pub(crate) fn upstream(
         body: Incoming,
-        conn: Option<(SendRequest<Incoming>, Arc<Upstream>)>,
+        conn: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
     ) -> ProxyBody {
         let mut kind = Kind::Upstream { body, conn };
         if let Kind::Upstream { body, conn } = &mut kind {

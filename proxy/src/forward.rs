@@ -5,7 +5,8 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -13,9 +14,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::headers::{add_forwarded, is_upgrade, strip_hop_by_hop};
-use crate::pool::{connect_tcp, Upstream};
+use crate::pool::{connect_tcp, Checkout, Upstream};
 use crate::stats::Outcome;
 use crate::write_gate::is_write;
 use crate::{Colour, Routing, Shared};
@@ -162,9 +163,10 @@ impl Failure {
 async fn forward(
     routing: &Routing,
     colour: Colour,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let pool = &routing.pools[colour.index()];
+    let mut req = req.map(RequestBody::Client);
     let mut avoid: Option<Arc<Upstream>> = None;
     let mut attempts_left = routing.settings.retries + 1;
     let mut stale_retries = 0;
@@ -176,11 +178,11 @@ async fn forward(
             // Only the upstream that just failed is left: report its error.
             None => return Err(last_connect_error.map_or(Failure::NoUpstream, Failure::Connect)),
         };
-        let mut tx = match up
+        let Checkout { mut tx, reused } = match up
             .checkout(routing.settings.connect_timeout, routing.settings.ejection)
             .await
         {
-            Ok(tx) => tx,
+            Ok(c) => c,
             Err(e) => {
                 // Nothing was sent: any method may go to another upstream.
                 tracing::debug!(upstream = %up.name, error = %e, "connect failed");
@@ -192,6 +194,14 @@ async fn forward(
                 continue;
             }
         };
+        // An upstream may close an idle keep-alive connection just as a
+        // request is written to it. A bodiless idempotent request that got
+        // no answer on a reused connection is then sent again, as nginx does.
+        let replay = (reused
+            && stale_retries < 3
+            && is_idempotent(req.method())
+            && req.body().is_end_stream())
+        .then(|| bodiless_copy(&req));
         up.begin();
         let sent =
             tokio::time::timeout(routing.settings.upstream_timeout, tx.try_send_request(req)).await;
@@ -204,19 +214,41 @@ async fn forward(
                 let body = ProxyBody::upstream(body, Some((tx, up)));
                 return Ok(Response::from_parts(parts, body));
             }
-            Ok(Err(mut e)) => match e.take_message() {
-                // The request never left: a stale keep-alive connection. Safe
-                // to send again, on a fresh connection or another upstream.
-                Some(back) if stale_retries < 3 => {
-                    stale_retries += 1;
-                    attempts_left += 1;
+            Ok(Err(mut e)) => {
+                // The request never left (the connection was found closed):
+                // safe to send again, whatever the method.
+                if let Some(back) = e.take_message().filter(|_| stale_retries < 3) {
                     req = back;
-                    avoid = None;
+                } else if let Some(copy) = replay {
+                    // Any error here came before a response head: the
+                    // request went unanswered, and repeating it is harmless.
+                    req = copy;
+                } else {
+                    return Err(Failure::Send(e.into_error().to_string()));
                 }
-                _ => return Err(Failure::Send(e.into_error().to_string())),
-            },
+                tracing::debug!(upstream = %up.name, "resending on a fresh connection after a stale keep-alive one");
+                stale_retries += 1;
+                attempts_left += 1;
+                avoid = None;
+            }
         }
     }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn bodiless_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// Forwards an `Upgrade` request (WebSocket) on a dedicated connection and,

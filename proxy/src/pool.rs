@@ -3,7 +3,6 @@
 //! upstream.
 
 use crossbeam_queue::ArrayQueue;
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 use switchyard_config::{HealthConfig, PoolConfig};
 use tokio::net::TcpStream;
 
+use crate::body::RequestBody;
 use crate::{Colour, ProxyError};
 
 /// Idle connections kept per upstream.
@@ -27,12 +27,21 @@ pub struct Upstream {
     healthy: AtomicBool,
     pub(crate) fails: AtomicU32,
     pub(crate) passes: AtomicU32,
-    idle: ArrayQueue<SendRequest<Incoming>>,
+    idle: ArrayQueue<SendRequest<RequestBody>>,
     in_flight: AtomicUsize,
     /// Connect failures in a row (passive ejection).
     connect_failures: AtomicU32,
     /// Out of rotation until this many ms after [`clock_ms`]'s epoch; 0 = in.
     ejected_until_ms: AtomicU64,
+}
+
+/// A connection ready for one request.
+pub(crate) struct Checkout {
+    pub tx: SendRequest<RequestBody>,
+    /// It carried earlier requests: the upstream may have closed it while it
+    /// sat idle, so a bodiless idempotent request that fails on it unanswered
+    /// may be replayed.
+    pub reused: bool,
 }
 
 /// Milliseconds since the first call: a cheap monotonic clock for ejection.
@@ -143,10 +152,10 @@ impl Upstream {
         &self,
         connect_timeout: Duration,
         ejection: Ejection,
-    ) -> Result<SendRequest<Incoming>, ConnectError> {
+    ) -> Result<Checkout, ConnectError> {
         while let Some(mut tx) = self.idle.pop() {
             if tx.is_ready() {
-                return Ok(tx);
+                return Ok(Checkout { tx, reused: true });
             }
             if tx.is_closed() {
                 continue;
@@ -154,13 +163,13 @@ impl Upstream {
             // Checked in right after its last response ended; the connection
             // task may not have run yet. It becomes ready or closes promptly.
             if tx.ready().await.is_ok() {
-                return Ok(tx);
+                return Ok(Checkout { tx, reused: true });
             }
         }
         match self.connect(connect_timeout).await {
             Ok(tx) => {
                 self.connect_succeeded();
-                Ok(tx)
+                Ok(Checkout { tx, reused: false })
             }
             Err(e) => {
                 self.connect_failed(ejection);
@@ -170,13 +179,13 @@ impl Upstream {
     }
 
     /// Returns a connection whose response has been read to the end.
-    pub(crate) fn checkin(&self, tx: SendRequest<Incoming>) {
+    pub(crate) fn checkin(&self, tx: SendRequest<RequestBody>) {
         if !tx.is_closed() {
             let _ = self.idle.push(tx);
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<SendRequest<Incoming>, ConnectError> {
+    async fn connect(&self, timeout: Duration) -> Result<SendRequest<RequestBody>, ConnectError> {
         let stream = connect_tcp(self.addr, timeout).await?;
         let (tx, conn) = http1::Builder::new()
             .writev(false)

@@ -385,9 +385,18 @@ async fn blue_is_unchanged_by_clone_and_verify() {
         .await
         .expect("verify");
     assert_eq!(again.code, 0, "{:#}", again.summary);
-    run(&pair.config, Command::Preflight, Output::Quiet)
+    let preflight = run(&pair.config, Command::Preflight, Output::Quiet)
         .await
         .expect("preflight");
+    // Snapshot mode: a table without a primary key is a warning, not a blocker.
+    assert_eq!(preflight.code, 0, "{:#}", preflight.summary);
+    let findings = preflight.summary["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f["check"] == "primary-key"
+            && f["severity"] == "warning"
+            && f["message"].as_str().unwrap().contains("public.events")),
+        "{findings:#?}"
+    );
     assert_eq!(fingerprint(pair.blue()).await, before);
     // And the gate opens: verified at the current schema version (no migrations).
     let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
@@ -486,4 +495,48 @@ async fn gate_follows_migrations_and_verification() {
     let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
     assert!(gate.verified, "{gate:?}");
     assert_eq!(gate.schema_version.as_deref(), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_reports_blockers_with_hints() {
+    let mut pair = Pair::new("preflight").await;
+    pair.config.mode = switchyard_config::SyncMode::Replicate;
+    sql(
+        pair.blue(),
+        "CREATE TABLE keyless (v text); CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY); \
+         SELECT lo_from_bytea(0, 'blob'::bytea)",
+    )
+    .await;
+    sql(pair.green(), "CREATE TABLE leftover (id int)").await;
+    let report = run(&pair.config, Command::Preflight, Output::Quiet)
+        .await
+        .expect("preflight runs");
+    assert_eq!(report.code, 1, "{:#}", report.summary);
+    let findings = report.summary["findings"].as_array().unwrap();
+    let find = |check: &str| {
+        findings
+            .iter()
+            .find(|f| f["check"] == check)
+            .unwrap_or_else(|| panic!("no {check} finding in {findings:#?}"))
+    };
+    let pk = find("primary-key");
+    assert_eq!(pk["severity"], "blocker", "replicate mode needs keys");
+    assert!(pk["message"].as_str().unwrap().contains("public.keyless"));
+    assert!(!pk["hint"].as_str().unwrap().is_empty());
+    assert_eq!(find("large-objects")["severity"], "warning");
+    assert!(find("unlogged")["message"]
+        .as_str()
+        .unwrap()
+        .contains("public.scratch"));
+    assert!(find("green-not-empty")["message"]
+        .as_str()
+        .unwrap()
+        .contains("public.leftover"));
+    // A server that cannot be reached is a blocker, not a crash.
+    pair.config.green = "postgres://postgres@127.0.0.1:1/nothing".into();
+    let report = run(&pair.config, Command::Preflight, Output::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(report.code, 1);
+    assert_eq!(report.summary["findings"][0]["check"], "connect");
 }

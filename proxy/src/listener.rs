@@ -11,12 +11,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_config::{ProxyConfig, TlsConfig};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::forward::{self, ConnInfo};
 use crate::{DataPlane, ProxyError};
+
+/// Longest a client may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bound client listeners, ready to serve.
 pub struct Listeners {
@@ -182,13 +185,22 @@ async fn accept_loop(
             let svc = service_fn(move |req| forward::handle(shared.clone(), info.clone(), req));
             let result = match tls {
                 None => serve_io(&builder, watcher, stream, svc).await,
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls_stream) => serve_io(&builder, watcher, tls_stream, svc).await,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+                Some(acceptor) => {
+                    // A client that never finishes its handshake must not
+                    // hold a connection forever.
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls_stream)) => serve_io(&builder, watcher, tls_stream, svc).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
                     }
-                },
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
@@ -217,9 +229,4 @@ where
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
     watcher.watch(conn).await
-}
-
-#[allow(dead_code)]
-fn _assert_send(s: TcpStream) -> impl Send {
-    s
 }

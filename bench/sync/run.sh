@@ -69,15 +69,50 @@ fresh_green() {
 now() { date +%s.%N; }
 elapsed() { printf "%.3f" "$(echo "$(now) - $1" | bc)"; }
 
-declare -A times
-record() { # name seconds
-  echo "  $1: $2 s" >&2
+declare -A times cpus
+TCK=$(getconf CLK_TCK)
+record() { # name seconds cpu-seconds
+  echo "  $1: $2 s wall, $3 s CPU" >&2
   times[$1]="${times[$1]:-} $2"
+  cpus[$1]="${cpus[$1]:-} $3"
 }
-stat() { # best|median name
+stat() { # best|median list
   local sorted
-  sorted=$(tr ' ' '\n' <<<"${times[$2]}" | grep . | sort -g)
+  sorted=$(tr ' ' '\n' <<<"$2" | grep . | sort -g)
   if [ "$1" = best ]; then head -1 <<<"$sorted"; else awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}' <<<"$sorted"; fi
+}
+# CPU ticks used so far by both clusters: the postmasters (with the children
+# they have reaped, i.e. finished backends) and their live children.
+server_ticks() {
+  local total=0 pm pid f
+  for c in blue green; do
+    pm=$(head -1 "$WORK/$c/postmaster.pid")
+    for pid in $pm $(pgrep -P "$pm"); do
+      f=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+      # after "comm)": field 1 is state, 12 utime, 13 stime, 14 cutime, 15 cstime
+      if [ "$pid" = "$pm" ]; then
+        total=$((total + $(awk '{print $12 + $13 + $14 + $15}' <<<"$f")))
+      else
+        total=$((total + $(awk '{print $12 + $13}' <<<"$f")))
+      fi
+    done
+  done
+  echo "$total"
+}
+# measure NAME CMD...: wall time, and CPU seconds of both servers plus the
+# client programs. CPU time is what the method costs; on a machine shared with
+# other work it is far steadier than wall time.
+measure() {
+  local name=$1 s0 s1 t wall client status=0
+  shift
+  s0=$(server_ticks); t=$(now)
+  /usr/bin/time -f "%U %S" -o "$WORK/rusage" "$@" || status=$?
+  wall=$(elapsed "$t")
+  sleep 0.5 # let the postmasters reap their backends
+  s1=$(server_ticks)
+  client=$(awk '{print $1 + $2}' "$WORK/rusage")
+  record "$name" "$wall" "$(echo "scale=2; ($s1 - $s0) / $TCK + $client" | bc | sed 's/^\./0./')"
+  return "$status"
 }
 quiesce() { # flush both clusters so one method's dirty pages do not slow the next
   "$BIN/psql" -Atq "postgres://postgres@127.0.0.1:$BLUE_PORT/postgres" -c CHECKPOINT
@@ -91,39 +126,34 @@ check_green() { # the clone is complete: same row count as blue
   [ "$n" = "$((SCALE * 100000))" ] || { echo "green has $n accounts, expected $((SCALE * 100000))" >&2; exit 1; }
 }
 
-counts() { # count(*) of every pgbench table on blue and green at the same time
-  local sql="SELECT count(*) FROM pgbench_accounts; SELECT count(*) FROM pgbench_branches; SELECT count(*) FROM pgbench_tellers; SELECT count(*) FROM pgbench_history;"
-  "$BIN/psql" -Atq "$BLUE" -c "$sql" >/dev/null &
-  "$BIN/psql" -Atq "$GREEN" -c "$sql" >/dev/null &
-  wait
-}
+# count(*) of every pgbench table, run on blue and green at the same time
+COUNTS="SELECT count(*) FROM pgbench_accounts; SELECT count(*) FROM pgbench_branches; SELECT count(*) FROM pgbench_tellers; SELECT count(*) FROM pgbench_history;"
 
 clone_switchyard() {
-  fresh_green; quiesce; local t; t=$(now)
-  "$SYNC" --blue "$BLUE" --green "$GREEN" --json clone --jobs "$JOBS" >"$WORK/clone.json"
-  record switchyard_clone "$(elapsed "$t")"; check_green
-  # verify right after: green equals blue; against count(*) of the same tables
-  quiesce; t=$(now); counts; record count "$(elapsed "$t")"
-  t=$(now)
-  "$SYNC" --blue "$BLUE" --green "$GREEN" --json verify --jobs "$JOBS" >"$WORK/verify.json" \
+  fresh_green; quiesce
+  measure switchyard_clone "$SYNC" --blue "$BLUE" --green "$GREEN" --json clone --jobs "$JOBS" >"$WORK/clone.json"
+  check_green
+  # verify right after (green equals blue), against count(*) of the same tables
+  quiesce
+  measure count bash -c "'$BIN/psql' -Atq '$BLUE' -c '$COUNTS' >/dev/null & '$BIN/psql' -Atq '$GREEN' -c '$COUNTS' >/dev/null & wait"
+  measure switchyard_verify "$SYNC" --blue "$BLUE" --green "$GREEN" --json verify --jobs "$JOBS" >"$WORK/verify.json" \
     || { cat "$WORK/verify.json" >&2; echo "verify failed" >&2; exit 1; }
-  record switchyard_verify "$(elapsed "$t")"
 }
 clone_dump_fc() {
-  fresh_green; quiesce; local t; t=$(now)
-  "$BIN/pg_dump" -Fc -d "$BLUE" | "$BIN/pg_restore" --no-owner -d "$GREEN"
-  record dump_fc_restore "$(elapsed "$t")"; check_green
+  fresh_green; quiesce
+  measure dump_fc_restore bash -c "'$BIN/pg_dump' -Fc -d '$BLUE' | '$BIN/pg_restore' --no-owner -d '$GREEN'"
+  check_green
 }
 clone_dump_fd() {
-  fresh_green; rm -rf "$WORK/dumpdir"; quiesce; local t; t=$(now)
-  "$BIN/pg_dump" -Fd -j "$JOBS" -f "$WORK/dumpdir" -d "$BLUE"
-  "$BIN/pg_restore" -j "$JOBS" --no-owner -d "$GREEN" "$WORK/dumpdir"
-  record dump_fd_restore_j "$(elapsed "$t")"; check_green
+  fresh_green; rm -rf "$WORK/dumpdir"; quiesce
+  measure dump_fd_restore_j bash -c "'$BIN/pg_dump' -Fd -j '$JOBS' -f '$WORK/dumpdir' -d '$BLUE' && '$BIN/pg_restore' -j '$JOBS' --no-owner -d '$GREEN' '$WORK/dumpdir'"
+  check_green
 }
 
 # Warm-up: blue's pages read once (hint bits set) before anything is timed.
 "$BIN/psql" -Atq "$BLUE" -c "VACUUM ANALYZE" >/dev/null
-counts >/dev/null 2>&1 || true
+"$BIN/psql" -Atq "$BLUE" -c "$COUNTS" >/dev/null
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 methods=(clone_switchyard clone_dump_fc clone_dump_fd)
 for run in $(seq 1 "$RUNS"); do
   echo "run $run/$RUNS (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
@@ -135,17 +165,24 @@ done
 ratio() { echo "scale=2; $1 / $2" | bc | sed 's/^\./0./'; }
 OUT="$ROOT/bench/sync/results-$(date -u +%Y-%m-%d).md"
 {
-  echo "pgbench scale $SCALE ($SIZE on blue), $(nproc) cores, PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), jobs $JOBS, $RUNS runs (median; best in brackets)"
+  echo "pgbench scale $SCALE ($SIZE on blue), $(nproc) cores, PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), jobs $JOBS, $RUNS runs, load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
-  echo "| operation | switchyard | peer | peer time | ratio (median) | ratio (best) | target |"
+  echo "Wall time: median (best). CPU: median CPU seconds of both servers and the client programs."
+  echo
+  echo "| operation | switchyard | peer | peer | wall ratio median (best) | CPU ratio | target |"
   echo "|---|---|---|---|---|---|---|"
   row() { # op ours peer label target
-    echo "| $1 | $(stat median "$2") s ($(stat best "$2")) | $4 | $(stat median "$3") s ($(stat best "$3")) | $(ratio "$(stat median "$2")" "$(stat median "$3")") | $(ratio "$(stat best "$2")" "$(stat best "$3")") | $5 |"
+    local om ob pm pb oc pc
+    om=$(stat median "${times[$2]}"); ob=$(stat best "${times[$2]}"); oc=$(stat median "${cpus[$2]}")
+    pm=$(stat median "${times[$3]}"); pb=$(stat best "${times[$3]}"); pc=$(stat median "${cpus[$3]}")
+    echo "| $1 | $om s ($ob), CPU $oc s | $4 | $pm s ($pb), CPU $pc s | $(ratio "$om" "$pm") ($(ratio "$ob" "$pb")) | $(ratio "$oc" "$pc") | $5 |"
   }
   row clone switchyard_clone dump_fc_restore '`pg_dump -Fc \| pg_restore`' "≤ 0.5"
   row clone switchyard_clone dump_fd_restore_j "\`pg_dump -Fd -j$JOBS\` + \`pg_restore -j$JOBS\`" "≤ 0.8"
   row verify switchyard_verify count '`count(*)` of the same tables, blue and green in parallel' "≤ 2"
   echo
-  echo "raw seconds:"
-  for k in switchyard_clone dump_fc_restore dump_fd_restore_j switchyard_verify count; do echo "- $k:${times[$k]}"; done
+  echo "Raw runs (wall s / CPU s):"
+  for k in switchyard_clone dump_fc_restore dump_fd_restore_j switchyard_verify count; do
+    echo "- $k: wall${times[$k]}; CPU${cpus[$k]}"
+  done
 } | tee "$OUT"

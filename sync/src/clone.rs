@@ -387,10 +387,23 @@ async fn copy_chunk(
 ) -> Result<TableCopy, SyncError> {
     let started = Instant::now();
     let table = &chunk.table;
-    let format = if table.binary_ok {
-        "(FORMAT binary)"
-    } else {
-        ""
+    // A whole table is loaded in its own transaction after a TRUNCATE, which
+    // lets COPY FREEZE write the rows frozen and all-visible: no hint-bit
+    // writes on first read and no anti-wraparound vacuum of green later.
+    let whole = chunk.blocks.is_none();
+    let options = |freeze: bool| {
+        let mut o = Vec::new();
+        if table.binary_ok {
+            o.push("FORMAT binary");
+        }
+        if freeze {
+            o.push("FREEZE");
+        }
+        if o.is_empty() {
+            String::new()
+        } else {
+            format!("({})", o.join(", "))
+        }
     };
     let cols = table.copy_columns.join(", ");
     let source = match chunk.blocks {
@@ -420,13 +433,20 @@ async fn copy_chunk(
         message,
     };
     let out = blue
-        .copy_out(&format!("COPY {source} TO STDOUT {format}"))
+        .copy_out(&format!("COPY {source} TO STDOUT {}", options(false)))
         .await
         .map_err(|e| err(format!("blue: {}", pg_message(&e))))?;
+    if whole {
+        green
+            .batch_execute(&format!("BEGIN; TRUNCATE ONLY {}", table.sql()))
+            .await
+            .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+    }
     let sink = green
         .copy_in(&format!(
-            "COPY {} ({cols}) FROM STDIN {format}",
-            table.sql()
+            "COPY {} ({cols}) FROM STDIN {}",
+            table.sql(),
+            options(whole)
         ))
         .await
         .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
@@ -459,6 +479,12 @@ async fn copy_chunk(
         .finish()
         .await
         .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+    if whole {
+        green
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+    }
     bar.done(rows);
     Ok(TableCopy {
         table: table.display(),

@@ -491,6 +491,9 @@ async fn measure_rollback(analysis: &str, share: f64, concurrency: usize) -> Rea
     let c1 = load.counts();
     let green_rps = (c1.green_ok - c0.green_ok) as f64 / t0.elapsed().as_secs_f64();
 
+    // Random phase against the controller's ticks, so runs sample the
+    // whole tick instead of one point of it.
+    tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % 200_000)).await;
     let onset_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

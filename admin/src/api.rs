@@ -175,6 +175,14 @@ fn status_json(inner: &Inner) -> Value {
         (s.rollout.clone(), s.stable, s.candidate())
     };
     let live = inner.live.lock().map(|l| l.clone()).unwrap_or_default();
+    let gates: Vec<_> = inner.gates.lock().map(|g| g.clone()).unwrap_or_default();
+    let mut gate_status = serde_json::Map::new();
+    for g in &gates {
+        if let Some(v) = g.status() {
+            gate_status.insert(g.name().to_string(), v);
+        }
+    }
+    let database = gate_status.get("database").cloned().unwrap_or(Value::Null);
     let w = inner.dp.weights();
     let steps = &settings.rollout.steps.0;
     let bake = rollout
@@ -220,7 +228,8 @@ fn status_json(inner: &Inner) -> Value {
             "max_p99_ratio": a.max_p99_ratio,
             "fail_fast_after": a.fail_fast_after,
         },
-        "database": Value::Null,
+        "gates": gate_status,
+        "database": database,
     })
 }
 

@@ -46,6 +46,13 @@ pub trait Gate: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Checks the gate for the increase described by `ctx`.
     fn check<'a>(&'a self, ctx: &'a GateContext) -> GateFuture<'a>;
+    /// A JSON summary for `GET /api/v1/status`, under `"gates"` by name
+    /// (the gate named `database` also fills the top-level `"database"`).
+    /// Called on every status request: answer from a cached reading, never
+    /// block. The default has nothing to show.
+    fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The `[webhooks] confirm` gate: POSTs the increase as JSON; a 2xx answer

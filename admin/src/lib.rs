@@ -6,6 +6,7 @@
 //! drives the data plane through [`switchyard_proxy::DataPlane`] and never
 //! forwards application traffic.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod analysis;
 mod api;

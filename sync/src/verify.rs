@@ -186,10 +186,11 @@ pub async fn verify(
 
     let total: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = Arc::new(Progress::new(output, "verify", total.max(0) as u64));
+    let workers = jobs.min(tables.len()).max(1);
     let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
     let green_tables = Arc::new(green_tables);
     let mut handles = Vec::new();
-    for _ in 0..jobs {
+    for _ in 0..workers {
         let queue = queue.clone();
         let green_tables = green_tables.clone();
         let progress = progress.clone();

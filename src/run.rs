@@ -90,6 +90,11 @@ pub(crate) fn init_logging(config: &Config) {
 pub(crate) async fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
     let dp = DataPlane::new(&config, 0).context("cannot build the data plane")?;
     let cp = ControlPlane::start(&config, dp.clone()).context("cannot start the control plane")?;
+    if let Some(db) = &config.database {
+        // Every weight increase needs green's database verified (and, in
+        // replicate mode, caught up).
+        cp.add_gate(switchyard_admin::DatabaseGate::start(db.clone()));
+    }
     let listeners = switchyard_proxy::bind(&config.proxy).await?;
     let admin_listener = switchyard_admin::bind(&config).await?;
     let admin_addr = admin_listener.local_addr()?;

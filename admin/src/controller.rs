@@ -329,25 +329,10 @@ impl Recent {
 }
 
 /// Lifetime (requests, 5xx + transport failures) of `colour`.
-///
-/// Stop-gap: read from the data plane's Prometheus rendering, because
-/// `DataPlane` does not expose its lifetime totals directly yet. Replace
-/// with a `DataPlane::totals(colour)` accessor when the data plane has one.
 fn totals(
     dp: &switchyard_proxy::DataPlane,
     colour: switchyard_proxy::Colour,
 ) -> Option<(u64, u64)> {
-    let mut text = String::with_capacity(8192);
-    dp.render_metrics(&mut text);
-    let label = format!("{{colour=\"{colour}\"}} ");
-    let read = |name: &str| -> Option<u64> {
-        let prefix = format!("{name}{label}");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let requests = read("switchyard_requests_total")?;
-    let failures =
-        read("switchyard_upstream_5xx_total")? + read("switchyard_transport_failures_total")?;
-    Some((requests, failures))
+    let t = dp.totals(colour);
+    Some((t.requests, t.server_errors + t.transport_failures))
 }

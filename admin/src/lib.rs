@@ -11,6 +11,7 @@
 pub mod analysis;
 mod api;
 mod controller;
+pub mod database;
 pub mod events;
 pub mod gates;
 pub mod rollout;
@@ -18,6 +19,7 @@ pub mod store;
 mod webhook;
 
 pub use analysis::Verdict;
+pub use database::DatabaseGate;
 pub use events::Event;
 pub use gates::{Gate, GateContext, GateFuture, GateResult};
 pub use rollout::{Action, Phase};

@@ -253,6 +253,12 @@ impl DataPlane {
         self.shared.stats.colour(c).window()
     }
 
+    /// A colour's lifetime counters (never reset), for rate computations
+    /// over intervals shorter than the window.
+    pub fn totals(&self, c: Colour) -> stats::Totals {
+        self.shared.stats.colour(c).totals()
+    }
+
     /// Forgets a colour's window, so judgement restarts from fresh traffic.
     pub fn reset_window(&self, c: Colour) {
         self.shared.stats.reset_window(c)

@@ -1,0 +1,101 @@
+//! A rollout with `[database]`: traffic does not move to green until green's
+//! database has been cloned and verified, and the status says why it waits.
+
+#[path = "support/load.rs"]
+mod load;
+#[path = "../sync/tests/support/mod.rs"]
+mod pg;
+mod support;
+
+use http::Method;
+use load::Load;
+use std::process::Command;
+use std::time::Duration;
+use support::{eventually, Backend, Switchyard};
+
+fn sync(config: &std::path::Path, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("sync")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "switchyard sync {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_waits_for_greens_database_to_be_verified() {
+    let pair = pg::Pair::new("gate_story").await;
+    pg::sql(
+        pair.blue(),
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL);
+         INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 500) g;",
+    )
+    .await;
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(&format!(
+            r#"
+[rollout]
+steps = [50, 100]
+bake = "300ms"
+
+[rollout.analysis]
+window = "2s"
+interval = "50ms"
+min_requests = 10
+
+[database]
+blue = "{}"
+green = "{}"
+migrations = "{}"
+mode = "snapshot"
+"#,
+            pair.blue(),
+            pair.green(),
+            pair.migrations.path().display()
+        ))
+        .start();
+    let _load = Load::start(sy.url("/"), 2, 200_000, Duration::from_secs(90));
+
+    let r = sy.admin(Method::POST, "/api/v1/rollout/start", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Green's database is empty: the gate holds, and says why.
+    let held = eventually(20, async || {
+        let s = sy.status().await;
+        s["database"]["gate"] == "hold"
+            && s["database"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("not verified"))
+    })
+    .await;
+    let s = sy.status().await;
+    assert!(held, "{s}");
+    assert_eq!(
+        s["weights"]["green"], 0.0,
+        "no traffic before verification: {s}"
+    );
+    assert_ne!(s["rollout"]["state"], "promoted");
+
+    // The operator prepares green; the rollout then goes all the way.
+    sync(&sy.config_path, &["clone"]);
+    sync(&sy.config_path, &["verify"]);
+    let promoted = eventually(60, async || {
+        sy.status().await["rollout"]["state"] == "promoted"
+    })
+    .await;
+    let s = sy.status().await;
+    assert!(promoted, "{s}");
+    assert_eq!(s["weights"]["green"], 100.0);
+    assert_eq!(s["database"]["gate"], "pass", "{s}");
+    assert_eq!(s["database"]["verified"], true, "{s}");
+    assert!(green.requests() > 0);
+}

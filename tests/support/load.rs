@@ -5,6 +5,8 @@
 //! and status. Requests carry no sticky key, so each is weighted at random:
 //! the candidate sees its share of traffic at every step.
 
+#![allow(dead_code)]
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

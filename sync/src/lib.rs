@@ -36,7 +36,18 @@
 //!
 //! `jobs: 0` means "use `[database].jobs`". `--json` selects [`Output::Json`];
 //! otherwise use [`Output::Terminal`] (bars hide themselves when stderr is not
-//! a terminal).
+//! a terminal). `run` must be called inside a tokio runtime with the `rt`,
+//! `net`, `process` and `time` features (a multi-thread runtime lets the copy
+//! workers use several cores).
+//!
+//! External programs: `clone` runs `pg_dump` and `pg_restore` (same major
+//! version as blue or newer), found in `$SWITCHYARD_PG_BINDIR`, then
+//! `pg_config --bindir`, then `PATH`, then `/usr/lib/postgresql/*/bin`.
+//!
+//! What each step leaves behind: `clone` and `verify` write only to green
+//! (the cloned objects and the `switchyard` schema with `clones` and
+//! `verifications`); `migrate` writes green's `flyway_schema_history`;
+//! nothing is written to blue.
 
 #![forbid(unsafe_code)]
 

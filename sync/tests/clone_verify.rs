@@ -63,6 +63,9 @@ SELECT 1 + i % 5000, (i % 1000) * 1.5, timestamptz '2024-01-01 00:00:00+00' + i 
 INSERT INTO order_lines SELECT o, l, 'sku-' || (o * l) % 97, l FROM generate_series(1, 3000) o, generate_series(1, 3) l;
 INSERT INTO events SELECT timestamptz '2024-01-01' + i * interval '1 minute', CASE WHEN i % 10 = 0 THEN NULL ELSE 'e' || i END FROM generate_series(1, 500) i;
 INSERT INTO events SELECT timestamptz '2024-01-01', 'duplicate' FROM generate_series(1, 3);
+CREATE SCHEMA "Sales Data";
+CREATE TABLE "Sales Data"."Odd ""Name""" ("Key" int PRIMARY KEY, "mixed Case" text, doubled int GENERATED ALWAYS AS ("Key" * 2) STORED);
+INSERT INTO "Sales Data"."Odd ""Name""" ("Key", "mixed Case") SELECT i, 'v' || i FROM generate_series(1, 50) i;
 INSERT INTO measurements SELECT c, d::date, (c * 10 + extract(doy from d))::numeric / 10
   FROM generate_series(1, 5) c, generate_series(timestamp '2024-06-01', timestamp '2025-06-01', interval '1 day') d;
 "#;
@@ -102,7 +105,7 @@ async fn fingerprint(url: &str) -> String {
     let mut out = String::new();
     let rels = c
         .query(
-            "SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text, c.relkind::text \
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind::text \
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1",
             &[],
@@ -110,14 +113,9 @@ async fn fingerprint(url: &str) -> String {
         .await
         .unwrap();
     for r in &rels {
-        let name: String = r.get(0);
+        let rel: String = r.get(0);
         let kind: String = r.get(1);
-        out.push_str(&name);
-        let rel = name.rsplit_once(':').unwrap().0;
-        let rel = rel
-            .split_once('.')
-            .map(|(s, t)| format!("\"{s}\".\"{t}\""))
-            .unwrap();
+        out.push_str(&format!("{rel}:{kind}"));
         let q = match kind.as_str() {
             "r" => format!("SELECT coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM ONLY {rel} t"),
             "S" => format!("SELECT last_value::text || is_called::text FROM {rel}"),
@@ -156,13 +154,13 @@ async fn fixture_clones_and_verifies_equal() {
     let summary = clone(&pair, false).await.expect("clone");
     assert_eq!(
         summary["clone"]["rows"],
-        5000 + 3000 + 9000 + 503 + 5 * 366,
+        5000 + 3000 + 9000 + 503 + 5 * 366 + 50,
         "{summary:#}"
     );
 
     let report = verify(&pair).await;
     assert!(report.passed, "{}", report.render());
-    assert_eq!(report.tables.len(), 6, "{}", report.render());
+    assert_eq!(report.tables.len(), 7, "{}", report.render());
 
     // Everything came across: sequences, identity, partitions, view, function,
     // constraints and indexes.
@@ -248,7 +246,8 @@ async fn changed_deleted_and_inserted_rows_are_found_by_key() {
         "UPDATE customers SET balance = balance + 0.01 WHERE id = 4321; \
          DELETE FROM order_lines WHERE order_id = 2500 AND line = 2; \
          INSERT INTO measurements VALUES (9, '2024-07-01', 1.5); \
-         UPDATE events SET payload = 'changed' WHERE payload = 'e7'",
+         UPDATE events SET payload = 'changed' WHERE payload = 'e7'; \
+         UPDATE \"Sales Data\".\"Odd \"\"Name\"\"\" SET \"mixed Case\" = 'x' WHERE \"Key\" = 7",
     )
     .await;
     let report = verify(&pair).await;
@@ -272,6 +271,13 @@ async fn changed_deleted_and_inserted_rows_are_found_by_key() {
         vec![Difference {
             key: "(city, day)=(9, 2024-07-01)".into(),
             kind: "extra_in_green".into()
+        }]
+    );
+    assert_eq!(
+        diffs(&report, "Sales Data.Odd \"Name\""),
+        vec![Difference {
+            key: "Key=7".into(),
+            kind: "changed".into()
         }]
     );
     // No primary key: the table is reported, without keys.

@@ -52,8 +52,15 @@ pub struct CloneReport {
     pub seconds: f64,
     /// Whether an existing green database was dropped first (`--replace`).
     pub replaced: bool,
-    /// Seconds spent in each phase: `schema`, `copy`, `post_data`, `analyze`.
-    pub phases: Vec<(String, f64)>,
+    /// Time spent in each phase: `schema`, `copy`, `post_data`, `analyze`.
+    pub phases: Vec<Phase>,
+}
+
+/// One phase of a clone and how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub seconds: f64,
 }
 
 /// What green holds that makes it "not empty", or `None` when it is empty.
@@ -170,7 +177,10 @@ pub async fn clone(
     let mut phases = Vec::new();
     let mut phase_start = Instant::now();
     let mut phase = |name: &str| {
-        phases.push((name.to_string(), phase_start.elapsed().as_secs_f64()));
+        phases.push(Phase {
+            name: name.to_string(),
+            seconds: phase_start.elapsed().as_secs_f64(),
+        });
         phase_start = Instant::now();
     };
     pg::run_tool(

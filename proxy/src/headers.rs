@@ -33,19 +33,55 @@ fn contains_token(list: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Index of `n` in the hop-by-hop list ([`HOP_BY_HOP`], then keep-alive and
+/// proxy-connection), if it is one.
+fn hop_by_hop_index(n: &HeaderName) -> Option<usize> {
+    HOP_BY_HOP
+        .iter()
+        .position(|h| h == n)
+        .or_else(|| (n == KEEP_ALIVE).then_some(HOP_BY_HOP.len()))
+        .or_else(|| (n == PROXY_CONNECTION).then_some(HOP_BY_HOP.len() + 1))
+}
+
+fn hop_by_hop_name(i: usize) -> HeaderName {
+    match i.checked_sub(HOP_BY_HOP.len()) {
+        None => HOP_BY_HOP[i].clone(),
+        Some(0) => KEEP_ALIVE.clone(),
+        Some(_) => PROXY_CONNECTION.clone(),
+    }
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`. With
 /// `keep_upgrade`, `Upgrade` and `Connection: upgrade` survive (WebSocket).
+///
+/// Called twice per request (request and response), so it makes one pass
+/// over the names, allocates nothing for the usual `Connection: keep-alive`,
+/// and does nothing more when no header is hop-by-hop.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-            .collect();
-        for n in named {
-            headers.remove(n);
+    let mut present: u16 = 0;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // Headers named in `Connection` beyond the usual tokens (rare).
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"upgrade")
+                || token.is_empty()
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(token) {
+                named.push(n);
+            }
         }
     }
     let upgrade = if keep_upgrade {
@@ -53,16 +89,13 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         None
     };
-    for h in &HOP_BY_HOP {
-        if headers.contains_key(h) {
-            headers.remove(h);
+    for i in 0..HOP_BY_HOP.len() + 2 {
+        if present & (1 << i) != 0 {
+            headers.remove(hop_by_hop_name(i));
         }
     }
-    if headers.contains_key(&KEEP_ALIVE) {
-        headers.remove(&KEEP_ALIVE);
-    }
-    if headers.contains_key(&PROXY_CONNECTION) {
-        headers.remove(&PROXY_CONNECTION);
+    for n in named {
+        headers.remove(n);
     }
     if let Some(u) = upgrade {
         headers.insert(header::UPGRADE, u);

@@ -111,20 +111,16 @@ ticks() {
   done
   echo "$total"
 }
-run() { # name port pids...
-  local name=$1 port=$2; shift 2
-  local pids="$*"
-  curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "$name is not answering on $port" >&2; exit 1; }
-  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
-  for r in $(seq "$ROUNDS"); do
-    local t0 t1
-    t0=$(ticks $pids)
-    taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "http://127.0.0.1:$port/" > "$OUT/$name.$r.txt"
-    t1=$(ticks $pids)
-    echo "proxy_cpu_ticks: $(( t1 - t0 )) $(getconf CLK_TCK)" >> "$OUT/$name.$r.txt"
-  done
-  # Median round by requests/s.
-  local line
+one_round() { # round name port pids...
+  local r=$1 name=$2 port=$3; shift 3
+  local t0 t1
+  t0=$(ticks "$@")
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "http://127.0.0.1:$port/" > "$OUT/$name.$r.txt"
+  t1=$(ticks "$@")
+  echo "proxy_cpu_ticks: $(( t1 - t0 )) $(getconf CLK_TCK)" >> "$OUT/$name.$r.txt"
+}
+summarise() { # name
+  local name=$1 line
   line=$(for r in $(seq "$ROUNDS"); do
       python3 - "$OUT/$name.$r.txt" <<'PY'
 import re, sys
@@ -143,11 +139,19 @@ PY
   if [ "$errs" != 0 ]; then echo "$name answered $errs non-2xx responses" >&2; exit 1; fi
 }
 
-# Interleave the peers so drift in the machine's load hits all of them.
-run direct $BACKEND
-run nginx $NGINX_P $NGINX_PID
-run haproxy $HAPROXY_P $HAPROXY_PID
-run switchyard $SY_P $SY_PID
+for port in $BACKEND $NGINX_P $HAPROXY_P $SY_P; do
+  curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port" >&2; exit 1; }
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
+done
+# Rounds interleave the targets, so drift in the machine's load (a shared
+# VM) hits all of them alike; each target's median round is reported.
+for r in $(seq "$ROUNDS"); do
+  one_round "$r" direct $BACKEND
+  one_round "$r" nginx $NGINX_P $NGINX_PID
+  one_round "$r" haproxy $HAPROXY_P $HAPROXY_PID
+  one_round "$r" switchyard $SY_P $SY_PID
+done
+for n in direct nginx haproxy switchyard; do summarise $n; done
 
 {
   echo "| target | requests/s | p50 ms | p99 ms | proxy CPU µs/request | switchyard ÷ target (req/s) |"
@@ -158,5 +162,5 @@ run switchyard $SY_P $SY_PID
     echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $cpu | $ratio |"
   done
   echo
-  echo "wrk -t1 -c$CONNS -d${DUR}s, median of $ROUNDS rounds; $(nproc) cores; $(date -u +%F)"
+  echo "wrk -t1 -c$CONNS -d${DUR}s, median of $ROUNDS interleaved rounds; proxies pinned to CPU 0, wrk and the backend to CPU 1; $(nproc) cores; $(date -u +%F)"
 } | tee "$OUT/table.md"

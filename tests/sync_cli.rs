@@ -118,3 +118,28 @@ async fn preflight_clone_migrate_verify_from_the_command_line() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no [database] table"), "{}", r.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_switchyard_opens_on_blue_is_read_only() {
+    use switchyard_sync::Side;
+    let pair = pg::Pair::new("blue_read_only").await;
+    let blue = switchyard_sync::pg::connect(Side::Blue, pair.blue())
+        .await
+        .unwrap();
+    let err = blue
+        .batch_execute("CREATE TABLE should_not_exist (id int)")
+        .await
+        .expect_err("a write on blue must be refused");
+    assert!(
+        switchyard_sync::error::pg_message(&err).contains("read-only transaction"),
+        "{err:?}"
+    );
+    // Green sessions may write.
+    let green = switchyard_sync::pg::connect(Side::Green, pair.green())
+        .await
+        .unwrap();
+    green
+        .batch_execute("CREATE TABLE ok (id int)")
+        .await
+        .unwrap();
+}

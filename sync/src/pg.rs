@@ -15,6 +15,17 @@ pub async fn connect(side: Side, url: &str) -> Result<Client, SyncError> {
     };
     let mut config = tokio_postgres::Config::from_str(url).map_err(|e| err(pg_message(&e)))?;
     config.application_name("switchyard");
+    if side == Side::Blue {
+        // Blue is production: every session switchyard opens there is
+        // read-only, whatever the statement (defence in depth beside the
+        // explicit READ ONLY transactions of clone and verify).
+        let mut options = config.get_options().unwrap_or("").to_string();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str("-c default_transaction_read_only=on");
+        config.options(&options);
+    }
     let (client, conn) = config
         .connect(NoTls)
         .await

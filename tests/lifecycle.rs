@@ -112,14 +112,7 @@ async fn sighup_applies_a_good_config_and_rejects_a_bad_one_without_disruption()
     std::fs::write(&sy.config_path, new_text).unwrap();
     sy.signal("HUP");
     assert!(
-        eventually(10, async || sy
-            .client
-            .get(&sy.url("/"))
-            .await
-            .unwrap()
-            .text()
-            == "blue-2")
-        .await,
+        sy.eventually_serves("blue-2", 10).await,
         "reloaded upstream never served: {}",
         sy.stderr()
     );

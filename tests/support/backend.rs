@@ -31,6 +31,9 @@ struct State {
     fail_per_mille: AtomicU32,
     delay_ms: AtomicU64,
     requests: AtomicU64,
+    /// Open client connections, and whether the listener still accepts.
+    connections: AtomicU64,
+    listening: AtomicBool,
 }
 
 /// A running backend. Dropping it stops it.
@@ -58,6 +61,7 @@ impl Backend {
         let state = Arc::new(State {
             colour: colour.to_string(),
             healthy: AtomicBool::new(true),
+            listening: AtomicBool::new(true),
             ..State::default()
         });
         let (stop, mut stopped) = watch::channel(false);
@@ -66,12 +70,20 @@ impl Backend {
             loop {
                 let (stream, _) = tokio::select! {
                     r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                    _ = stopped.changed() => return,
+                    _ = stopped.changed() => {
+                        drop(listener);
+                        st.listening.store(false, SeqCst);
+                        return;
+                    }
                 };
                 let st = st.clone();
                 let mut stopped = stopped.clone();
+                st.connections.fetch_add(1, SeqCst);
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(st.clone(), req));
+                    let svc = {
+                        let st = st.clone();
+                        service_fn(move |req| handle(st.clone(), req))
+                    };
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades();
@@ -79,15 +91,29 @@ impl Backend {
                         _ = conn => {},
                         _ = stopped.changed() => {},
                     }
+                    st.connections.fetch_sub(1, SeqCst);
                 });
             }
         });
         Backend { addr, state, stop }
     }
 
-    /// Stops accepting and closes every connection: a dead upstream.
+    /// Stops accepting and closes every connection: a dead upstream. The
+    /// backend's tasks notice asynchronously; use [`Backend::stop`] when the
+    /// next step needs it gone.
     pub fn kill(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Kills the backend and waits until its listener and every one of its
+    /// connections are closed.
+    pub async fn stop(&self) {
+        self.kill();
+        let gone = super::eventually(10, async || {
+            !self.state.listening.load(SeqCst) && self.state.connections.load(SeqCst) == 0
+        })
+        .await;
+        assert!(gone, "backend {} did not stop", self.addr);
     }
 
     pub fn set_healthy(&self, v: bool) {

@@ -237,6 +237,18 @@ impl Switchyard {
         assert_eq!(r.status, 200, "{}", r.text());
     }
 
+    /// Whether `GET /` through the proxy answers `body` within `secs`
+    /// (for changes that take effect asynchronously: reloads, ejections).
+    pub async fn eventually_serves(&self, body: &str, secs: u64) -> bool {
+        super::eventually(secs, async || {
+            self.client
+                .get(&self.url("/"))
+                .await
+                .is_ok_and(|r| r.text() == body)
+        })
+        .await
+    }
+
     pub async fn status(&self) -> serde_json::Value {
         let r = self.admin(http::Method::GET, "/api/v1/status", "").await;
         assert_eq!(r.status, 200, "{}", r.text());

@@ -52,6 +52,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clone;
+pub mod ephemeral;
 pub mod error;
 pub mod migrate;
 pub mod pg;

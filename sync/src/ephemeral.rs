@@ -1,0 +1,246 @@
+//! Throwaway PostgreSQL clusters: `initdb` into a temporary directory and
+//! `pg_ctl start` on a free 127.0.0.1 port with `wal_level=logical` and
+//! `fsync=off`. Used by `switchyard demo` and by the test harness; never for
+//! data anyone needs (fsync is off).
+//!
+//! PostgreSQL refuses to run as root, so when this process is root the server
+//! programs run as the `postgres` system user (`runuser -u postgres --`) in a
+//! directory that user owns. A cluster stops when dropped, and a watchdog
+//! stops it and removes its directory when this process exits, however it
+//! ends, so none outlives its owner.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Why a throwaway cluster could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum EphemeralError {
+    #[error("no PostgreSQL server programs found: install PostgreSQL (initdb, pg_ctl) or set SWITCHYARD_PG_BINDIR")]
+    NotFound,
+    #[error("{what}: {message}")]
+    Failed { what: String, message: String },
+}
+
+fn failed(what: impl Into<String>, message: impl Into<String>) -> EphemeralError {
+    EphemeralError::Failed {
+        what: what.into(),
+        message: message.into(),
+    }
+}
+
+/// One running throwaway cluster.
+pub struct EphemeralCluster {
+    dir: PathBuf,
+    port: u16,
+    bindir: PathBuf,
+    as_postgres: bool,
+}
+
+/// The directory holding `initdb` and `pg_ctl`: `SWITCHYARD_PG_BINDIR`, or
+/// what `pg_config --bindir` says.
+pub fn find_bindir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("SWITCHYARD_PG_BINDIR") {
+        return Some(PathBuf::from(d)).filter(|d| d.join("initdb").is_file());
+    }
+    let out = Command::new("pg_config").arg("--bindir").output().ok()?;
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    dir.join("initdb").is_file().then_some(dir)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn free_port() -> Result<u16, EphemeralError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| failed("finding a free port", e.to_string()))
+}
+
+impl EphemeralCluster {
+    /// Starts a new cluster with the programs in `bindir` (see
+    /// [`find_bindir`]). Blocks until the server accepts connections.
+    pub fn start(bindir: &Path) -> Result<EphemeralCluster, EphemeralError> {
+        if !bindir.join("initdb").is_file() {
+            return Err(EphemeralError::NotFound);
+        }
+        let as_postgres = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-pg-")
+            .tempdir()
+            .map_err(|e| failed("creating a temporary directory", e.to_string()))?
+            .keep();
+        if as_postgres {
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .map_err(|e| failed("chown", e.to_string()))?;
+            if !st.success() {
+                return Err(failed(
+                    format!("chown postgres {}", dir.display()),
+                    "failed: is there a `postgres` system user?",
+                ));
+            }
+        }
+        let cluster = EphemeralCluster {
+            dir: dir.clone(),
+            port: free_port()?,
+            bindir: bindir.to_path_buf(),
+            as_postgres,
+        };
+        let data = dir.join("data");
+        cluster.pg(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "--auth=trust".as_ref(),
+                "--encoding=UTF8".as_ref(),
+                "--no-locale".as_ref(),
+                "--no-sync".as_ref(),
+            ],
+        )?;
+        let conf = format!(
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             wal_level = logical\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             max_connections = 100\nmax_wal_size = 4GB\nlog_min_messages = warning\n",
+            cluster.port,
+            dir.display()
+        );
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path)
+            .map_err(|e| failed(format!("reading {}", conf_path.display()), e.to_string()))?;
+        text.push_str(&conf);
+        std::fs::write(&conf_path, text)
+            .map_err(|e| failed(format!("writing {}", conf_path.display()), e.to_string()))?;
+        let log = dir.join("server.log");
+        cluster.watchdog();
+        cluster.pg(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "start".as_ref(),
+            ],
+        )?;
+        Ok(cluster)
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let path = self.bindir.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn pg(&self, tool: &str, args: &[&OsStr]) -> Result<(), EphemeralError> {
+        let out = self
+            .command(tool)
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .map_err(|e| failed(format!("running {tool}"), e.to_string()))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        Err(failed(
+            format!("{tool} ({})", out.status),
+            format!(
+                "{}{}\nserver log:\n{log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
+    /// Stops the cluster and removes its directory once this process is
+    /// gone, however it ends.
+    fn watchdog(&self) {
+        let data = self.dir.join("data");
+        let stop = format!(
+            "{} {} -D {} stop -m immediate",
+            if self.as_postgres {
+                "runuser -u postgres --"
+            } else {
+                ""
+            },
+            self.bindir.join("pg_ctl").display(),
+            data.display()
+        );
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            dir = self.dir.display()
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
+    /// The directory holding the cluster (data, log, socket).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The TCP port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for database `db` (user `postgres`, trust auth).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates database `name` and returns its URL.
+    pub async fn create_db(&self, name: &str) -> Result<String, EphemeralError> {
+        let what = || format!("creating database {name}");
+        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+            .await
+            .map_err(|e| failed(what(), crate::error::pg_message(&e)))?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .map_err(|e| failed(what(), crate::error::pg_message(&e)))?;
+        Ok(self.url(name))
+    }
+}
+
+impl Drop for EphemeralCluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = self
+            .command("pg_ctl")
+            .args([
+                "-D".as_ref(),
+                data.as_os_str(),
+                "stop".as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+            ])
+            .output();
+    }
+}

@@ -110,6 +110,9 @@ pub struct DemoArgs {
     /// Exit once traffic is fully on green instead of serving on.
     #[arg(long)]
     pub once: bool,
+    /// Skip the database part even when PostgreSQL is installed.
+    #[arg(long)]
+    pub no_database: bool,
 }
 
 /// `switchyard ctl`: drive a running switchyard through its admin API.

@@ -28,6 +28,20 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("switchyard.toml");
+        // With PostgreSQL installed, the demo also prepares green's database
+        // (clone, migrate, verify) and the rollout waits on it.
+        let database = if args.no_database {
+            None
+        } else {
+            match switchyard_sync::ephemeral::find_bindir() {
+                Some(bindir) => Some(Databases::start(bindir, &dir).await?),
+                None => {
+                    println!("(no PostgreSQL server found via pg_config: the demo runs without its database part)\n");
+                    None
+                }
+            }
+        };
+        let database_toml = database.as_ref().map(Databases::toml).unwrap_or_default();
         let toml = format!(
             r#"[proxy]
 listen = "{listen}"
@@ -61,6 +75,7 @@ max_error_rate = 0.05
 
 [log]
 level = "warn"
+{database_toml}
 "#,
             listen = args.listen,
             admin = args.admin,
@@ -75,6 +90,9 @@ level = "warn"
         println!("  proxy      http://{proxy}/   (try: curl -b session=alice http://{proxy}/)");
         println!("  admin API  http://{admin}/api/v1/status  (token: {TOKEN})");
         println!("  config     {}\n", path.display());
+        if let (Some(db), Some(cfg)) = (&database, &config.database) {
+            db.prepare(cfg).await?;
+        }
 
         let server = tokio::spawn({
             let path = path.clone();
@@ -118,6 +136,9 @@ level = "warn"
         }
         traffic.abort();
         println!("\nall traffic is on green, now the stable colour.");
+        if let Some(db) = &database {
+            println!("green's database ({}) was cloned, migrated and verified before any user moved.", db.green_url);
+        }
         if args.once {
             return Ok(ExitCode::SUCCESS);
         }
@@ -256,4 +277,99 @@ async fn sample(proxy: SocketAddr) -> anyhow::Result<(usize, usize)> {
         }
     }
     Ok((blue, green))
+}
+
+/// The demo's own blue and green PostgreSQL clusters (stopped on drop).
+struct Databases {
+    _blue: switchyard_sync::ephemeral::EphemeralCluster,
+    _green: switchyard_sync::ephemeral::EphemeralCluster,
+    blue_url: String,
+    green_url: String,
+    migrations: std::path::PathBuf,
+}
+
+impl Databases {
+    /// Starts both clusters, seeds blue's "shop" database and writes one
+    /// migration for green.
+    async fn start(bindir: std::path::PathBuf, dir: &std::path::Path) -> anyhow::Result<Databases> {
+        use switchyard_sync::ephemeral::EphemeralCluster;
+        println!("starting two throwaway PostgreSQL clusters (blue and green)...");
+        let (blue, green) = tokio::task::spawn_blocking(move || {
+            Ok::<_, switchyard_sync::ephemeral::EphemeralError>((
+                EphemeralCluster::start(&bindir)?,
+                EphemeralCluster::start(&bindir)?,
+            ))
+        })
+        .await??;
+        let blue_url = blue.create_db("shop").await?;
+        let green_url = green.create_db("shop").await?;
+        let (client, conn) = tokio_postgres::connect(&blue_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL);
+                 CREATE TABLE orders (id bigserial PRIMARY KEY,
+                                      customer_id bigint NOT NULL REFERENCES customers(id),
+                                      total numeric(10,2) NOT NULL,
+                                      placed_at timestamptz NOT NULL DEFAULT now());
+                 INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 2000) g;
+                 INSERT INTO orders (customer_id, total)
+                   SELECT 1 + g % 2000, (g % 997) / 10.0 FROM generate_series(1, 50000) g;",
+            )
+            .await
+            .context("seeding the demo's blue database")?;
+        let migrations = dir.join("migrations");
+        std::fs::create_dir_all(&migrations)?;
+        std::fs::write(
+            migrations.join("V1__order_status.sql"),
+            "ALTER TABLE orders ADD COLUMN status text NOT NULL DEFAULT 'placed';\n",
+        )?;
+        Ok(Databases {
+            _blue: blue,
+            _green: green,
+            blue_url,
+            green_url,
+            migrations,
+        })
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "\n[database]\nblue = \"{}\"\ngreen = \"{}\"\nmigrations = \"{}\"\nmode = \"snapshot\"\n",
+            self.blue_url,
+            self.green_url,
+            self.migrations.display()
+        )
+    }
+
+    /// Clone, migrate and verify green, as an operator would with
+    /// `switchyard sync`.
+    async fn prepare(&self, db: &switchyard_config::DatabaseConfig) -> anyhow::Result<()> {
+        use switchyard_sync::{Command, Output};
+        for (title, cmd) in [
+            (
+                "switchyard sync clone",
+                Command::Clone {
+                    jobs: 2,
+                    replace: false,
+                    verify: false,
+                },
+            ),
+            (
+                "switchyard sync migrate",
+                Command::Migrate { dry_run: false },
+            ),
+            ("switchyard sync verify", Command::Verify { jobs: 2 }),
+        ] {
+            println!("$ {title}");
+            let report = switchyard_sync::run(db, cmd, Output::Terminal).await?;
+            anyhow::ensure!(
+                report.code == 0,
+                "{title} found problems: {}",
+                report.summary
+            );
+        }
+        println!();
+        Ok(())
+    }
 }

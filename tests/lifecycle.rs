@@ -212,4 +212,7 @@ fn the_demo_shifts_traffic_from_blue_to_green_in_one_command() {
         "all users end on green: {out}"
     );
     assert!(out.contains("promoted"), "{out}");
+    // PostgreSQL is installed here: green's database is prepared first.
+    assert!(out.contains("verify passed"), "{out}");
+    assert!(out.contains("applied V1__order_status.sql"), "{out}");
 }

@@ -178,6 +178,12 @@ fn reload(path: &Path, running: Config, cp: &ControlPlane) -> Config {
         return running;
     }
     cp.reload(&next);
+    if next.database != running.database {
+        match &next.database {
+            Some(db) => cp.replace_gate(switchyard_admin::DatabaseGate::start(db.clone())),
+            None => cp.remove_gate("database"),
+        }
+    }
     if next.proxy.listen != running.proxy.listen
         || next.admin.listen != running.admin.listen
         || next.proxy.tls.as_ref().map(|t| t.listen) != running.proxy.tls.as_ref().map(|t| t.listen)

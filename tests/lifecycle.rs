@@ -216,3 +216,33 @@ fn the_demo_shifts_traffic_from_blue_to_green_in_one_command() {
     assert!(out.contains("verify passed"), "{out}");
     assert!(out.contains("applied V1__order_status.sql"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_and_removes_the_database_gate() {
+    let unreachable = "[database]\nblue = \"postgres://app@127.0.0.1:1/app\"\ngreen = \"postgres://app@127.0.0.1:1/app\"\nmode = \"snapshot\"\n";
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let builder = Switchyard::builder().blue(blue.addr).green(green.addr);
+    let without = builder.config_text();
+    let sy = builder.extra(unreachable).start();
+    let holds = async || {
+        let s = sy.status().await;
+        s["database"]["gate"] == "hold"
+            && s["database"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("cannot read"))
+    };
+    assert!(eventually(10, holds).await, "{}", sy.status().await);
+
+    std::fs::write(&sy.config_path, &without).unwrap();
+    sy.signal("HUP");
+    assert!(
+        eventually(10, async || sy.status().await["database"].is_null()).await,
+        "{}",
+        sy.status().await
+    );
+
+    std::fs::write(&sy.config_path, format!("{without}\n{unreachable}")).unwrap();
+    sy.signal("HUP");
+    assert!(eventually(10, holds).await, "{}", sy.status().await);
+}

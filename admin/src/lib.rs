@@ -238,6 +238,25 @@ impl ControlPlane {
             .push(gate);
     }
 
+    /// Replaces the gate with the same name as `gate` (or adds it). Called
+    /// when a reload changes what a gate checks, e.g. `[database]`.
+    pub fn replace_gate(&self, gate: Arc<dyn Gate>) {
+        let mut gates = self.inner.gates.lock().unwrap_or_else(|p| p.into_inner());
+        match gates.iter().position(|g| g.name() == gate.name()) {
+            Some(i) => gates[i] = gate,
+            None => gates.push(gate),
+        }
+    }
+
+    /// Removes the gate called `name`, if any (a reload dropped its config).
+    pub fn remove_gate(&self, name: &str) {
+        self.inner
+            .gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|g| g.name() != name);
+    }
+
     /// Performs an operator action, as `POST /api/v1/rollout/{action}`
     /// does. `actor` is recorded in the history.
     pub fn act(

@@ -488,7 +488,7 @@ impl Default for StateConfig {
 }
 
 /// `[database]`: the PostgreSQL pair switchyard prepares and keeps in sync.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     #[serde(deserialize_with = "pg_url")]

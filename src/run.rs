@@ -127,7 +127,21 @@ pub(crate) async fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
     ));
     let drain = config.proxy.drain_timeout;
     let proxy = listeners.serve(dp, stopped(stop_rx.clone()), drain);
-    let admin = cp.serve(admin_listener, stopped(stop_rx));
+    let admin_stop = stop_rx.clone();
+    let admin = async move {
+        // Long-lived streams (GET /api/v1/events) never finish by
+        // themselves: give the admin API the drain time, then stop anyway.
+        tokio::select! {
+            r = cp.serve(admin_listener, stopped(stop_rx)) => r,
+            _ = async {
+                stopped(admin_stop).await;
+                tokio::time::sleep(drain).await;
+            } => {
+                tracing::warn!("admin connections still open after the drain timeout; closing them");
+                Ok(())
+            }
+        }
+    };
     let (_, admin_result) = tokio::join!(proxy, admin);
     admin_result.context("admin API failed")?;
     tracing::info!("switchyard stopped");
@@ -183,6 +197,11 @@ fn reload(path: &Path, running: Config, cp: &ControlPlane) -> Config {
             Some(db) => cp.replace_gate(switchyard_admin::DatabaseGate::start(db.clone())),
             None => cp.remove_gate("database"),
         }
+    }
+    if next.rollout.analysis.window != running.rollout.analysis.window {
+        tracing::warn!(
+            "[rollout.analysis] window changed: the proxy's statistics window is sized at start, so the new window takes effect on restart"
+        );
     }
     if next.proxy.listen != running.proxy.listen
         || next.admin.listen != running.admin.listen

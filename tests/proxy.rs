@@ -288,7 +288,8 @@ async fn forwarded_headers_are_set_and_hop_by_hop_headers_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testers_pin_a_colour_with_the_override_header() {
-    let (_blue, _green, sy) = support::deployment(|b| b).await;
+    let (_blue, _green, sy) =
+        support::deployment(|b| b.proxy_extra("override_header = \"x-switchyard-colour\"")).await;
     for _ in 0..20 {
         let r = sy
             .client
@@ -306,6 +307,24 @@ async fn testers_pin_a_colour_with_the_override_header() {
             "green weight is 0 but the override asks for green"
         );
     }
+    // Pinned requests stay out of green's statistics: testers cannot sway
+    // the analysis of a rollout.
+    let s = sy.status().await;
+    assert_eq!(s["pools"]["green"]["window"]["requests"], 0, "{s}");
+
+    // Off by default: any client could send it.
+    let (_blue, _green, plain) = support::deployment(|b| b).await;
+    let r = plain
+        .client
+        .request(
+            Method::GET,
+            &plain.url("/"),
+            &[("x-switchyard-colour", "green")],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "blue");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,6 +417,7 @@ async fn a_connect_failure_is_retried_on_another_upstream() {
         .blue(live.addr)
         .green(green.addr)
         .proxy_extra("fail_timeout = \"3s\"")
+        .proxy_extra("override_header = \"x-switchyard-colour\"")
         .start();
     for _ in 0..30 {
         let r = sy.client.get(&sy.url("/")).await.unwrap();
@@ -424,7 +444,9 @@ async fn a_connect_failure_is_retried_on_another_upstream() {
         .unwrap()
         .clone();
     assert_eq!(dead_status["ejected"], true, "{s}");
-    assert_eq!(s["pools"]["blue"]["healthy"], 1, "{s}");
+    // Ejection is not failed health: one refused connect must not tell the
+    // rollout controller that a pool has no healthy upstream.
+    assert_eq!(s["pools"]["blue"]["healthy"], 2, "{s}");
     // ... and is readmitted once it answers again after fail_timeout.
     let revived = Backend::start_on(dead, "blue-revived").await;
     assert!(

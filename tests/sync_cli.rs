@@ -143,3 +143,43 @@ async fn every_session_switchyard_opens_on_blue_is_read_only() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn green_pointing_at_blue_is_refused_before_anything_is_written() {
+    let pair = pg::Pair::new("same_db").await;
+    pg::sql(
+        pair.blue(),
+        "CREATE TABLE precious (id int PRIMARY KEY); INSERT INTO precious VALUES (1), (2);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    // A different URL for the same database (localhost instead of 127.0.0.1).
+    let alias = pair.blue().replace("127.0.0.1", "localhost");
+    std::fs::write(
+        &config,
+        format!(
+            "[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\ntoken = \"t\"\n\
+             [database]\nblue = \"{}\"\ngreen = \"{alias}\"\nmigrations = \"{}\"\nmode = \"snapshot\"\n",
+            pair.blue(),
+            pair.migrations.path().display()
+        ),
+    )
+    .unwrap();
+    for args in [&["clone", "--replace"][..], &["migrate"][..]] {
+        let r = sync(&config, args);
+        assert_eq!(r.code, 2, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("green is the same database as blue"),
+            "{}",
+            r.stderr
+        );
+    }
+    let blue = pg::connect(pair.blue()).await;
+    let n: i64 = blue
+        .query_one("SELECT count(*) FROM precious", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "blue's data is untouched");
+}

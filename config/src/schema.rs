@@ -45,8 +45,9 @@ pub struct ProxyConfig {
     /// Cookie that carries the sticky bucket in `sticky = "cookie"` mode.
     #[serde(deserialize_with = "values::non_empty_string")]
     pub cookie_name: String,
-    /// Header that pins a request to a colour (`blue` or `green`), for testers.
-    /// Set to "" to disable.
+    /// Header that pins a request to a colour (`blue` or `green`), for
+    /// testers, e.g. "x-switchyard-colour". Off ("") by default: any client
+    /// could send it. Pinned requests are kept out of the analysis.
     #[serde(deserialize_with = "values::string")]
     pub override_header: String,
     /// Worker threads for the data plane; 0 means one per core.
@@ -78,7 +79,7 @@ impl Default for ProxyConfig {
             sticky: StickyMode::Hash,
             sticky_key: StickyKey::Cookie("session".into()),
             cookie_name: "switchyard".into(),
-            override_header: "x-switchyard-colour".into(),
+            override_header: String::new(),
             workers: 0,
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),

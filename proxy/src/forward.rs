@@ -70,22 +70,17 @@ pub(crate) async fn handle(
     } else {
         forward(&routing, colour, req).await
     };
-    let stats = shared.stats.colour(colour);
-    let mut resp = match result {
-        Ok(resp) => {
-            let outcome = if resp.status().is_server_error() {
-                Outcome::ServerError
-            } else {
-                Outcome::Ok
-            };
-            stats.record(outcome, started.elapsed());
-            resp
-        }
-        Err(failure) => {
-            stats.record(Outcome::TransportFailure, started.elapsed());
-            failure.into_response(colour)
-        }
+    let (outcome, mut resp) = match result {
+        Ok(resp) if resp.status().is_server_error() => (Outcome::ServerError, resp),
+        Ok(resp) => (Outcome::Ok, resp),
+        Err(failure) => (Outcome::TransportFailure, failure.into_response(colour)),
     };
+    if !choice.pinned {
+        shared
+            .stats
+            .colour(colour)
+            .record(outcome, started.elapsed());
+    }
     if let Some(bucket) = choice.set_cookie {
         let cookie = format!(
             "{}={bucket}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax",
@@ -99,6 +94,11 @@ pub(crate) async fn handle(
 }
 
 fn prepare_request(req: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) {
+    // HTTP/2 clients may split `Cookie` into several fields; HTTP/1.1 allows
+    // one, so join them with "; " (RFC 9113 §8.2.3).
+    if req.version() == Version::HTTP_2 {
+        join_cookies(req.headers_mut());
+    }
     // HTTP/2 clients carry the host in the URI; HTTP/1.1 upstreams need `Host`.
     if !req.headers().contains_key(header::HOST) {
         if let Some(auth) = req.uri().authority() {
@@ -120,6 +120,21 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) 
     *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut(), upgrade);
     add_forwarded(req.headers_mut(), &conn.forwarded_for, &conn.proto);
+}
+
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Why a request got no upstream response.
@@ -209,6 +224,8 @@ async fn forward(
         match sent {
             Err(_) => return Err(Failure::Timeout),
             Ok(Ok(resp)) => {
+                // An answer readmits an upstream ejected for connect failures.
+                up.connect_succeeded();
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, false);
                 let body = ProxyBody::upstream(body, Some((tx, up)));
@@ -292,4 +309,23 @@ async fn forward_upgrade(
     });
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut h = http::HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("session=abc"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; session=abc");
+        let mut one = http::HeaderMap::new();
+        one.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1");
+    }
 }

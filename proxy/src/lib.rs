@@ -175,10 +175,17 @@ impl DataPlane {
     /// address and health settings are unchanged keep their state. The
     /// weights are kept. Listener addresses are not changed by a reload.
     pub fn reload(&self, config: &Config) -> Result<(), ProxyError> {
-        let current = self.shared.routing.load();
-        let mut routing = build_routing(config, current.green_bp, Some(&current))?;
-        routing.writer = current.writer;
-        self.shared.routing.store(Arc::new(routing));
+        let built = build_routing(config, 0, Some(&self.shared.routing.load()))?;
+        // The weight and writer may change while the pools are built (a
+        // rollback in the same instant): take them from the snapshot being
+        // replaced, atomically, never from the one read before building.
+        self.shared.routing.rcu(|current| {
+            Arc::new(Routing {
+                green_bp: current.green_bp,
+                writer: current.writer,
+                ..built.duplicate()
+            })
+        });
         Ok(())
     }
 

@@ -15,6 +15,9 @@ use tokio::net::TcpStream;
 use crate::body::RequestBody;
 use crate::{Colour, ProxyError};
 
+/// Longest wait for a pooled connection to become ready for its next request.
+const READY_WAIT: Duration = Duration::from_millis(50);
+
 /// Idle connections kept per upstream.
 const IDLE_PER_UPSTREAM: usize = 512;
 
@@ -161,8 +164,11 @@ impl Upstream {
                 continue;
             }
             // Checked in right after its last response ended; the connection
-            // task may not have run yet. It becomes ready or closes promptly.
-            if tx.ready().await.is_ok() {
+            // task may not have run yet and it becomes ready promptly. But a
+            // connection still sending a request body (the upstream answered
+            // early) may stay busy for as long as that client likes: wait
+            // briefly, then drop it rather than stall this request.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, tx.ready()).await {
                 return Ok(Checkout { tx, reused: true });
             }
         }
@@ -295,10 +301,11 @@ impl Pool {
             })
     }
 
-    /// Upstreams that can take requests: passing health checks and not
-    /// ejected after connect failures.
+    /// Upstreams passing active health checks. Passive ejection (a connect
+    /// failure) is deliberately not counted: one refused connect must not
+    /// look like a pool with no healthy upstream to the rollout controller.
     pub fn healthy_count(&self) -> usize {
-        self.upstreams.iter().filter(|u| u.is_available()).count()
+        self.upstreams.iter().filter(|u| u.is_healthy()).count()
     }
 }
 

@@ -38,6 +38,9 @@ pub struct Choice {
     pub colour: Colour,
     /// In cookie mode, a new bucket to hand to the client in `Set-Cookie`.
     pub set_cookie: Option<u32>,
+    /// Pinned by the override header: kept out of the colour's statistics,
+    /// so testers' traffic never sways analysis.
+    pub pinned: bool,
 }
 
 impl RouterConfig {
@@ -79,6 +82,7 @@ impl RouterConfig {
                 return Choice {
                     colour: c,
                     set_cookie: None,
+                    pinned: true,
                 };
             }
         }
@@ -91,6 +95,7 @@ impl RouterConfig {
                     Colour::Green
                 },
                 set_cookie: None,
+                pinned: false,
             };
         }
         let (bucket, set_cookie) = match self.sticky {
@@ -111,6 +116,7 @@ impl RouterConfig {
                 Colour::Blue
             },
             set_cookie,
+            pinned: false,
         }
     }
 
@@ -197,6 +203,7 @@ mod tests {
         let p = ProxyConfig {
             sticky,
             sticky_key: key,
+            override_header: "x-switchyard-colour".into(),
             ..ProxyConfig::default()
         };
         RouterConfig::from_config(&p).unwrap()
@@ -249,7 +256,9 @@ mod tests {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-switchyard-colour", HeaderValue::from_static("green"));
-        assert_eq!(r.choose(&h, ip, 0).colour, Colour::Green);
+        let pinned = r.choose(&h, ip, 0);
+        assert_eq!(pinned.colour, Colour::Green);
+        assert!(pinned.pinned);
         let c = r.choose(&HeaderMap::new(), ip, 5000);
         let b = c.set_cookie.expect("new client gets a bucket");
         let mut h = HeaderMap::new();

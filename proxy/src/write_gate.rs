@@ -48,9 +48,17 @@ impl WriteGate {
     /// Waits while the gate is held (bounded by [`MAX_HOLD`]), then counts
     /// the write as in flight. Called for every write before routing.
     pub(crate) async fn enter(&self) -> InFlightWrite<'_> {
-        if self.held.load(SeqCst) {
+        let deadline = tokio::time::Instant::now() + MAX_HOLD;
+        loop {
+            // Count first, then look at the gate: a write that finds the gate
+            // open is already counted, so `drained` cannot miss it.
+            self.in_flight.fetch_add(1, SeqCst);
+            if !self.held.load(SeqCst) || tokio::time::Instant::now() >= deadline {
+                return InFlightWrite { gate: self };
+            }
+            drop(InFlightWrite { gate: self });
             self.waiting.fetch_add(1, SeqCst);
-            let _ = tokio::time::timeout(MAX_HOLD, async {
+            let _ = tokio::time::timeout_at(deadline, async {
                 loop {
                     let notified = self.released.notified();
                     if !self.held.load(SeqCst) {
@@ -62,8 +70,6 @@ impl WriteGate {
             .await;
             self.waiting.fetch_sub(1, SeqCst);
         }
-        self.in_flight.fetch_add(1, SeqCst);
-        InFlightWrite { gate: self }
     }
 
     pub(crate) fn hold(&self) {

@@ -40,6 +40,9 @@ pub enum SyncError {
     #[error("copying table {table} from blue to green failed: {message}; green is left unverified, re-run `switchyard sync clone --replace`")]
     Copy { table: String, message: String },
 
+    /// `[database] green` names the same database as `blue`.
+    #[error("[database] green is the same database as blue ({database} on the server started {system}); refusing to write to it. Point green at a separate, empty database")]
+    SameDatabase { database: String, system: String },
     #[error("the green database is not empty (it has {what}); refusing to overwrite it. Pass --replace to drop everything in green and clone again")]
     GreenNotEmpty { what: String },
 

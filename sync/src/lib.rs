@@ -113,6 +113,13 @@ pub struct ExitReport {
 
 /// Runs one sync command against the `[database]` configuration.
 pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitReport, SyncError> {
+    if matches!(
+        cmd,
+        Command::Clone { .. } | Command::Migrate { dry_run: false }
+    ) {
+        // Both write to green: make sure green is not blue under another name.
+        pg::ensure_distinct(db).await?;
+    }
     let jobs = |j: usize| if j == 0 { db.jobs.max(1) } else { j };
     let (code, summary, text) = match cmd {
         Command::Preflight => {

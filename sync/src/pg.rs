@@ -214,3 +214,34 @@ pub async fn server_version(client: &Client, side: Side) -> Result<i32, SyncErro
     v.parse()
         .map_err(|_| SyncError::Other(format!("{side}: odd server_version_num {v:?}")))
 }
+
+/// Refuses to go on when `green` is in fact blue's database (same cluster
+/// system identifier and database name: a typo, or an alias such as a
+/// pooler in front of blue). Called before anything writes to green.
+pub async fn ensure_distinct(db: &switchyard_config::DatabaseConfig) -> Result<(), SyncError> {
+    // The postmaster's start time (to the microsecond) and port identify a
+    // running cluster and are readable by any role, unlike the system
+    // identifier (pg_control_system() needs extra privileges).
+    const IDENTITY: &str =
+        "SELECT pg_postmaster_start_time()::text || ', port ' || current_setting('port'), \
+         current_database()::text";
+    let identity = |side: Side, url: String| async move {
+        let c = connect(side, &url).await?;
+        let row = c
+            .query_one(IDENTITY, &[])
+            .await
+            .map_err(|e| SyncError::query(side, "reading the cluster identity", &e))?;
+        Ok::<(String, String), SyncError>((row.get(0), row.get(1)))
+    };
+    let (blue, green) = tokio::try_join!(
+        identity(Side::Blue, db.blue.clone()),
+        identity(Side::Green, db.green.clone())
+    )?;
+    if blue == green {
+        return Err(SyncError::SameDatabase {
+            system: blue.0,
+            database: blue.1,
+        });
+    }
+    Ok(())
+}

@@ -24,12 +24,7 @@ min_requests = 10
 "#;
 
 async fn start() -> (Backend, Backend, Switchyard) {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .extra(SLOW)
-        .start();
+    let (blue, green, sy) = support::deployment(|b| b.extra(SLOW)).await;
     (blue, green, sy)
 }
 

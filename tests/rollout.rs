@@ -195,12 +195,7 @@ async fn a_full_rollout_on_a_healthy_green_reaches_promoted_and_the_next_goes_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn green_failing_mid_rollout_is_rolled_back() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .extra(&parked(""))
-        .start();
+    let (_blue, green, sy) = support::deployment(|b| b.extra(&parked(""))).await;
     let load = Load::start(sy.url("/"), 4, 200_000, Duration::from_secs(60));
     assert_eq!(act(&sy, "start").await.status, 200);
     wait_for_step(&sy, 1).await;
@@ -243,12 +238,8 @@ async fn green_failing_mid_rollout_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn green_latency_regression_is_rolled_back() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .extra(&parked("max_p99 = \"150ms\"\nmax_p99_ratio = 5.0"))
-        .start();
+    let (_blue, green, sy) =
+        support::deployment(|b| b.extra(&parked("max_p99 = \"150ms\"\nmax_p99_ratio = 5.0"))).await;
     let load = Load::start(sy.url("/"), 4, 200_000, Duration::from_secs(60));
     assert_eq!(act(&sy, "start").await.status, 200);
     wait_for_step(&sy, 1).await;
@@ -267,12 +258,9 @@ async fn green_latency_regression_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_little_traffic_holds_the_step() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .extra(&FAST.replace("min_requests = 10", "min_requests = 1000"))
-        .start();
+    let (_blue, _green, sy) =
+        support::deployment(|b| b.extra(&FAST.replace("min_requests = 10", "min_requests = 1000")))
+            .await;
     assert_eq!(act(&sy, "start").await.status, 200);
     wait_for_step(&sy, 0).await;
     for _ in 0..50 {
@@ -345,12 +333,7 @@ async fn a_failing_confirm_webhook_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_rollout_resumes_at_the_same_step_and_weight() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .extra(&parked(""))
-        .start();
+    let (_blue, _green, sy) = support::deployment(|b| b.extra(&parked(""))).await;
     let load = Load::start(sy.url("/"), 4, 200_000, Duration::from_secs(60));
     assert_eq!(act(&sy, "start").await.status, 200);
     wait_for_step(&sy, 1).await;
@@ -382,12 +365,7 @@ async fn kill_9_mid_rollout_resumes_at_the_same_step_and_weight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_falls_back_to_the_last_good_copy_or_refuses_to_start() {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let mut sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .extra(&parked(""))
-        .start();
+    let (_blue, _green, mut sy) = support::deployment(|b| b.extra(&parked(""))).await;
     assert_eq!(act(&sy, "start").await.status, 200);
     wait_for_step(&sy, 0).await;
     sy.set_green(30.0).await; // pauses the rollout
@@ -467,14 +445,7 @@ struct Reaction {
 }
 
 async fn measure_rollback(analysis: &str, share: f64, concurrency: usize) -> Reaction {
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .extra(&format!(
-            "[rollout]\nsteps = [{{ weight = 50, bake = \"1h\" }}, 100]\n[rollout.analysis]\n{analysis}\n[log]\nlevel = \"warn\"\n"
-        ))
-        .start();
+    let (_blue, green, sy) = support::deployment(|b| b.extra(&format!("[rollout]\nsteps = [{{ weight = 50, bake = \"1h\" }}, 100]\n[rollout.analysis]\n{analysis}\n[log]\nlevel = \"warn\"\n"))).await;
     let window = sy.status().await["analysis"]["window_seconds"]
         .as_f64()
         .unwrap();
@@ -601,14 +572,7 @@ async fn rollback_reaction_benchmark() {
     }
     // Control: a candidate failing below the threshold must not be rolled
     // back by the fast lane's noise.
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .extra(&format!(
-            "[rollout]\nsteps = [{{ weight = 50, bake = \"1h\" }}, 100]\n[rollout.analysis]\n{defaults}\n"
-        ))
-        .start();
+    let (_blue, green, sy) = support::deployment(|b| b.extra(&format!("[rollout]\nsteps = [{{ weight = 50, bake = \"1h\" }}, 100]\n[rollout.analysis]\n{defaults}\n"))).await;
     let load = Load::start(
         sy.url("/"),
         concurrency,

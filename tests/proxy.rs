@@ -124,6 +124,16 @@ async fn weight_changes_under_keep_alive_load_fail_no_request() {
     assert!(blue.requests() > 0 && green.requests() > 0);
 }
 
+/// Reads a response body to its end, counting bytes without keeping them.
+async fn body_len(mut body: hyper::body::Incoming) -> u64 {
+    use http_body_util::BodyExt;
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        n += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
+    }
+    n
+}
+
 fn vm_hwm_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -137,7 +147,7 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_megabyte_upload_and_download_stream_through_with_bounded_memory() {
-    use http_body_util::{BodyExt, StreamBody};
+    use http_body_util::StreamBody;
     let (_blue, _green, sy) = support::deployment(|b| b).await;
     const MB100: u64 = 100 * 1024 * 1024;
 
@@ -149,15 +159,7 @@ async fn hundred_megabyte_upload_and_download_stream_through_with_bounded_memory
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut got = 0u64;
-    while let Some(frame) = body.frame().await {
-        got += frame
-            .unwrap()
-            .into_data()
-            .map(|d| d.len() as u64)
-            .unwrap_or(0);
-    }
+    let got = body_len(resp.into_body()).await;
     assert_eq!(got, MB100);
 
     // Upload: 100 MB streamed to /echo and streamed back.
@@ -173,15 +175,7 @@ async fn hundred_megabyte_upload_and_download_stream_through_with_bounded_memory
         .unwrap();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut echoed = 0u64;
-    while let Some(frame) = body.frame().await {
-        echoed += frame
-            .unwrap()
-            .into_data()
-            .map(|d| d.len() as u64)
-            .unwrap_or(0);
-    }
+    let echoed = body_len(resp.into_body()).await;
     assert_eq!(echoed, MB100);
 
     // 200 MB went through; the proxy never held more than a few MB of it.

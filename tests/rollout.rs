@@ -7,13 +7,8 @@
 mod load;
 mod support;
 
-use bytes::Bytes;
 use http::Method;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client as Legacy;
-use hyper_util::rt::TokioExecutor;
 use load::Load;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{eventually, Backend, Switchyard};
 
@@ -84,32 +79,6 @@ async fn wait_for_step(sy: &Switchyard, step: u64) {
     assert!(reached, "never reached step {step}: {}", sy.status().await);
 }
 
-/// Collects the server-sent events stream into a string, in the background.
-async fn sse(sy: &Switchyard) -> Arc<Mutex<String>> {
-    let client = Legacy::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let req = http::Request::get(sy.admin_url("/api/v1/events"))
-        .header(
-            "authorization",
-            format!("Bearer {}", support::switchyard::TOKEN),
-        )
-        .body(Empty::new())
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let text = Arc::new(Mutex::new(String::new()));
-    let t = text.clone();
-    tokio::spawn(async move {
-        let mut body = resp.into_body();
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(d) = frame.into_data() {
-                t.lock().unwrap().push_str(&String::from_utf8_lossy(&d));
-            }
-        }
-    });
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_rollout_on_a_healthy_green_reaches_promoted_and_the_next_goes_back_to_blue() {
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
@@ -123,7 +92,7 @@ async fn a_full_rollout_on_a_healthy_green_reaches_promoted_and_the_next_goes_ba
             hook.addr
         ))
         .start();
-    let events = sse(&sy).await;
+    let events = sy.events().await;
     let load = Load::start(sy.url("/"), 4, 200_000, Duration::from_secs(90));
 
     let t0 = Instant::now();
@@ -449,7 +418,7 @@ async fn measure_rollback(analysis: &str, share: f64, concurrency: usize) -> Rea
     let window = sy.status().await["analysis"]["window_seconds"]
         .as_f64()
         .unwrap();
-    let events = sse(&sy).await;
+    let events = sy.events().await;
     let load = Load::start(
         sy.url("/"),
         concurrency,

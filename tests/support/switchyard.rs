@@ -249,6 +249,33 @@ impl Switchyard {
         .await
     }
 
+    /// Opens `GET /api/v1/events` and collects the server-sent events into
+    /// a string in the background, for as long as the stream stays open.
+    pub async fn events(&self) -> std::sync::Arc<std::sync::Mutex<String>> {
+        use http_body_util::{BodyExt, Empty};
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<bytes::Bytes>>();
+        let req = http::Request::get(self.admin_url("/api/v1/events"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let t = text.clone();
+        tokio::spawn(async move {
+            let mut body = resp.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(d) = frame.into_data() {
+                    t.lock().unwrap().push_str(&String::from_utf8_lossy(&d));
+                }
+            }
+        });
+        text
+    }
+
     pub async fn status(&self) -> serde_json::Value {
         let r = self.admin(http::Method::GET, "/api/v1/status", "").await;
         assert_eq!(r.status, 200, "{}", r.text());

@@ -83,7 +83,7 @@ impl DatabaseGate {
             return GateResult::Hold(format!("green is not verified: {}", s.reason));
         }
         if self.db.mode == SyncMode::Replicate {
-            match s.replication_lag {
+            match s.replication_lag() {
                 None => {
                     return GateResult::Hold(
                         "replication from blue to green is not running (mode = \"replicate\"): start it, or set [database] mode = \"snapshot\""
@@ -141,7 +141,7 @@ impl Gate for DatabaseGate {
             v["latest_migration"] = json!(s.latest_migration);
             v["verified_version"] = json!(s.verified_version);
             v["verified_at"] = json!(s.verified_at);
-            v["replication_lag_ms"] = json!(s.replication_lag.map(|l| l.as_millis() as u64));
+            v["replication_lag_ms"] = json!(s.replication_lag().map(|l| l.as_millis() as u64));
         }
         Some(v)
     }
@@ -154,13 +154,8 @@ mod tests {
     fn gate(mode: SyncMode) -> DatabaseGate {
         DatabaseGate {
             db: DatabaseConfig {
-                blue: "postgres://b@127.0.0.1/app".into(),
-                green: "postgres://g@127.0.0.1/app".into(),
-                migrations: "migrations".into(),
                 mode,
-                max_lag: Duration::from_secs(1),
-                jobs: 2,
-                cutover_timeout: Duration::from_secs(10),
+                ..DatabaseConfig::new("postgres://b@127.0.0.1/app", "postgres://g@127.0.0.1/app")
             },
             last: ArcSwapOption::empty(),
         }
@@ -178,7 +173,17 @@ mod tests {
             latest_migration: Some("1".into()),
             verified_version: verified.then(|| "1".into()),
             verified_at: None,
-            replication_lag: lag,
+            clone: None,
+            replication: lag.map(|l| switchyard_sync::replicate::ReplicationStatus {
+                state: switchyard_sync::replicate::ReplicationState::Streaming,
+                direction: Some(switchyard_sync::replicate::Direction::Forward),
+                lag_bytes: Some(0),
+                lag_seconds: Some(l.as_secs_f64()),
+                retained_wal_bytes: None,
+                wal_status: None,
+                objects: Vec::new(),
+                unreachable: Vec::new(),
+            }),
         })
     }
 

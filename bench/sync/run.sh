@@ -54,8 +54,22 @@ BLUE="postgres://postgres@127.0.0.1:$BLUE_PORT/bench"
 GREEN="postgres://postgres@127.0.0.1:$GREEN_PORT/bench"
 
 echo "building switchyard (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p switchyard-sync --example sync)
-SYNC="$ROOT/target/release/examples/sync"
+(cd "$ROOT" && cargo build --release -q --bin switchyard)
+# `switchyard sync` reads [database] from a config; the rest is boilerplate.
+cat >"$WORK/switchyard.toml" <<TOML
+[pools.blue]
+upstreams = ["127.0.0.1:1"]
+[pools.green]
+upstreams = ["127.0.0.1:2"]
+[admin]
+token = "bench"
+[database]
+blue = "$BLUE"
+green = "$GREEN"
+mode = "snapshot"
+migrations = "$WORK/no-migrations"
+TOML
+SYNC="$ROOT/target/release/switchyard sync -c $WORK/switchyard.toml"
 
 echo "pgbench -i -s $SCALE on blue..." >&2
 "$BIN/createdb" -h 127.0.0.1 -p "$BLUE_PORT" -U postgres bench
@@ -131,12 +145,12 @@ COUNTS="SELECT count(*) FROM pgbench_accounts; SELECT count(*) FROM pgbench_bran
 
 clone_switchyard() {
   fresh_green; quiesce
-  measure switchyard_clone "$SYNC" --blue "$BLUE" --green "$GREEN" --json clone --jobs "$JOBS" >"$WORK/clone.json"
+  measure switchyard_clone $SYNC --json clone --jobs "$JOBS" >"$WORK/clone.json"
   check_green
   # verify right after (green equals blue), against count(*) of the same tables
   quiesce
   measure count bash -c "'$BIN/psql' -Atq '$BLUE' -c '$COUNTS' >/dev/null & '$BIN/psql' -Atq '$GREEN' -c '$COUNTS' >/dev/null & wait"
-  measure switchyard_verify "$SYNC" --blue "$BLUE" --green "$GREEN" --json verify --jobs "$JOBS" >"$WORK/verify.json" \
+  measure switchyard_verify $SYNC --json verify --jobs "$JOBS" >"$WORK/verify.json" \
     || { cat "$WORK/verify.json" >&2; echo "verify failed" >&2; exit 1; }
 }
 clone_dump_fc() {

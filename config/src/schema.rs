@@ -505,12 +505,116 @@ pub struct DatabaseConfig {
     /// Parallel COPY streams for clone and verify.
     #[serde(default = "default_jobs")]
     pub jobs: usize,
-    /// Longest time cutover may hold writes before giving up.
+    /// Longest time cutover may hold writes before giving up (below the
+    /// proxy's safety valve, [`MAX_WRITE_HOLD`]).
     #[serde(
         default = "default_cutover_timeout",
-        deserialize_with = "values::positive_duration"
+        deserialize_with = "cutover_timeout"
     )]
     pub cutover_timeout: Duration,
+    /// Where requests that may write go before cutover.
+    #[serde(default)]
+    pub writes: WritePolicy,
+    /// After a client's write, its reads stay on the writer colour this long
+    /// (0: off).
+    #[serde(default, deserialize_with = "values::duration")]
+    pub read_your_writes: Duration,
+    /// After cutover, replicate green back to blue so a rollback loses nothing.
+    #[serde(default = "default_true")]
+    pub reverse: bool,
+    /// How green's server reaches blue for its subscription, when it differs
+    /// from `blue` (another host name inside a private network, say).
+    #[serde(default, deserialize_with = "opt_pg_url")]
+    pub blue_from_green: Option<String>,
+    /// How blue's server reaches green for reverse sync, when it differs
+    /// from `green`.
+    #[serde(default, deserialize_with = "opt_pg_url")]
+    pub green_from_blue: Option<String>,
+    /// Whether `switchyard run` prepares green by itself when a rollout
+    /// starts (preflight, clone, migrate, verify, replicate), or leaves it to
+    /// the operator's `switchyard sync` commands.
+    #[serde(default)]
+    pub prepare: PrepareMode,
+}
+
+/// The proxy releases writes it holds after this long whatever happens (a
+/// safety valve should the control plane never release them);
+/// `cutover_timeout` must stay below it.
+pub const MAX_WRITE_HOLD: Duration = Duration::from_secs(60);
+
+fn cutover_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = values::positive_duration(d)?;
+    if v >= MAX_WRITE_HOLD {
+        return Err(de::Error::custom(format!(
+            "{} is too long: the proxy releases held writes after {} whatever happens, so cutover_timeout must be below it (the default is 10s)",
+            values::format_duration(v),
+            values::format_duration(MAX_WRITE_HOLD)
+        )));
+    }
+    Ok(v)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn opt_pg_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    pg_url(d).map(Some)
+}
+
+/// `[database] writes`: where requests with unsafe methods go before cutover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WritePolicy {
+    /// POST, PUT, PATCH, DELETE (anything but GET, HEAD, OPTIONS, TRACE) go
+    /// to the stable colour, whose database is the primary, until cutover.
+    #[default]
+    Stable,
+    /// Writes follow the weights like reads (the colours share one database).
+    Weighted,
+}
+
+/// `[database] prepare`: who runs the database steps of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrepareMode {
+    /// `start` runs preflight, clone, migrate, verify (and replicate) itself,
+    /// skipping what is already done and valid.
+    #[default]
+    Auto,
+    /// The operator runs `switchyard sync`; the rollout waits at the gate.
+    Manual,
+}
+
+impl DatabaseConfig {
+    /// A configuration for this pair of databases with every other key at
+    /// its default (as a `[database]` table naming only `blue` and `green`).
+    pub fn new(blue: impl Into<String>, green: impl Into<String>) -> DatabaseConfig {
+        DatabaseConfig {
+            blue: blue.into(),
+            green: green.into(),
+            migrations: default_migrations(),
+            mode: SyncMode::default(),
+            max_lag: default_max_lag(),
+            jobs: default_jobs(),
+            cutover_timeout: default_cutover_timeout(),
+            writes: WritePolicy::default(),
+            read_your_writes: Duration::ZERO,
+            reverse: true,
+            blue_from_green: None,
+            green_from_blue: None,
+            prepare: PrepareMode::default(),
+        }
+    }
+
+    /// The URL green's server uses to reach blue.
+    pub fn blue_for_green(&self) -> &str {
+        self.blue_from_green.as_deref().unwrap_or(&self.blue)
+    }
+    /// The URL blue's server uses to reach green.
+    pub fn green_for_blue(&self) -> &str {
+        self.green_from_blue.as_deref().unwrap_or(&self.green)
+    }
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -523,6 +627,18 @@ impl fmt::Debug for DatabaseConfig {
             .field("max_lag", &self.max_lag)
             .field("jobs", &self.jobs)
             .field("cutover_timeout", &self.cutover_timeout)
+            .field("writes", &self.writes)
+            .field("read_your_writes", &self.read_your_writes)
+            .field("reverse", &self.reverse)
+            .field(
+                "blue_from_green",
+                &self.blue_from_green.as_deref().map(redact_url),
+            )
+            .field(
+                "green_from_blue",
+                &self.green_from_blue.as_deref().map(redact_url),
+            )
+            .field("prepare", &self.prepare)
             .finish()
     }
 }

@@ -20,8 +20,9 @@
 
 use crate::error::{pg_message, Side, SyncError};
 use crate::pg::{self, Table};
+use crate::pg::{snapshot_session, SnapshotHolder};
 use crate::progress::Progress;
-use crate::verify::{snapshot_session, SnapshotHolder};
+use crate::replicate::ForwardSlot;
 use crate::{state, Output};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
@@ -29,7 +30,7 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use switchyard_config::DatabaseConfig;
+use switchyard_config::{DatabaseConfig, SyncMode};
 use tokio_postgres::Client;
 
 /// One copied table.
@@ -54,6 +55,12 @@ pub struct CloneReport {
     pub replaced: bool,
     /// Time spent in each phase: `schema`, `copy`, `post_data`, `analyze`.
     pub phases: Vec<Phase>,
+    /// The replication slot whose snapshot was copied (replicate mode).
+    pub slot: Option<String>,
+    /// The WAL position green represents (the slot's consistent point).
+    pub consistent_lsn: Option<String>,
+    /// Blue's clock at the snapshot (UTC), the point in time green represents.
+    pub blue_time: String,
 }
 
 /// One phase of a clone and how long it took.
@@ -146,7 +153,16 @@ async fn wipe_green(green: &Client) -> Result<(), SyncError> {
 }
 
 /// Clones blue into green. Returns the report and the blue snapshot, still
-/// held open, so that a verification can run against exactly what was copied.
+/// held open, so that a verification can run against exactly what was
+/// copied; release it with [`SnapshotHolder::release`]. In replicate mode
+/// the snapshot is the one the forward replication slot starts from.
+///
+/// Nothing in green is touched before everything that can be checked on
+/// blue was: the connection, the snapshot, every table readable, the schema
+/// dumped. The clone is recorded in green as `running` from its first
+/// change, and as `complete` only after its last phase; a failed or
+/// interrupted clone stays `failed`/`running`, so verify and the gate refuse
+/// it.
 pub async fn clone(
     db: &DatabaseConfig,
     jobs: usize,
@@ -156,24 +172,106 @@ pub async fn clone(
     let started = Instant::now();
     let jobs = jobs.max(1);
     let green = pg::connect(Side::Green, &db.green).await?;
-    let mut replaced = false;
-    if let Some(what) = green_contents(&green).await? {
-        if !replace {
-            return Err(SyncError::GreenNotEmpty { what });
-        }
-        wipe_green(&green).await?;
-        replaced = true;
+    let existing = green_contents(&green).await?;
+    if let (Some(what), false) = (&existing, replace) {
+        return Err(SyncError::GreenNotEmpty { what: what.clone() });
     }
+    let holder = if db.mode == SyncMode::Replicate {
+        SnapshotHolder::from_slot(ForwardSlot::create(db).await?)
+    } else {
+        SnapshotHolder::open(Side::Blue, &db.blue).await?
+    };
+    let dir = match tempfile::Builder::new()
+        .prefix("switchyard-clone-")
+        .tempdir()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            holder.abandon(db).await;
+            return Err(SyncError::Other(format!(
+                "cannot create a temporary directory: {e}"
+            )));
+        }
+    };
+    let mut record = None;
+    let result = clone_in(
+        db,
+        jobs,
+        existing.is_some(),
+        output,
+        &green,
+        &holder,
+        dir.path(),
+        &mut record,
+    )
+    .await;
+    match result {
+        Ok(mut report) => {
+            report.seconds = started.elapsed().as_secs_f64();
+            Ok((report, holder))
+        }
+        Err(e) => {
+            if let Some(id) = record {
+                let _ = mark(&green, id, "failed", None, Some(&e.to_string())).await;
+            }
+            holder.abandon(db).await;
+            Err(e)
+        }
+    }
+}
 
-    let holder = SnapshotHolder::open(Side::Blue, &db.blue).await?;
+/// Records the clone's state and phase in green.
+async fn mark(
+    green: &Client,
+    id: i64,
+    state: &str,
+    phase: Option<&str>,
+    error: Option<&str>,
+) -> Result<(), SyncError> {
+    green
+        .execute(
+            "UPDATE switchyard.clones SET state = $2, phase = coalesce($3, phase), error = $4, finished_at = now() WHERE id = $1",
+            &[&id, &state, &phase, &error],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "recording the clone's progress", &e))?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn clone_in(
+    db: &DatabaseConfig,
+    jobs: usize,
+    replace: bool,
+    output: Output,
+    green: &Client,
+    holder: &SnapshotHolder,
+    dir: &std::path::Path,
+    record: &mut Option<i64>,
+) -> Result<CloneReport, SyncError> {
     let snapshot = holder.id.clone();
     let blue = snapshot_session(Side::Blue, &db.blue, &snapshot).await?;
     let tables = pg::list_tables(&blue, Side::Blue).await?;
+    // Every table must be readable before green is touched.
+    for t in &tables {
+        blue.batch_execute(&format!("SELECT 1 FROM ONLY {} LIMIT 0", t.sql()))
+            .await
+            .map_err(|e| SyncError::Copy {
+                table: t.display(),
+                message: format!("blue: {}; nothing in green was changed", pg_message(&e)),
+            })?;
+    }
+    let blue_time: String = blue
+        .query_one(
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Blue, "reading the snapshot's time", &e))?
+        .get(0);
 
     // Schema, in custom format so that pg_restore can run post-data in parallel.
-    let dir = tempfile::tempdir()
-        .map_err(|e| SyncError::Other(format!("cannot create a temporary directory: {e}")))?;
-    let dump = dir.path().join("schema.dump");
+    let dump = dir.join("schema.dump");
     let mut phases = Vec::new();
     let mut phase_start = Instant::now();
     let mut phase = |name: &str| {
@@ -183,6 +281,8 @@ pub async fn clone(
         });
         phase_start = Instant::now();
     };
+    let blue_conn = pg::tool_conn(Side::Blue, &db.blue)?;
+    let green_conn = pg::tool_conn(Side::Green, &db.green)?;
     pg::run_tool(
         "pg_dump",
         "dumping blue's schema",
@@ -192,17 +292,61 @@ pub async fn clone(
             format!("--snapshot={snapshot}"),
             "--exclude-schema=switchyard".into(),
             format!("--file={}", dump.display()),
-            format!("--dbname={}", db.blue),
+            format!("--dbname={}", blue_conn.conninfo),
         ],
+        blue_conn.password.as_deref(),
     )
     .await?;
+
+    // switchyard's own publication (and a reverse subscription, if blue has
+    // one) are part of blue's schema, never of green's copy.
+    let toc = pg::run_tool(
+        "pg_restore",
+        "listing the schema dump",
+        &["--list".into(), dump.display().to_string()],
+        None,
+    )
+    .await?;
+    let list = dir.join("schema.list");
+    let kept: String = String::from_utf8_lossy(&toc)
+        .lines()
+        .filter(|l| !is_switchyard_entry(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&list, kept)
+        .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", list.display())))?;
+
+    // Everything on blue checked out: now green may change.
+    let replaced = replace;
+    if replace {
+        wipe_green(green).await?;
+    }
+    state::ensure_schema(green).await?;
+    let slot = holder.slot().map(|s| s.created.clone());
+    let id: i64 = green
+        .query_one(
+            "INSERT INTO switchyard.clones (snapshot, tables, rows, bytes, report, state, phase, slot, consistent_lsn, blue_time) \
+             VALUES ($1, 0, 0, 0, '{}', 'running', 'schema', $2, $3, $4::text::timestamptz) RETURNING id",
+            &[
+                &snapshot,
+                &slot.as_ref().map(|s| s.slot_name.clone()),
+                &slot.as_ref().map(|s| s.consistent_point.clone()),
+                &blue_time,
+            ],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "recording the clone", &e))?
+        .get(0);
+    *record = Some(id);
+
     let restore = |section: &str, jobs: usize| {
         let mut args = vec![
             format!("--section={section}"),
             "--no-owner".into(),
             "--no-privileges".into(),
             "--exit-on-error".into(),
-            format!("--dbname={}", db.green),
+            format!("--use-list={}", list.display()),
+            format!("--dbname={}", green_conn.conninfo),
         ];
         if jobs > 1 {
             args.push(format!("--jobs={jobs}"));
@@ -216,11 +360,13 @@ pub async fn clone(
         "pg_restore",
         "creating tables in green (pre-data)",
         &restore("pre-data", 1),
+        green_conn.password.as_deref(),
     )
     .await?;
 
     // Data.
     phase("schema");
+    mark(green, id, "running", Some("copy"), None).await?;
     let total: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = Arc::new(Progress::new(output, "clone", total.max(0) as u64));
     let chunks = plan_chunks(&tables, jobs);
@@ -275,16 +421,19 @@ pub async fn clone(
         return Err(e);
     }
 
-    let sequences = copy_sequences(&blue, &green).await?;
+    let sequences = copy_sequences(&blue, green).await?;
     phase("copy");
+    mark(green, id, "running", Some("post_data"), None).await?;
     pg::run_tool(
         "pg_restore",
         "building indexes and constraints in green (post-data)",
         &restore("post-data", jobs),
+        green_conn.password.as_deref(),
     )
     .await?;
     phase("post_data");
-    pg::exec(&green, Side::Green, "analyzing green", "ANALYZE").await?;
+    mark(green, id, "running", Some("analyze"), None).await?;
+    pg::exec(green, Side::Green, "analyzing green", "ANALYZE").await?;
     phase("analyze");
 
     let mut merged: Vec<TableCopy> = Vec::new();
@@ -306,17 +455,20 @@ pub async fn clone(
         bytes: copied.iter().map(|t| t.bytes).sum(),
         tables: copied,
         sequences,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: 0.0,
         replaced,
         phases,
+        slot: slot.as_ref().map(|s| s.slot_name.clone()),
+        consistent_lsn: slot.as_ref().map(|s| s.consistent_point.clone()),
+        blue_time,
     };
-    state::ensure_schema(&green).await?;
     let json = serde_json::to_string(&report).expect("report serialises");
     green
         .execute(
-            "INSERT INTO switchyard.clones (snapshot, tables, rows, bytes, report) VALUES ($1, $2, $3, $4, $5::text::jsonb)",
+            "UPDATE switchyard.clones SET tables = $2, rows = $3, bytes = $4, report = $5::text::jsonb, \
+                    state = 'complete', phase = 'done', finished_at = now() WHERE id = $1",
             &[
-                &report.snapshot,
+                &id,
                 &(report.tables.len() as i32),
                 &(report.rows as i64),
                 &(report.bytes as i64),
@@ -325,7 +477,23 @@ pub async fn clone(
         )
         .await
         .map_err(|e| SyncError::query(Side::Green, "recording the clone", &e))?;
-    Ok((report, holder))
+    Ok(report)
+}
+
+/// Whether a line of `pg_restore --list` is one of switchyard's replication
+/// objects (`PUBLICATION`, `PUBLICATION TABLE`, `SUBSCRIPTION` named
+/// `switchyard_*`).
+fn is_switchyard_entry(line: &str) -> bool {
+    if line.starts_with(';') {
+        return false;
+    }
+    let kinds = [" PUBLICATION ", " PUBLICATION TABLE ", " SUBSCRIPTION "];
+    kinds.iter().any(|k| {
+        line.split_once(k).is_some_and(|(_, rest)| {
+            rest.split_whitespace()
+                .any(|w| w.starts_with("switchyard_"))
+        })
+    })
 }
 
 /// Tables bigger than this many heap blocks (1 GiB of 8 KiB pages) are copied
@@ -548,4 +716,29 @@ async fn copy_sequences(blue: &Client, green: &Client) -> Result<usize, SyncErro
         pg::exec(green, Side::Green, "setting sequence values", &sql).await?;
     }
     Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switchyard_replication_objects_are_left_out_of_the_restore() {
+        assert!(is_switchyard_entry(
+            "3345; 6104 16390 PUBLICATION - switchyard_fwd postgres"
+        ));
+        assert!(is_switchyard_entry(
+            "3346; 6106 16391 PUBLICATION TABLE public switchyard_fwd orders postgres"
+        ));
+        assert!(is_switchyard_entry(
+            "3350; 6100 16400 SUBSCRIPTION - switchyard_rev postgres"
+        ));
+        assert!(!is_switchyard_entry(
+            "3347; 6104 16392 PUBLICATION - app_events postgres"
+        ));
+        assert!(!is_switchyard_entry(
+            "215; 1259 16386 TABLE public switchyard_fwd_notes app"
+        ));
+        assert!(!is_switchyard_entry(";   PUBLICATION - switchyard_fwd"));
+    }
 }

@@ -112,7 +112,9 @@ impl EphemeralCluster {
         let conf = format!(
             "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              wal_level = logical\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-             max_connections = 100\nmax_wal_size = 4GB\nlog_min_messages = warning\n",
+             max_connections = 200\nmax_wal_size = 4GB\nlog_min_messages = warning\n\
+             max_replication_slots = 64\nmax_wal_senders = 64\nmax_logical_replication_workers = 32\n\
+             max_worker_processes = 48\nmax_slot_wal_keep_size = 4GB\nwal_sender_timeout = 10s\n",
             cluster.port,
             dir.display()
         );

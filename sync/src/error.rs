@@ -11,6 +11,16 @@ pub enum Side {
     Green,
 }
 
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Blue => Side::Green,
+            Side::Green => Side::Blue,
+        }
+    }
+}
+
 impl std::fmt::Display for Side {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -71,6 +81,22 @@ pub enum SyncError {
 
     #[error("validation of the migrations failed:\n{}", problems.join("\n"))]
     Validate { problems: Vec<String> },
+
+    /// Tables a publication cannot carry.
+    #[error("{side}: these tables have no replica identity (no primary key, no REPLICA IDENTITY index or FULL): {}. Once published, the server would refuse UPDATE and DELETE on them, so switchyard will not publish them. Add a primary key, or run `ALTER TABLE … REPLICA IDENTITY FULL` on each, then try again", tables.join(", "))]
+    NoReplicaIdentity { side: Side, tables: Vec<String> },
+
+    /// `replicate` needs a clone taken from the replication slot.
+    #[error("green cannot be caught up: {why}. Run `switchyard sync clone --replace` (in replicate mode it creates the slot and copies exactly its snapshot), then `switchyard sync replicate`")]
+    ClonedWithoutSlot { why: String },
+
+    /// Nothing was cloned into green yet.
+    #[error("green was never cloned: run `switchyard sync clone` first")]
+    NotCloned,
+
+    /// A migration would break replication from blue.
+    #[error("migration {script} would break replication from blue: {problems}. Apply it after cutover instead (expand now, contract later): keep published columns and their types while blue still writes")]
+    Incompatible { script: String, problems: String },
 
     #[error("{0}")]
     Other(String),

@@ -6,8 +6,13 @@
 //! Flyway's history table and checksums), `verify` (per-table counts and
 //! in-database checksums, bisecting on the primary key to name differing rows),
 //! and the records in green's `switchyard` schema that the control plane's gates
-//! read. Blue is only ever read, in read-only transactions. Replication,
-//! cutover and cleanup come later. This crate knows nothing about HTTP.
+//! read, `replicate` (a publication and slot on blue, green subscribed from
+//! the clone's exact snapshot), `cutover` (the database half of moving the
+//! primary, with reverse replication), `prepare` (the whole workflow the
+//! controller runs when a rollout starts) and `cleanup`. Blue is only read,
+//! in read-only transactions, except for switchyard's own publication and
+//! slot (and, after cutover, the reverse subscription). This crate knows
+//! nothing about HTTP.
 //!
 //! ## Wiring (for the binary)
 //!
@@ -33,6 +38,8 @@
 //! | `migrate info` (or `info`) | | `Command::Info` |
 //! | `verify` | `--jobs N` | `Command::Verify { jobs }` |
 //! | `status` | | `Command::Status` |
+//! | `replicate` | | `Command::Replicate` |
+//! | `cleanup` | | `Command::Cleanup` |
 //!
 //! `jobs: 0` means "use `[database].jobs`". `--json` selects [`Output::Json`];
 //! otherwise use [`Output::Terminal`] (bars hide themselves when stderr is not
@@ -52,12 +59,16 @@
 #![forbid(unsafe_code)]
 
 pub mod clone;
+pub mod compat;
+pub mod cutover;
 pub mod ephemeral;
 pub mod error;
 pub mod migrate;
 pub mod pg;
 pub mod preflight;
+pub mod prepare;
 pub mod progress;
+pub mod replicate;
 pub mod state;
 pub mod verify;
 
@@ -89,6 +100,10 @@ pub enum Command {
     Verify { jobs: usize },
     /// Green's schema version, last verification and gate state.
     Status,
+    /// Start streaming blue's changes into green from the clone's slot.
+    Replicate,
+    /// Remove every publication, slot and subscription switchyard created.
+    Cleanup,
 }
 
 /// How `run` reports.
@@ -153,27 +168,47 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
         } => {
             let (r, holder) = clone::clone(db, jobs(j), replace, out).await?;
             let mut t = format!(
-                "cloned {} tables, {} rows, {} bytes of COPY data, {} sequences in {:.1}s (snapshot {})\n",
+                "cloned {} tables, {} rows, {} bytes of COPY data, {} sequences in {:.1}s (snapshot {}, blue at {})\n",
                 r.tables.len(),
                 r.rows,
                 r.bytes,
                 r.sequences,
                 r.seconds,
-                r.snapshot
+                r.snapshot,
+                r.blue_time
             );
+            if let (Some(slot), Some(lsn)) = (&r.slot, &r.consistent_lsn) {
+                t.push_str(&format!(
+                    "replication slot {slot} on blue holds the changes since {lsn}: run `switchyard sync replicate` to stream them\n"
+                ));
+            }
             let mut summary = serde_json::json!({ "clone": r });
             let mut code = 0;
             if verify {
-                let v = verify::verify(db, jobs(j), Some(&holder.id), out).await?;
+                let v = verify::verify(db, jobs(j), Some(&holder.id), out).await;
+                let v = match v {
+                    Ok(v) => v,
+                    Err(e) => {
+                        holder.release().await;
+                        return Err(e);
+                    }
+                };
                 t.push_str(&v.render());
                 code = i32::from(!v.passed);
                 summary["verify"] = json(&v);
             }
-            drop(holder);
+            holder.release().await;
             (code, summary, t)
         }
         Command::Migrate { dry_run } => {
-            let r = migrate::migrate(&db.migrations, &db.green, dry_run).await?;
+            let published = if db.mode == switchyard_config::SyncMode::Replicate && !dry_run {
+                let blue = pg::connect(Side::Blue, &db.blue).await?;
+                Some(compat::published_schema(&blue).await?)
+            } else {
+                None
+            };
+            let r =
+                migrate::migrate(&db.migrations, &db.green, dry_run, published.as_ref()).await?;
             let verb = if dry_run { "would apply" } else { "applied" };
             let mut t = String::new();
             for s in &r.applied {
@@ -224,14 +259,67 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
         }
         Command::Status => {
             let g = gate_status(db).await?;
-            let t = format!(
+            let mut t = format!(
                 "schema version: {} (newest migration: {})\nverified: {} ({})\n",
                 g.schema_version.as_deref().unwrap_or("none"),
                 g.latest_migration.as_deref().unwrap_or("none"),
                 g.verified,
                 g.reason
             );
+            if let Some(c) = &g.clone {
+                t.push_str(&format!(
+                    "last clone: {} at {} (blue as of {}{})\n",
+                    c.state,
+                    c.at,
+                    c.blue_time.as_deref().unwrap_or("?"),
+                    c.consistent_lsn
+                        .as_deref()
+                        .map(|l| format!(", WAL {l}"))
+                        .unwrap_or_default()
+                ));
+            }
+            if let Some(r) = &g.replication {
+                t.push_str(&replicate::render_status(r));
+            }
             (0, json(&g), t)
+        }
+        Command::Replicate => {
+            let r = replicate::subscribe(db).await?;
+            let t = if r.already_running {
+                format!(
+                    "replication blue -> green is already set up (slot {})\n",
+                    r.slot
+                )
+            } else {
+                format!(
+                    "green now streams blue's changes from slot {} (since {})\n",
+                    r.slot,
+                    r.from_lsn.as_deref().unwrap_or("the clone")
+                )
+            };
+            (0, json(&r), t)
+        }
+        Command::Cleanup => {
+            let r = replicate::cleanup(db).await?;
+            let mut t = String::new();
+            for o in &r.removed {
+                t.push_str(&format!(
+                    "removed {} {:?} {} ({})\n",
+                    o.side,
+                    o.kind,
+                    o.name,
+                    o.direction.arrow()
+                ));
+            }
+            for u in &r.unreachable {
+                t.push_str(&format!("could not reach {u}: its objects may remain; run cleanup again once it is up\n"));
+            }
+            if r.removed.is_empty() && r.unreachable.is_empty() {
+                t.push_str(
+                    "nothing to clean up: no switchyard publication, slot or subscription exists\n",
+                );
+            }
+            (i32::from(!r.unreachable.is_empty()), json(&r), t)
         }
     };
     match out {

@@ -590,10 +590,14 @@ pub struct MigrateReport {
 }
 
 /// Applies pending migrations to green (or lists them with `dry_run`).
+/// With `published` (replicate mode: blue's published columns), each
+/// migration is checked for compatibility with replication before it
+/// commits, and rolled back when it would break it.
 pub async fn migrate(
     dir: &Path,
     green_url: &str,
     dry_run: bool,
+    published: Option<&crate::compat::PublishedSchema>,
 ) -> Result<MigrateReport, SyncError> {
     let migrations = scan(dir)?;
     let client = pg::connect(Side::Green, green_url).await?;
@@ -616,7 +620,7 @@ pub async fn migrate(
         .query("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(|e| SyncError::query(Side::Green, "waiting for the migration lock", &e))?;
-    let result = migrate_locked(&client, &migrations).await;
+    let result = migrate_locked(&client, &migrations, published).await;
     // The lock also goes away with the connection; unlocking is a courtesy.
     let _ = client
         .query("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
@@ -627,6 +631,7 @@ pub async fn migrate(
 async fn migrate_locked(
     client: &Client,
     migrations: &[Migration],
+    published: Option<&crate::compat::PublishedSchema>,
 ) -> Result<MigrateReport, SyncError> {
     let table = match history_table(client).await? {
         Some(t) => t,
@@ -681,6 +686,29 @@ async fn migrate_locked(
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(failed(&e, ""));
             }
+            if let Some(published) = published {
+                let problems = match crate::compat::check(client, published).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(e);
+                    }
+                };
+                if !problems.is_empty() {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(SyncError::Incompatible {
+                        script: m.path.display().to_string(),
+                        problems: format!(
+                            "{} (it was rolled back and not recorded)",
+                            problems
+                                .iter()
+                                .map(|p| p.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ),
+                    });
+                }
+            }
             let ms = started.elapsed().as_millis() as i64;
             if let Err(e) = client
                 .batch_execute(&format!("{}; COMMIT", insert(true, ms)))
@@ -708,6 +736,18 @@ async fn migrate_locked(
                 &insert(true, ms),
             )
             .await?;
+            if let Some(published) = published {
+                let problems = crate::compat::check(client, published).await?;
+                if !problems.is_empty() {
+                    return Err(SyncError::Incompatible {
+                        script: m.path.display().to_string(),
+                        problems: format!(
+                            "{} (it ran outside a transaction, so it is applied: undo it by hand, or let replication stop and re-clone)",
+                            problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
+                        ),
+                    });
+                }
+            }
         }
         tracing::info!(script = %m.script, "applied migration");
         applied.push(m.script.clone());

@@ -6,16 +6,107 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use tokio_postgres::{Client, NoTls};
 
-/// Opens a connection and drives it on a background task.
+/// Parses a connection URL the way libpq reads it: the URL (or `key=value`
+/// string) first, then `PGPASSWORD`, then the password file (`PGPASSFILE` or
+/// `~/.pgpass`) for a password the URL lacks. Child processes and
+/// replication connections use the same result, so a password never has to
+/// be on a command line.
+pub fn config(side: Side, url: &str) -> Result<tokio_postgres::Config, SyncError> {
+    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| SyncError::Connect {
+        side,
+        url: switchyard_config::redact_url(url),
+        message: pg_message(&e),
+    })?;
+    if config.get_password().is_none() {
+        if let Some(pw) = password_for(&config) {
+            config.password(pw);
+        }
+    }
+    Ok(config)
+}
+
+/// The password for `config` from `PGPASSWORD` or the password file.
+fn password_for(config: &tokio_postgres::Config) -> Option<String> {
+    if let Ok(pw) = std::env::var("PGPASSWORD") {
+        return Some(pw);
+    }
+    let path = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(_)) | None => "localhost".into(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let user = config.get_user().unwrap_or("");
+    let db = config.get_dbname().unwrap_or(user);
+    pgpass_lookup(&text, [&host, &port, db, user])
+}
+
+/// Finds the password for `host:port:database:user` in a `.pgpass` text
+/// (fields separated by `:`, `\` escapes, `*` matches anything).
+pub fn pgpass_lookup(text: &str, want: [&str; 4]) -> Option<String> {
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::new();
+        let mut cur = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        cur.push(n);
+                    }
+                }
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+                c => cur.push(c),
+            }
+        }
+        fields.push(cur);
+        if fields.len() != 5 {
+            continue;
+        }
+        if fields[..4]
+            .iter()
+            .zip(want)
+            .all(|(f, w)| f == "*" || f == w)
+        {
+            return fields.pop();
+        }
+    }
+    None
+}
+
+/// Opens a connection and drives it on a background task. Sessions on blue
+/// are read-only (see [`connect_owner`] for the one exception).
 pub async fn connect(side: Side, url: &str) -> Result<Client, SyncError> {
+    open(side, url, side == Side::Blue).await
+}
+
+/// Opens a session that may write, on either side. Used only to create and
+/// remove switchyard's own replication objects (publication, slot,
+/// subscription), never for table data on blue.
+pub async fn connect_owner(side: Side, url: &str) -> Result<Client, SyncError> {
+    open(side, url, false).await
+}
+
+async fn open(side: Side, url: &str, read_only: bool) -> Result<Client, SyncError> {
     let err = |message: String| SyncError::Connect {
         side,
         url: switchyard_config::redact_url(url),
         message,
     };
-    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| err(pg_message(&e)))?;
+    let mut config = config(side, url)?;
     config.application_name("switchyard");
-    if side == Side::Blue {
+    if read_only {
         // Blue is production: every session switchyard opens there is
         // read-only, whatever the statement (defence in depth beside the
         // explicit READ ONLY transactions of clone and verify).
@@ -176,20 +267,79 @@ pub fn find_tool(name: &str) -> Result<PathBuf, SyncError> {
         })
 }
 
+/// How a client program reaches a database: a `key=value` connection
+/// string without the password, and the password for the child's
+/// environment (`PGPASSWORD`), so it never shows in `ps`.
+pub struct ToolConn {
+    pub conninfo: String,
+    pub password: Option<String>,
+}
+
+/// Builds [`ToolConn`] for `url`.
+pub fn tool_conn(side: Side, url: &str) -> Result<ToolConn, SyncError> {
+    let c = config(side, url)?;
+    let mut parts = Vec::new();
+    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    if !hosts.is_empty() {
+        parts.push(format!("host={}", q(&hosts.join(","))));
+    }
+    let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
+    if !ports.is_empty() {
+        parts.push(format!("port={}", q(&ports.join(","))));
+    }
+    if let Some(u) = c.get_user() {
+        parts.push(format!("user={}", q(u)));
+    }
+    if let Some(d) = c.get_dbname() {
+        parts.push(format!("dbname={}", q(d)));
+    }
+    if let Some(o) = c.get_options() {
+        parts.push(format!("options={}", q(o)));
+    }
+    let mode = match c.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => "disable",
+        tokio_postgres::config::SslMode::Require => "require",
+        _ => "prefer",
+    };
+    parts.push(format!("sslmode={mode}"));
+    Ok(ToolConn {
+        conninfo: parts.join(" "),
+        password: c
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+    })
+}
+
 /// Runs a client program to completion, returning its stdout or a
-/// [`SyncError::Tool`] carrying its stderr.
-pub async fn run_tool(tool: &str, what: &str, args: &[String]) -> Result<Vec<u8>, SyncError> {
+/// [`SyncError::Tool`] carrying its stderr. `password` goes to the child's
+/// environment, never its arguments.
+pub async fn run_tool(
+    tool: &str,
+    what: &str,
+    args: &[String],
+    password: Option<&str>,
+) -> Result<Vec<u8>, SyncError> {
     let path = find_tool(tool)?;
-    let out = tokio::process::Command::new(&path)
-        .args(args)
+    let mut cmd = tokio::process::Command::new(&path);
+    cmd.args(args)
         .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| SyncError::Tool {
-            tool: tool.to_string(),
-            what: what.to_string(),
-            message: format!("cannot start {}: {e}", path.display()),
-        })?;
+        .kill_on_drop(true);
+    if let Some(pw) = password {
+        cmd.env("PGPASSWORD", pw);
+    }
+    let out = cmd.output().await.map_err(|e| SyncError::Tool {
+        tool: tool.to_string(),
+        what: what.to_string(),
+        message: format!("cannot start {}: {e}", path.display()),
+    })?;
     if !out.status.success() {
         return Err(SyncError::Tool {
             tool: tool.to_string(),
@@ -244,4 +394,119 @@ pub async fn ensure_distinct(db: &switchyard_config::DatabaseConfig) -> Result<(
         });
     }
     Ok(())
+}
+
+/// Where a snapshot that other sessions join comes from.
+enum SnapshotSource {
+    /// A read-only repeatable-read transaction that exported it.
+    /// The session is kept only to keep the snapshot alive.
+    Transaction { _session: Client },
+    /// The forward replication slot's creation (replicate mode).
+    Slot(crate::replicate::ForwardSlot),
+}
+
+/// An exported snapshot, held open: other sessions join it with
+/// [`snapshot_session`], so they all read one consistent point in time.
+pub struct SnapshotHolder {
+    source: SnapshotSource,
+    /// The snapshot's name for `SET TRANSACTION SNAPSHOT`.
+    pub id: String,
+}
+
+impl SnapshotHolder {
+    /// Opens a repeatable-read, read-only transaction and exports its snapshot.
+    pub async fn open(side: Side, url: &str) -> Result<SnapshotHolder, SyncError> {
+        let client = connect(side, url).await?;
+        exec(
+            &client,
+            side,
+            "starting the snapshot transaction",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        )
+        .await?;
+        let id: String = client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| SyncError::query(side, "exporting a snapshot", &e))?
+            .get(0);
+        Ok(SnapshotHolder {
+            source: SnapshotSource::Transaction { _session: client },
+            id,
+        })
+    }
+
+    /// Holds the snapshot exported by the forward slot's creation.
+    pub fn from_slot(slot: crate::replicate::ForwardSlot) -> SnapshotHolder {
+        SnapshotHolder {
+            id: slot.created.snapshot.clone(),
+            source: SnapshotSource::Slot(slot),
+        }
+    }
+
+    /// The forward slot this snapshot came from, if any.
+    pub fn slot(&self) -> Option<&crate::replicate::ForwardSlot> {
+        match &self.source {
+            SnapshotSource::Slot(s) => Some(s),
+            SnapshotSource::Transaction { .. } => None,
+        }
+    }
+
+    /// Ends the snapshot (the slot, if any, stays).
+    pub async fn release(self) {
+        match self.source {
+            SnapshotSource::Slot(s) => s.release_snapshot().await,
+            SnapshotSource::Transaction { .. } => {}
+        }
+    }
+
+    /// Ends the snapshot and removes the slot it came from, if any (a clone
+    /// that did not complete).
+    pub async fn abandon(self, db: &switchyard_config::DatabaseConfig) {
+        match self.source {
+            SnapshotSource::Slot(s) => s.abandon(db).await,
+            SnapshotSource::Transaction { .. } => {}
+        }
+    }
+}
+
+/// Opens a session that reads inside `snapshot`, read-only.
+pub async fn snapshot_session(side: Side, url: &str, snapshot: &str) -> Result<Client, SyncError> {
+    let client = connect(side, url).await?;
+    exec(
+        &client,
+        side,
+        "joining the exported snapshot",
+        &format!(
+            "{}; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            NORMALISED_SESSION,
+            literal(snapshot)
+        ),
+    )
+    .await?;
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgpass_matches_fields_with_wildcards_and_escapes() {
+        let text = "# comment\n\
+                    otherhost:5432:*:app:nope\n\
+                    db.internal:5432:app:app:s3cr\\:et\n\
+                    *:*:*:admin:adminpw\n";
+        assert_eq!(
+            pgpass_lookup(text, ["db.internal", "5432", "app", "app"]).as_deref(),
+            Some("s3cr:et")
+        );
+        assert_eq!(
+            pgpass_lookup(text, ["x", "1", "y", "admin"]).as_deref(),
+            Some("adminpw")
+        );
+        assert_eq!(
+            pgpass_lookup(text, ["db.internal", "5433", "app", "app"]),
+            None
+        );
+    }
 }

@@ -82,6 +82,55 @@ fn list(items: &[String]) -> String {
     }
 }
 
+/// Checks of a server that will publish changes: free slots and walsenders,
+/// a cap on the WAL a slot may retain, and slots switchyard left behind.
+async fn replication_checks(
+    f: &mut Findings,
+    c: &Client,
+    side: Side,
+    db: &DatabaseConfig,
+) -> Result<(), SyncError> {
+    let row = c
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int, \
+                    current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int, \
+                    current_setting('max_slot_wal_keep_size')",
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(side, "reading replication settings", &e))?;
+    let (slots, senders, keep): (i32, i32, String) = (row.get(0), row.get(1), row.get(2));
+    if slots < 1 {
+        f.add(Severity::Blocker, "replication-slots", format!("{side} has no free replication slot (max_replication_slots is used up)"), "raise max_replication_slots and restart, or drop unused slots (SELECT * FROM pg_replication_slots)");
+    }
+    if senders < 1 {
+        f.add(
+            Severity::Blocker,
+            "wal-senders",
+            format!("{side} has no free WAL sender (max_wal_senders is used up)"),
+            "raise max_wal_senders and restart",
+        );
+    }
+    if keep == "-1" {
+        f.add(Severity::Warning, "slot-wal-limit", format!("{side} has no max_slot_wal_keep_size: a slot whose subscriber stops keeps WAL until the disk is full"), "set max_slot_wal_keep_size (e.g. '50GB') on the server; `switchyard sync status` shows what a slot retains");
+    }
+    let ours = crate::replicate::names(db, crate::replicate::Direction::Forward).slot;
+    let theirs = crate::replicate::names(db, crate::replicate::Direction::Reverse).slot;
+    let rows = c
+        .query(
+            "SELECT slot_name::text, greatest(0, pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots \
+              WHERE slot_name IN ($1, $2) AND NOT active",
+            &[&ours, &theirs],
+        )
+        .await
+        .map_err(|e| SyncError::query(side, "listing replication slots", &e))?;
+    for r in rows {
+        let (name, bytes): (String, Option<i64>) = (r.get(0), r.get(1));
+        f.add(Severity::Warning, "leftover-slot", format!("{side} has switchyard's replication slot {name}, unused, retaining {} bytes of WAL", bytes.unwrap_or(0)), "it is resumed by `switchyard sync replicate`, or removed by `switchyard sync cleanup`");
+    }
+    Ok(())
+}
+
 /// Runs every check. Connection failures are blockers, not errors.
 pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError> {
     let mut f = Findings(Vec::new());
@@ -251,6 +300,30 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
             if !repl {
                 f.add(Severity::Blocker, "privileges", "blue's user has no REPLICATION attribute".into(), "ALTER ROLE ... REPLICATION for the user in [database].blue, or use mode = \"snapshot\"");
             }
+            replication_checks(&mut f, b, Side::Blue, db).await?;
+        }
+    }
+    if let (Some(g), true) = (&green, replicate) {
+        let row = g
+            .query_one(
+                "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), current_setting('wal_level'), \
+                        (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
+                &[],
+            )
+            .await
+            .map_err(|e| SyncError::query(Side::Green, "reading privileges", &e))?;
+        let (sup, wal, repl): (bool, String, bool) = (row.get(0), row.get(1), row.get(2));
+        if !sup {
+            f.add(Severity::Blocker, "privileges", "green's user is not a superuser, which CREATE SUBSCRIPTION needs on PostgreSQL 15".into(), "connect to green as a superuser (or, on PostgreSQL 16+, a member of pg_create_subscription), or use mode = \"snapshot\"");
+        }
+        if db.reverse {
+            if wal != "logical" {
+                f.add(Severity::Blocker, "wal-level", format!("green has wal_level = {wal}, so reverse sync (green -> blue after cutover) cannot start"), "set wal_level = logical on green and restart it, or set [database] reverse = false (a rollback after cutover then loses green's writes)");
+            }
+            if !repl {
+                f.add(Severity::Blocker, "privileges", "green's user has no REPLICATION attribute, which reverse sync needs".into(), "ALTER ROLE ... REPLICATION for the user in [database].green, or set reverse = false");
+            }
+            replication_checks(&mut f, g, Side::Green, db).await?;
         }
     }
 

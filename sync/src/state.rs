@@ -24,9 +24,66 @@ pub async fn ensure_schema(green: &Client) -> Result<(), SyncError> {
            id bigserial PRIMARY KEY, finished_at timestamptz NOT NULL DEFAULT now(), \
            passed boolean NOT NULL, schema_version text, latest_migration text, \
            tables int NOT NULL, mismatched int NOT NULL, report jsonb NOT NULL); \
+         ALTER TABLE switchyard.clones ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'complete', \
+           ADD COLUMN IF NOT EXISTS phase text, ADD COLUMN IF NOT EXISTS error text, \
+           ADD COLUMN IF NOT EXISTS slot text, ADD COLUMN IF NOT EXISTS consistent_lsn text, \
+           ADD COLUMN IF NOT EXISTS blue_time timestamptz; \
          COMMIT;",
     )
     .await
+}
+
+/// A clone as recorded in green.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneRecord {
+    pub id: i64,
+    /// `running`, `failed` or `complete`.
+    pub state: String,
+    /// The phase it was in (or failed in).
+    pub phase: Option<String>,
+    pub error: Option<String>,
+    /// The replication slot whose snapshot was copied (replicate mode).
+    pub slot: Option<String>,
+    /// The LSN the copied snapshot corresponds to.
+    pub consistent_lsn: Option<String>,
+    /// Blue's clock when the snapshot was taken (UTC, ISO 8601).
+    pub blue_time: Option<String>,
+    /// When the record was last written.
+    pub at: String,
+}
+
+/// The newest clone recorded in green, if any.
+pub async fn last_clone(green: &Client) -> Result<Option<CloneRecord>, SyncError> {
+    let row = green
+        .query_opt(
+            "SELECT id, state, phase, error, slot, consistent_lsn, \
+                    to_char(blue_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                    to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+               FROM switchyard.clones ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(Some(r)) => Ok(Some(CloneRecord {
+            id: r.get(0),
+            state: r.get(1),
+            phase: r.get(2),
+            error: r.get(3),
+            slot: r.get(4),
+            consistent_lsn: r.get(5),
+            blue_time: r.get(6),
+            at: r.get(7),
+        })),
+        Ok(None) => Ok(None),
+        Err(e) if matches!(e.code(), Some(c) if *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE || *c == tokio_postgres::error::SqlState::UNDEFINED_COLUMN || *c == tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) => {
+            Ok(None)
+        }
+        Err(e) => Err(SyncError::query(
+            Side::Green,
+            "reading switchyard.clones",
+            &e,
+        )),
+    }
 }
 
 /// What the control plane's database gate needs to know.
@@ -45,8 +102,20 @@ pub struct GateStatus {
     pub verified_version: Option<String>,
     /// When the last verification finished (UTC, ISO 8601).
     pub verified_at: Option<String>,
-    /// Replication lag; `None` until replication exists.
-    pub replication_lag: Option<Duration>,
+    /// The last clone into green.
+    pub clone: Option<CloneRecord>,
+    /// Replication between the two (replicate mode only).
+    pub replication: Option<crate::replicate::ReplicationStatus>,
+}
+
+impl GateStatus {
+    /// Replication lag in seconds, when replication is streaming.
+    pub fn replication_lag(&self) -> Option<Duration> {
+        self.replication
+            .as_ref()
+            .and_then(|r| r.lag_seconds)
+            .map(Duration::from_secs_f64)
+    }
 }
 
 /// Reads the gate's inputs from green.
@@ -66,11 +135,16 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
         latest_migration: latest.as_ref().map(|v| v.to_string()),
         verified_version: None,
         verified_at: None,
-        replication_lag: None,
+        clone: last_clone(&green).await?,
+        replication: None,
     };
+    if db.mode == switchyard_config::SyncMode::Replicate {
+        status.replication = Some(crate::replicate::status(db).await);
+    }
     let row = green
         .query_opt(
-            "SELECT passed, schema_version, to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+            "SELECT passed, schema_version, to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                    finished_at >= coalesce((SELECT max(finished_at) FROM switchyard.clones), '-infinity') \
                FROM switchyard.verifications ORDER BY id DESC LIMIT 1",
             &[],
         )
@@ -90,12 +164,24 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
         status.reason = "green was never verified: run `switchyard sync verify`".into();
         return Ok(status);
     };
+    let verified_after_clone: bool = row.get(3);
     let passed: bool = row.get(0);
     let at: Option<String> = row.get(1);
     status.verified_version = at.clone();
     status.verified_at = row.get(2);
     let verified_version = at.as_deref().and_then(migrate::Version::parse);
-    if latest.is_some() && schema_version != latest {
+    if let Some(c) = status.clone.as_ref().filter(|c| c.state != "complete") {
+        status.reason = format!(
+            "green's last clone is {} (phase {}{}): it is not a copy of blue; run `switchyard sync clone --replace`",
+            c.state,
+            c.phase.as_deref().unwrap_or("?"),
+            c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    } else if !verified_after_clone {
+        status.reason =
+            "green was cloned again after its last verification: run `switchyard sync verify`"
+                .into();
+    } else if latest.is_some() && schema_version != latest {
         status.reason = format!(
             "green is at schema version {} but the newest migration is {}: run `switchyard sync migrate`",
             opt(&status.schema_version),

@@ -14,9 +14,9 @@
 //! after clone, blue's side is the clone's own snapshot).
 
 use crate::error::{Side, SyncError};
-use crate::pg::{self, Table};
+use crate::pg::{self, snapshot_session, SnapshotHolder, Table};
 use crate::progress::Progress;
-use crate::{migrate, state, Output};
+use crate::{migrate, replicate, state, Output};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,9 @@ use tokio_postgres::Client;
 const LEAF_ROWS: i64 = 1000;
 /// Report at most this many differing keys per table.
 const MAX_DIFFS: usize = 10;
+/// While replicating, collect up to this many differing keys per table, so
+/// that rows that were only behind can all be re-checked.
+const RECHECK_KEYS: usize = 5000;
 
 /// One differing row.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -35,6 +38,9 @@ pub struct Difference {
     pub key: String,
     /// `changed`, `missing_in_green` or `extra_in_green`.
     pub kind: String,
+    /// The key's values as text, in key order (for re-checking).
+    #[serde(skip)]
+    pub values: Vec<String>,
 }
 
 /// The verdict for one table.
@@ -103,52 +109,6 @@ impl VerifyReport {
     }
 }
 
-/// A read-only transaction holding an exported snapshot open.
-pub struct SnapshotHolder {
-    _client: Client,
-    pub id: String,
-}
-
-impl SnapshotHolder {
-    /// Opens a repeatable-read, read-only transaction and exports its snapshot.
-    pub async fn open(side: Side, url: &str) -> Result<SnapshotHolder, SyncError> {
-        let client = pg::connect(side, url).await?;
-        pg::exec(
-            &client,
-            side,
-            "starting the snapshot transaction",
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-        )
-        .await?;
-        let id: String = client
-            .query_one("SELECT pg_export_snapshot()", &[])
-            .await
-            .map_err(|e| SyncError::query(side, "exporting a snapshot", &e))?
-            .get(0);
-        Ok(SnapshotHolder {
-            _client: client,
-            id,
-        })
-    }
-}
-
-/// Opens a session that reads inside `snapshot`, read-only.
-pub async fn snapshot_session(side: Side, url: &str, snapshot: &str) -> Result<Client, SyncError> {
-    let client = pg::connect(side, url).await?;
-    pg::exec(
-        &client,
-        side,
-        "joining the exported snapshot",
-        &format!(
-            "{}; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            pg::NORMALISED_SESSION,
-            pg::literal(snapshot)
-        ),
-    )
-    .await?;
-    Ok(client)
-}
-
 /// Compares every table of blue with green. `blue_snapshot` is the clone's
 /// snapshot when verifying right after a clone; otherwise one is taken now.
 /// The result is recorded in green's `switchyard.verifications`.
@@ -159,15 +119,42 @@ pub async fn verify(
     output: Output,
 ) -> Result<VerifyReport, SyncError> {
     let jobs = jobs.max(1);
-    let own_blue;
-    let blue_snap = match blue_snapshot {
-        Some(s) => s.to_string(),
-        None => {
-            own_blue = SnapshotHolder::open(Side::Blue, &db.blue).await?;
-            own_blue.id.clone()
+    // While replication runs, the side being replicated to lags: take the
+    // source's snapshot first, wait until the target has replayed past it,
+    // then take the target's, so the target holds at least what the source
+    // showed. What still differs is re-checked below.
+    let replicating = match blue_snapshot {
+        Some(_) => None,
+        None if db.mode == switchyard_config::SyncMode::Replicate => {
+            let r = replicate::status(db).await;
+            r.direction.filter(|_| {
+                matches!(
+                    r.state,
+                    replicate::ReplicationState::Streaming | replicate::ReplicationState::Stopped
+                ) && r
+                    .objects
+                    .iter()
+                    .any(|o| o.kind == replicate::ObjectKind::Subscription)
+            })
+        }
+        None => None,
+    };
+    let (own_blue, green_holder) = match (blue_snapshot, replicating) {
+        (Some(_), _) => (None, SnapshotHolder::open(Side::Green, &db.green).await?),
+        (None, None) => (
+            Some(SnapshotHolder::open(Side::Blue, &db.blue).await?),
+            SnapshotHolder::open(Side::Green, &db.green).await?,
+        ),
+        (None, Some(dir)) => {
+            let (b, g) = ordered_snapshots(db, dir).await?;
+            (Some(b), g)
         }
     };
-    let green_holder = SnapshotHolder::open(Side::Green, &db.green).await?;
+    let blue_snap = match (blue_snapshot, &own_blue) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(h)) => h.id.clone(),
+        (None, None) => unreachable!("a blue snapshot is always taken"),
+    };
 
     let blue_meta = snapshot_session(Side::Blue, &db.blue, &blue_snap).await?;
     let green_meta = snapshot_session(Side::Green, &db.green, &green_holder.id).await?;
@@ -186,6 +173,11 @@ pub async fn verify(
 
     let total: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = Arc::new(Progress::new(output, "verify", total.max(0) as u64));
+    let max_diffs = if replicating.is_some() {
+        RECHECK_KEYS
+    } else {
+        MAX_DIFFS
+    };
     let workers = jobs.min(tables.len()).max(1);
     let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
     let green_tables = Arc::new(green_tables);
@@ -217,7 +209,7 @@ pub async fn verify(
                         differences: Vec::new(),
                         note: Some("the table does not exist in green".into()),
                     },
-                    Some(_) => compare_table(&blue, &green, &table).await?,
+                    Some(_) => compare_table(&blue, &green, &table, max_diffs).await?.0,
                 };
                 if verdict.status != "equal" {
                     progress.println(&format!("{}: {}", verdict.table, verdict.status));
@@ -244,8 +236,17 @@ pub async fn verify(
     }
     progress.finish();
     drop(green_holder);
+    drop(own_blue);
     if let Some(e) = first_err {
         return Err(e);
+    }
+    if let Some(dir) = replicating {
+        for v in verdicts.iter_mut().filter(|v| v.status == "differs") {
+            recheck(db, dir, v).await?;
+        }
+    }
+    for v in verdicts.iter_mut() {
+        v.differences.truncate(MAX_DIFFS);
     }
     verdicts.sort_by(|a, b| a.table.cmp(&b.table));
 
@@ -453,7 +454,8 @@ async fn compare_table(
     blue: &Client,
     green: &Client,
     table: &Table,
-) -> Result<TableVerdict, SyncError> {
+    max_diffs: usize,
+) -> Result<(TableVerdict, Plan), SyncError> {
     let (bcols, gcols) = tokio::try_join!(
         columns(blue, Side::Blue, table),
         columns(green, Side::Green, table)
@@ -532,7 +534,7 @@ async fn compare_table(
         ));
     }
     if bn == gn && bsum == gsum {
-        return Ok(verdict);
+        return Ok((verdict, plan));
     }
     verdict.status = "differs".into();
     if !key_ok {
@@ -540,10 +542,10 @@ async fn compare_table(
             "{} rows in blue, {} in green, checksums differ; the table has no primary key, so differing rows cannot be located",
             bn, gn
         ));
-        return Ok(verdict);
+        return Ok((verdict, plan));
     }
-    verdict.differences = bisect(blue, green, &plan, (bn, gn)).await?;
-    Ok(verdict)
+    verdict.differences = bisect(blue, green, &plan, (bn, gn), max_diffs).await?;
+    Ok((verdict, plan))
 }
 
 /// Narrows the key space down to small ranges whose checksums differ and
@@ -553,6 +555,7 @@ async fn bisect(
     green: &Client,
     plan: &Plan,
     counts: (i64, i64),
+    max_diffs: usize,
 ) -> Result<Vec<Difference>, SyncError> {
     type Bound = Option<Vec<String>>;
     let mut stack: Vec<(Bound, Bound)> = vec![(None, None)];
@@ -576,8 +579,8 @@ async fn bisect(
         };
         if bn.max(gn) <= LEAF_ROWS {
             diffs.extend(leaf_diff(blue, green, plan, &cond).await?);
-            if diffs.len() >= MAX_DIFFS {
-                diffs.truncate(MAX_DIFFS);
+            if diffs.len() >= max_diffs {
+                diffs.truncate(max_diffs);
                 break;
             }
             continue;
@@ -655,6 +658,7 @@ async fn leaf_diff(
         .map(|(k, kind)| Difference {
             key: format_key(&plan.key, k),
             kind: kind.into(),
+            values: k.clone(),
         })
         .collect())
 }
@@ -666,4 +670,182 @@ fn format_key(key: &[(String, String)], values: &[String]) -> String {
     } else {
         format!("({})=({})", names.join(", "), values.join(", "))
     }
+}
+
+fn side_url(db: &DatabaseConfig, side: Side) -> &str {
+    match side {
+        Side::Blue => &db.blue,
+        Side::Green => &db.green,
+    }
+}
+
+/// How long verify waits for the replica to replay a position.
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Re-check rounds for rows that differ while replication runs.
+const RECHECK_ROUNDS: usize = 20;
+
+/// Waits until the target of `dir` replayed the source's current position.
+async fn wait_replayed(db: &DatabaseConfig, dir: replicate::Direction) -> Result<(), SyncError> {
+    match replicate::wait_caught_up(db, dir, REPLAY_WAIT).await? {
+        replicate::CatchUp::CaughtUp { .. } => Ok(()),
+        replicate::CatchUp::Behind { lsn, lag_bytes, .. } => Err(SyncError::Other(format!(
+            "replication {} is too far behind to verify: {} has not replayed {}'s WAL up to {lsn} after {}s ({} bytes behind); check `switchyard sync status` and try again",
+            dir.arrow(),
+            dir.target(),
+            dir.source(),
+            REPLAY_WAIT.as_secs(),
+            lag_bytes.map(|b| b.to_string()).unwrap_or_else(|| "unknown".into())
+        ))),
+    }
+}
+
+/// A session outside any snapshot, with the normalised settings the row
+/// hashes depend on.
+async fn live_session(db: &DatabaseConfig, side: Side) -> Result<Client, SyncError> {
+    let c = pg::connect(side, side_url(db, side)).await?;
+    pg::exec(
+        &c,
+        side,
+        "preparing a re-check session",
+        pg::NORMALISED_SESSION,
+    )
+    .await?;
+    Ok(c)
+}
+
+/// Blue's and green's snapshots, taken in replication order: the source's
+/// first, then (once the target replayed past it) the target's, so the
+/// target holds at least what the source showed.
+async fn ordered_snapshots(
+    db: &DatabaseConfig,
+    dir: replicate::Direction,
+) -> Result<(SnapshotHolder, SnapshotHolder), SyncError> {
+    let first = SnapshotHolder::open(dir.source(), side_url(db, dir.source())).await?;
+    wait_replayed(db, dir).await?;
+    let second = SnapshotHolder::open(dir.target(), side_url(db, dir.target())).await?;
+    Ok(match dir.source() {
+        Side::Blue => (first, second),
+        Side::Green => (second, first),
+    })
+}
+
+/// Re-checks a table that differed while replication ran. Each round reads
+/// the differing rows on the source, waits until the target replayed past
+/// that read, reads them on the target and on the source again: a row that
+/// matches either source reading was only behind, and is cleared. Rows still
+/// differing after every round (or a keyless table whose checksums never
+/// matched) are a real divergence and stay in the verdict.
+async fn recheck(
+    db: &DatabaseConfig,
+    dir: replicate::Direction,
+    verdict: &mut TableVerdict,
+) -> Result<(), SyncError> {
+    let source = live_session(db, dir.source()).await?;
+    let target = live_session(db, dir.target()).await?;
+    let Some(table) = pg::list_tables(&source, dir.source())
+        .await?
+        .into_iter()
+        .find(|t| t.display() == verdict.table)
+    else {
+        return Ok(());
+    };
+    let lag_note = "differences were replication lag: equal once green replayed past them";
+    let mut current = verdict.clone();
+    for _outer in 0..3 {
+        if current.status == "equal" {
+            *verdict = TableVerdict {
+                note: Some(lag_note.into()),
+                ..current
+            };
+            return Ok(());
+        }
+        let (b, g) = ordered_snapshots(db, dir).await?;
+        let bs = snapshot_session(Side::Blue, &db.blue, &b.id).await?;
+        let gs = snapshot_session(Side::Green, &db.green, &g.id).await?;
+        let (fresh, plan) = compare_table(&bs, &gs, &table, RECHECK_KEYS).await?;
+        drop((bs, gs, b, g));
+        if fresh.status == "equal" || plan.key.is_empty() {
+            current = fresh;
+            continue;
+        }
+        let truncated = fresh.differences.len() >= RECHECK_KEYS;
+        let mut left: Vec<Difference> = fresh.differences.clone();
+        for _ in 0..RECHECK_ROUNDS {
+            if left.is_empty() {
+                break;
+            }
+            let mut still = Vec::new();
+            for batch in left.chunks(500) {
+                let keys: Vec<Vec<String>> = batch.iter().map(|d| d.values.clone()).collect();
+                let first = key_rows(&source, dir.source(), &plan, &keys).await?;
+                wait_replayed(db, dir).await?;
+                let on_target = key_rows(&target, dir.target(), &plan, &keys).await?;
+                let again = key_rows(&source, dir.source(), &plan, &keys).await?;
+                still.extend(
+                    batch
+                        .iter()
+                        .filter(|d| {
+                            let t = on_target.get(&d.values);
+                            t != first.get(&d.values) && t != again.get(&d.values)
+                        })
+                        .cloned(),
+                );
+            }
+            left = still;
+            if !left.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        if !left.is_empty() {
+            *verdict = TableVerdict {
+                differences: left,
+                note: Some(format!(
+                    "still different after green replayed past every re-check ({RECHECK_ROUNDS} rounds): a real divergence, not lag"
+                )),
+                ..fresh
+            };
+            return Ok(());
+        }
+        if !truncated {
+            *verdict = TableVerdict {
+                status: "equal".into(),
+                differences: Vec::new(),
+                note: Some(lag_note.into()),
+                ..fresh
+            };
+            return Ok(());
+        }
+        current = fresh;
+    }
+    *verdict = TableVerdict {
+        note: Some(
+            "the table kept differing while replication ran; re-run verify when writes are quieter"
+                .into(),
+        ),
+        ..current
+    };
+    Ok(())
+}
+
+/// The row hashes of `keys` on one side (absent keys are missing).
+async fn key_rows(
+    client: &Client,
+    side: Side,
+    plan: &Plan,
+    keys: &[Vec<String>],
+) -> Result<HashMap<Vec<String>, i64>, SyncError> {
+    let list: Vec<String> = keys.iter().map(|k| plan.bound(k)).collect();
+    let sql = format!(
+        "SELECT {}, {} FROM ONLY {} WHERE ROW({}) IN ({})",
+        plan.key_array(),
+        plan.hash(side),
+        plan.from,
+        plan.key_list(),
+        list.join(", ")
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(|e| SyncError::query(side, format!("re-checking rows of {}", plan.from), &e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }

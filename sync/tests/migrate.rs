@@ -12,7 +12,7 @@ fn write(dir: &Path, name: &str, body: &str) {
 }
 
 async fn migrate_green(pair: &Pair) -> Result<Vec<String>, SyncError> {
-    migrate::migrate(&pair.config.migrations, pair.green(), false)
+    migrate::migrate(&pair.config.migrations, pair.green(), false, None)
         .await
         .map(|r| r.applied)
 }

@@ -13,7 +13,6 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
 use switchyard_config::{DatabaseConfig, SyncMode};
 use switchyard_sync::ephemeral::{find_bindir, EphemeralCluster};
 
@@ -90,13 +89,9 @@ impl Pair {
         let migrations = tempfile::tempdir().expect("temp dir");
         Pair {
             config: DatabaseConfig {
-                blue: blue.create_db(&name).await,
-                green: green.create_db(&name).await,
                 migrations: migrations.path().to_path_buf(),
                 mode: SyncMode::Snapshot,
-                max_lag: Duration::from_secs(1),
-                jobs: 2,
-                cutover_timeout: Duration::from_secs(10),
+                ..DatabaseConfig::new(blue.create_db(&name).await, green.create_db(&name).await)
             },
             migrations,
         }

@@ -33,7 +33,8 @@ pub enum Command {
     /// Drive a running switchyard through its admin API: status, weights,
     /// start, pause, resume, promote, abort, history.
     Ctl(CtlArgs),
-    /// Prepare green's PostgreSQL database: preflight, clone, migrate, verify.
+    /// Prepare green's PostgreSQL database: preflight, clone, migrate, verify,
+    /// replicate, cleanup.
     Sync(SyncArgs),
 }
 
@@ -83,8 +84,15 @@ pub enum SyncCommand {
         #[arg(long, default_value_t = 0)]
         jobs: usize,
     },
-    /// Green's schema version, last verification and gate state.
+    /// Green's schema version, last verification, gate state, and the
+    /// replication objects on both sides with their lag and retained WAL.
     Status,
+    /// Stream blue's changes into green from the slot the clone was taken
+    /// from (replicate mode); a clone without that slot needs `clone --replace`.
+    Replicate,
+    /// Remove every publication, slot and subscription switchyard created on
+    /// either side (idempotent; also after a crash; ends reverse sync).
+    Cleanup,
 }
 
 /// `switchyard sync migrate validate|info`.

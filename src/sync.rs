@@ -48,6 +48,8 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         } => Command::Migrate { dry_run },
         SyncCommand::Verify { jobs } => Command::Verify { jobs },
         SyncCommand::Status => Command::Status,
+        SyncCommand::Replicate => Command::Replicate,
+        SyncCommand::Cleanup => Command::Cleanup,
     };
     let output = if args.json {
         Output::Json

@@ -148,6 +148,20 @@ async fn metrics(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     }
     let _ = writeln!(out, "# HELP switchyard_rollout_step Current step index (-1 when none).\n# TYPE switchyard_rollout_step gauge\nswitchyard_rollout_step {}", step.map_or(-1, |i| i as i64));
     let _ = writeln!(out, "# HELP switchyard_rollbacks_total Automatic rollbacks since start.\n# TYPE switchyard_rollbacks_total counter\nswitchyard_rollbacks_total {}", inner.rollbacks.load(Ordering::Relaxed));
+    let gates: Vec<_> = inner.gates.lock().map(|g| g.clone()).unwrap_or_default();
+    for g in &gates {
+        g.render_metrics(&mut out);
+    }
+    if inner.settings.load().database.is_some() {
+        let wg = inner.dp.write_gate();
+        let _ = writeln!(out, "# HELP switchyard_writes_held 1 while the proxy holds writes (cutover).\n# TYPE switchyard_writes_held gauge\nswitchyard_writes_held {}", u8::from(wg.held));
+        let _ = writeln!(out, "# HELP switchyard_writes_held_total Writes that waited at a cutover hold since start.\n# TYPE switchyard_writes_held_total counter\nswitchyard_writes_held_total {}", wg.held_total);
+        if let Some(c) = inner.db.lock().last_cutover.clone() {
+            let _ = writeln!(out, "# HELP switchyard_cutover_hold_seconds How long the last cutover held writes.\n# TYPE switchyard_cutover_hold_seconds gauge\nswitchyard_cutover_hold_seconds {}", c.held_ms as f64 / 1000.0);
+            let _ = writeln!(out, "# HELP switchyard_cutover_held_requests Writes that waited during the last cutover.\n# TYPE switchyard_cutover_held_requests gauge\nswitchyard_cutover_held_requests {}", c.held_requests);
+            let _ = writeln!(out, "# HELP switchyard_cutover_completed 1 when the last cutover completed, 0 when it timed out.\n# TYPE switchyard_cutover_completed gauge\nswitchyard_cutover_completed {}", u8::from(c.completed));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -182,7 +196,16 @@ fn status_json(inner: &Inner) -> Value {
             gate_status.insert(g.name().to_string(), v);
         }
     }
-    let database = gate_status.get("database").cloned().unwrap_or(Value::Null);
+    let mut database = gate_status.get("database").cloned().unwrap_or(Value::Null);
+    if let Value::Object(d) = &mut database {
+        let live = inner.db.lock();
+        let wg = inner.dp.write_gate();
+        d.insert("writer".into(), json!(wg.writer.unwrap_or(stable)));
+        d.insert("writes_pinned".into(), json!(wg.writer.is_some()));
+        d.insert("write_gate".into(), json!(wg));
+        d.insert("preparing".into(), json!(live.preparing));
+        d.insert("last_cutover".into(), json!(live.last_cutover));
+    }
     let w = inner.dp.weights();
     let steps = &settings.rollout.steps.0;
     let bake = rollout
@@ -332,10 +355,7 @@ async fn rollout_action(
         }
         Err(r) => return r,
     };
-    let steps = inner.settings.load().rollout.steps.0.clone();
-    match inner.transition(&who, |s| {
-        rollout::apply(s, action, &steps, reason, events::now_ms())
-    }) {
+    match inner.act(action, reason, &who) {
         Ok(_) => Json(status_json(&inner)).into_response(),
         Err(e) => transition_error(e),
     }

@@ -14,6 +14,7 @@ use crate::events::now_ms;
 use crate::gates::{self, ConfirmWebhook, Gate, GateContext, GateResult};
 use crate::rollout::{self, Change, Conflict, Phase};
 use crate::Inner;
+use switchyard_config::{PrepareMode, SyncMode};
 
 /// How long a held gate waits before it is asked again.
 const GATE_RETRY: Duration = Duration::from_secs(1);
@@ -118,6 +119,16 @@ fn tick_once(
     match key.phase {
         Phase::Preparing | Phase::Progressing | Phase::Paused => {}
         Phase::Cutover => {
+            if let Some(db) = &settings.database {
+                // Hold writes, switch the primary database, release them.
+                crate::cutover::ensure_running(inner, key.step_started_ms, db);
+                set_live(
+                    inner,
+                    None,
+                    Some("cutover: writes are held while the candidate's database becomes the primary".into()),
+                );
+                return;
+            }
             // Without a database there is nothing to switch but traffic,
             // which entering cutover already did.
             let _ = inner.transition("controller", |s| {
@@ -129,7 +140,21 @@ fn tick_once(
             set_live(inner, None, None);
             return;
         }
-        Phase::Idle | Phase::Promoted | Phase::Aborted => {
+        Phase::Aborted => {
+            let wanted = std::mem::take(&mut inner.db.lock().cleanup_wanted);
+            if let Some(db) = settings
+                .database
+                .as_ref()
+                .filter(|d| d.mode == SyncMode::Replicate)
+            {
+                if wanted {
+                    crate::database::clean_up_after_abort(inner, db);
+                }
+            }
+            set_live(inner, None, None);
+            return;
+        }
+        Phase::Idle | Phase::Promoted => {
             set_live(inner, None, None);
             return;
         }
@@ -170,7 +195,17 @@ fn tick_once(
     let holding = match key.phase {
         Phase::Paused => Some("paused".to_string()),
         Phase::Preparing if healthy == 0 => Some("no healthy candidate upstream".to_string()),
-        Phase::Preparing => None,
+        Phase::Preparing => match settings
+            .database
+            .as_ref()
+            .filter(|d| d.prepare == PrepareMode::Auto)
+        {
+            Some(db) => {
+                crate::preparing::ensure_running(inner, key.step_started_ms, db);
+                crate::preparing::running_step(inner)
+            }
+            None => None,
+        },
         _ => {
             let i = key.step.unwrap_or(0);
             let bake = rollout::bake_of(steps, i, settings.rollout.bake);

@@ -1,14 +1,26 @@
-//! The database gate: with `[database]`, a weight increase needs green's
-//! database verified at its current schema version (the newest migration),
-//! and in replicate mode a replication lag within `max_lag`. The state is
-//! read from green's `switchyard` schema, where `switchyard sync verify`
-//! records it; a background refresh keeps the last reading for status pages.
+//! The database part of the control plane. [`DatabaseGate`]: with
+//! `[database]`, a weight increase needs green's database verified at its
+//! current schema version (the newest migration) after its last complete
+//! clone, and in replicate mode replication streaming from the writer's
+//! database with the replica caught up within `max_lag` — measured at each
+//! check by reading the primary's WAL position and waiting at most
+//! `max_lag` for the replica to apply it. A background refresh keeps the
+//! last reading for status pages and metrics.
+//!
+//! [`DbLive`] is what the controller knows right now about the database
+//! steps of a rollout (the preparing workflow, the last cutover); it is not
+//! persisted, since every fact it summarises lives in the databases.
 
 use arc_swap::ArcSwapOption;
+use serde::Serialize;
 use serde_json::{json, Value};
-use std::sync::{Arc, Weak};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
-use switchyard_config::{DatabaseConfig, SyncMode};
+use switchyard_config::{DatabaseConfig, SyncMode, WritePolicy};
+use switchyard_proxy::{Colour, DataPlane};
+use switchyard_sync::prepare::{Step, StepState};
+use switchyard_sync::replicate::{self, CatchUp, ReplicationState};
 use switchyard_sync::GateStatus;
 
 use crate::gates::{Gate, GateContext, GateFuture, GateResult};
@@ -17,6 +29,108 @@ use crate::gates::{Gate, GateContext, GateFuture, GateResult};
 const REFRESH: Duration = Duration::from_secs(2);
 /// Longest a reading may take before the gate holds.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends writes to the colour whose database is the primary (the stable
+/// one) when `[database] writes = "stable"`; otherwise writes follow the
+/// weights. Called at start, on reload and after cutover.
+pub(crate) fn apply_writer(dp: &DataPlane, db: Option<&DatabaseConfig>, stable: Colour) {
+    let pin = db.is_some_and(|d| d.writes == WritePolicy::Stable);
+    dp.set_writer(pin.then_some(stable));
+}
+
+/// After an abort: stops the preparing workflow and removes every
+/// replication object on both sides (twice, a moment apart, since a
+/// statement of the interrupted workflow may still commit), reporting what
+/// was removed as a `database_cleanup` event.
+pub(crate) fn clean_up_after_abort(inner: &Arc<crate::Inner>, db: &DatabaseConfig) {
+    crate::preparing::stop(inner);
+    let weak = Arc::downgrade(inner);
+    let db = db.clone();
+    tokio::spawn(async move {
+        let mut removed = Vec::new();
+        let mut unreachable = Vec::new();
+        for pause in [Duration::from_millis(200), Duration::from_secs(2)] {
+            tokio::time::sleep(pause).await;
+            match replicate::cleanup(&db).await {
+                Ok(r) => {
+                    removed.extend(r.removed);
+                    unreachable = r.unreachable;
+                }
+                Err(e) => unreachable = vec![e.to_string()],
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let names: Vec<String> = removed
+            .iter()
+            .map(|o| format!("{} {:?} {}", o.side, o.kind, o.name).to_lowercase())
+            .collect();
+        let reason = if unreachable.is_empty() {
+            format!(
+                "rollout aborted: removed {}",
+                if names.is_empty() {
+                    "nothing (no replication objects existed)".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )
+        } else {
+            format!(
+                "rollout aborted: removed {}; could not reach {}: run `switchyard sync cleanup` once it is up",
+                names.join(", "),
+                unreachable.join("; ")
+            )
+        };
+        let _ = inner.transition("controller", |_| {
+            let mut c = crate::rollout::Change::new("database_cleanup", Some(reason));
+            c.extra.detail = Some(json!({ "removed": removed, "unreachable": unreachable }));
+            Ok(c)
+        });
+    });
+}
+
+/// One step of the preparing workflow, for status.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StepStatus {
+    pub step: Step,
+    pub state: StepState,
+    pub detail: String,
+}
+
+/// The last cutover, for status and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CutoverRecord {
+    pub at: String,
+    pub completed: bool,
+    pub held_ms: u64,
+    pub held_requests: u64,
+    pub reason: Option<String>,
+}
+
+/// What the controller knows now about the database steps of a rollout.
+#[derive(Default)]
+pub(crate) struct DbLive {
+    /// The rollout (its `step_started_ms`) the preparing workflow ran for.
+    pub prepared_for: Option<u64>,
+    pub prepare_task: Option<tokio::task::JoinHandle<()>>,
+    pub prepare_done: bool,
+    pub preparing: Vec<StepStatus>,
+    /// The cutover (its `step_started_ms`) the cutover task ran for.
+    pub cutover_for: Option<u64>,
+    pub cutover_running: bool,
+    pub last_cutover: Option<CutoverRecord>,
+    /// An abort happened and replication objects should be removed.
+    pub cleanup_wanted: bool,
+}
+
+/// [`DbLive`] behind a mutex that shrugs off poisoning.
+#[derive(Default)]
+pub(crate) struct DbLiveCell(Mutex<DbLive>);
+
+impl DbLiveCell {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, DbLive> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// The `[database]` gate.
 pub struct DatabaseGate {
@@ -51,6 +165,11 @@ impl DatabaseGate {
         gate
     }
 
+    /// The `[database]` table this gate checks.
+    pub fn config(&self) -> &DatabaseConfig {
+        &self.db
+    }
+
     async fn read(&self) -> Result<GateStatus, String> {
         let result = match tokio::time::timeout(
             READ_TIMEOUT,
@@ -71,8 +190,13 @@ impl DatabaseGate {
         result
     }
 
-    /// Judges a reading: pass, or hold with the reason.
-    fn judge(&self, status: &Result<GateStatus, String>) -> GateResult {
+    /// Judges a reading: pass, or hold with the reason. `expected` is the
+    /// direction replication must run (from the writer's database).
+    fn judge(
+        &self,
+        status: &Result<GateStatus, String>,
+        expected: Option<replicate::Direction>,
+    ) -> GateResult {
         let s = match status {
             Ok(s) => s,
             Err(e) => {
@@ -83,23 +207,76 @@ impl DatabaseGate {
             return GateResult::Hold(format!("green is not verified: {}", s.reason));
         }
         if self.db.mode == SyncMode::Replicate {
-            match s.replication_lag() {
-                None => {
-                    return GateResult::Hold(
-                        "replication from blue to green is not running (mode = \"replicate\"): start it, or set [database] mode = \"snapshot\""
-                            .into(),
-                    )
-                }
-                Some(lag) if lag > self.db.max_lag => {
+            let Some(r) = &s.replication else {
+                return GateResult::Hold("replication state unknown".into());
+            };
+            let arrow = expected.map(|d| d.arrow()).unwrap_or("blue -> green");
+            match (r.state, r.direction) {
+                (ReplicationState::Streaming, d) if expected.is_none() || d == expected => {}
+                (ReplicationState::None, _) => {
                     return GateResult::Hold(format!(
-                        "replication lag {lag:?} is above max_lag {:?}",
-                        self.db.max_lag
+                        "replication {arrow} is not set up: `switchyard ctl start` sets it up while preparing, or run `switchyard sync replicate`"
                     ))
                 }
-                Some(_) => {}
+                (ReplicationState::Inconsistent, _) => {
+                    return GateResult::Hold(
+                        "replication objects of both directions exist (an interrupted cutover): see `switchyard sync status`".into(),
+                    )
+                }
+                (state, d) => {
+                    return GateResult::Hold(format!(
+                        "replication {arrow} is not streaming (it is {}{}){}",
+                        match state {
+                            ReplicationState::Stopped => "stopped",
+                            _ => "running the other way",
+                        },
+                        d.map(|d| format!(", {}", d.arrow())).unwrap_or_default(),
+                        if r.unreachable.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; unreachable: {}", r.unreachable.join("; "))
+                        }
+                    ))
+                }
+            }
+            if let Some(lag) = s.replication_lag() {
+                if lag > self.db.max_lag {
+                    return GateResult::Hold(format!(
+                        "replication lag {:.3}s is above max_lag {}",
+                        lag.as_secs_f64(),
+                        switchyard_config::format_duration(self.db.max_lag)
+                    ));
+                }
             }
         }
         GateResult::Pass
+    }
+
+    /// Renders the database metrics from the last reading.
+    fn metrics(&self, out: &mut String) {
+        let last = self.last.load();
+        let Some(Ok(s)) = last.as_ref().map(|r| &r.result) else {
+            return;
+        };
+        let open = matches!(self.judge(&Ok(s.clone()), None), GateResult::Pass);
+        let _ = writeln!(out, "# HELP switchyard_database_gate_open 1 when the database gate lets the rollout advance.\n# TYPE switchyard_database_gate_open gauge\nswitchyard_database_gate_open {}", u8::from(open));
+        let _ = writeln!(out, "# HELP switchyard_database_verified 1 when green is verified at its current schema version.\n# TYPE switchyard_database_verified gauge\nswitchyard_database_verified {}", u8::from(s.verified));
+        if let Some(r) = &s.replication {
+            let dir = r.direction.map(|d| match d {
+                replicate::Direction::Forward => "blue_to_green",
+                replicate::Direction::Reverse => "green_to_blue",
+            });
+            let _ = writeln!(out, "# HELP switchyard_replication_streaming 1 when the replica's subscription is connected and streaming.\n# TYPE switchyard_replication_streaming gauge\nswitchyard_replication_streaming {}", u8::from(r.state == ReplicationState::Streaming));
+            if let (Some(d), Some(b)) = (dir, r.lag_bytes) {
+                let _ = writeln!(out, "# HELP switchyard_replication_lag_bytes WAL bytes the replica has not applied yet.\n# TYPE switchyard_replication_lag_bytes gauge\nswitchyard_replication_lag_bytes{{direction=\"{d}\"}} {b}");
+            }
+            if let (Some(d), Some(l)) = (dir, r.lag_seconds) {
+                let _ = writeln!(out, "# HELP switchyard_replication_lag_seconds How far the replica is behind the primary.\n# TYPE switchyard_replication_lag_seconds gauge\nswitchyard_replication_lag_seconds{{direction=\"{d}\"}} {l}");
+            }
+            if let (Some(d), Some(w)) = (dir, r.retained_wal_bytes) {
+                let _ = writeln!(out, "# HELP switchyard_replication_slot_retained_wal_bytes WAL the primary keeps for switchyard's slot.\n# TYPE switchyard_replication_slot_retained_wal_bytes gauge\nswitchyard_replication_slot_retained_wal_bytes{{direction=\"{d}\"}} {w}");
+            }
+        }
     }
 }
 
@@ -108,11 +285,33 @@ impl Gate for DatabaseGate {
         "database"
     }
 
-    fn check<'a>(&'a self, _ctx: &'a GateContext) -> GateFuture<'a> {
+    fn check<'a>(&'a self, ctx: &'a GateContext) -> GateFuture<'a> {
         Box::pin(async move {
+            let expected = crate::cutover::direction_from(ctx.candidate.other());
             let status = self.read().await;
-            self.judge(&status)
+            let verdict = self.judge(&status, Some(expected));
+            if verdict != GateResult::Pass || self.db.mode != SyncMode::Replicate {
+                return verdict;
+            }
+            // Measured, not estimated: did the replica apply everything the
+            // primary had written when we asked, within max_lag?
+            match replicate::wait_caught_up(&self.db, expected, self.db.max_lag).await {
+                Ok(CatchUp::CaughtUp { .. }) => GateResult::Pass,
+                Ok(CatchUp::Behind { lsn, lag_bytes, .. }) => GateResult::Hold(format!(
+                    "replication lag is above max_lag {}: {} had not applied {}'s WAL up to {lsn} after {} ({} bytes behind)",
+                    switchyard_config::format_duration(self.db.max_lag),
+                    expected.target(),
+                    expected.source(),
+                    switchyard_config::format_duration(self.db.max_lag),
+                    lag_bytes.map(|b| b.to_string()).unwrap_or_else(|| "unknown".into())
+                )),
+                Err(e) => GateResult::Hold(format!("cannot measure replication lag: {e}")),
+            }
         })
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        self.metrics(out)
     }
 
     fn status(&self) -> Option<Value> {
@@ -124,7 +323,7 @@ impl Gate for DatabaseGate {
         let Some(reading) = last.as_ref() else {
             return Some(json!({ "mode": mode, "gate": "unknown", "reason": "not read yet" }));
         };
-        let (gate, reason) = match self.judge(&reading.result) {
+        let (gate, reason) = match self.judge(&reading.result, None) {
             GateResult::Pass => ("pass", Value::Null),
             GateResult::Hold(why) => ("hold", Value::String(why)),
         };
@@ -132,8 +331,8 @@ impl Gate for DatabaseGate {
             "mode": mode,
             "gate": gate,
             "reason": reason,
-            "max_lag_ms": self.db.max_lag.as_millis() as u64,
-            "checked_at_ms": reading.at_ms,
+            "max_lag_seconds": self.db.max_lag.as_secs_f64(),
+            "checked_at": crate::events::rfc3339(reading.at_ms),
         });
         if let Ok(s) = &reading.result {
             v["verified"] = json!(s.verified);
@@ -141,7 +340,20 @@ impl Gate for DatabaseGate {
             v["latest_migration"] = json!(s.latest_migration);
             v["verified_version"] = json!(s.verified_version);
             v["verified_at"] = json!(s.verified_at);
-            v["replication_lag_ms"] = json!(s.replication_lag().map(|l| l.as_millis() as u64));
+            v["clone"] = json!(s.clone);
+            v["replication"] = match &s.replication {
+                Some(r) => json!({
+                    "state": r.state,
+                    "direction": r.direction.map(|d| d.arrow()),
+                    "lag_bytes": r.lag_bytes,
+                    "lag_seconds": r.lag_seconds,
+                    "retained_wal_bytes": r.retained_wal_bytes,
+                    "wal_status": r.wal_status,
+                    "objects": r.objects,
+                    "unreachable": r.unreachable,
+                }),
+                None => Value::Null,
+            };
         }
         Some(v)
     }
@@ -151,6 +363,10 @@ impl Gate for DatabaseGate {
 mod tests {
     use super::*;
 
+    fn judge(g: &DatabaseGate, s: &Result<GateStatus, String>) -> GateResult {
+        g.judge(s, Some(replicate::Direction::Forward))
+    }
+
     fn gate(mode: SyncMode) -> DatabaseGate {
         DatabaseGate {
             db: DatabaseConfig {
@@ -159,6 +375,19 @@ mod tests {
             },
             last: ArcSwapOption::empty(),
         }
+    }
+
+    fn with_state(
+        mut s: Result<GateStatus, String>,
+        state: ReplicationState,
+        dir: Option<replicate::Direction>,
+    ) -> Result<GateStatus, String> {
+        if let Ok(g) = &mut s {
+            let r = g.replication.as_mut().expect("replication");
+            r.state = state;
+            r.direction = dir;
+        }
+        s
     }
 
     fn status(verified: bool, lag: Option<Duration>) -> Result<GateStatus, String> {
@@ -197,20 +426,48 @@ mod tests {
     #[test]
     fn snapshot_mode_needs_verification_only() {
         let g = gate(SyncMode::Snapshot);
-        assert_eq!(g.judge(&status(true, None)), GateResult::Pass);
-        assert!(held(g.judge(&status(false, None))).contains("never verified"));
-        assert!(held(g.judge(&Err("connection refused".into()))).contains("connection refused"));
+        assert_eq!(judge(&g, &status(true, None)), GateResult::Pass);
+        assert!(held(judge(&g, &status(false, None))).contains("never verified"));
+        assert!(held(judge(&g, &Err("connection refused".into()))).contains("connection refused"));
     }
 
     #[test]
     fn replicate_mode_also_needs_replication_within_max_lag() {
         let g = gate(SyncMode::Replicate);
-        assert!(held(g.judge(&status(true, None))).contains("not running"));
+        assert!(held(judge(&g, &status(true, None))).contains("unknown"));
+        let ok = || status(true, Some(Duration::from_millis(1)));
         assert!(
-            held(g.judge(&status(true, Some(Duration::from_secs(3))))).contains("above max_lag")
+            held(judge(&g, &with_state(ok(), ReplicationState::None, None))).contains("not set up")
+        );
+        assert!(held(judge(
+            &g,
+            &with_state(
+                ok(),
+                ReplicationState::Stopped,
+                Some(replicate::Direction::Forward)
+            )
+        ))
+        .contains("not streaming (it is stopped"));
+        assert!(held(judge(
+            &g,
+            &with_state(
+                ok(),
+                ReplicationState::Streaming,
+                Some(replicate::Direction::Reverse)
+            )
+        ))
+        .contains("running the other way"));
+        assert!(held(judge(
+            &g,
+            &with_state(ok(), ReplicationState::Inconsistent, None)
+        ))
+        .contains("interrupted cutover"));
+        assert!(held(judge(&g, &status(false, Some(Duration::ZERO)))).contains("not verified"));
+        assert!(
+            held(judge(&g, &status(true, Some(Duration::from_secs(3))))).contains("above max_lag")
         );
         assert_eq!(
-            g.judge(&status(true, Some(Duration::from_millis(200)))),
+            judge(&g, &status(true, Some(Duration::from_millis(200)))),
             GateResult::Pass
         );
     }

@@ -22,8 +22,9 @@ pub struct Event {
     /// `X-Switchyard-Actor` header said, e.g. `ctl:alice`).
     pub actor: String,
     /// What: `rollout_started`, `step_advanced`, `paused`, `resumed`,
-    /// `rolled_back`, `aborted`, `cutover`, `promoted`, `weights_set`,
-    /// `state_restored`.
+    /// `rolled_back`, `aborted`, `cutover`, `cutover_started`,
+    /// `cutover_completed`, `cutover_timed_out`, `promoted`, `weights_set`,
+    /// `database_step`, `database_cleanup`, `state_restored`.
     pub kind: String,
     /// The rollout state after the change.
     pub state: Phase,
@@ -33,6 +34,17 @@ pub struct Event {
     pub weights: EventWeights,
     /// Why, when there is a reason.
     pub reason: Option<String>,
+    /// How long writes were held (`cutover_completed`, `cutover_timed_out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_ms: Option<u64>,
+    /// How many writes waited at the hold (`cutover_completed`, `cutover_timed_out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_requests: Option<u64>,
+    /// Structured details of the event, e.g. the database step and its
+    /// state for `database_step`, or the database switch for
+    /// `cutover_completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }
 
 /// Weights in percent, as the API shows them.

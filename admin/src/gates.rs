@@ -53,6 +53,12 @@ pub trait Gate: Send + Sync + 'static {
     fn status(&self) -> Option<serde_json::Value> {
         None
     }
+    /// Appends the gate's own metrics (Prometheus text) to `out`; called on
+    /// every `GET /metrics`, so answer from a cached reading. The default
+    /// has none.
+    fn render_metrics(&self, out: &mut String) {
+        let _ = out;
+    }
 }
 
 /// The `[webhooks] confirm` gate: POSTs the increase as JSON; a 2xx answer

@@ -11,9 +11,11 @@
 pub mod analysis;
 mod api;
 mod controller;
+mod cutover;
 pub mod database;
 pub mod events;
 pub mod gates;
+mod preparing;
 pub mod rollout;
 pub mod store;
 mod webhook;
@@ -29,7 +31,7 @@ use arc_swap::ArcSwap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use switchyard_config::{Config, RolloutConfig, WebhooksConfig};
+use switchyard_config::{Config, DatabaseConfig, RolloutConfig, SyncMode, WebhooksConfig};
 use switchyard_proxy::DataPlane;
 
 use events::{EventWeights, Hub};
@@ -75,6 +77,7 @@ pub(crate) struct Settings {
     pub metrics_auth: bool,
     pub rollout: RolloutConfig,
     pub webhooks: WebhooksConfig,
+    pub database: Option<DatabaseConfig>,
 }
 
 /// What the controller currently thinks, for status (not persisted).
@@ -97,6 +100,7 @@ pub(crate) struct Inner {
     pub gates: Mutex<Vec<Arc<dyn Gate>>>,
     pub live: Mutex<Live>,
     pub rollbacks: AtomicU64,
+    pub db: database::DbLiveCell,
 }
 
 impl Inner {
@@ -127,6 +131,9 @@ impl Inner {
             step: next.rollout.step,
             weights: EventWeights::of(next.green_bp),
             reason: change.reason.clone(),
+            held_ms: change.extra.held_ms,
+            held_requests: change.extra.held_requests,
+            detail: change.extra.detail.clone(),
         });
         let urgent = matches!(change.kind, "rolled_back" | "aborted");
         if urgent {
@@ -152,6 +159,9 @@ impl Inner {
         }
         *guard = next.clone();
         drop(guard);
+        if matches!(change.kind, "aborted" | "rolled_back") {
+            self.db.lock().cleanup_wanted = true;
+        }
         if change.kind == "rolled_back" {
             self.rollbacks.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(reason = ?event.reason, "rollout rolled back");
@@ -165,6 +175,39 @@ impl Inner {
         }
         self.hub.publish(event);
         Ok(next)
+    }
+}
+
+impl Inner {
+    /// Performs an operator action (the API and [`ControlPlane::act`]).
+    pub(crate) fn act(
+        &self,
+        action: Action,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<PersistedState, TransitionError> {
+        let settings = self.settings.load();
+        let steps = settings.rollout.steps.0.clone();
+        // With reverse sync, the previous colour's database keeps up after
+        // a promotion, so `abort` can still move back to it.
+        let cut_back = settings
+            .database
+            .as_ref()
+            .is_some_and(|d| d.mode == SyncMode::Replicate && d.reverse);
+        if self.db.lock().cutover_running {
+            let timeout = settings
+                .database
+                .as_ref()
+                .map(|d| switchyard_config::format_duration(d.cutover_timeout))
+                .unwrap_or_default();
+            return Err(TransitionError::Conflict(format!(
+                "cannot {} while the database cutover runs (writes are held for at most {timeout}): try again in a moment",
+                action.as_str()
+            )));
+        }
+        self.transition(actor, |s| {
+            rollout::apply(s, action, &steps, reason, events::now_ms(), cut_back)
+        })
     }
 }
 
@@ -187,6 +230,18 @@ impl ControlPlane {
         let (store, opened) = Store::open(&config.state.path)?;
         let state = store.current();
         dp.set_green_bp(state.green_bp);
+        database::apply_writer(&dp, config.database.as_ref(), state.stable);
+        if state.rollout.phase == Phase::Cutover
+            && config
+                .database
+                .as_ref()
+                .is_some_and(|d| d.writes == switchyard_config::WritePolicy::Stable)
+        {
+            // A cutover was under way when switchyard stopped: no write may
+            // reach either database until the controller has settled which
+            // one is the primary (it does so at its first tick).
+            dp.hold_writes();
+        }
         match &opened {
             Opened::FromBackup { damaged, reason } => tracing::warn!(
                 state = %config.state.path.display(), damaged = %damaged.display(), %reason,
@@ -207,7 +262,10 @@ impl ControlPlane {
             gates: Mutex::new(Vec::new()),
             live: Mutex::new(Live::default()),
             rollbacks: AtomicU64::new(0),
+            db: database::DbLiveCell::default(),
         });
+        // An abort whose cleanup may not have run before a restart.
+        inner.db.lock().cleanup_wanted = state.rollout.phase == Phase::Aborted;
         // Subscribe before the first event so the notify hook sees it.
         let notify_rx = inner.hub.subscribe();
         if let Opened::FromBackup { damaged, reason } = opened {
@@ -216,12 +274,7 @@ impl ControlPlane {
                 store::backup_path(&config.state.path).display(),
                 damaged.display()
             );
-            let _ = inner.transition("startup", |_| {
-                Ok(Change {
-                    kind: "state_restored",
-                    reason: Some(why),
-                })
-            });
+            let _ = inner.transition("startup", |_| Ok(Change::new("state_restored", Some(why))));
         }
         tokio::spawn(controller::run(Arc::downgrade(&inner)));
         tokio::spawn(webhook::notify_loop(inner.clone(), notify_rx));
@@ -265,10 +318,7 @@ impl ControlPlane {
         reason: Option<String>,
         actor: &str,
     ) -> Result<PersistedState, TransitionError> {
-        let steps = self.inner.settings.load().rollout.steps.0.clone();
-        self.inner.transition(actor, |s| {
-            rollout::apply(s, action, &steps, reason, events::now_ms())
-        })
+        self.inner.act(action, reason, actor)
     }
 
     /// The persisted state now (weights, rollout, history).
@@ -302,6 +352,10 @@ impl ControlPlane {
     /// The state file path is not changed by a reload.
     pub fn reload(&self, config: &Config) {
         self.inner.settings.store(Arc::new(settings_of(config)));
+        if !self.inner.db.lock().cutover_running {
+            let stable = self.inner.store.lock().stable;
+            database::apply_writer(&self.inner.dp, config.database.as_ref(), stable);
+        }
     }
 
     /// The data plane this control plane drives.
@@ -316,6 +370,7 @@ fn settings_of(config: &Config) -> Settings {
         metrics_auth: config.admin.metrics_auth,
         rollout: config.rollout.clone(),
         webhooks: config.webhooks.clone(),
+        database: config.database.clone(),
     }
 }
 

@@ -80,6 +80,12 @@ pub struct Rollout {
     pub step_started_ms: u64,
     /// Why the last transition happened (a breach, an operator's reason).
     pub reason: Option<String>,
+    /// The candidate's weight before cutover began, restored when the
+    /// database switch cannot finish.
+    pub pre_cutover_bp: Option<u32>,
+    /// This cutover goes back to the colour that was stable before the last
+    /// promotion (`abort` after cutover); it ends as `aborted`.
+    pub back: bool,
 }
 
 /// An operator action on the rollout.
@@ -127,16 +133,40 @@ impl Action {
 pub struct Conflict(pub String);
 
 /// What a transition did: the event kind and its reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Change {
     /// Event kind, e.g. `step_advanced`.
     pub kind: &'static str,
     /// Why, if known.
     pub reason: Option<String>,
+    /// Extra fields for the event (held writes, database details).
+    pub extra: EventExtra,
+}
+
+/// Optional event fields a change may carry.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventExtra {
+    /// How long writes were held.
+    pub held_ms: Option<u64>,
+    /// How many writes waited.
+    pub held_requests: Option<u64>,
+    /// Structured details.
+    pub detail: Option<serde_json::Value>,
+}
+
+impl Change {
+    /// A change of `kind` with `reason`.
+    pub fn new(kind: &'static str, reason: Option<String>) -> Change {
+        Change {
+            kind,
+            reason,
+            extra: EventExtra::default(),
+        }
+    }
 }
 
 fn change(kind: &'static str, reason: Option<String>) -> Result<Change, Conflict> {
-    Ok(Change { kind, reason })
+    Ok(Change::new(kind, reason))
 }
 
 fn conflict(action: &str, phase: Phase, hint: &str) -> Result<Change, Conflict> {
@@ -160,13 +190,16 @@ pub fn step_at_or_above(steps: &[Step], bp: u32) -> usize {
 }
 
 /// Applies an operator action. `steps` must not be empty (config validation
-/// guarantees it).
+/// guarantees it). `cut_back` says whether an `abort` after promotion can
+/// move back to the previous colour (a database with reverse sync keeps it
+/// up to date); without it there is nothing to abort once promoted.
 pub fn apply(
     s: &mut PersistedState,
     action: Action,
     steps: &[Step],
     reason: Option<String>,
     now_ms: u64,
+    cut_back: bool,
 ) -> Result<Change, Conflict> {
     let phase = s.rollout.phase;
     match action {
@@ -177,6 +210,7 @@ pub fn apply(
                     step: None,
                     step_started_ms: now_ms,
                     reason: reason.clone(),
+                    ..Rollout::default()
                 };
                 change("rollout_started", reason)
             }
@@ -228,12 +262,29 @@ pub fn apply(
                 stop(s, reason.clone());
                 change("aborted", Some(reason))
             }
+            Phase::Promoted if cut_back => {
+                // A cutover in the other direction: writes are held, the
+                // previous colour's database catches up with reverse sync,
+                // and only then do writes and weights move back.
+                let reason = reason.unwrap_or_else(|| "aborted by operator after cutover".into());
+                s.rollout = Rollout {
+                    phase: Phase::Cutover,
+                    step: None,
+                    step_started_ms: now_ms,
+                    reason: Some(reason.clone()),
+                    pre_cutover_bp: None,
+                    back: true,
+                };
+                change("cutover", Some(reason))
+            }
             _ => conflict("abort", phase, "no rollout is under way"),
         },
     }
 }
 
 fn enter_cutover(s: &mut PersistedState, steps: &[Step], now_ms: u64, reason: Option<String>) {
+    s.rollout.pre_cutover_bp = Some(s.candidate_bp());
+    s.rollout.back = false;
     s.set_candidate_bp(10_000);
     s.rollout.phase = Phase::Cutover;
     s.rollout.step = Some(steps.len().saturating_sub(1));
@@ -277,10 +328,7 @@ pub fn advance(s: &mut PersistedState, steps: &[Step], now_ms: u64) -> Change {
         (_, Some(i)) if i + 1 < steps.len() => i + 1,
         _ => {
             enter_cutover(s, steps, now_ms, None);
-            return Change {
-                kind: "cutover",
-                reason: Some("every step passed".into()),
-            };
+            return Change::new("cutover", Some("every step passed".into()));
         }
     };
     let target = steps[next].weight_bp.max(s.candidate_bp());
@@ -289,32 +337,46 @@ pub fn advance(s: &mut PersistedState, steps: &[Step], now_ms: u64) -> Change {
     s.rollout.step = Some(next);
     s.rollout.step_started_ms = now_ms;
     s.rollout.reason = None;
-    Change {
-        kind: "step_advanced",
-        reason: None,
-    }
+    Change::new("step_advanced", None)
 }
 
-/// Cutover done: the candidate takes all traffic and becomes stable.
+/// Cutover done: the candidate takes all traffic and becomes stable. A
+/// cutover back after a promotion (`abort`) ends as `aborted`.
 pub fn finish_cutover(s: &mut PersistedState) -> Change {
     s.set_candidate_bp(10_000);
     s.stable = s.candidate();
-    s.rollout.phase = Phase::Promoted;
     s.rollout.step = None;
-    Change {
-        kind: "promoted",
-        reason: s.rollout.reason.clone(),
+    s.rollout.pre_cutover_bp = None;
+    if std::mem::take(&mut s.rollout.back) {
+        s.rollout.phase = Phase::Aborted;
+        return Change::new("aborted", s.rollout.reason.clone());
     }
+    s.rollout.phase = Phase::Promoted;
+    Change::new("promoted", s.rollout.reason.clone())
+}
+
+/// The database switch of a cutover did not finish in time (or failed):
+/// writes stayed on the stable colour. A forward cutover pauses at the
+/// weight it had before; a cutover back returns to `promoted`.
+pub fn cutover_failed(s: &mut PersistedState, reason: String) -> Change {
+    if std::mem::take(&mut s.rollout.back) {
+        s.rollout.phase = Phase::Promoted;
+    } else {
+        if let Some(bp) = s.rollout.pre_cutover_bp {
+            s.set_candidate_bp(bp);
+        }
+        s.rollout.phase = Phase::Paused;
+    }
+    s.rollout.pre_cutover_bp = None;
+    s.rollout.reason = Some(reason.clone());
+    Change::new("cutover_timed_out", Some(reason))
 }
 
 /// A breach: the candidate gets no traffic, and the reason is kept.
 pub fn roll_back(s: &mut PersistedState, reason: String) -> Change {
     let reason = format!("rolled back: {reason}");
     stop(s, reason.clone());
-    Change {
-        kind: "rolled_back",
-        reason: Some(reason),
-    }
+    Change::new("rolled_back", Some(reason))
 }
 
 #[cfg(test)]
@@ -335,7 +397,7 @@ mod tests {
     fn a_rollout_walks_every_step_then_cuts_over_and_promotes() {
         let st = steps(&[1, 5, 25, 100]);
         let mut s = PersistedState::default();
-        apply(&mut s, Action::Start, &st, None, 1).unwrap();
+        apply(&mut s, Action::Start, &st, None, 1, false).unwrap();
         assert_eq!(s.rollout.phase, Phase::Preparing);
         assert_eq!(s.green_bp, 0);
         let mut seen = vec![];
@@ -351,7 +413,7 @@ mod tests {
         assert_eq!(s.stable, Colour::Green);
         assert_eq!(s.green_bp, 10_000);
         // The next rollout goes the other way: blue is the candidate.
-        apply(&mut s, Action::Start, &st, None, 4).unwrap();
+        apply(&mut s, Action::Start, &st, None, 4, false).unwrap();
         advance(&mut s, &st, 5);
         assert_eq!((s.candidate(), s.green_bp), (Colour::Blue, 9_900));
     }
@@ -362,30 +424,33 @@ mod tests {
         let mut s = PersistedState::default();
         for a in [Action::Pause, Action::Resume, Action::Abort] {
             let before = s.clone();
-            assert!(apply(&mut s, a, &st, None, 1).is_err(), "{a:?} in idle");
+            assert!(
+                apply(&mut s, a, &st, None, 1, false).is_err(),
+                "{a:?} in idle"
+            );
             assert_eq!(s, before);
         }
-        apply(&mut s, Action::Start, &st, None, 1).unwrap();
-        assert!(apply(&mut s, Action::Start, &st, None, 1).is_err());
-        assert!(apply(&mut s, Action::Resume, &st, None, 1).is_err());
-        apply(&mut s, Action::Abort, &st, None, 1).unwrap();
-        assert!(apply(&mut s, Action::Promote, &st, None, 1).is_err());
+        apply(&mut s, Action::Start, &st, None, 1, false).unwrap();
+        assert!(apply(&mut s, Action::Start, &st, None, 1, false).is_err());
+        assert!(apply(&mut s, Action::Resume, &st, None, 1, false).is_err());
+        apply(&mut s, Action::Abort, &st, None, 1, false).unwrap();
+        assert!(apply(&mut s, Action::Promote, &st, None, 1, false).is_err());
     }
 
     #[test]
     fn resume_continues_from_the_step_at_or_above_the_current_weight() {
         let st = steps(&[1, 5, 25, 50, 100]);
         let mut s = PersistedState::default();
-        apply(&mut s, Action::Start, &st, None, 1).unwrap();
+        apply(&mut s, Action::Start, &st, None, 1, false).unwrap();
         advance(&mut s, &st, 1);
         set_weights(&mut s, 1000).unwrap();
         assert_eq!(s.rollout.phase, Phase::Paused, "manual weights pause");
-        apply(&mut s, Action::Resume, &st, None, 9).unwrap();
+        apply(&mut s, Action::Resume, &st, None, 9, false).unwrap();
         assert_eq!(s.rollout.phase, Phase::Progressing);
         assert_eq!((s.rollout.step, s.green_bp), (Some(2), 2500));
         assert_eq!(s.rollout.step_started_ms, 9);
         set_weights(&mut s, 5000).unwrap();
-        apply(&mut s, Action::Resume, &st, None, 9).unwrap();
+        apply(&mut s, Action::Resume, &st, None, 9, false).unwrap();
         assert_eq!((s.rollout.step, s.green_bp), (Some(3), 5000));
     }
 
@@ -393,15 +458,23 @@ mod tests {
     fn a_breach_and_an_abort_take_the_candidate_to_zero_with_the_reason() {
         let st = steps(&[10, 50]);
         let mut s = PersistedState::default();
-        apply(&mut s, Action::Start, &st, None, 1).unwrap();
+        apply(&mut s, Action::Start, &st, None, 1, false).unwrap();
         advance(&mut s, &st, 1);
         advance(&mut s, &st, 1);
         let c = roll_back(&mut s, "error rate 0.5 > 0.05".into());
         assert_eq!(c.kind, "rolled_back");
         assert_eq!((s.rollout.phase, s.green_bp), (Phase::Aborted, 0));
         assert!(s.rollout.reason.as_deref().unwrap().contains("0.5 > 0.05"));
-        apply(&mut s, Action::Start, &st, None, 1).unwrap();
-        let c = apply(&mut s, Action::Abort, &st, Some("bad build".into()), 1).unwrap();
+        apply(&mut s, Action::Start, &st, None, 1, false).unwrap();
+        let c = apply(
+            &mut s,
+            Action::Abort,
+            &st,
+            Some("bad build".into()),
+            1,
+            false,
+        )
+        .unwrap();
         assert_eq!(c.reason.as_deref(), Some("bad build"));
     }
 
@@ -409,11 +482,62 @@ mod tests {
     fn promote_goes_to_everything_now_and_weights_are_refused_during_cutover() {
         let st = steps(&[10, 50]);
         let mut s = PersistedState::default();
-        apply(&mut s, Action::Start, &st, None, 1).unwrap();
-        apply(&mut s, Action::Promote, &st, None, 1).unwrap();
+        apply(&mut s, Action::Start, &st, None, 1, false).unwrap();
+        apply(&mut s, Action::Promote, &st, None, 1, false).unwrap();
         assert_eq!((s.rollout.phase, s.green_bp), (Phase::Cutover, 10_000));
         assert!(set_weights(&mut s, 0).is_err());
         finish_cutover(&mut s);
         assert_eq!(s.stable, Colour::Green);
+    }
+
+    #[test]
+    fn abort_after_promotion_cuts_back_only_with_reverse_sync_and_ends_aborted() {
+        let st = steps(&[10, 100]);
+        let mut s = PersistedState::default();
+        apply(&mut s, Action::Start, &st, None, 1, true).unwrap();
+        apply(&mut s, Action::Promote, &st, None, 1, true).unwrap();
+        finish_cutover(&mut s);
+        assert!(apply(&mut s, Action::Abort, &st, None, 2, false).is_err());
+        let c = apply(&mut s, Action::Abort, &st, Some("bad".into()), 2, true).unwrap();
+        assert_eq!(c.kind, "cutover");
+        assert_eq!(
+            (s.rollout.phase, s.candidate()),
+            (Phase::Cutover, Colour::Blue)
+        );
+        assert_eq!(
+            s.green_bp, 10_000,
+            "weights move back only once the database did"
+        );
+        // The database switch times out: still promoted, on green.
+        let mut timed_out = s.clone();
+        cutover_failed(&mut timed_out, "blue did not catch up".into());
+        assert_eq!(timed_out.rollout.phase, Phase::Promoted);
+        assert_eq!(
+            (timed_out.stable, timed_out.green_bp),
+            (Colour::Green, 10_000)
+        );
+        let c = finish_cutover(&mut s);
+        assert_eq!(c.kind, "aborted");
+        assert_eq!(
+            (s.stable, s.green_bp, s.rollout.phase),
+            (Colour::Blue, 0, Phase::Aborted)
+        );
+    }
+
+    #[test]
+    fn a_forward_cutover_that_times_out_pauses_at_the_weight_it_had() {
+        let st = steps(&[10, 50, 100]);
+        let mut s = PersistedState::default();
+        apply(&mut s, Action::Start, &st, None, 1, true).unwrap();
+        advance(&mut s, &st, 1);
+        advance(&mut s, &st, 1);
+        apply(&mut s, Action::Promote, &st, None, 1, true).unwrap();
+        assert_eq!(s.green_bp, 10_000);
+        let c = cutover_failed(&mut s, "green did not catch up".into());
+        assert_eq!(c.kind, "cutover_timed_out");
+        assert_eq!(
+            (s.rollout.phase, s.green_bp, s.stable),
+            (Phase::Paused, 5000, Colour::Blue)
+        );
     }
 }

@@ -57,6 +57,7 @@ pub struct PersistedState {
     pub stable: Colour,
     /// Where the rollout state machine is.
     pub rollout: Rollout,
+
     /// The most recent events, oldest first.
     pub history: VecDeque<Event>,
     /// Sequence number the next event gets.

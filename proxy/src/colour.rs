@@ -59,3 +59,11 @@ impl serde::Serialize for Colour {
         s.serialize_str(self.as_str())
     }
 }
+
+impl<'de> serde::Deserialize<'de> for Colour {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Colour, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Colour::parse(s.as_bytes())
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not blue or green")))
+    }
+}

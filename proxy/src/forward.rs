@@ -17,6 +17,7 @@ use std::time::Instant;
 use crate::body::{ProxyBody, RequestBody};
 use crate::headers::{add_forwarded, is_upgrade, strip_hop_by_hop};
 use crate::pool::{connect_tcp, Checkout, Upstream};
+use crate::recent_writes::RecentWrites;
 use crate::stats::Outcome;
 use crate::write_gate::is_write;
 use crate::{Colour, Routing, Shared};
@@ -56,8 +57,29 @@ pub(crate) async fn handle(
     let mut choice = routing
         .router
         .choose(req.headers(), conn.peer.ip(), routing.green_bp);
-    if let (Some(writer), Some(_)) = (routing.writer, &write_guard) {
-        choice.colour = writer;
+    if let Some(writer) = routing.writer {
+        // Writes go to the colour whose database is the primary; with
+        // read-your-writes, so do the writer's reads for a while after.
+        let ryw = routing.settings.read_your_writes;
+        if write_guard.is_some() {
+            choice.colour = writer;
+            if !ryw.is_zero() {
+                let key = routing.router.client_key(req.headers(), conn.peer.ip());
+                shared
+                    .recent_writes
+                    .get_or_init(RecentWrites::new)
+                    .wrote(key);
+            }
+        } else if !ryw.is_zero() && choice.colour != writer && !choice.pinned {
+            let key = routing.router.client_key(req.headers(), conn.peer.ip());
+            if shared
+                .recent_writes
+                .get()
+                .is_some_and(|r| r.wrote_within(key, ryw))
+            {
+                choice.colour = writer;
+            }
+        }
     }
     let colour = choice.colour;
     let started = Instant::now();

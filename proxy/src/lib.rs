@@ -18,6 +18,7 @@ mod health;
 mod listener;
 mod metrics;
 pub mod pool;
+mod recent_writes;
 pub mod router;
 pub mod stats;
 mod write_gate;
@@ -68,6 +69,8 @@ pub(crate) struct Settings {
     upstream_timeout: Duration,
     retries: u32,
     ejection: pool::Ejection,
+    /// After a client's write, its reads follow the writer this long.
+    read_your_writes: Duration,
 }
 
 /// One immutable routing snapshot: weights, rules and pools.
@@ -98,6 +101,8 @@ pub(crate) struct Shared {
     routing: ArcSwap<Routing>,
     stats: Stats,
     gate: write_gate::WriteGate,
+    /// Who wrote recently (read-your-writes); created on first use.
+    recent_writes: std::sync::OnceLock<recent_writes::RecentWrites>,
 }
 
 /// The handle the control plane uses to drive the data plane. Cheap to clone.
@@ -126,6 +131,8 @@ impl Weights {
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct WriteGateStatus {
     pub held: bool,
+    /// Writes that have had to wait at the gate since the process started.
+    pub held_total: u64,
     /// Writes forwarded and not yet answered.
     pub in_flight: usize,
     /// Writes waiting at the held gate.
@@ -154,6 +161,7 @@ impl DataPlane {
             routing: ArcSwap::from_pointee(routing),
             stats: Stats::new(config.rollout.analysis.window),
             gate: write_gate::WriteGate::default(),
+            recent_writes: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&shared);
         let slot = shared.stats.slot_length();
@@ -240,6 +248,7 @@ impl DataPlane {
         let g = &self.shared.gate;
         WriteGateStatus {
             held: g.is_held(),
+            held_total: g.held_total(),
             in_flight: g.in_flight(),
             waiting: g.waiting(),
             writer: self.writer(),
@@ -328,6 +337,11 @@ fn build_routing(
                 max_fails: config.proxy.max_fails,
                 fail_timeout: config.proxy.fail_timeout,
             },
+            read_your_writes: config
+                .database
+                .as_ref()
+                .map(|d| d.read_your_writes)
+                .unwrap_or_default(),
         },
     })
 }

@@ -120,6 +120,24 @@ impl RouterConfig {
         }
     }
 
+    /// A 64-bit hash identifying the client for read-your-writes: its sticky
+    /// key (cookie, header, or in cookie mode the bucket cookie), else its IP.
+    pub fn client_key(&self, headers: &HeaderMap, client: IpAddr) -> u64 {
+        let key = match (&self.sticky, &self.key) {
+            (StickyMode::Cookie, _) => cookie(headers, &self.cookie_name),
+            (_, Key::Cookie(name)) => cookie(headers, name),
+            (_, Key::Header(name)) => headers.get(name).map(|v| v.as_bytes()),
+            (_, Key::ClientIp) => None,
+        };
+        match key {
+            Some(k) => hash64(k),
+            None => match client {
+                IpAddr::V4(v4) => hash64(&v4.octets()),
+                IpAddr::V6(v6) => hash64(&v6.octets()),
+            },
+        }
+    }
+
     fn hashed_bucket(&self, headers: &HeaderMap, client: IpAddr) -> u32 {
         match &self.key {
             Key::Cookie(name) => cookie(headers, name)
@@ -141,6 +159,10 @@ impl RouterConfig {
 /// similar keys ("user1", "user2") spread evenly. Stable across versions and
 /// instances: changing it would move users between colours.
 pub fn bucket_of(key: &[u8]) -> u32 {
+    (hash64(key) % u64::from(BUCKETS)) as u32
+}
+
+fn hash64(key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in key {
         h ^= u64::from(b);
@@ -151,7 +173,7 @@ pub fn bucket_of(key: &[u8]) -> u32 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^= h >> 33;
-    (h % u64::from(BUCKETS)) as u32
+    h
 }
 
 fn random_bucket() -> u32 {

@@ -6,13 +6,13 @@
 //! snapshot. Reads are never held.
 
 use http::Method;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Longest a request waits at a held gate before it proceeds anyway: a
 /// safety net should the control plane never release it.
-pub(crate) const MAX_HOLD: Duration = Duration::from_secs(60);
+pub(crate) const MAX_HOLD: Duration = switchyard_config::MAX_WRITE_HOLD;
 
 /// Whether a request with this method may write.
 pub(crate) fn is_write(m: &Method) -> bool {
@@ -27,6 +27,7 @@ pub(crate) struct WriteGate {
     held: AtomicBool,
     in_flight: AtomicUsize,
     waiting: AtomicUsize,
+    held_total: AtomicU64,
     released: Notify,
     drained: Notify,
 }
@@ -58,6 +59,7 @@ impl WriteGate {
             }
             drop(InFlightWrite { gate: self });
             self.waiting.fetch_add(1, SeqCst);
+            self.held_total.fetch_add(1, SeqCst);
             let _ = tokio::time::timeout_at(deadline, async {
                 loop {
                     let notified = self.released.notified();
@@ -91,6 +93,10 @@ impl WriteGate {
 
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(SeqCst)
+    }
+
+    pub(crate) fn held_total(&self) -> u64 {
+        self.held_total.load(SeqCst)
     }
 
     /// Waits until no write is in flight, or `timeout` passes; returns

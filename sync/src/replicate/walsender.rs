@@ -21,8 +21,8 @@ use tokio_postgres::config::Host;
 use crate::error::{Side, SyncError};
 use crate::pg;
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
 /// An open replication connection.
 pub struct WalSender {

@@ -1,0 +1,182 @@
+//! Cutover with `[database]`: the controller holds new writes at the proxy,
+//! lets in-flight writes finish, has `switchyard_sync::cutover` make the
+//! candidate's database the primary (replicate mode), switches the writer
+//! colour, and releases the held requests, which then go to the new writer.
+//! The hold is reported as `cutover_completed` with `held_ms` and
+//! `held_requests`.
+//!
+//! Past `cutover_timeout` (or on any failure before the database switch is
+//! committed) the held writes are released to the old writer, nothing having
+//! changed, and the rollout pauses (`cutover_timed_out`): nothing is lost
+//! and no request is answered with an error.
+//!
+//! A restart in the middle finds the rollout still in `cutover` and runs
+//! this again: writes are held from start-up until it is resolved, and the
+//! database switch recognises one that already committed.
+
+use serde_json::json;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+use switchyard_config::{DatabaseConfig, SyncMode, WritePolicy};
+use switchyard_proxy::Colour;
+use switchyard_sync::replicate::Direction;
+
+use crate::database::CutoverRecord;
+use crate::rollout::{self, Change, Conflict, Phase};
+use crate::{events, Inner};
+
+/// Starts the cutover task for the cutover that began at `started_ms`,
+/// unless it already runs (or ran) for it.
+pub(crate) fn ensure_running(inner: &Arc<Inner>, started_ms: u64, db: &DatabaseConfig) {
+    let mut live = inner.db.lock();
+    if live.cutover_for == Some(started_ms) {
+        return;
+    }
+    live.cutover_for = Some(started_ms);
+    live.cutover_running = true;
+    let weak = Arc::downgrade(inner);
+    let db = db.clone();
+    tokio::spawn(async move {
+        run(weak.clone(), started_ms, db).await;
+        if let Some(inner) = weak.upgrade() {
+            inner.db.lock().cutover_running = false;
+        }
+    });
+}
+
+/// The direction replication runs while `stable`'s database is the primary.
+pub(crate) fn direction_from(stable: Colour) -> Direction {
+    match stable {
+        Colour::Blue => Direction::Forward,
+        Colour::Green => Direction::Reverse,
+    }
+}
+
+async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
+    let Some(inner) = weak.upgrade() else { return };
+    let (stable, candidate, back) = {
+        let s = inner.store.lock();
+        if s.rollout.phase != Phase::Cutover || s.rollout.step_started_ms != started_ms {
+            return;
+        }
+        (s.stable, s.candidate(), s.rollout.back)
+    };
+    let dp = inner.dp.clone();
+    let pin = db.writes == WritePolicy::Stable;
+    let _ = inner.transition("controller", |_| {
+        let mut c = Change::new(
+            "cutover_started",
+            Some(format!(
+                "holding writes while {candidate}'s database becomes the primary (at most {})",
+                switchyard_config::format_duration(db.cutover_timeout)
+            )),
+        );
+        c.extra.detail = Some(json!({ "from": stable, "to": candidate, "back": back }));
+        Ok(c)
+    });
+    let started = Instant::now();
+    let deadline = started + db.cutover_timeout;
+    let held_before = dp.write_gate().held_total;
+    if pin {
+        dp.hold_writes();
+    }
+    let outcome: Result<Option<switchyard_sync::cutover::SwitchReport>, String> = async {
+        if !dp
+            .writes_drained(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            return Err(format!(
+                "writes already sent to {stable} did not finish within cutover_timeout"
+            ));
+        }
+        if db.mode != SyncMode::Replicate {
+            return Ok(None);
+        }
+        switchyard_sync::cutover::switch(&db, direction_from(stable), deadline)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let Some(inner) = weak.upgrade() else {
+        dp.release_writes();
+        return;
+    };
+    match outcome {
+        Ok(report) => {
+            if pin {
+                dp.set_writer(Some(candidate));
+            }
+            let held_ms = started.elapsed().as_millis() as u64;
+            let held_requests = dp.write_gate().held_total - held_before;
+            // Persist the new primary before a single write reaches it.
+            let r = inner.transition("controller", |s| {
+                if s.rollout.phase != Phase::Cutover || s.rollout.step_started_ms != started_ms {
+                    return Err(Conflict("no longer in cutover".into()));
+                }
+                let mut c = rollout::finish_cutover(s);
+                c.extra.held_ms = Some(held_ms);
+                c.extra.held_requests = Some(held_requests);
+                Ok(c)
+            });
+            dp.release_writes();
+            if let Err(e) = r {
+                tracing::error!(error = %e, "the database switched, but the new state could not be recorded");
+            }
+            let _ = inner.transition("controller", |_| {
+                let mut c = Change::new(
+                    "cutover_completed",
+                    Some(format!(
+                        "{candidate} takes writes; writes were held {held_ms} ms ({held_requests} waited)"
+                    )),
+                );
+                c.extra.held_ms = Some(held_ms);
+                c.extra.held_requests = Some(held_requests);
+                c.extra.detail = report.as_ref().map(|r| json!(r));
+                Ok(c)
+            });
+            inner.db.lock().last_cutover = Some(CutoverRecord {
+                at: events::rfc3339(events::now_ms()),
+                completed: true,
+                held_ms,
+                held_requests,
+                reason: None,
+            });
+            tracing::info!(held_ms, held_requests, writer = %candidate, "cutover completed");
+            if let Some(report) = report {
+                // The old direction's objects are no longer needed.
+                let db = db.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = switchyard_sync::cutover::finish(&db, report.from).await {
+                        tracing::warn!(error = %e, "removing the old replication objects failed: run `switchyard sync cleanup` once you are done with reverse sync, or retry");
+                    }
+                });
+            }
+        }
+        Err(why) => {
+            dp.release_writes();
+            let held_ms = started.elapsed().as_millis() as u64;
+            let held_requests = dp.write_gate().held_total - held_before;
+            let reason = format!(
+                "cutover did not complete: {why}. Writes were released to {stable} after {held_ms} ms, nothing was lost; resume to try again"
+            );
+            tracing::warn!(%reason, "cutover timed out");
+            let _ = inner.transition("controller", |s| {
+                if s.rollout.phase != Phase::Cutover || s.rollout.step_started_ms != started_ms {
+                    return Err(Conflict("no longer in cutover".into()));
+                }
+                let mut c = rollout::cutover_failed(s, reason.clone());
+                c.extra.held_ms = Some(held_ms);
+                c.extra.held_requests = Some(held_requests);
+                Ok(c)
+            });
+            inner.db.lock().last_cutover = Some(CutoverRecord {
+                at: events::rfc3339(events::now_ms()),
+                completed: false,
+                held_ms,
+                held_requests,
+                reason: Some(why),
+            });
+        }
+    }
+}

@@ -58,6 +58,7 @@ blue = "{}"
 green = "{}"
 migrations = "{}"
 mode = "snapshot"
+prepare = "manual"
 "#,
             pair.blue(),
             pair.green(),

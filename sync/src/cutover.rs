@@ -49,6 +49,9 @@ pub struct SwitchReport {
     pub not_replicated: Vec<String>,
     /// Time per step, in milliseconds.
     pub steps: Vec<(String, u64)>,
+    /// The switch had already committed (switchyard stopped right after it):
+    /// nothing was done this time.
+    pub already_done: bool,
 }
 
 /// Why a switch did not happen. In every case the old primary is still the
@@ -98,6 +101,12 @@ pub async fn switch(
     bound(&new_primary, from.target(), deadline)
         .await
         .map_err(failed)?;
+    if let Some(report) = recover(db, from, &old_primary, &new_primary)
+        .await
+        .map_err(failed)?
+    {
+        return Ok(report);
+    }
     let mut steps = Vec::new();
     let mut t = Instant::now();
     let mut step = |name: &str| {
@@ -202,6 +211,7 @@ pub async fn switch(
             reverse: db.reverse,
             not_replicated,
             steps,
+            already_done: false,
         }),
         Err(e) => {
             // Undoing gets a few seconds of its own, past the deadline.
@@ -237,6 +247,62 @@ async fn bound(c: &Client, side: Side, until: Instant) -> Result<(), SyncError> 
         &format!("SET statement_timeout = {ms}; SET lock_timeout = {ms}"),
     )
     .await
+}
+
+/// Looks at what an earlier, interrupted switch left. One that committed
+/// (with reverse sync: the old primary subscribes to the new one; without:
+/// the old subscription is disabled) is reported as done. A partial one is
+/// undone (its reverse objects dropped, the old subscription enabled) so the
+/// switch can run from the start.
+async fn recover(
+    db: &DatabaseConfig,
+    from: Direction,
+    old: &Client,
+    new: &Client,
+) -> Result<Option<SwitchReport>, SyncError> {
+    let back = names(db, from.flipped());
+    let fwd = names(db, from);
+    let done = if db.reverse {
+        subscription_exists(old, from.source(), &back.subscription).await?
+    } else {
+        new.query_opt(
+            "SELECT 1 FROM pg_subscription WHERE subname = $1 AND NOT subenabled \
+               AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&fwd.subscription],
+        )
+        .await
+        .map_err(|e| SyncError::query(from.target(), "looking up the subscription", &e))?
+        .is_some()
+    };
+    if done {
+        return Ok(Some(SwitchReport {
+            from,
+            primary: from.target(),
+            caught_up_lsn: String::new(),
+            catch_up_ms: 0,
+            sequences: 0,
+            reverse: db.reverse,
+            not_replicated: Vec::new(),
+            steps: Vec::new(),
+            already_done: true,
+        }));
+    }
+    let undo = Undo {
+        publication: true,
+        disabled: new
+            .query_opt(
+                "SELECT 1 FROM pg_subscription WHERE subname = $1 AND NOT subenabled \
+                   AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[&fwd.subscription],
+            )
+            .await
+            .map_err(|e| SyncError::query(from.target(), "looking up the subscription", &e))?
+            .is_some(),
+        slot: true,
+        subscription: false,
+    };
+    undo.run(db, from, old, new).await;
+    Ok(None)
 }
 
 /// What [`switch`] must take back when it gives up.

@@ -201,6 +201,43 @@ impl EphemeralCluster {
             .spawn();
     }
 
+    /// Stops the server (fast shutdown), keeping its data: for tests of a
+    /// database going away.
+    pub fn stop_server(&self) -> Result<(), EphemeralError> {
+        let data = self.dir.join("data");
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "fast".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        )
+    }
+
+    /// Starts a server stopped by [`EphemeralCluster::stop_server`] again,
+    /// on the same port.
+    pub fn start_server(&self) -> Result<(), EphemeralError> {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "start".as_ref(),
+            ],
+        )
+    }
+
     /// The directory holding the cluster (data, log, socket).
     pub fn dir(&self) -> &Path {
         &self.dir

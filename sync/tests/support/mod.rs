@@ -33,6 +33,16 @@ impl PgCluster {
         self.0.dir()
     }
 
+    /// Stops the server, keeping its data.
+    pub fn stop(&self) {
+        self.0.stop_server().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) {
+        self.0.start_server().unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// A connection URL for database `db`.
     pub fn url(&self, db: &str) -> String {
         self.0.url(db)
@@ -84,6 +94,12 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 impl Pair {
     pub async fn new(test: &str) -> Pair {
         let (blue, green) = shared();
+        Pair::on(blue, green, test).await
+    }
+
+    /// A pair of fresh databases on the given clusters (a test that stops a
+    /// server brings its own).
+    pub async fn on(blue: &PgCluster, green: &PgCluster, test: &str) -> Pair {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let name = format!("{test}_{n}");
         let migrations = tempfile::tempdir().expect("temp dir");

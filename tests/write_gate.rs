@@ -80,3 +80,66 @@ async fn writes_follow_the_writer_and_wait_at_a_held_gate_until_released() {
     let post = client.request(Method::POST, &url, &[], "x").await.unwrap();
     assert_eq!(post.text(), "blue");
 }
+
+/// A switchyard whose `[database]` pins writes, with the given extra keys.
+fn pinned(blue: &Backend, green: &Backend, db_extra: &str) -> support::Switchyard {
+    support::Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .proxy_extra("sticky = \"hash\"\nsticky_key = \"header:x-user\"")
+        .extra(&format!(
+            "[database]\nblue = \"postgres://nobody@127.0.0.1:1/app\"\ngreen = \"postgres://nobody@127.0.0.1:2/app\"\nprepare = \"manual\"\n{db_extra}\n"
+        ))
+        .start()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_stay_on_the_stable_colour_and_a_writers_reads_follow_for_read_your_writes() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let sy = pinned(&blue, &green, "read_your_writes = \"1500ms\"");
+    sy.set_green(100.0).await;
+    let client = Client::new();
+    let url = sy.url("/");
+    let as_user = |u: &'static str| [("x-user", u)];
+    let get = async |u: &'static str| {
+        client
+            .request(Method::GET, &url, &as_user(u), "")
+            .await
+            .unwrap()
+            .text()
+    };
+    assert_eq!(get("alice").await, "green", "reads follow the weights");
+    for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+        let r = client
+            .request(m.clone(), &url, &as_user("alice"), "x")
+            .await
+            .unwrap();
+        assert_eq!(
+            r.text(),
+            "blue",
+            "{m} goes to the stable colour, whose database is the primary"
+        );
+    }
+    // Right after her write, alice reads from blue; bob still reads green.
+    assert_eq!(get("alice").await, "blue");
+    assert_eq!(get("bob").await, "green");
+    let s = sy.status().await;
+    assert_eq!(s["database"]["writer"], "blue", "{s:#}");
+    // Once the window has passed, alice is back on green.
+    assert!(eventually(10, async || get("alice").await == "green").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_writes_follow_the_weights_like_reads() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let sy = pinned(&blue, &green, "writes = \"weighted\"");
+    sy.set_green(100.0).await;
+    let client = Client::new();
+    let r = client
+        .request(Method::POST, &sy.url("/"), &[("x-user", "alice")], "x")
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "green");
+}

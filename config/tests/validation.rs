@@ -137,3 +137,27 @@ fn load_resolves_paths_next_to_the_file() {
         .to_string();
     assert!(missing.contains("cannot read config file"), "{missing}");
 }
+
+#[test]
+fn database_keys_are_validated_where_they_are_written() {
+    let base = "[admin]\ntoken = \"x\"\n[pools.blue]\nupstreams=[\"a:1\"]\n[pools.green]\nupstreams=[\"b:2\"]\n[database]\nblue = \"postgres://b@h/app\"\ngreen = \"postgres://g@h/app\"\n";
+    let c = Config::parse(base, "sy.toml").unwrap();
+    let db = c.database.unwrap();
+    assert_eq!(db.writes, switchyard_config::WritePolicy::Stable);
+    assert!(db.reverse, "reverse sync is on by default");
+    assert_eq!(db.read_your_writes, std::time::Duration::ZERO);
+    assert_eq!(db.cutover_timeout, std::time::Duration::from_secs(10));
+
+    // The proxy releases held writes after 60 s whatever happens: a cutover
+    // may not hold them longer.
+    let e = err(&format!("{base}cutover_timeout = \"90s\"\n"));
+    assert!(e.starts_with("sy.toml:10:19:"), "{e}");
+    assert!(e.contains("releases held writes after 1m"), "{e}");
+    let e = err(&format!("{base}writes = \"sometimes\"\n"));
+    assert!(e.starts_with("sy.toml:10:"), "{e}");
+    assert!(e.contains("stable") && e.contains("weighted"), "{e}");
+    let e = err(&format!("{base}blue_from_green = \"mysql://x\"\n"));
+    assert!(e.contains("not a PostgreSQL connection string"), "{e}");
+    let e = err(&format!("{base}read_your_writes = \"a while\"\n"));
+    assert!(e.contains("duration"), "{e}");
+}

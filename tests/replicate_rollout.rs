@@ -486,3 +486,92 @@ async fn kill_9_mid_replication_and_mid_cutover_leaves_a_writer_and_nothing_behi
         switchyard_objects(pair.green()).await
     );
 }
+
+/// Cutover under a steady write load through the proxy, both ways
+/// (promote, then abort back), a few rounds: how long writes were held,
+/// how many waited, the replication lag just before, and failed requests.
+/// Run by `bench/cutover/run.sh`; timings are reported, never asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run bench/cutover/run.sh"]
+async fn cutover_hold_benchmark() {
+    let rounds: usize = std::env::var("CUTOVER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let writers: usize = std::env::var("CUTOVER_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let mut rows = Vec::new();
+    for round in 0..rounds {
+        let pair = pg::Pair::new(&format!("bench_cutover_{round}")).await;
+        pg::sql(pair.blue(), orders::SCHEMA).await;
+        let blue = OrdersApp::start("blue", pair.blue()).await;
+        let green = OrdersApp::start("green", pair.green()).await;
+        let sy = switchyard(&pair, &blue, &green, "");
+        let load = OrderLoad::with_pause(
+            sy.proxy,
+            writers,
+            2,
+            Duration::from_secs(600),
+            Duration::ZERO,
+        );
+        sy.admin(Method::POST, "/api/v1/rollout/start", "").await;
+        wait_state(&sy, "progressing", 120).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let lag_before = sy.status().await["database"]["replication"]["lag_seconds"].clone();
+        let acked_before = load.tally().acked.len();
+        let t0 = std::time::Instant::now();
+        sy.admin(Method::POST, "/api/v1/rollout/promote", "").await;
+        wait_state(&sy, "promoted", 60).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rate = (load.tally().acked.len() - acked_before) as f64 / t0.elapsed().as_secs_f64();
+        sy.admin(Method::POST, "/api/v1/rollout/abort", "").await;
+        wait_state(&sy, "aborted", 60).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let tally = load.stop().await;
+        let h = history_json(&sy).await;
+        let done = events_of(&h, "cutover_completed");
+        let ms = |i: usize, k: &str| done.get(i).and_then(|e| e[k].as_u64()).unwrap_or(u64::MAX);
+        let ids: Vec<i64> = tally.acked.iter().map(|(i, _)| *i).collect();
+        let lost = ids.len() as i64 - ids_on(pair.blue(), &ids).await;
+        rows.push(format!(
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} |",
+            round + 1,
+            ms(0, "held_ms"),
+            ms(0, "held_requests"),
+            ms(1, "held_ms"),
+            ms(1, "held_requests"),
+            rate,
+            lag_before,
+            tally.failures.len(),
+            lost
+        ));
+        eprintln!("{}", rows.last().unwrap());
+        let mut holds: Vec<u64> = rows
+            .iter()
+            .flat_map(|r| {
+                let c: Vec<&str> = r.split('|').map(str::trim).collect();
+                [
+                    c[2].parse().unwrap_or(u64::MAX),
+                    c[4].parse().unwrap_or(u64::MAX),
+                ]
+            })
+            .collect();
+        holds.sort_unstable();
+        if round + 1 == rounds {
+            let table = format!(
+                "| round | blue→green hold ms | writes held | green→blue hold ms | writes held | writes/s through the proxy | lag before (s) | failed requests | acknowledged writes lost |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n{}\n\nHold over all {} cutovers: median {} ms, max (p100) {} ms.\n",
+                rows.join("\n"),
+                holds.len(),
+                holds[holds.len() / 2],
+                holds[holds.len() - 1]
+            );
+            if let Ok(path) = std::env::var("CUTOVER_OUT") {
+                std::fs::write(path, &table).unwrap();
+            }
+            println!("{table}");
+        }
+        sync_cli(&sy.config_path, &["cleanup"]);
+    }
+}

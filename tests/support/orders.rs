@@ -190,6 +190,17 @@ impl OrderLoad {
         readers: usize,
         max_time: Duration,
     ) -> OrderLoad {
+        Self::with_pause(proxy, writers, readers, max_time, Duration::from_millis(2))
+    }
+
+    /// As [`OrderLoad::start`], each writer pausing `write_pause` between writes.
+    pub fn with_pause(
+        proxy: SocketAddr,
+        writers: usize,
+        readers: usize,
+        max_time: Duration,
+        write_pause: Duration,
+    ) -> OrderLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Mutex::new(OrderTally::default()));
         let sent = Arc::new(AtomicU64::new(0));
@@ -252,7 +263,12 @@ impl OrderLoad {
                         }
                     }
                     // Keep the write rate modest and steady (the machine is small).
-                    tokio::time::sleep(Duration::from_millis(if write { 2 } else { 5 })).await;
+                    tokio::time::sleep(if write {
+                        write_pause
+                    } else {
+                        Duration::from_millis(5)
+                    })
+                    .await;
                 }
             }));
         }

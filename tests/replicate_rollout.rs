@@ -502,7 +502,16 @@ async fn cutover_hold_benchmark() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
+    let sync_commit = std::env::var("CUTOVER_SYNC_COMMIT").unwrap_or_else(|_| "on".into());
+    let (b, g) = pg::shared();
+    for c in [b, g] {
+        let url = c.url("postgres");
+        let set = format!("ALTER SYSTEM SET synchronous_commit = '{sync_commit}'");
+        pg::sql(&url, &set).await;
+        pg::sql(&url, "SELECT pg_reload_conf()").await;
+    }
     let mut rows = Vec::new();
+    let mut breakdown = Vec::new();
     for round in 0..rounds {
         let pair = pg::Pair::new(&format!("bench_cutover_{round}")).await;
         pg::sql(pair.blue(), orders::SCHEMA).await;
@@ -548,6 +557,27 @@ async fn cutover_hold_benchmark() {
             lost
         ));
         eprintln!("{}", rows.last().unwrap());
+        for (i, e) in done.iter().enumerate() {
+            let steps: Vec<String> = e["detail"]["steps"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|s| format!("{} {} ms", s[0].as_str().unwrap_or("?"), s[1]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            breakdown.push(format!(
+                "- round {} {}: {} (of {} ms held)",
+                round + 1,
+                if i == 0 {
+                    "blue→green"
+                } else {
+                    "green→blue"
+                },
+                steps.join(", "),
+                e["held_ms"]
+            ));
+        }
         let mut holds: Vec<u64> = rows
             .iter()
             .flat_map(|r| {
@@ -561,11 +591,12 @@ async fn cutover_hold_benchmark() {
         holds.sort_unstable();
         if round + 1 == rounds {
             let table = format!(
-                "| round | blue→green hold ms | writes held | green→blue hold ms | writes held | writes/s through the proxy | lag before (s) | failed requests | acknowledged writes lost |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n{}\n\nHold over all {} cutovers: median {} ms, max (p100) {} ms.\n",
+                "| round | blue→green hold ms | writes held | green→blue hold ms | writes held | writes/s through the proxy | lag before (s) | failed requests | acknowledged writes lost |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n{}\n\nHold over all {} cutovers: median {} ms, max (p100) {} ms.\n\nWhere the database switch spent its time (the rest of the hold is draining in-flight writes and the controller's tick):\n\n{}\n",
                 rows.join("\n"),
                 holds.len(),
                 holds[holds.len() / 2],
-                holds[holds.len() - 1]
+                holds[holds.len() - 1],
+                breakdown.join("\n")
             );
             if let Ok(path) = std::env::var("CUTOVER_OUT") {
                 std::fs::write(path, &table).unwrap();

@@ -384,14 +384,25 @@ async fn set_enabled(c: &Client, side: Side, sub: &str, on: bool) -> Result<(), 
     .await
 }
 
-/// Waits until the apply worker of `sub` has exited (it finishes the
-/// transaction it is applying first).
+/// Ends the worker of the disabled subscription `sub` and waits until it
+/// has exited. By now it has applied everything (the catch-up came first,
+/// and writes are held), so there is nothing to lose; left alone it would
+/// notice the disabled subscription only at its next wake-up, up to a
+/// second later, all of it time the writes are held.
 async fn wait_worker_gone(
     c: &Client,
     side: Side,
     sub: &str,
     deadline: Instant,
 ) -> Result<(), SyncError> {
+    c.query(
+        "SELECT pg_terminate_backend(st.pid) FROM pg_stat_subscription st JOIN pg_subscription s ON s.oid = st.subid \
+          WHERE s.subname = $1 AND st.pid IS NOT NULL AND NOT s.subenabled \
+            AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[&sub],
+    )
+    .await
+    .map_err(|e| SyncError::query(side, "ending the old subscription's worker", &e))?;
     loop {
         let running: bool = c
             .query_one(

@@ -374,6 +374,47 @@ async fn the_gate_holds_while_greens_database_is_down_and_reopens_when_it_is_bac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_database_step_pauses_the_rollout_with_what_to_do_and_resume_carries_on() {
+    let pair = pg::Pair::new("story_blocker").await;
+    pg::sql(pair.blue(), orders::SCHEMA).await;
+    // Replication cannot carry UPDATE/DELETE of a table without a key.
+    pg::sql(
+        pair.blue(),
+        "CREATE TABLE audit (at timestamptz, what text)",
+    )
+    .await;
+    let blue = OrdersApp::start("blue", pair.blue()).await;
+    let green = OrdersApp::start("green", pair.green()).await;
+    let sy = switchyard(&pair, &blue, &green, "");
+    let load = OrderLoad::start(sy.proxy, 1, 2, Duration::from_secs(240));
+    sy.admin(Method::POST, "/api/v1/rollout/start", "").await;
+    wait_state(&sy, "paused", 60).await;
+    let s = sy.status().await;
+    let reason = s["rollout"]["reason"].as_str().unwrap_or("").to_string();
+    assert!(
+        reason.contains("database step preflight failed"),
+        "{reason}"
+    );
+    assert!(reason.contains("public.audit"), "names the table: {reason}");
+    assert!(reason.contains("resume"), "says what to do next: {reason}");
+    assert_eq!(s["weights"]["green"], 0.0);
+    assert!(
+        nothing_left(&pair).await,
+        "nothing was created before the blocker was found"
+    );
+
+    // The operator fixes blue and resumes: the workflow runs again.
+    pg::sql(pair.blue(), "ALTER TABLE audit REPLICA IDENTITY FULL").await;
+    let r = sy.admin(Method::POST, "/api/v1/rollout/resume", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_state(&sy, "promoted", 150).await;
+    let tally = load.stop().await;
+    assert!(tally.failures.is_empty(), "{:#?}", tally.failures);
+    sync_cli(&sy.config_path, &["cleanup"]);
+    assert!(nothing_left(&pair).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_replication_and_mid_cutover_leaves_a_writer_and_nothing_behind() {
     let pair = pg::Pair::new("story_kill").await;
     pg::sql(pair.blue(), orders::SCHEMA).await;

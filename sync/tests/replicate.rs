@@ -461,3 +461,46 @@ async fn a_table_without_a_replica_identity_is_never_published() {
         "nothing created on blue"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_green_cloned_without_a_slot_cannot_be_caught_up_and_says_to_replace_it() {
+    let mut pair = Pair::new("repl_noslot").await;
+    sql(pair.blue(), SCHEMA).await;
+    // Cloned in snapshot mode: no slot holds blue's changes since.
+    let (_, holder) = clone::clone(&pair.config, 2, false, Output::Quiet)
+        .await
+        .unwrap();
+    holder.release().await;
+    pair.config.mode = SyncMode::Replicate;
+    let e = replicate::subscribe(&pair.config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cloned without a replication slot"), "{e}");
+    assert!(e.contains("clone --replace"), "{e}");
+    assert!(
+        switchyard_objects(pair.green()).await.is_empty(),
+        "nothing was created"
+    );
+    // The advice works: a replacing clone in replicate mode can be caught up.
+    let (_, holder) = clone::clone(&pair.config, 2, true, Output::Quiet)
+        .await
+        .unwrap();
+    holder.release().await;
+    replicate::subscribe(&pair.config).await.unwrap();
+    sql(
+        pair.blue(),
+        "INSERT INTO orders (item, qty) VALUES ('after', 1)",
+    )
+    .await;
+    caught_up(&pair, Direction::Forward).await;
+    assert_eq!(
+        count(
+            pair.green(),
+            "SELECT count(*) FROM orders WHERE item = 'after'"
+        )
+        .await,
+        1
+    );
+    replicate::cleanup(&pair.config).await.unwrap();
+}

@@ -535,6 +535,21 @@ pub struct DatabaseConfig {
     /// the operator's `switchyard sync` commands.
     #[serde(default)]
     pub prepare: PrepareMode,
+    /// Whether clone copies owners, grants and default privileges (when the
+    /// roles exist on green), and verify compares them.
+    #[serde(default)]
+    pub roles: RolesMode,
+}
+
+/// `[database] roles`: owners, grants and default privileges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolesMode {
+    /// Copy them; preflight blocks when a role they need is missing on green.
+    #[default]
+    Copy,
+    /// Leave them out: green's objects belong to green's user.
+    Skip,
 }
 
 /// The proxy releases writes it holds after this long whatever happens (a
@@ -604,6 +619,7 @@ impl DatabaseConfig {
             blue_from_green: None,
             green_from_blue: None,
             prepare: PrepareMode::default(),
+            roles: RolesMode::default(),
         }
     }
 
@@ -639,6 +655,7 @@ impl fmt::Debug for DatabaseConfig {
                 &self.green_from_blue.as_deref().map(redact_url),
             )
             .field("prepare", &self.prepare)
+            .field("roles", &self.roles)
             .finish()
     }
 }

@@ -544,6 +544,32 @@ pub async fn copy_sequences(
     Ok(n)
 }
 
+/// Sequences whose next value on green is behind blue's:
+/// (name, blue's next, green's next).
+pub async fn sequences_behind(
+    blue: &Client,
+    green: &Client,
+) -> Result<Vec<(String, i64, i64)>, SyncError> {
+    let theirs: std::collections::HashMap<String, Seq> = sequence_values(green, Side::Green)
+        .await?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    Ok(sequence_values(blue, Side::Blue)
+        .await?
+        .into_iter()
+        .filter_map(|b| {
+            let g = theirs.get(&b.name)?;
+            let behind = if b.inc >= 0 {
+                g.next < b.next
+            } else {
+                g.next > b.next
+            };
+            behind.then(|| (b.name.clone(), b.next, g.next))
+        })
+        .collect())
+}
+
 /// A sequence and the value `nextval` would return next.
 struct Seq {
     name: String,

@@ -58,6 +58,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod clone;
 pub mod compat;
 pub mod cutover;
@@ -207,8 +208,16 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
             } else {
                 None
             };
-            let r =
-                migrate::migrate(&db.migrations, &db.green, dry_run, published.as_ref()).await?;
+            let r = migrate::migrate(
+                &db.migrations,
+                &db.green,
+                migrate::MigrateOptions {
+                    dry_run,
+                    published: published.as_ref(),
+                    roles: db.roles == switchyard_config::RolesMode::Copy,
+                },
+            )
+            .await?;
             let verb = if dry_run { "would apply" } else { "applied" };
             let mut t = String::new();
             for s in &r.applied {

@@ -589,16 +589,29 @@ pub struct MigrateReport {
     pub schema_version: Option<String>,
 }
 
+/// How [`migrate`] runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MigrateOptions<'a> {
+    /// List what would be applied without applying it.
+    pub dry_run: bool,
+    /// Replicate mode: blue's published columns; each migration is checked
+    /// for compatibility with replication before it commits, and rolled
+    /// back when it would break it.
+    pub published: Option<&'a crate::compat::PublishedSchema>,
+    /// Owners and grants are part of what verify compares (`roles = "copy"`),
+    /// so a migration's changes to them are recorded too.
+    pub roles: bool,
+}
+
 /// Applies pending migrations to green (or lists them with `dry_run`).
-/// With `published` (replicate mode: blue's published columns), each
-/// migration is checked for compatibility with replication before it
-/// commits, and rolled back when it would break it.
+/// What each migration changes in green's catalog is recorded with it, so
+/// verify can tell those differences from ones nobody intended.
 pub async fn migrate(
     dir: &Path,
     green_url: &str,
-    dry_run: bool,
-    published: Option<&crate::compat::PublishedSchema>,
+    opts: MigrateOptions<'_>,
 ) -> Result<MigrateReport, SyncError> {
+    let dry_run = opts.dry_run;
     let migrations = scan(dir)?;
     let client = pg::connect(Side::Green, green_url).await?;
     if dry_run {
@@ -620,7 +633,7 @@ pub async fn migrate(
         .query("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(|e| SyncError::query(Side::Green, "waiting for the migration lock", &e))?;
-    let result = migrate_locked(&client, &migrations, published).await;
+    let result = migrate_locked(&client, &migrations, opts).await;
     // The lock also goes away with the connection; unlocking is a courtesy.
     let _ = client
         .query("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
@@ -631,8 +644,11 @@ pub async fn migrate(
 async fn migrate_locked(
     client: &Client,
     migrations: &[Migration],
-    published: Option<&crate::compat::PublishedSchema>,
+    opts: MigrateOptions<'_>,
 ) -> Result<MigrateReport, SyncError> {
+    let published = opts.published;
+    crate::state::ensure_schema(client).await?;
+    let fingerprint = || crate::catalog::fingerprint(client, Side::Green, opts.roles);
     let table = match history_table(client).await? {
         Some(t) => t,
         None => {
@@ -681,8 +697,15 @@ async fn migrate_locked(
             extra: extra.to_string(),
         };
         if m.transactional {
-            let sql = format!("BEGIN;\n{}\n;\n", m.sql);
-            if let Err(e) = client.batch_execute(&sql).await {
+            pg::exec(client, Side::Green, "starting a migration", "BEGIN").await?;
+            let before = match fingerprint().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = client.batch_execute(&format!("{}\n;\n", m.sql)).await {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(failed(&e, ""));
             }
@@ -709,6 +732,20 @@ async fn migrate_locked(
                     });
                 }
             }
+            let recorded = async {
+                let after = fingerprint().await?;
+                crate::catalog::record_changes(
+                    client,
+                    &m.script,
+                    &crate::catalog::changed(&before, &after),
+                )
+                .await
+            }
+            .await;
+            if let Err(e) = recorded {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
             let ms = started.elapsed().as_millis() as i64;
             if let Err(e) = client
                 .batch_execute(&format!("{}; COMMIT", insert(true, ms)))
@@ -718,6 +755,7 @@ async fn migrate_locked(
                 return Err(failed(&e, ""));
             }
         } else {
+            let before = fingerprint().await?;
             for stmt in split_statements(&m.sql) {
                 if let Err(e) = client.batch_execute(&stmt).await {
                     let ms = started.elapsed().as_millis() as i64;
@@ -734,6 +772,13 @@ async fn migrate_locked(
                 Side::Green,
                 "recording a migration",
                 &insert(true, ms),
+            )
+            .await?;
+            let after = fingerprint().await?;
+            crate::catalog::record_changes(
+                client,
+                &m.script,
+                &crate::catalog::changed(&before, &after),
             )
             .await?;
             if let Some(published) = published {

@@ -191,6 +191,16 @@ pub const SYSTEM_SCHEMA_FILTER: &str =
 /// Lists the tables that hold rows (plain tables and leaf partitions, not
 /// partitioned parents, views or extension-owned tables), largest first.
 pub async fn list_tables(client: &Client, side: Side) -> Result<Vec<Table>, SyncError> {
+    list_relations(client, side, "c.relkind = 'r'").await
+}
+
+/// Lists the populated materialized views (their contents are compared
+/// like a table's).
+pub async fn list_matviews(client: &Client, side: Side) -> Result<Vec<Table>, SyncError> {
+    list_relations(client, side, "c.relkind = 'm' AND c.relispopulated").await
+}
+
+async fn list_relations(client: &Client, side: Side, which: &str) -> Result<Vec<Table>, SyncError> {
     let sql = format!(
         "SELECT n.nspname::text, c.relname::text, pg_table_size(c.oid)::int8, \
                 greatest(c.reltuples, 0)::int8, \
@@ -206,7 +216,7 @@ pub async fn list_tables(client: &Client, side: Side) -> Result<Vec<Table>, Sync
                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{{}}'::text[]), \
                 (pg_relation_size(c.oid) / current_setting('block_size')::int8) \
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-          WHERE c.relkind = 'r' AND {SYSTEM_SCHEMA_FILTER} \
+          WHERE {which} AND {SYSTEM_SCHEMA_FILTER} \
             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
                               AND d.objid = c.oid AND d.deptype = 'e') \
           ORDER BY 3 DESC, 1, 2"

@@ -229,9 +229,17 @@ async fn after_clone(
     } else {
         None
     };
-    let m = migrate::migrate(&db.migrations, &db.green, false, published.as_ref())
-        .await
-        .map_err(|e| (Step::Migrate, e))?;
+    let m = migrate::migrate(
+        &db.migrations,
+        &db.green,
+        migrate::MigrateOptions {
+            dry_run: false,
+            published: published.as_ref(),
+            roles: db.roles == switchyard_config::RolesMode::Copy,
+        },
+    )
+    .await
+    .map_err(|e| (Step::Migrate, e))?;
     if m.applied.is_empty() {
         observer.step(
             Step::Migrate,

@@ -28,6 +28,9 @@ pub async fn ensure_schema(green: &Client) -> Result<(), SyncError> {
            ADD COLUMN IF NOT EXISTS phase text, ADD COLUMN IF NOT EXISTS error text, \
            ADD COLUMN IF NOT EXISTS slot text, ADD COLUMN IF NOT EXISTS consistent_lsn text, \
            ADD COLUMN IF NOT EXISTS blue_time timestamptz; \
+         CREATE TABLE IF NOT EXISTS switchyard.migration_changes ( \
+           id bigserial PRIMARY KEY, script text NOT NULL, kind text NOT NULL, name text NOT NULL, \
+           UNIQUE (kind, name, script)); \
          COMMIT;",
     )
     .await

@@ -16,7 +16,7 @@
 use crate::error::{Side, SyncError};
 use crate::pg::{self, snapshot_session, SnapshotHolder, Table};
 use crate::progress::Progress;
-use crate::{migrate, replicate, state, Output};
+use crate::{catalog, migrate, replicate, state, Output};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -61,6 +61,11 @@ pub struct TableVerdict {
 pub struct VerifyReport {
     pub passed: bool,
     pub tables: Vec<TableVerdict>,
+    /// Objects that differ (indexes, constraints, triggers, ...); those a
+    /// migration made on purpose carry `expected` and do not fail verify.
+    pub schema: Vec<catalog::SchemaDifference>,
+    /// Things worth knowing that do not fail verify.
+    pub notes: Vec<String>,
     pub schema_version: Option<String>,
     pub latest_migration: Option<String>,
     /// Problems other than table contents (schema version, migrations).
@@ -96,14 +101,22 @@ impl VerifyReport {
                 t.push_str(&format!("  {n}\n"));
             }
         }
+        for d in &v.schema {
+            t.push_str(&format!("{d}\n"));
+        }
         for p in &v.problems {
             t.push_str(&format!("{p}\n"));
         }
+        for n in &v.notes {
+            t.push_str(&format!("note: {n}\n"));
+        }
         t.push_str(&format!(
-            "verify {}: {} tables, {} differ\n",
+            "verify {}: {} tables, {} differ; {} schema objects differ ({} of them expected from migrations)\n",
             if v.passed { "passed" } else { "FAILED" },
             v.tables.len(),
-            v.mismatched()
+            v.mismatched(),
+            v.schema.len(),
+            v.schema.iter().filter(|d| d.expected.is_some()).count()
         ));
         t
     }
@@ -158,16 +171,85 @@ pub async fn verify(
 
     let blue_meta = snapshot_session(Side::Blue, &db.blue, &blue_snap).await?;
     let green_meta = snapshot_session(Side::Green, &db.green, &green_holder.id).await?;
-    let tables: Vec<Table> = pg::list_tables(&blue_meta, Side::Blue)
+    let mut tables: Vec<Table> = pg::list_tables(&blue_meta, Side::Blue)
         .await?
         .into_iter()
         .filter(|t| t.name != migrate::HISTORY_TABLE)
         .collect();
-    let green_tables: HashMap<String, Table> = pg::list_tables(&green_meta, Side::Green)
+    let mut green_tables: HashMap<String, Table> = pg::list_tables(&green_meta, Side::Green)
         .await?
         .into_iter()
         .map(|t| (t.display(), t))
         .collect();
+    // Materialized views populated on both sides: their contents too.
+    let green_mv: HashMap<String, Table> = pg::list_matviews(&green_meta, Side::Green)
+        .await?
+        .into_iter()
+        .map(|t| (t.display(), t))
+        .collect();
+    for mv in pg::list_matviews(&blue_meta, Side::Blue).await? {
+        if let Some(g) = green_mv.get(&mv.display()) {
+            green_tables.insert(mv.display(), g.clone());
+            tables.push(mv);
+        }
+    }
+    // The whole database, not only rows: every object, then the values
+    // that live outside tables (sequences, large objects).
+    let with_roles = db.roles == switchyard_config::RolesMode::Copy;
+    let (blue_cat, green_cat) = tokio::try_join!(
+        catalog::fingerprint(&blue_meta, Side::Blue, with_roles),
+        catalog::fingerprint(&green_meta, Side::Green, with_roles)
+    )?;
+    let mut schema = catalog::diff(&blue_cat, &green_cat);
+    let green_now = pg::connect(Side::Green, &db.green).await?;
+    let expected = catalog::expected_changes(&green_now).await?;
+    catalog::mark_expected(&mut schema, &expected);
+    let mut problems = Vec::new();
+    let (blue_lo, green_lo) = tokio::try_join!(
+        catalog::large_objects(&blue_meta, Side::Blue),
+        catalog::large_objects(&green_meta, Side::Green)
+    )?;
+    if blue_lo != green_lo {
+        problems.push(format!(
+            "large objects differ: blue has {} (checksum {}), green {} (checksum {}); re-run `switchyard sync clone --replace`",
+            blue_lo.0, blue_lo.1, green_lo.0, green_lo.1
+        ));
+    }
+    let mut notes = Vec::new();
+    if blue_snapshot.is_some() {
+        // Against the clone's own snapshot, blue's live sequences have moved
+        // on; what must hold is that green's are ahead of its own rows.
+        for (name, column, max, next) in sequences_below_rows(&green_meta).await? {
+            problems.push(format!(
+                "sequence {name} would hand out {next} next, but {column} already holds {max} on green: inserts would collide; re-run `switchyard sync clone --replace`"
+            ));
+        }
+    } else {
+        for (name, b, g) in crate::cutover::sequences_behind(&blue_meta, &green_meta).await? {
+            if db.mode == switchyard_config::SyncMode::Replicate {
+                // Replication does not carry sequences; cutover copies them
+                // while writes are held.
+                notes.push(format!(
+                    "sequence {name} is behind blue on green (next value {g} < {b}); cutover copies it"
+                ));
+            } else {
+                problems.push(format!(
+                    "sequence {name} is behind blue on green (next value {g} < {b}): inserts on green would reuse ids; re-run `switchyard sync clone --replace`"
+                ));
+            }
+        }
+    }
+    if let Some(c) = state::last_clone(&green_now)
+        .await?
+        .filter(|c| c.state != "complete")
+    {
+        problems.push(format!(
+            "green's last clone is {} (it stopped in phase {}{}): green is not a copy of blue; run `switchyard sync clone --replace`",
+            c.state,
+            c.phase.as_deref().unwrap_or("?"),
+            c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        ));
+    }
     drop(blue_meta);
     drop(green_meta);
 
@@ -251,10 +333,9 @@ pub async fn verify(
     verdicts.sort_by(|a, b| a.table.cmp(&b.table));
 
     // Schema version: green's history against the newest migration on disk.
-    let green = pg::connect(Side::Green, &db.green).await?;
+    let green = green_now;
     let history = migrate::read_history(&green).await?;
     let schema_version = migrate::current_version(&history);
-    let mut problems = Vec::new();
     let latest = if db.migrations.is_dir() {
         migrate::latest_version(&migrate::scan(&db.migrations)?)
     } else {
@@ -268,9 +349,23 @@ pub async fn verify(
             latest.as_ref().map(|v| v.to_string()).unwrap_or_default()
         ));
     }
+    // A table a migration dropped is missing on purpose.
+    for v in verdicts
+        .iter_mut()
+        .filter(|v| v.status == "missing_in_green")
+    {
+        if let Some(m) = expected.get(&(catalog::ObjectKind::Table, v.table.clone())) {
+            v.status = "equal".into();
+            v.note = Some(format!("expected: dropped by migration {m}"));
+        }
+    }
     let report = VerifyReport {
-        passed: problems.is_empty() && verdicts.iter().all(|v| v.status == "equal"),
+        passed: problems.is_empty()
+            && verdicts.iter().all(|v| v.status == "equal")
+            && schema.iter().all(|d| d.expected.is_some()),
         tables: verdicts,
+        schema,
+        notes,
         schema_version: schema_version.map(|v| v.to_string()),
         latest_migration: latest.map(|v| v.to_string()),
         problems,
@@ -848,4 +943,55 @@ async fn key_rows(
         .await
         .map_err(|e| SyncError::query(side, format!("re-checking rows of {}", plan.from), &e))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Sequences owned by an integer column (serial, identity) whose next value
+/// is not above the column's largest value: (sequence, column, max, next).
+async fn sequences_below_rows(
+    client: &Client,
+) -> Result<Vec<(String, String, i64, i64)>, SyncError> {
+    let owned = client
+        .query(
+            &format!(
+                "SELECT quote_ident(sn.nspname) || '.' || quote_ident(s.relname), \
+                        quote_ident(tn.nspname) || '.' || quote_ident(t.relname), quote_ident(a.attname), \
+                        sq.seqincrement \
+                   FROM pg_depend d \
+                   JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+                   JOIN pg_namespace sn ON sn.oid = s.relnamespace \
+                   JOIN pg_sequence sq ON sq.seqrelid = s.oid \
+                   JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace \
+                   JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid \
+                  WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
+                    AND d.deptype IN ('a', 'i') AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) \
+                    AND {}",
+                pg::SYSTEM_SCHEMA_FILTER.replace("n.nspname", "sn.nspname")
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "listing owned sequences", &e))?;
+    let mut out = Vec::new();
+    for r in &owned {
+        let (seq, table, col, inc): (String, String, String, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        if inc < 0 {
+            continue;
+        }
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT (SELECT max({col})::int8 FROM ONLY {table}), \
+                            (SELECT CASE WHEN is_called THEN last_value + {inc} ELSE last_value END FROM {seq})"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| SyncError::query(Side::Green, format!("reading sequence {seq}"), &e))?;
+        let (max, next): (Option<i64>, i64) = (row.get(0), row.get(1));
+        if let Some(max) = max.filter(|m| next <= *m) {
+            out.push((seq, format!("{table}.{col}"), max, next));
+        }
+    }
+    Ok(out)
 }

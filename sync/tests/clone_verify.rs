@@ -222,12 +222,27 @@ async fn fixture_clones_and_verifies_equal() {
     assert_eq!(parts, 2);
 
     // Representation differences that are not data differences compare equal:
-    // a wider numeric scale, json stored as jsonb, another session time zone.
+    // a wider numeric scale, json stored as jsonb (made by a migration, so
+    // the schema differences are expected), another session time zone.
+    std::fs::write(
+        pair.migrations.path().join("V1__widen.sql"),
+        "DROP VIEW rich_customers; \
+         ALTER TABLE customers ALTER COLUMN balance TYPE numeric(14, 4), ALTER COLUMN raw TYPE jsonb USING raw::jsonb;",
+    )
+    .unwrap();
+    switchyard_sync::migrate::migrate(
+        &pair.config.migrations,
+        pair.green(),
+        switchyard_sync::migrate::MigrateOptions {
+            roles: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     sql(
         pair.green(),
-        "DROP VIEW rich_customers; \
-         ALTER TABLE customers ALTER COLUMN balance TYPE numeric(14, 4), ALTER COLUMN raw TYPE jsonb USING raw::jsonb; \
-         DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET TimeZone = ''Asia/Tokyo''', current_database()); END $$",
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET TimeZone = ''Asia/Tokyo''', current_database()); END $$",
     )
     .await;
     let g = connect(pair.green()).await;
@@ -236,6 +251,21 @@ async fn fixture_clones_and_verifies_equal() {
         .unwrap();
     let report = verify(&pair).await;
     assert!(report.passed, "{}", report.render());
+    let listed: Vec<String> = report.schema.iter().map(|d| d.to_string()).collect();
+    assert!(
+        listed
+            .iter()
+            .any(|d| d.starts_with("column public.customers.balance differs")
+                && d.ends_with("(expected: made by migration V1__widen.sql)")),
+        "{listed:#?}"
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|d| d.starts_with("view public.rich_customers missing on green")),
+        "{listed:#?}"
+    );
+    assert!(report.schema.iter().all(|d| d.expected.is_some()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,9 +12,13 @@ fn write(dir: &Path, name: &str, body: &str) {
 }
 
 async fn migrate_green(pair: &Pair) -> Result<Vec<String>, SyncError> {
-    migrate::migrate(&pair.config.migrations, pair.green(), false, None)
-        .await
-        .map(|r| r.applied)
+    migrate::migrate(
+        &pair.config.migrations,
+        pair.green(),
+        migrate::MigrateOptions::default(),
+    )
+    .await
+    .map(|r| r.applied)
 }
 
 /// V1, V2 and V10 must run in numeric order (V10 needs V2's column), then the

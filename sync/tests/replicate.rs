@@ -187,8 +187,10 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
     migrate::migrate(
         &pair.config.migrations,
         pair.green(),
-        false,
-        Some(&published),
+        migrate::MigrateOptions {
+            published: Some(&published),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -384,8 +386,10 @@ async fn a_migration_that_renames_a_published_column_is_refused_before_it_commit
     let e = migrate::migrate(
         &pair.config.migrations,
         pair.green(),
-        false,
-        Some(&published),
+        migrate::MigrateOptions {
+            published: Some(&published),
+            ..Default::default()
+        },
     )
     .await
     .unwrap_err()
@@ -416,8 +420,10 @@ async fn a_migration_that_renames_a_published_column_is_refused_before_it_commit
     let e = migrate::migrate(
         &pair.config.migrations,
         pair.green(),
-        false,
-        Some(&published),
+        migrate::MigrateOptions {
+            published: Some(&published),
+            ..Default::default()
+        },
     )
     .await
     .unwrap_err()
@@ -431,8 +437,10 @@ async fn a_migration_that_renames_a_published_column_is_refused_before_it_commit
     let e = migrate::migrate(
         &pair.config.migrations,
         pair.green(),
-        false,
-        Some(&published),
+        migrate::MigrateOptions {
+            published: Some(&published),
+            ..Default::default()
+        },
     )
     .await
     .unwrap_err()

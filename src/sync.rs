@@ -56,12 +56,41 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     } else {
         Output::Terminal
     };
+    // Our sessions carry this process's name, so an interrupt ends only them.
+    switchyard_sync::pg::tag_sessions();
     let runtime = crate::run::build_runtime(0)?;
-    match runtime.block_on(switchyard_sync::run(&db, command, output)) {
-        Ok(report) => Ok(ExitCode::from(u8::try_from(report.code).unwrap_or(1))),
-        Err(e) => {
-            eprintln!("switchyard sync: error: {e}");
-            Ok(ExitCode::from(2))
-        }
-    }
+    let what = format!("{command:?}")
+        .split([' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_lowercase();
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut int, mut term) = (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        );
+        // Dropping the running step kills its client programs and removes
+        // its temporary files; then green is told what happened.
+        let signalled = tokio::select! {
+            r = switchyard_sync::run(&db, command, output) => {
+                return Ok(match r {
+                    Ok(report) => ExitCode::from(u8::try_from(report.code).unwrap_or(1)),
+                    Err(e) => {
+                        eprintln!("switchyard sync: error: {e}");
+                        ExitCode::from(2)
+                    }
+                });
+            }
+            _ = int.recv() => ("SIGINT", 130),
+            _ = term.recv() => ("SIGTERM", 143),
+        };
+        let (name, code) = signalled;
+        let after = match switchyard_sync::state::interrupted(&db, name).await {
+            Ok(s) => s,
+            Err(e) => format!("green could not be reached to record it ({e}): treat it as incomplete and run `switchyard sync clone --replace`"),
+        };
+        eprintln!("switchyard sync: {what} interrupted by {name}: {after}");
+        Ok::<_, anyhow::Error>(ExitCode::from(code))
+    })
 }

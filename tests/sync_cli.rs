@@ -183,3 +183,108 @@ async fn green_pointing_at_blue_is_refused_before_anything_is_written() {
         .get(0);
     assert_eq!(n, 2, "blue's data is untouched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_clone_stops_its_programs_removes_its_files_and_marks_green_incomplete() {
+    let pair = pg::Pair::new("cli_sigint").await;
+    pg::sql(
+        pair.blue(),
+        "CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat('x', 300) FROM generate_series(1, 600000) g;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\ntoken = \"t\"\n\
+             [database]\nblue = \"{}\"\ngreen = \"{}\"\nmode = \"snapshot\"\n",
+            pair.blue(),
+            pair.green()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["sync", "-c"])
+        .arg(&config)
+        .args(["clone", "--jobs", "1"])
+        .env("TMPDIR", tmp.path())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let green = pg::connect(pair.green()).await;
+    let mut copying = false;
+    for _ in 0..1000 {
+        if let Ok(Some(r)) = green
+            .query_opt(
+                "SELECT phase FROM switchyard.clones WHERE state = 'running'",
+                &[],
+            )
+            .await
+        {
+            if r.get::<_, Option<String>>(0).as_deref() == Some("copy") {
+                copying = true;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(copying, "the clone reached its copy phase");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("clone interrupted by SIGINT"), "{stderr}");
+    assert!(
+        stderr.contains("clone --replace"),
+        "says what to run next: {stderr}"
+    );
+    let (state, error): (String, Option<String>) = {
+        let r = green
+            .query_one(
+                "SELECT state, error FROM switchyard.clones ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(state, "failed");
+    assert!(error.unwrap_or_default().contains("SIGINT"));
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    let db = pair.green().rsplit('/').next().unwrap().to_string();
+    let programs: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| (c.contains("pg_dump") || c.contains("pg_restore")) && c.contains(&db))
+        .collect();
+    assert!(
+        programs.is_empty(),
+        "client programs left running: {programs:?}"
+    );
+    let sessions: i64 = green
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+               AND application_name LIKE 'switchyard%' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sessions, 0, "switchyard's sessions on green were ended");
+    let r = sync(&config, &["verify"]);
+    assert_eq!(
+        r.code, 1,
+        "verify refuses the incomplete green: {}{}",
+        r.stdout, r.stderr
+    );
+}

@@ -23,14 +23,14 @@ use crate::pg::{self, Table};
 use crate::pg::{snapshot_session, SnapshotHolder};
 use crate::progress::Progress;
 use crate::replicate::ForwardSlot;
-use crate::{state, Output};
+use crate::{roles, state, Output};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use switchyard_config::{DatabaseConfig, SyncMode};
+use switchyard_config::{DatabaseConfig, RolesMode, SyncMode};
 use tokio_postgres::Client;
 
 /// One copied table.
@@ -61,6 +61,8 @@ pub struct CloneReport {
     pub consistent_lsn: Option<String>,
     /// Blue's clock at the snapshot (UTC), the point in time green represents.
     pub blue_time: String,
+    /// Large objects copied.
+    pub large_objects: u64,
 }
 
 /// One phase of a clone and how long it took.
@@ -298,6 +300,19 @@ async fn clone_in(
     )
     .await?;
 
+    // Roles are the cluster's: check green has every one the copy needs.
+    let copy_roles = db.roles == RolesMode::Copy;
+    let missing = roles::missing_on_green(green, roles::needed(&blue).await?).await?;
+    let blocking: Vec<roles::RoleNeed> = missing
+        .into_iter()
+        .filter(|m| copy_roles || m.by_policy)
+        .collect();
+    if !blocking.is_empty() {
+        return Err(SyncError::RolesMissing {
+            roles: roles::describe(&blocking),
+        });
+    }
+
     // switchyard's own publication (and a reverse subscription, if blue has
     // one) are part of blue's schema, never of green's copy.
     let toc = pg::run_tool(
@@ -340,14 +355,16 @@ async fn clone_in(
     *record = Some(id);
 
     let restore = |section: &str, jobs: usize| {
-        let mut args = vec![
-            format!("--section={section}"),
-            "--no-owner".into(),
-            "--no-privileges".into(),
-            "--exit-on-error".into(),
+        let mut args = vec![format!("--section={section}")];
+        if !copy_roles {
+            args.push("--no-owner".into());
+            args.push("--no-privileges".into());
+        }
+        args.extend([
+            "--exit-on-error".to_string(),
             format!("--use-list={}", list.display()),
             format!("--dbname={}", green_conn.conninfo),
-        ];
+        ]);
         if jobs > 1 {
             args.push(format!("--jobs={jobs}"));
         } else {
@@ -432,6 +449,12 @@ async fn clone_in(
     )
     .await?;
     phase("post_data");
+    mark(green, id, "running", Some("large_objects"), None).await?;
+    let large_objects = copy_large_objects(&blue, green, copy_roles).await?;
+    phase("large_objects");
+    mark(green, id, "running", Some("materialized_views"), None).await?;
+    refresh_matviews(&blue, green).await?;
+    phase("materialized_views");
     mark(green, id, "running", Some("analyze"), None).await?;
     pg::exec(green, Side::Green, "analyzing green", "ANALYZE").await?;
     phase("analyze");
@@ -461,6 +484,7 @@ async fn clone_in(
         slot: slot.as_ref().map(|s| s.slot_name.clone()),
         consistent_lsn: slot.as_ref().map(|s| s.consistent_point.clone()),
         blue_time,
+        large_objects,
     };
     let json = serde_json::to_string(&report).expect("report serialises");
     green
@@ -681,6 +705,109 @@ async fn copy_chunk(
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Large objects are data (not in a schema dump): each is copied with its
+/// OID (applications store OIDs), in 1 MiB pieces, and with its owner when
+/// roles are copied. Returns how many.
+async fn copy_large_objects(
+    blue: &Client,
+    green: &Client,
+    with_owner: bool,
+) -> Result<u64, SyncError> {
+    const PIECE: i64 = 1 << 20;
+    let los = blue
+        .query(
+            "SELECT m.oid::int8, pg_get_userbyid(m.lomowner)::text, \
+                    coalesce((SELECT sum(length(data)) FROM pg_largeobject l WHERE l.loid = m.oid), 0)::int8 \
+               FROM pg_largeobject_metadata m ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Blue, "listing large objects", &e))?;
+    for lo in &los {
+        let (oid, owner, size): (i64, String, i64) = (lo.get(0), lo.get(1), lo.get(2));
+        let err = |side: Side, e: &tokio_postgres::Error| {
+            SyncError::query(side, format!("copying large object {oid}"), e)
+        };
+        green
+            .execute("SELECT lo_create($1::int8::oid)", &[&oid])
+            .await
+            .map_err(|e| err(Side::Green, &e))?;
+        let mut off = 0i64;
+        while off < size {
+            let piece: Vec<u8> = blue
+                .query_one(
+                    "SELECT lo_get($1::int8::oid, $2, $3::int4)",
+                    &[&oid, &off, &(PIECE as i32)],
+                )
+                .await
+                .map_err(|e| err(Side::Blue, &e))?
+                .get(0);
+            green
+                .execute(
+                    "SELECT lo_put($1::int8::oid, $2, $3)",
+                    &[&oid, &off, &piece],
+                )
+                .await
+                .map_err(|e| err(Side::Green, &e))?;
+            off += piece.len().max(1) as i64;
+        }
+        if with_owner {
+            pg::exec(
+                green,
+                Side::Green,
+                &format!("setting the owner of large object {oid}"),
+                &format!("ALTER LARGE OBJECT {oid} OWNER TO {}", pg::ident(&owner)),
+            )
+            .await?;
+        }
+    }
+    Ok(los.len() as u64)
+}
+
+/// A schema-only restore leaves materialized views empty: refresh those
+/// blue has populated, a view only after those it reads from (retrying in
+/// rounds until none is left, so no dependency graph is needed).
+async fn refresh_matviews(blue: &Client, green: &Client) -> Result<(), SyncError> {
+    let mut left: Vec<String> = blue
+        .query(
+            &format!(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind = 'm' AND c.relispopulated AND {} ORDER BY c.oid",
+                pg::SYSTEM_SCHEMA_FILTER
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Blue, "listing materialized views", &e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    while !left.is_empty() {
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for mv in &left {
+            if let Err(e) = green
+                .batch_execute(&format!("REFRESH MATERIALIZED VIEW {mv}"))
+                .await
+            {
+                last_error = Some((mv.clone(), e));
+                failed.push(mv.clone());
+            }
+        }
+        if failed.len() == left.len() {
+            let (mv, e) = last_error.expect("a failure");
+            return Err(SyncError::query(
+                Side::Green,
+                format!("refreshing materialized view {mv}"),
+                &e,
+            ));
+        }
+        left = failed;
+    }
+    Ok(())
 }
 
 /// Sets every green sequence to blue's value. Returns how many there were.

@@ -98,6 +98,10 @@ pub enum SyncError {
     #[error("migration {script} would break replication from blue: {problems}. Apply it after cutover instead (expand now, contract later): keep published columns and their types while blue still writes")]
     Incompatible { script: String, problems: String },
 
+    /// Objects on blue name roles green does not have.
+    #[error("green lacks roles that blue's objects need: {roles}. Nothing in green was changed. Create them on green's server, or set [database] roles = \"skip\" to clone without owners and grants (policies still need their roles)")]
+    RolesMissing { roles: String },
+
     #[error("{0}")]
     Other(String),
 }

@@ -70,6 +70,7 @@ pub mod preflight;
 pub mod prepare;
 pub mod progress;
 pub mod replicate;
+pub mod roles;
 pub mod state;
 pub mod verify;
 

@@ -85,6 +85,21 @@ pub fn pgpass_lookup(text: &str, want: [&str; 4]) -> Option<String> {
     None
 }
 
+/// The `application_name` of every session and client program this process
+/// opens: `switchyard`, or `switchyard-sync-<pid>` for a `switchyard sync`
+/// command (see [`tag_sessions`]).
+static SESSION_TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process's sessions `switchyard-sync-<pid>`, so an interrupted
+/// sync command can end exactly its own server sessions and no one else's.
+pub fn tag_sessions() -> &'static str {
+    SESSION_TAG.get_or_init(|| format!("switchyard-sync-{}", std::process::id()))
+}
+
+fn session_tag() -> &'static str {
+    SESSION_TAG.get().map(String::as_str).unwrap_or("switchyard")
+}
+
 /// Opens a connection and drives it on a background task. Sessions on blue
 /// are read-only (see [`connect_owner`] for the one exception).
 pub async fn connect(side: Side, url: &str) -> Result<Client, SyncError> {
@@ -105,7 +120,7 @@ async fn open(side: Side, url: &str, read_only: bool) -> Result<Client, SyncErro
         message,
     };
     let mut config = config(side, url)?;
-    config.application_name("switchyard");
+    config.application_name(session_tag());
     if read_only {
         // Blue is production: every session switchyard opens there is
         // read-only, whatever the statement (defence in depth beside the
@@ -345,6 +360,8 @@ pub async fn run_tool(
     if let Some(pw) = password {
         cmd.env("PGPASSWORD", pw);
     }
+    // Named, so an interrupted sync can find and end its server sessions.
+    cmd.env("PGAPPNAME", format!("{}-{tool}", session_tag()));
     let out = cmd.output().await.map_err(|e| SyncError::Tool {
         tool: tool.to_string(),
         what: what.to_string(),

@@ -239,12 +239,12 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
             .await
             .map_err(|e| SyncError::query(Side::Blue, "counting large objects", &e))?
             .get(0);
-        if lo > 0 {
+        if lo > 0 && replicate {
             f.add(
                 Severity::Warning,
                 "large-objects",
                 format!("blue has {lo} large objects (pg_largeobject)"),
-                "large objects are neither cloned nor replicated; move them to bytea columns or copy them separately",
+                "clone copies them, but logical replication does not carry large objects: ones written on blue after the clone are not on green at cutover; move them to bytea columns, or write none during the rollout",
             );
         }
         let unlogged = strings(
@@ -385,12 +385,28 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
             );
         }
     }
-    f.add(
-        Severity::Info,
-        "ownership",
-        "clone does not copy owners or grants: green's objects belong to green's user".into(),
-        "re-apply GRANTs with a migration if the application connects as another role",
-    );
+    if let (Some(b), Some(g)) = (&blue, &green) {
+        let copy = db.roles == switchyard_config::RolesMode::Copy;
+        let missing = crate::roles::missing_on_green(g, crate::roles::needed(b).await?).await?;
+        let (blocking, skipped): (Vec<_>, Vec<_>) =
+            missing.into_iter().partition(|m| copy || m.by_policy);
+        if !blocking.is_empty() {
+            f.add(
+                Severity::Blocker,
+                "roles",
+                format!("green lacks roles blue's objects need: {}", crate::roles::describe(&blocking)),
+                "roles belong to the server, not the database: create them on green (the statements above), or set [database] roles = \"skip\" (policies still need their roles)",
+            );
+        }
+        if !skipped.is_empty() {
+            f.add(
+                Severity::Info,
+                "roles",
+                format!("roles = \"skip\": owners and grants naming {} are not copied", skipped.iter().map(|m| m.role.as_str()).collect::<Vec<_>>().join(", ")),
+                "green's objects belong to green's user; re-apply GRANTs with a migration if the application connects as another role",
+            );
+        }
+    }
     let passed = !f.0.iter().any(|x| x.severity == Severity::Blocker);
     f.0.sort_by_key(|x| std::cmp::Reverse(x.severity));
     Ok(PreflightReport {

@@ -55,6 +55,36 @@ pub struct CloneRecord {
     pub at: String,
 }
 
+/// After a sync step was interrupted (SIGINT, SIGTERM): ends switchyard's
+/// own sessions and client programs on green (a killed `pg_restore` leaves
+/// its server process building an index otherwise), marks a running clone
+/// as failed, and says what was running.
+pub async fn interrupted(db: &DatabaseConfig, signal: &str) -> Result<String, SyncError> {
+    let green = pg::connect(Side::Green, &db.green).await?;
+    let _ = green
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+              WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                AND application_name LIKE $1::text || '%'",
+            &[&crate::pg::tag_sessions()],
+        )
+        .await;
+    let marked = green
+        .query_opt(
+            "UPDATE switchyard.clones SET state = 'failed', error = $1, finished_at = now() \
+              WHERE state = 'running' RETURNING phase",
+            &[&format!("interrupted by {signal}")],
+        )
+        .await;
+    Ok(match marked {
+        Ok(Some(r)) => format!(
+            "the clone was interrupted in phase {}; green is marked incomplete, so verify and the rollout gate refuse it: run `switchyard sync clone --replace`",
+            r.get::<_, Option<String>>(0).unwrap_or_else(|| "?".into())
+        ),
+        _ => "nothing in green was left half done".into(),
+    })
+}
+
 /// The newest clone recorded in green, if any.
 pub async fn last_clone(green: &Client) -> Result<Option<CloneRecord>, SyncError> {
     let row = green

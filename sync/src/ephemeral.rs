@@ -67,6 +67,23 @@ impl EphemeralCluster {
     /// Starts a new cluster with the programs in `bindir` (see
     /// [`find_bindir`]). Blocks until the server accepts connections.
     pub fn start(bindir: &Path) -> Result<EphemeralCluster, EphemeralError> {
+        Self::start_with(bindir, None)
+    }
+
+    /// Starts a cluster that accepts TCP connections over TLS only, with
+    /// the given server certificate and key (PEM).
+    pub fn start_tls(
+        bindir: &Path,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<EphemeralCluster, EphemeralError> {
+        Self::start_with(bindir, Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(
+        bindir: &Path,
+        tls: Option<(&str, &str)>,
+    ) -> Result<EphemeralCluster, EphemeralError> {
         if !bindir.join("initdb").is_file() {
             return Err(EphemeralError::NotFound);
         }
@@ -122,6 +139,31 @@ impl EphemeralCluster {
         let mut text = std::fs::read_to_string(&conf_path)
             .map_err(|e| failed(format!("reading {}", conf_path.display()), e.to_string()))?;
         text.push_str(&conf);
+        if let Some((cert, key)) = tls {
+            let write = |name: &str, body: &str| {
+                let p = data.join(name);
+                std::fs::write(&p, body)
+                    .map_err(|e| failed(format!("writing {}", p.display()), e.to_string()))?;
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+                if as_postgres {
+                    let _ = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&p)
+                        .status();
+                }
+                Ok::<_, EphemeralError>(())
+            };
+            write("server.crt", cert)?;
+            write("server.key", key)?;
+            text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            // TCP only over TLS; the unix socket stays open for pg_ctl.
+            write(
+                "pg_hba.conf",
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n\
+                 hostnossl all all 127.0.0.1/32 reject\nhostnossl replication all 127.0.0.1/32 reject\n",
+            )?;
+        }
         std::fs::write(&conf_path, text)
             .map_err(|e| failed(format!("writing {}", conf_path.display()), e.to_string()))?;
         let log = dir.join("server.log");
@@ -256,7 +298,13 @@ impl EphemeralCluster {
     /// Creates database `name` and returns its URL.
     pub async fn create_db(&self, name: &str) -> Result<String, EphemeralError> {
         let what = || format!("creating database {name}");
-        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+        // Over the unix socket, which works whatever TCP demands (TLS).
+        let socket = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.display(),
+            self.port
+        );
+        let (client, conn) = tokio_postgres::connect(&socket, tokio_postgres::NoTls)
             .await
             .map_err(|e| failed(what(), crate::error::pg_message(&e)))?;
         tokio::spawn(conn);

@@ -72,6 +72,7 @@ pub mod progress;
 pub mod replicate;
 pub mod roles;
 pub mod state;
+pub mod tls;
 pub mod verify;
 
 pub use error::{Side, SyncError};

@@ -12,7 +12,20 @@ use tokio_postgres::{Client, NoTls};
 /// replication connections use the same result, so a password never has to
 /// be on a command line.
 pub fn config(side: Side, url: &str) -> Result<tokio_postgres::Config, SyncError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| SyncError::Connect {
+    Ok(target(side, url)?.config)
+}
+
+/// A parsed connection URL: the tokio-postgres configuration (password
+/// filled in as libpq would) and the TLS settings.
+pub struct Target {
+    pub config: tokio_postgres::Config,
+    pub tls: crate::tls::TlsSpec,
+}
+
+/// Parses `url` into a [`Target`] (see [`config`] and [`crate::tls`]).
+pub fn target(side: Side, url: &str) -> Result<Target, SyncError> {
+    let (rest, tls) = crate::tls::split(side, url)?;
+    let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| SyncError::Connect {
         side,
         url: switchyard_config::redact_url(url),
         message: pg_message(&e),
@@ -22,7 +35,12 @@ pub fn config(side: Side, url: &str) -> Result<tokio_postgres::Config, SyncError
             config.password(pw);
         }
     }
-    Ok(config)
+    config.ssl_mode(match tls.mode {
+        crate::tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        crate::tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    Ok(Target { config, tls })
 }
 
 /// The password for `config` from `PGPASSWORD` or the password file.
@@ -97,7 +115,10 @@ pub fn tag_sessions() -> &'static str {
 }
 
 fn session_tag() -> &'static str {
-    SESSION_TAG.get().map(String::as_str).unwrap_or("switchyard")
+    SESSION_TAG
+        .get()
+        .map(String::as_str)
+        .unwrap_or("switchyard")
 }
 
 /// Opens a connection and drives it on a background task. Sessions on blue
@@ -119,7 +140,7 @@ async fn open(side: Side, url: &str, read_only: bool) -> Result<Client, SyncErro
         url: switchyard_config::redact_url(url),
         message,
     };
-    let mut config = config(side, url)?;
+    let Target { mut config, tls } = target(side, url)?;
     config.application_name(session_tag());
     if read_only {
         // Blue is production: every session switchyard opens there is
@@ -132,16 +153,34 @@ async fn open(side: Side, url: &str, read_only: bool) -> Result<Client, SyncErro
         options.push_str("-c default_transaction_read_only=on");
         config.options(&options);
     }
-    let (client, conn) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| err(pg_message(&e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%side, error = %pg_message(&e), "connection closed");
+    let client = match crate::tls::client_config(side, &tls)? {
+        None => {
+            let (client, conn) = config
+                .connect(NoTls)
+                .await
+                .map_err(|e| err(pg_message(&e)))?;
+            tokio::spawn(drive(side, conn));
+            client
         }
-    });
+        Some(tls) => {
+            let (client, conn) = config
+                .connect(crate::tls::MakeRustls::new(tls))
+                .await
+                .map_err(|e| err(pg_message(&e)))?;
+            tokio::spawn(drive(side, conn));
+            client
+        }
+    };
     Ok(client)
+}
+
+async fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(
+    side: Side,
+    conn: C,
+) {
+    if let Err(e) = conn.await {
+        tracing::debug!(%side, error = %pg_message(&e), "connection closed");
+    }
 }
 
 /// Runs `sql` as a simple-query batch, mapping errors with `context`.
@@ -302,7 +341,8 @@ pub struct ToolConn {
 
 /// Builds [`ToolConn`] for `url`.
 pub fn tool_conn(side: Side, url: &str) -> Result<ToolConn, SyncError> {
-    let c = config(side, url)?;
+    let t = target(side, url)?;
+    let c = &t.config;
     let mut parts = Vec::new();
     let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
     let hosts: Vec<String> = c
@@ -329,12 +369,10 @@ pub fn tool_conn(side: Side, url: &str) -> Result<ToolConn, SyncError> {
     if let Some(o) = c.get_options() {
         parts.push(format!("options={}", q(o)));
     }
-    let mode = match c.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => "disable",
-        tokio_postgres::config::SslMode::Require => "require",
-        _ => "prefer",
-    };
-    parts.push(format!("sslmode={mode}"));
+    parts.push(format!("sslmode={}", t.tls.mode.as_str()));
+    if let Some(root) = &t.tls.root_cert {
+        parts.push(format!("sslrootcert={}", q(&root.display().to_string())));
+    }
     Ok(ToolConn {
         conninfo: parts.join(" "),
         password: c

@@ -459,8 +459,8 @@ async fn a_table_without_a_replica_identity_is_never_published() {
     .await;
     let e = clone::clone(&pair.config, 2, false, Output::Quiet)
         .await
-        .err()
-        .expect("refused")
+        .map(drop)
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("public.loose"), "{e}");
     assert!(e.contains("REPLICA IDENTITY FULL"), "{e}");

@@ -202,8 +202,8 @@ async fn a_policy_naming_a_role_green_lacks_is_a_preflight_blocker_and_clone_ref
     );
     let e = clone::clone(&pair.config, 2, false, Output::Quiet)
         .await
-        .err()
-        .expect("refused")
+        .map(drop)
+        .expect_err("refused")
         .to_string();
     assert!(
         e.contains(&auditor) && e.contains("Nothing in green was changed"),
@@ -314,8 +314,8 @@ async fn replace_with_an_unreadable_table_on_blue_leaves_green_untouched() {
     config.blue = config.blue.replacen("postgres@", &format!("{limited}@"), 1);
     let e = clone::clone(&config, 2, true, Output::Quiet)
         .await
-        .err()
-        .expect("refused")
+        .map(drop)
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("permission denied"), "{e}");
     assert!(e.contains("nothing in green was changed"), "{e}");

@@ -44,7 +44,8 @@ pub struct CreatedSlot {
 impl WalSender {
     /// Connects to the database of `url` in replication mode.
     pub async fn connect(side: Side, url: &str) -> Result<WalSender, SyncError> {
-        let config = pg::config(side, url)?;
+        let target = pg::target(side, url)?;
+        let config = target.config;
         let err = |message: String| SyncError::Connect {
             side,
             url: switchyard_config::redact_url(url),
@@ -53,11 +54,40 @@ impl WalSender {
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let stream: Box<dyn Stream> = match config.get_hosts().first() {
             Some(Host::Tcp(h)) => {
-                let s = tokio::net::TcpStream::connect((h.as_str(), port))
+                let mut s = tokio::net::TcpStream::connect((h.as_str(), port))
                     .await
                     .map_err(|e| err(e.to_string()))?;
                 let _ = s.set_nodelay(true);
-                Box::new(s)
+                match crate::tls::client_config(side, &target.tls)? {
+                    None => Box::new(s),
+                    Some(tls) => {
+                        // SSLRequest: the server answers 'S' (go ahead) or 'N'.
+                        let mut req = BytesMut::new();
+                        frontend::ssl_request(&mut req);
+                        s.write_all(&req).await.map_err(|e| err(e.to_string()))?;
+                        let mut answer = [0u8; 1];
+                        s.read_exact(&mut answer)
+                            .await
+                            .map_err(|e| err(e.to_string()))?;
+                        match answer[0] {
+                            b'S' => {
+                                let name = crate::tls::server_name(h).map_err(err)?;
+                                let t = tokio_rustls::TlsConnector::from(tls)
+                                    .connect(name, s)
+                                    .await
+                                    .map_err(|e| err(format!("TLS: {e}")))?;
+                                Box::new(t)
+                            }
+                            _ if target.tls.mode == crate::tls::SslMode::Prefer => Box::new(s),
+                            _ => {
+                                return Err(err(format!(
+                                    "the server does not offer TLS, which sslmode={} requires",
+                                    target.tls.mode.as_str()
+                                )))
+                            }
+                        }
+                    }
+                }
             }
             Some(Host::Unix(dir)) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));

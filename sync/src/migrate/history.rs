@@ -1,0 +1,79 @@
+//! Flyway's history table, `flyway_schema_history`: reading it, and the
+//! current version it records.
+
+use crate::error::{Side, SyncError};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::{Version, HISTORY_TABLE};
+
+/// One row of `flyway_schema_history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub installed_rank: i32,
+    pub version: Option<String>,
+    pub description: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub script: String,
+    pub checksum: Option<i32>,
+    pub installed_on: String,
+    pub execution_time: i32,
+    pub success: bool,
+}
+
+/// Finds the history table: in green's current schema first, then anywhere.
+pub async fn history_table(client: &Client) -> Result<Option<String>, SyncError> {
+    let row = client
+        .query_opt(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
+              ORDER BY n.nspname = current_schema() DESC, n.nspname LIMIT 1",
+            &[&HISTORY_TABLE],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "looking for flyway_schema_history", &e))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Reads the history (empty when there is no history table).
+pub async fn read_history(client: &Client) -> Result<Vec<Applied>, SyncError> {
+    let Some(table) = history_table(client).await? else {
+        return Ok(Vec::new());
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT installed_rank, version::text, description::text, type::text, script::text, \
+                        checksum, to_char(installed_on, 'YYYY-MM-DD HH24:MI:SS'), execution_time, success \
+                   FROM {table} ORDER BY installed_rank"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, format!("reading {table}"), &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Applied {
+            installed_rank: r.get(0),
+            version: r.get(1),
+            description: r.get(2),
+            kind: r.get(3),
+            script: r.get(4),
+            checksum: r.get(5),
+            installed_on: r.get(6),
+            execution_time: r.get(7),
+            success: r.get(8),
+        })
+        .collect())
+}
+
+/// The highest successfully applied version in the history.
+pub fn current_version(history: &[Applied]) -> Option<Version> {
+    history
+        .iter()
+        .filter(|a| a.success)
+        .filter_map(|a| a.version.as_deref().and_then(Version::parse))
+        .max()
+}

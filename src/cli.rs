@@ -102,6 +102,19 @@ pub enum MigrateAction {
     Validate,
     /// List applied and pending migrations.
     Info,
+    /// Mark a green that already has its schema (made by hand or another
+    /// tool) as being at a version: migrations up to it will not run.
+    Baseline {
+        /// The version green's schema corresponds to.
+        #[arg(long, default_value = "1")]
+        version: String,
+        /// Recorded in the history.
+        #[arg(long, default_value = "<< Flyway Baseline >>")]
+        description: String,
+    },
+    /// Remove the rows of failed migrations (after finishing or undoing them
+    /// by hand) and realign recorded checksums with edited files.
+    Repair,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -43,6 +43,21 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
             ..
         } => Command::Info,
         SyncCommand::Migrate {
+            action:
+                Some(MigrateAction::Baseline {
+                    version,
+                    description,
+                }),
+            ..
+        } => Command::Baseline {
+            version,
+            description,
+        },
+        SyncCommand::Migrate {
+            action: Some(MigrateAction::Repair),
+            ..
+        } => Command::Repair,
+        SyncCommand::Migrate {
             dry_run,
             action: None,
         } => Command::Migrate { dry_run },

@@ -539,6 +539,22 @@ pub struct DatabaseConfig {
     /// roles exist on green), and verify compares them.
     #[serde(default)]
     pub roles: RolesMode,
+    /// Flyway placeholders: `${name}` in migrations is replaced by the value.
+    #[serde(default, deserialize_with = "placeholders")]
+    pub placeholders: std::collections::BTreeMap<String, String>,
+}
+
+fn placeholders<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let raw = std::collections::BTreeMap::<String, String>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            crate::interpolate::interpolate(&v)
+                .map(|v| (k, v))
+                .map_err(de::Error::custom)
+        })
+        .collect()
 }
 
 /// `[database] roles`: owners, grants and default privileges.
@@ -620,6 +636,7 @@ impl DatabaseConfig {
             green_from_blue: None,
             prepare: PrepareMode::default(),
             roles: RolesMode::default(),
+            placeholders: Default::default(),
         }
     }
 
@@ -656,6 +673,10 @@ impl fmt::Debug for DatabaseConfig {
             )
             .field("prepare", &self.prepare)
             .field("roles", &self.roles)
+            .field(
+                "placeholders",
+                &self.placeholders.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

@@ -72,11 +72,14 @@ pub enum SyncError {
     #[error("{}: {message}", path.display())]
     MigrationFile { path: PathBuf, message: String },
 
-    #[error("migration {script} failed on green: {message}; nothing of it was kept{extra}. Fix the file and run migrate again")]
+    #[error("migration {script}:{line} failed on green: {message}; {kept}")]
     MigrationFailed {
         script: String,
+        /// Line of the failing statement (or of the error position in it).
+        line: usize,
         message: String,
-        extra: String,
+        /// What of it stayed applied, and what to do.
+        kept: String,
     },
 
     #[error("validation of the migrations failed:\n{}", problems.join("\n"))]

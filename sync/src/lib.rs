@@ -36,6 +36,8 @@
 //! | `migrate` | `--dry-run` | `Command::Migrate { dry_run }` |
 //! | `migrate validate` (or `validate`) | | `Command::Validate` |
 //! | `migrate info` (or `info`) | | `Command::Info` |
+//! | `migrate baseline` | `--version V`, `--description D` | `Command::Baseline { version, description }` |
+//! | `migrate repair` | | `Command::Repair` |
 //! | `verify` | `--jobs N` | `Command::Verify { jobs }` |
 //! | `status` | | `Command::Status` |
 //! | `replicate` | | `Command::Replicate` |
@@ -99,6 +101,13 @@ pub enum Command {
     Validate,
     /// List applied and pending migrations.
     Info,
+    /// Mark a green that already has its schema as being at `version`.
+    Baseline {
+        version: String,
+        description: String,
+    },
+    /// Remove failed migrations' rows and realign changed checksums.
+    Repair,
     /// Compare blue with green; exit 1 on differences.
     Verify { jobs: usize },
     /// Green's schema version, last verification and gate state.
@@ -217,11 +226,15 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
                     dry_run,
                     published: published.as_ref(),
                     roles: db.roles == switchyard_config::RolesMode::Copy,
+                    placeholders: Some(&db.placeholders),
                 },
             )
             .await?;
             let verb = if dry_run { "would apply" } else { "applied" };
             let mut t = String::new();
+            for s in &r.callbacks {
+                t.push_str(&format!("ran callback {s}\n"));
+            }
             for s in &r.applied {
                 t.push_str(&format!("{verb} {s}\n"));
             }
@@ -263,6 +276,37 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
                 ));
             }
             (0, json(&rows), t)
+        }
+        Command::Baseline {
+            version,
+            description,
+        } => {
+            let r = migrate::baseline(&db.green, &version, &description).await?;
+            let t = format!(
+                "green is now at baseline version {} ({}): migrations up to it will not run\n",
+                r.version, r.description
+            );
+            (0, json(&r), t)
+        }
+        Command::Repair => {
+            let r = migrate::repair(&db.migrations, &db.green).await?;
+            let mut t = String::new();
+            for s in &r.removed_failed {
+                t.push_str(&format!(
+                    "removed the failed row of {s}: it will run again on the next migrate\n"
+                ));
+            }
+            for s in &r.realigned {
+                t.push_str(&format!(
+                    "realigned the recorded checksum of {s} with the file on disk\n"
+                ));
+            }
+            if t.is_empty() {
+                t.push_str("nothing to repair: no failed rows, every checksum matches its file\n");
+            } else {
+                t.push_str("repair done: run `switchyard sync migrate validate` to check\n");
+            }
+            (0, json(&r), t)
         }
         Command::Verify { jobs: j } => {
             let v = verify::verify(db, jobs(j), None, out).await?;

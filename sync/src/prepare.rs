@@ -236,6 +236,7 @@ async fn after_clone(
             dry_run: false,
             published: published.as_ref(),
             roles: db.roles == switchyard_config::RolesMode::Copy,
+            placeholders: Some(&db.placeholders),
         },
     )
     .await

@@ -254,3 +254,224 @@ async fn failed_migration_leaves_nothing_and_concurrently_runs_outside_a_transac
         .get(0);
     assert_eq!(n, 1);
 }
+
+async fn migrate_with(
+    pair: &Pair,
+    placeholders: &std::collections::BTreeMap<String, String>,
+) -> Result<migrate::MigrateReport, SyncError> {
+    migrate::migrate(
+        &pair.config.migrations,
+        pair.green(),
+        migrate::MigrateOptions {
+            placeholders: Some(placeholders),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placeholders_and_callbacks_work_as_in_flyway() {
+    let pair = Pair::new("placeholders").await;
+    let dir = pair.migrations.path();
+    write(
+        dir,
+        "V1__tenant.sql",
+        "CREATE TABLE ${table_name} (id int, made_by text DEFAULT '${flyway:user}', db text DEFAULT '${flyway:database}');\n",
+    );
+    write(
+        dir,
+        "beforeMigrate.sql",
+        "CREATE TABLE IF NOT EXISTS cb_log (event text);\nINSERT INTO cb_log VALUES ('before');\n",
+    );
+    write(
+        dir,
+        "afterEachMigrate.sql",
+        "INSERT INTO cb_log VALUES ('after ' || '${flyway:filename}');\n",
+    );
+    write(
+        dir,
+        "afterMigrate__stats.sql",
+        "INSERT INTO cb_log VALUES ('after all');\n",
+    );
+    let mut values = std::collections::BTreeMap::new();
+    let e = migrate_with(&pair, &values).await.unwrap_err().to_string();
+    assert!(
+        e.contains("V1__tenant.sql")
+            && e.contains("${table_name}")
+            && e.contains("[database.placeholders]"),
+        "{e}"
+    );
+    values.insert("table_name".to_string(), "customers".to_string());
+    let r = migrate_with(&pair, &values).await.unwrap();
+    assert_eq!(r.applied, ["V1__tenant.sql"]);
+    let g = connect(pair.green()).await;
+    let (by, db): (String, String) = {
+        g.batch_execute("INSERT INTO customers (id) VALUES (1)")
+            .await
+            .unwrap();
+        let row = g
+            .query_one("SELECT made_by, db FROM customers", &[])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(by, "postgres");
+    assert!(pair.green().ends_with(&db), "{db}");
+    let events: Vec<String> = g
+        .query("SELECT event FROM cb_log", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // In a callback, ${flyway:filename} is the callback's own file, as in Flyway.
+    assert_eq!(events, ["before", "after afterEachMigrate.sql", "after all"]);
+    // The checksum is the file's as written (placeholders unexpanded), as Flyway's.
+    let recorded: i32 = g
+        .query_one(
+            "SELECT checksum FROM flyway_schema_history WHERE version = '1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        recorded,
+        checksum(&std::fs::read(dir.join("V1__tenant.sql")).unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_marks_an_existing_schema_and_later_migrations_still_run() {
+    let pair = Pair::new("baseline").await;
+    let dir = pair.migrations.path();
+    // The schema was made by hand before switchyard (or Flyway) was used.
+    support::sql(pair.green(), "CREATE TABLE accounts (id int PRIMARY KEY)").await;
+    write(
+        dir,
+        "V1__accounts.sql",
+        "CREATE TABLE accounts (id int PRIMARY KEY);\n",
+    );
+    write(
+        dir,
+        "V2__email.sql",
+        "ALTER TABLE accounts ADD COLUMN email text;\n",
+    );
+    let r = run(
+        &pair.config,
+        Command::Baseline {
+            version: "1".into(),
+            description: "<< Flyway Baseline >>".into(),
+        },
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.code, 0);
+    assert_eq!(migrate_green(&pair).await.unwrap(), ["V2__email.sql"]);
+    let e = run(
+        &pair.config,
+        Command::Baseline {
+            version: "3".into(),
+            description: "again".into(),
+        },
+        Output::Quiet,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("already has 2 rows"), "{e}");
+    assert!(migrate::validate(dir, pair.green())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_outside_a_transaction_names_its_line_and_repair_recovers_it() {
+    let pair = Pair::new("repair").await;
+    let dir = pair.migrations.path();
+    write(dir, "V1__base.sql", "CREATE TABLE t (id int, v text);\n");
+    write(
+        dir,
+        "V2__index.sql",
+        "CREATE INDEX CONCURRENTLY t_id ON t (id);\n\n-- the next statement has a typo\nCREATE INDEX CONCURRENTLY t_v ON t (vv);\n",
+    );
+    let e = migrate_green(&pair).await.unwrap_err().to_string();
+    assert!(
+        e.contains("V2__index.sql:4"),
+        "names the file and line: {e}"
+    );
+    assert!(
+        e.contains("column \"vv\" does not exist"),
+        "the server's message: {e}"
+    );
+    assert!(
+        e.contains("statements 1 to 1 (lines 1 to 1) stayed applied"),
+        "what was kept: {e}"
+    );
+    assert!(e.contains("migrate repair"), "what to do: {e}");
+    // Validate refuses to go on while the failed row is there.
+    let problems = migrate::validate(dir, pair.green()).await.unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("failed earlier") && p.contains("migrate repair")),
+        "{problems:?}"
+    );
+    // The operator undoes what stayed applied, fixes the file, repairs.
+    support::sql(pair.green(), "DROP INDEX t_id").await;
+    write(
+        dir,
+        "V2__index.sql",
+        "CREATE INDEX CONCURRENTLY t_id ON t (id);\n\n-- fixed\nCREATE INDEX CONCURRENTLY t_v ON t (v);\n",
+    );
+    // And edits an applied migration's comment on purpose.
+    write(
+        dir,
+        "V1__base.sql",
+        "-- the base table\nCREATE TABLE t (id int, v text);\n",
+    );
+    let r = run(&pair.config, Command::Repair, Output::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.summary["removed_failed"][0], "V2__index.sql",
+        "{:#}",
+        r.summary
+    );
+    assert_eq!(r.summary["realigned"][0], "V1__base.sql", "{:#}", r.summary);
+    assert!(migrate::validate(dir, pair.green())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(migrate_green(&pair).await.unwrap(), ["V2__index.sql"]);
+    let again = run(&pair.config, Command::Repair, Output::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.summary["removed_failed"].as_array().map(Vec::len),
+        Some(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_statement_in_a_transactional_migration_is_named_by_line() {
+    let pair = Pair::new("failline").await;
+    let dir = pair.migrations.path();
+    write(
+        dir,
+        "V1__three.sql",
+        "CREATE TABLE a (id int);\nCREATE TABLE b (id int);\nINSERT INTO b VALUES ('not a number');\n",
+    );
+    let e = migrate_green(&pair).await.unwrap_err().to_string();
+    assert!(e.contains("V1__three.sql:3"), "{e}");
+    assert!(e.contains("invalid input syntax for type integer"), "{e}");
+    assert!(e.contains("nothing of it was kept"), "{e}");
+    let g = connect(pair.green()).await;
+    assert!(
+        g.query("SELECT 1 FROM a", &[]).await.is_err(),
+        "rolled back"
+    );
+}

@@ -5,6 +5,16 @@ use serde::Serialize;
 
 use super::{current_version, Applied, Migration, Version, HISTORY_TABLE};
 
+/// The version of a `baseline` row, if the history starts with one:
+/// migrations up to it count as applied.
+pub fn baseline_version(history: &[Applied]) -> Option<Version> {
+    history
+        .iter()
+        .find(|a| a.kind == "BASELINE" && a.success)
+        .and_then(|a| a.version.as_deref())
+        .and_then(Version::parse)
+}
+
 /// The newest versioned migration on disk.
 pub fn latest_version(migrations: &[Migration]) -> Option<Version> {
     migrations.iter().filter_map(|m| m.version.clone()).max()
@@ -32,7 +42,7 @@ pub fn validate_against(migrations: &[Migration], history: &[Applied]) -> Vec<St
     for a in history {
         if !a.success {
             problems.push(format!(
-                "migration {} ({}) failed earlier and is recorded as failed in {HISTORY_TABLE}: repair the database by hand, then delete that row (installed_rank {})",
+                "migration {} ({}) failed earlier and is recorded as failed in {HISTORY_TABLE} (installed_rank {}): finish or undo what it did by hand, then run `switchyard sync migrate repair` to remove that row",
                 a.version.as_deref().unwrap_or("R"), a.script, a.installed_rank
             ));
             continue;
@@ -72,9 +82,14 @@ pub fn validate_against(migrations: &[Migration], history: &[Applied]) -> Vec<St
             }
         }
     }
+    let baseline = baseline_version(history);
     if let Some(cur) = &current {
         for m in migrations {
-            if let Some(v) = &m.version {
+            if let Some(v) = m
+                .version
+                .as_ref()
+                .filter(|v| baseline.as_ref().is_none_or(|b| *v > b))
+            {
                 let applied = history.iter().any(|a| {
                     a.success && a.version.as_deref().and_then(Version::parse).as_ref() == Some(v)
                 });
@@ -147,6 +162,7 @@ pub fn info_rows(migrations: &[Migration], history: &[Applied]) -> Vec<InfoRow> 
 /// Migrations that would run now: unapplied versioned ones newer than the
 /// current version, then repeatables that are new or changed.
 pub fn pending<'a>(migrations: &'a [Migration], history: &[Applied]) -> Vec<&'a Migration> {
+    let baseline = baseline_version(history);
     let applied_versions: Vec<Version> = history
         .iter()
         .filter(|a| a.success)
@@ -155,7 +171,7 @@ pub fn pending<'a>(migrations: &'a [Migration], history: &[Applied]) -> Vec<&'a 
     migrations
         .iter()
         .filter(|m| match &m.version {
-            Some(v) => !applied_versions.contains(v),
+            Some(v) => !applied_versions.contains(v) && baseline.as_ref().is_none_or(|b| v > b),
             None => {
                 let last = history
                     .iter()

@@ -158,17 +158,23 @@ pub fn scan(dir: &Path) -> Result<Vec<Migration>, SyncError> {
             .strip_prefix('\u{feff}')
             .map(str::to_string)
             .unwrap_or(sql);
+        // Flyway's per-script configuration: `V1__x.sql.conf` with
+        // `executeInTransaction=false` (or `true` to insist).
         let conf = path.with_file_name(format!("{name}.conf"));
-        let opted_out = std::fs::read_to_string(&conf)
-            .map(|c| {
-                c.lines().any(|l| {
-                    l.split_once('=').is_some_and(|(k, v)| {
-                        k.trim() == "executeInTransaction" && v.trim().eq_ignore_ascii_case("false")
-                    })
+        let in_transaction = match std::fs::read_to_string(&conf) {
+            Err(_) => None,
+            Ok(c) => conf_setting(&c, "executeInTransaction")
+                .map(|v| match v.to_ascii_lowercase().as_str() {
+                    "true" => Ok(true),
+                    "false" => Ok(false),
+                    _ => Err(SyncError::MigrationFile {
+                        path: conf.clone(),
+                        message: format!("executeInTransaction={v:?}: use true or false"),
+                    }),
                 })
-            })
-            .unwrap_or(false);
-        let transactional = !opted_out && !needs_no_transaction(&sql);
+                .transpose()?,
+        };
+        let transactional = in_transaction.unwrap_or_else(|| !needs_no_transaction(&sql));
         out.push(Migration {
             version,
             description: description.replace('_', " "),
@@ -231,5 +237,140 @@ mod tests {
         assert_eq!(v("1"), v("1.0"));
         assert_eq!(v("1_1").to_string(), "1.1");
         assert!(Version::parse("1a").is_none());
+    }
+}
+
+/// The value of `key` in a `.conf` file (`key=value` lines, `#` comments).
+fn conf_setting(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// One SQL callback file (Flyway's `beforeMigrate.sql` and friends).
+#[derive(Debug, Clone)]
+pub struct Callback {
+    pub script: String,
+    pub path: PathBuf,
+    pub sql: String,
+}
+
+/// The SQL callbacks of a migrations directory, each list in file-name
+/// order: `beforeMigrate` runs once before migrating (also when nothing is
+/// pending), `beforeEachMigrate`/`afterEachMigrate` inside each migration's
+/// transaction, `afterMigrate` once at the end.
+#[derive(Debug, Clone, Default)]
+pub struct Callbacks {
+    pub before_migrate: Vec<Callback>,
+    pub before_each: Vec<Callback>,
+    pub after_each: Vec<Callback>,
+    pub after_migrate: Vec<Callback>,
+}
+
+/// Reads the callbacks (`<event>.sql` or `<event>__<description>.sql`).
+pub fn scan_callbacks(dir: &Path) -> Result<Callbacks, SyncError> {
+    let mut c = Callbacks::default();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(c);
+    };
+    let mut entries: Vec<_> = rd.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".sql") else {
+            continue;
+        };
+        let event = stem.split_once("__").map(|(a, _)| a).unwrap_or(stem);
+        let list = match event {
+            "beforeMigrate" => &mut c.before_migrate,
+            "beforeEachMigrate" => &mut c.before_each,
+            "afterEachMigrate" => &mut c.after_each,
+            "afterMigrate" => &mut c.after_migrate,
+            _ => continue,
+        };
+        let path = e.path();
+        let sql = std::fs::read_to_string(&path).map_err(|err| SyncError::MigrationFile {
+            path: path.clone(),
+            message: format!("cannot read: {err}"),
+        })?;
+        list.push(Callback {
+            script: name,
+            path,
+            sql,
+        });
+    }
+    Ok(c)
+}
+
+/// Replaces Flyway placeholders, `${name}`, with their values. A
+/// placeholder without a value is an error naming the file and line, as in
+/// Flyway. The checksum stays the one of the file as written.
+pub fn substitute(
+    sql: &str,
+    values: &std::collections::BTreeMap<String, String>,
+    path: &Path,
+) -> Result<String, SyncError> {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[i..]);
+            rest = "";
+            break;
+        };
+        let name = &after[..end];
+        match values.get(name) {
+            Some(v) => out.push_str(v),
+            None => {
+                let line = super::sql::line_of(sql, sql.len() - rest.len() + i);
+                return Err(SyncError::MigrationFile {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "line {line}: no value for placeholder ${{{name}}}: add `{name} = \"...\"` to [database.placeholders]"
+                    ),
+                });
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod placeholder_tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_replaced_and_a_missing_one_is_named_with_its_line() {
+        let mut v = std::collections::BTreeMap::new();
+        v.insert("schema".to_string(), "app".to_string());
+        v.insert("flyway:user".to_string(), "deployer".to_string());
+        let p = Path::new("V1__x.sql");
+        assert_eq!(
+            substitute(
+                "CREATE TABLE ${schema}.t (by text DEFAULT '${flyway:user}');",
+                &v,
+                p
+            )
+            .unwrap(),
+            "CREATE TABLE app.t (by text DEFAULT 'deployer');"
+        );
+        let e = substitute("SELECT 1;\nSELECT '${nope}';", &v, p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("V1__x.sql") && e.contains("line 2") && e.contains("${nope}"),
+            "{e}"
+        );
+        assert_eq!(
+            substitute("SELECT '$1', '${'", &v, p).unwrap(),
+            "SELECT '$1', '${'"
+        );
     }
 }

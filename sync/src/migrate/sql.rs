@@ -2,26 +2,71 @@
 //! each starts on), and telling which statements PostgreSQL refuses inside
 //! a transaction.
 
-/// Whether the script holds a statement PostgreSQL refuses inside a transaction.
+/// Whether the script holds a statement PostgreSQL refuses inside a
+/// transaction block: `CREATE INDEX CONCURRENTLY`, `DROP INDEX
+/// CONCURRENTLY`, `REINDEX … CONCURRENTLY`, `ALTER TABLE … DETACH PARTITION
+/// … CONCURRENTLY`, `VACUUM`, `CREATE`/`DROP DATABASE`, `CREATE`/`DROP
+/// TABLESPACE`, `ALTER SYSTEM`, `CREATE`/`DROP`/`ALTER SUBSCRIPTION`.
+/// (`REFRESH MATERIALIZED VIEW CONCURRENTLY` is allowed in one.)
 pub(crate) fn needs_no_transaction(sql: &str) -> bool {
-    split_statements(sql).iter().any(|s| {
-        let words: Vec<String> = skip_leading_comments(s)
-            .split_whitespace()
-            .take(4)
-            .map(|w| w.to_ascii_uppercase())
-            .collect();
-        let w: Vec<&str> = words.iter().map(String::as_str).collect();
-        w.contains(&"CONCURRENTLY")
-            || matches!(
-                w.as_slice(),
-                ["VACUUM", ..]
-                    | ["CREATE", "DATABASE", ..]
-                    | ["DROP", "DATABASE", ..]
-                    | ["ALTER", "SYSTEM", ..]
-                    | ["CREATE", "TABLESPACE", ..]
-                    | ["DROP", "TABLESPACE", ..]
-            )
-    })
+    split_statements(sql)
+        .iter()
+        .any(|s| statement_needs_no_transaction(s))
+}
+
+fn statement_needs_no_transaction(stmt: &str) -> bool {
+    let words: Vec<String> = strip_comments(skip_leading_comments(stmt))
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let has = |x: &str| w.contains(&x);
+    match w.as_slice() {
+        ["CREATE", "INDEX", "CONCURRENTLY", ..]
+        | ["CREATE", "UNIQUE", "INDEX", "CONCURRENTLY", ..] => true,
+        ["DROP", "INDEX", "CONCURRENTLY", ..] => true,
+        ["REINDEX", ..] => has("CONCURRENTLY"),
+        ["ALTER", "TABLE", ..] => has("DETACH") && has("PARTITION") && has("CONCURRENTLY"),
+        ["VACUUM", ..] => true,
+        ["CREATE" | "DROP", "DATABASE" | "TABLESPACE", ..] => true,
+        ["ALTER", "SYSTEM", ..] => true,
+        ["CREATE" | "DROP" | "ALTER", "SUBSCRIPTION", ..] => true,
+        _ => false,
+    }
+}
+
+/// One statement of a script and the line (1-based) it starts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub text: String,
+    pub line: usize,
+}
+
+/// [`split_statements`], with the line each statement's first non-blank
+/// character is on.
+pub fn split_statements_at(sql: &str) -> Vec<Statement> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    for text in split_statements(sql) {
+        let at = sql[from..].find(&text).map(|i| from + i).unwrap_or(from);
+        from = at + text.len();
+        let lead = text.len() - skip_leading_comments(&text).len();
+        out.push(Statement {
+            line: line_of(sql, at + lead),
+            text,
+        });
+    }
+    out
+}
+
+/// The line (1-based) of byte offset `at` in `sql`.
+pub fn line_of(sql: &str, at: usize) -> usize {
+    sql.as_bytes()[..at.min(sql.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Splits SQL into statements at top-level semicolons, honouring quotes,
@@ -148,5 +193,31 @@ mod tests {
         assert_eq!(s.len(), 3, "{s:?}");
         assert!(needs_no_transaction(sql));
         assert!(!needs_no_transaction("CREATE INDEX i ON t (a);"));
+        let at = split_statements_at(sql);
+        assert_eq!(at.iter().map(|s| s.line).collect::<Vec<_>>(), vec![1, 3, 4]);
+    }
+
+    #[test]
+    fn statements_that_cannot_run_in_a_transaction_are_recognised() {
+        for s in [
+            "CREATE INDEX CONCURRENTLY i ON t (a)",
+            "create unique index concurrently i on t(a)",
+            "DROP INDEX CONCURRENTLY i",
+            "REINDEX TABLE CONCURRENTLY t",
+            "ALTER TABLE measurements DETACH PARTITION measurements_2023 CONCURRENTLY",
+            "-- comment\nVACUUM ANALYZE t",
+            "ALTER SYSTEM SET work_mem = '64MB'",
+            "CREATE DATABASE other",
+        ] {
+            assert!(needs_no_transaction(s), "{s}");
+        }
+        for s in [
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY mv",
+            "ALTER TABLE t DETACH PARTITION p",
+            "INSERT INTO log VALUES ('CREATE INDEX CONCURRENTLY')",
+            "CREATE INDEX concurrently_named ON t (a)",
+        ] {
+            assert!(!needs_no_transaction(s), "{s}");
+        }
     }
 }

@@ -23,12 +23,11 @@ use crate::pg::{self, Table};
 use crate::pg::{snapshot_session, SnapshotHolder};
 use crate::progress::Progress;
 use crate::replicate::ForwardSlot;
-use crate::{roles, state, Output};
+use crate::{roles, state, workers, Output};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use switchyard_config::{DatabaseConfig, RolesMode, SyncMode};
 use tokio_postgres::Client;
@@ -214,30 +213,12 @@ pub async fn clone(
         }
         Err(e) => {
             if let Some(id) = record {
-                let _ = mark(&green, id, "failed", None, Some(&e.to_string())).await;
+                let _ = state::mark_clone(&green, id, "failed", None, Some(&e.to_string())).await;
             }
             holder.abandon(db).await;
             Err(e)
         }
     }
-}
-
-/// Records the clone's state and phase in green.
-async fn mark(
-    green: &Client,
-    id: i64,
-    state: &str,
-    phase: Option<&str>,
-    error: Option<&str>,
-) -> Result<(), SyncError> {
-    green
-        .execute(
-            "UPDATE switchyard.clones SET state = $2, phase = coalesce($3, phase), error = $4, finished_at = now() WHERE id = $1",
-            &[&id, &state, &phase, &error],
-        )
-        .await
-        .map_err(|e| SyncError::query(Side::Green, "recording the clone's progress", &e))?;
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -336,22 +317,15 @@ async fn clone_in(
     if replace {
         wipe_green(green).await?;
     }
-    state::ensure_schema(green).await?;
     let slot = holder.slot().map(|s| s.created.clone());
-    let id: i64 = green
-        .query_one(
-            "INSERT INTO switchyard.clones (snapshot, tables, rows, bytes, report, state, phase, slot, consistent_lsn, blue_time) \
-             VALUES ($1, 0, 0, 0, '{}', 'running', 'schema', $2, $3, $4::text::timestamptz) RETURNING id",
-            &[
-                &snapshot,
-                &slot.as_ref().map(|s| s.slot_name.clone()),
-                &slot.as_ref().map(|s| s.consistent_point.clone()),
-                &blue_time,
-            ],
-        )
-        .await
-        .map_err(|e| SyncError::query(Side::Green, "recording the clone", &e))?
-        .get(0);
+    let id = state::start_clone(
+        green,
+        &snapshot,
+        slot.as_ref()
+            .map(|s| (s.slot_name.as_str(), s.consistent_point.as_str())),
+        &blue_time,
+    )
+    .await?;
     *record = Some(id);
 
     let restore = |section: &str, jobs: usize| {
@@ -383,64 +357,42 @@ async fn clone_in(
 
     // Data.
     phase("schema");
-    mark(green, id, "running", Some("copy"), None).await?;
+    state::mark_clone(green, id, "running", Some("copy"), None).await?;
     let total: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = Arc::new(Progress::new(output, "clone", total.max(0) as u64));
     let chunks = plan_chunks(&tables, jobs);
-    let workers = jobs.min(chunks.len()).max(1);
-    let queue = Arc::new(Mutex::new(chunks.into_iter().collect::<VecDeque<_>>()));
-    let mut handles = Vec::new();
-    for _ in 0..workers {
-        let queue = queue.clone();
-        let progress = progress.clone();
-        let (blue_url, green_url, snap) = (db.blue.clone(), db.green.clone(), snapshot.clone());
-        handles.push(tokio::spawn(async move {
-            let blue = snapshot_session(Side::Blue, &blue_url, &snap).await?;
-            let green = pg::connect(Side::Green, &green_url).await?;
-            pg::exec(
-                &green,
-                Side::Green,
-                "setting up a copy session",
-                "SET synchronous_commit = off",
-            )
-            .await?;
-            let mut done = Vec::new();
-            loop {
-                let next = queue.lock().expect("queue lock").pop_front();
-                let Some(chunk) = next else { break };
-                match copy_chunk(&blue, &green, &chunk, &progress).await {
-                    Ok(copied) => done.push(copied),
-                    Err(e) => {
-                        // Stop the other workers at their next chunk.
-                        queue.lock().expect("queue lock").clear();
-                        return Err(e);
-                    }
-                }
+    let (blue_url, green_url, snap) = (db.blue.clone(), db.green.clone(), snapshot.clone());
+    let bars = progress.clone();
+    let copied = workers::run(
+        chunks,
+        jobs,
+        move || {
+            let (blue_url, green_url, snap) = (blue_url.clone(), green_url.clone(), snap.clone());
+            async move {
+                let blue = snapshot_session(Side::Blue, &blue_url, &snap).await?;
+                let green = pg::connect(Side::Green, &green_url).await?;
+                pg::exec(
+                    &green,
+                    Side::Green,
+                    "setting up a copy session",
+                    "SET synchronous_commit = off",
+                )
+                .await?;
+                Ok((blue, green))
             }
-            Ok::<_, SyncError>(done)
-        }));
-    }
-    let mut copied = Vec::new();
-    let mut first_err = None;
-    for h in handles {
-        match h.await {
-            Ok(Ok(v)) => copied.extend(v),
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(SyncError::Other(format!("a copy worker panicked: {e}")));
-            }
-        }
-    }
+        },
+        move |s: Arc<(Client, Client)>, chunk: Chunk| {
+            let bars = bars.clone();
+            async move { copy_chunk(&s.0, &s.1, &chunk, &bars).await }
+        },
+    )
+    .await;
     progress.finish();
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    let copied = copied?;
 
     let sequences = copy_sequences(&blue, green).await?;
     phase("copy");
-    mark(green, id, "running", Some("post_data"), None).await?;
+    state::mark_clone(green, id, "running", Some("post_data"), None).await?;
     pg::run_tool(
         "pg_restore",
         "building indexes and constraints in green (post-data)",
@@ -449,13 +401,13 @@ async fn clone_in(
     )
     .await?;
     phase("post_data");
-    mark(green, id, "running", Some("large_objects"), None).await?;
+    state::mark_clone(green, id, "running", Some("large_objects"), None).await?;
     let large_objects = copy_large_objects(&blue, green, copy_roles).await?;
     phase("large_objects");
-    mark(green, id, "running", Some("materialized_views"), None).await?;
+    state::mark_clone(green, id, "running", Some("materialized_views"), None).await?;
     refresh_matviews(&blue, green).await?;
     phase("materialized_views");
-    mark(green, id, "running", Some("analyze"), None).await?;
+    state::mark_clone(green, id, "running", Some("analyze"), None).await?;
     pg::exec(green, Side::Green, "analyzing green", "ANALYZE").await?;
     phase("analyze");
 
@@ -486,21 +438,7 @@ async fn clone_in(
         blue_time,
         large_objects,
     };
-    let json = serde_json::to_string(&report).expect("report serialises");
-    green
-        .execute(
-            "UPDATE switchyard.clones SET tables = $2, rows = $3, bytes = $4, report = $5::text::jsonb, \
-                    state = 'complete', phase = 'done', finished_at = now() WHERE id = $1",
-            &[
-                &id,
-                &(report.tables.len() as i32),
-                &(report.rows as i64),
-                &(report.bytes as i64),
-                &json,
-            ],
-        )
-        .await
-        .map_err(|e| SyncError::query(Side::Green, "recording the clone", &e))?;
+    state::finish_clone(green, id, &report).await?;
     Ok(report)
 }
 

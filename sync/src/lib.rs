@@ -76,6 +76,7 @@ pub mod roles;
 pub mod state;
 pub mod tls;
 pub mod verify;
+mod workers;
 
 pub use error::{Side, SyncError};
 pub use state::{gate_status, GateStatus};

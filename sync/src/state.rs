@@ -119,6 +119,86 @@ pub async fn last_clone(green: &Client) -> Result<Option<CloneRecord>, SyncError
     }
 }
 
+/// Records a clone as `running` from its first change to green; returns its id.
+pub async fn start_clone(
+    green: &Client,
+    snapshot: &str,
+    slot: Option<(&str, &str)>,
+    blue_time: &str,
+) -> Result<i64, SyncError> {
+    ensure_schema(green).await?;
+    Ok(green
+        .query_one(
+            "INSERT INTO switchyard.clones (snapshot, tables, rows, bytes, report, state, phase, slot, consistent_lsn, blue_time) \
+             VALUES ($1, 0, 0, 0, '{}', 'running', 'schema', $2, $3, $4::text::timestamptz) RETURNING id",
+            &[&snapshot, &slot.map(|s| s.0), &slot.map(|s| s.1), &blue_time],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "recording the clone", &e))?
+        .get(0))
+}
+
+/// Records a clone's state (`running`, `failed`) and phase.
+pub async fn mark_clone(
+    green: &Client,
+    id: i64,
+    state: &str,
+    phase: Option<&str>,
+    error: Option<&str>,
+) -> Result<(), SyncError> {
+    green
+        .execute(
+            "UPDATE switchyard.clones SET state = $2, phase = coalesce($3, phase), error = $4, finished_at = now() WHERE id = $1",
+            &[&id, &state, &phase, &error],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "recording the clone's progress", &e))?;
+    Ok(())
+}
+
+/// Records a clone as `complete`, with its report: only after its last phase.
+pub async fn finish_clone(
+    green: &Client,
+    id: i64,
+    report: &crate::clone::CloneReport,
+) -> Result<(), SyncError> {
+    let json = serde_json::to_string(report).expect("report serialises");
+    green
+        .execute(
+            "UPDATE switchyard.clones SET tables = $2, rows = $3, bytes = $4, report = $5::text::jsonb, \
+                    state = 'complete', phase = 'done', finished_at = now() WHERE id = $1",
+            &[
+                &id,
+                &(report.tables.len() as i32),
+                &(report.rows as i64),
+                &(report.bytes as i64),
+                &json,
+            ],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "recording the clone", &e))?;
+    Ok(())
+}
+
+/// Records a verification's result, which the gate reads.
+pub async fn record_verification(
+    green: &Client,
+    report: &crate::verify::VerifyReport,
+) -> Result<(), SyncError> {
+    ensure_schema(green).await?;
+    let json = serde_json::to_string(report).expect("report serialises");
+    let (tables, mismatched) = (report.tables.len() as i32, report.mismatched() as i32);
+    green
+        .execute(
+            "INSERT INTO switchyard.verifications (passed, schema_version, latest_migration, tables, mismatched, report) \
+             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
+            &[&report.passed, &report.schema_version, &report.latest_migration, &tables, &mismatched, &json],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "recording the verification", &e))?;
+    Ok(())
+}
+
 /// What the control plane's database gate needs to know.
 #[derive(Debug, Clone, Serialize)]
 pub struct GateStatus {

@@ -16,10 +16,10 @@
 use crate::error::{Side, SyncError};
 use crate::pg::{self, snapshot_session, SnapshotHolder, Table};
 use crate::progress::Progress;
-use crate::{catalog, migrate, replicate, state, Output};
+use crate::{catalog, migrate, replicate, state, workers, Output};
 use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use switchyard_config::DatabaseConfig;
 use tokio_postgres::Client;
 
@@ -260,24 +260,27 @@ pub async fn verify(
     } else {
         MAX_DIFFS
     };
-    let workers = jobs.min(tables.len()).max(1);
-    let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
     let green_tables = Arc::new(green_tables);
-    let mut handles = Vec::new();
-    for _ in 0..workers {
-        let queue = queue.clone();
-        let green_tables = green_tables.clone();
-        let progress = progress.clone();
-        let (blue_url, green_url) = (db.blue.clone(), db.green.clone());
-        let (bs, gs) = (blue_snap.clone(), green_holder.id.clone());
-        handles.push(tokio::spawn(async move {
-            let blue = snapshot_session(Side::Blue, &blue_url, &bs).await?;
-            let green = snapshot_session(Side::Green, &green_url, &gs).await?;
-            let mut verdicts = Vec::new();
-            loop {
-                let next = queue.lock().expect("queue lock").pop_front();
-                let Some(table) = next else { break };
-                let bar = progress.table(
+    let (blue_url, green_url) = (db.blue.clone(), db.green.clone());
+    let (bs, gs) = (blue_snap.clone(), green_holder.id.clone());
+    let bars = progress.clone();
+    let verdicts = workers::run(
+        tables,
+        jobs,
+        move || {
+            let (blue_url, green_url, bs, gs) =
+                (blue_url.clone(), green_url.clone(), bs.clone(), gs.clone());
+            async move {
+                let blue = snapshot_session(Side::Blue, &blue_url, &bs).await?;
+                let green = snapshot_session(Side::Green, &green_url, &gs).await?;
+                Ok((blue, green))
+            }
+        },
+        move |s: Arc<(Client, Client)>, table: Table| {
+            let (bars, green_tables) = (bars.clone(), green_tables.clone());
+            async move {
+                let (blue, green) = (&s.0, &s.1);
+                let bar = bars.table(
                     &table.display(),
                     table.bytes.max(0) as u64,
                     table.est_rows as u64,
@@ -286,42 +289,27 @@ pub async fn verify(
                     None => TableVerdict {
                         table: table.display(),
                         status: "missing_in_green".into(),
-                        blue_rows: count(&blue, Side::Blue, &table).await?,
+                        blue_rows: count(blue, Side::Blue, &table).await?,
                         green_rows: None,
                         differences: Vec::new(),
                         note: Some("the table does not exist in green".into()),
                     },
-                    Some(_) => compare_table(&blue, &green, &table, max_diffs).await?.0,
+                    Some(_) => compare_table(blue, green, &table, max_diffs).await?.0,
                 };
                 if verdict.status != "equal" {
-                    progress.println(&format!("{}: {}", verdict.table, verdict.status));
+                    bars.println(&format!("{}: {}", verdict.table, verdict.status));
                 }
                 bar.inc(table.bytes.max(0) as u64);
                 bar.done(verdict.blue_rows as u64);
-                verdicts.push(verdict);
+                Ok(verdict)
             }
-            Ok::<_, SyncError>(verdicts)
-        }));
-    }
-    let mut verdicts = Vec::new();
-    let mut first_err = None;
-    for h in handles {
-        match h.await {
-            Ok(Ok(v)) => verdicts.extend(v),
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(SyncError::Other(format!("a verify worker panicked: {e}")));
-            }
-        }
-    }
+        },
+    )
+    .await;
     progress.finish();
     drop(green_holder);
     drop(own_blue);
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    let mut verdicts = verdicts?;
     if let Some(dir) = replicating {
         for v in verdicts.iter_mut().filter(|v| v.status == "differs") {
             recheck(db, dir, v).await?;
@@ -370,17 +358,7 @@ pub async fn verify(
         latest_migration: latest.map(|v| v.to_string()),
         problems,
     };
-    state::ensure_schema(&green).await?;
-    let json = serde_json::to_string(&report).expect("report serialises");
-    let (tables, mismatched) = (report.tables.len() as i32, report.mismatched() as i32);
-    green
-        .execute(
-            "INSERT INTO switchyard.verifications (passed, schema_version, latest_migration, tables, mismatched, report) \
-             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
-            &[&report.passed, &report.schema_version, &report.latest_migration, &tables, &mismatched, &json],
-        )
-        .await
-        .map_err(|e| SyncError::query(Side::Green, "recording the verification", &e))?;
+    state::record_verification(&green, &report).await?;
     Ok(report)
 }
 

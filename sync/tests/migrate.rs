@@ -326,7 +326,10 @@ async fn placeholders_and_callbacks_work_as_in_flyway() {
         .map(|r| r.get(0))
         .collect();
     // In a callback, ${flyway:filename} is the callback's own file, as in Flyway.
-    assert_eq!(events, ["before", "after afterEachMigrate.sql", "after all"]);
+    assert_eq!(
+        events,
+        ["before", "after afterEachMigrate.sql", "after all"]
+    );
     // The checksum is the file's as written (placeholders unexpanded), as Flyway's.
     let recorded: i32 = g
         .query_one(

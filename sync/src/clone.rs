@@ -244,14 +244,18 @@ async fn clone_in(
                 message: format!("blue: {}; nothing in green was changed", pg_message(&e)),
             })?;
     }
-    let blue_time: String = blue
+    // The point in time green will represent: the transaction's start on
+    // blue, and (without a slot, whose consistent point is exact) blue's WAL
+    // position read right after joining the snapshot.
+    let row = blue
         .query_one(
-            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                    pg_current_wal_insert_lsn()::text",
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Blue, "reading the snapshot's time", &e))?
-        .get(0);
+        .map_err(|e| SyncError::query(Side::Blue, "reading the snapshot's time", &e))?;
+    let (blue_time, snapshot_lsn): (String, String) = (row.get(0), row.get(1));
 
     // Schema, in custom format so that pg_restore can run post-data in parallel.
     let dump = dir.join("schema.dump");
@@ -321,8 +325,10 @@ async fn clone_in(
     let id = state::start_clone(
         green,
         &snapshot,
+        slot.as_ref().map(|s| s.slot_name.as_str()),
         slot.as_ref()
-            .map(|s| (s.slot_name.as_str(), s.consistent_point.as_str())),
+            .map(|s| s.consistent_point.as_str())
+            .unwrap_or(&snapshot_lsn),
         &blue_time,
     )
     .await?;
@@ -434,7 +440,11 @@ async fn clone_in(
         replaced,
         phases,
         slot: slot.as_ref().map(|s| s.slot_name.clone()),
-        consistent_lsn: slot.as_ref().map(|s| s.consistent_point.clone()),
+        consistent_lsn: Some(
+            slot.as_ref()
+                .map(|s| s.consistent_point.clone())
+                .unwrap_or(snapshot_lsn),
+        ),
         blue_time,
         large_objects,
     };

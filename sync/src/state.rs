@@ -123,7 +123,8 @@ pub async fn last_clone(green: &Client) -> Result<Option<CloneRecord>, SyncError
 pub async fn start_clone(
     green: &Client,
     snapshot: &str,
-    slot: Option<(&str, &str)>,
+    slot: Option<&str>,
+    lsn: &str,
     blue_time: &str,
 ) -> Result<i64, SyncError> {
     ensure_schema(green).await?;
@@ -131,7 +132,7 @@ pub async fn start_clone(
         .query_one(
             "INSERT INTO switchyard.clones (snapshot, tables, rows, bytes, report, state, phase, slot, consistent_lsn, blue_time) \
              VALUES ($1, 0, 0, 0, '{}', 'running', 'schema', $2, $3, $4::text::timestamptz) RETURNING id",
-            &[&snapshot, &slot.map(|s| s.0), &slot.map(|s| s.1), &blue_time],
+            &[&snapshot, &slot, &lsn, &blue_time],
         )
         .await
         .map_err(|e| SyncError::query(Side::Green, "recording the clone", &e))?

@@ -441,6 +441,23 @@ async fn a_dead_colour_answers_502_without_addresses_unless_fallback_sends_it_to
         assert_eq!((r.status, r.text().as_str()), (200, "green"));
     }
     assert!(metric(&sy, "switchyard_fallback_total", "blue").await >= 20);
+    // Operators hear of it once, as an event.
+    let fell_back = eventually(5, async || {
+        let h = sy.admin(Method::GET, "/api/v1/history", "").await.json();
+        h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "fallback")
+            .count()
+            == 1
+    })
+    .await;
+    assert!(
+        fell_back,
+        "{}",
+        sy.admin(Method::GET, "/api/v1/history", "").await.text()
+    );
 }
 
 // Finding 8: loose request handling.

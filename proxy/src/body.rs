@@ -415,10 +415,13 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // A body dropped after its last byte still leaves a reusable
         // connection and a success; one dropped before is the client
-        // going away (the tally's own drop records that).
+        // going away (the tally's own drop records that), except that a
+        // 5xx stays the upstream's failure however soon the client leaves.
         if let Kind::Upstream(up) = &mut self.kind {
             if up.body.is_end_stream() {
                 up.complete();
+            } else if let Some((tally, Outcome::ServerError)) = up.tally.take() {
+                tally.finish(Outcome::ServerError);
             }
         }
     }

@@ -22,6 +22,9 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
                 config.pools.green.upstreams.len(),
                 config.admin.listen
             );
+            if let Some(w) = switchyard_admin::exposure_warning(&config) {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -129,8 +132,8 @@ pub(crate) async fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
     let proxy = listeners.serve(dp, stopped(stop_rx.clone()), drain);
     let admin_stop = stop_rx.clone();
     let admin = async move {
-        // Long-lived streams (GET /api/v1/events) never finish by
-        // themselves: give the admin API the drain time, then stop anyway.
+        // Event streams end at shutdown; an admin call that hangs anyway
+        // gets the drain time, then is cut.
         tokio::select! {
             r = cp.serve(admin_listener, stopped(stop_rx)) => r,
             _ = async {
@@ -208,6 +211,18 @@ fn reload(path: &Path, running: Config, cp: &ControlPlane) -> Config {
         || next.proxy.tls.as_ref().map(|t| t.listen) != running.proxy.tls.as_ref().map(|t| t.listen)
     {
         tracing::warn!("listen addresses changed in the config: they take effect on restart");
+    }
+    let (n, r) = (&next.proxy, &running.proxy);
+    if n.header_timeout != r.header_timeout
+        || n.idle_timeout != r.idle_timeout
+        || n.max_header_size != r.max_header_size
+        || n.max_connections != r.max_connections
+        || n.backlog != r.backlog
+        || next.admin.max_connections != running.admin.max_connections
+    {
+        tracing::warn!(
+            "connection limits changed in the config (header_timeout, idle_timeout, max_header_size, max_connections, backlog): they belong to the listeners and take effect on restart"
+        );
     }
     tracing::info!(file = %path.display(), "configuration reloaded");
     next

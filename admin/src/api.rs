@@ -12,8 +12,8 @@
 //! | `GET /api/v1/events` | server-sent events of every state change |
 //!
 //! Errors are `{"error": "..."}`: 400 bad input (nothing changes), 401 no or
-//! wrong token, 404, 405, 409 not allowed in this state, 500 state not
-//! persisted.
+//! wrong token (answered after [`WRONG_TOKEN_DELAY`]), 404, 405, 409 not
+//! allowed in this state, 413 body over 64 KiB, 500 state not persisted.
 
 // Handlers bail out with a ready `Response`; boxing it would only add an
 // allocation on the error path of an admin call.
@@ -25,6 +25,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -41,6 +42,12 @@ type Shared = Arc<Inner>;
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
+
+/// Most of an oversized body read (and dropped) before its 413.
+const MAX_DRAIN: u64 = 16 * 1024 * 1024;
+
+/// How long a wrong token waits for its 401: guessing tokens gets slow.
+pub(crate) const WRONG_TOKEN_DELAY: Duration = Duration::from_millis(200);
 
 pub(crate) fn router(inner: Shared) -> Router {
     Router::new()
@@ -71,19 +78,30 @@ pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
 }
 
-/// Checks `Authorization: Bearer <token>` in constant time.
-fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = v.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !token.starts_with(b" ") {
+        return None;
+    }
+    Some(token.trim_ascii())
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time. A wrong token
+/// is answered after [`WRONG_TOKEN_DELAY`].
+async fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
     let expected = inner.settings.load().token.clone();
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "wrong token in Authorization: Bearer",
-        )),
+    match bearer_token(headers) {
+        Some(t) if constant_time_eq(t, expected.as_bytes()) => Ok(()),
+        Some(_) => {
+            tokio::time::sleep(WRONG_TOKEN_DELAY).await;
+            Err(error(
+                StatusCode::UNAUTHORIZED,
+                "wrong token in Authorization: Bearer (compare it with [admin] token)",
+            ))
+        }
         None => Err(error(
             StatusCode::UNAUTHORIZED,
             "missing token: send Authorization: Bearer <admin.token>",
@@ -118,13 +136,17 @@ fn transition_error(e: TransitionError) -> Response {
 }
 
 async fn metrics(State(inner): State<Shared>, headers: HeaderMap) -> Response {
-    if inner.settings.load().metrics_auth {
-        if let Err(r) = authorized(&inner, &headers) {
+    let (auth, addresses) = {
+        let s = inner.settings.load();
+        (s.metrics_auth, s.metrics_addresses)
+    };
+    if auth {
+        if let Err(r) = authorized(&inner, &headers).await {
             return r;
         }
     }
     let mut out = String::with_capacity(4096);
-    inner.dp.render_metrics(&mut out);
+    inner.dp.render_metrics(&mut out, addresses);
     let (phase, step) = {
         let s = inner.store.lock();
         (s.rollout.phase, s.rollout.step)
@@ -257,7 +279,7 @@ fn status_json(inner: &Inner) -> Value {
 }
 
 async fn status(State(inner): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&inner, &headers) {
+    if let Err(r) = authorized(&inner, &headers).await {
         return r;
     }
     Json(status_json(&inner)).into_response()
@@ -269,9 +291,48 @@ async fn read_object(
     req: Request,
     usage: &str,
 ) -> Result<Option<serde_json::Map<String, Value>>, Response> {
-    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "body too large or unreadable"))?;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {} KiB: {usage}", MAX_BODY / 1024),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = req.into_body();
+    let mut data = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("body unreadable ({e}): {usage}"),
+            )
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        seen += chunk.len() as u64;
+        if seen > MAX_BODY as u64 {
+            // Read the rest (up to a bound) before answering, so the
+            // client gets its 413 rather than a reset connection.
+            if declared.unwrap_or(0) > MAX_DRAIN {
+                return Err(too_large());
+            }
+            while seen <= MAX_DRAIN {
+                match body.frame().await {
+                    Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len() as u64),
+                    _ => break,
+                }
+            }
+            return Err(too_large());
+        }
+        data.extend_from_slice(&chunk);
+    }
+    let body = data;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -289,7 +350,7 @@ async fn read_object(
 }
 
 async fn set_weights(State(inner): State<Shared>, req: Request) -> Response {
-    if let Err(r) = authorized(&inner, req.headers()) {
+    if let Err(r) = authorized(&inner, req.headers()).await {
         return r;
     }
     const USAGE: &str = "send {\"green\": N} with 0 <= N <= 100 and no other field";
@@ -322,7 +383,7 @@ async fn rollout_action(
     Path(action): Path<String>,
     req: Request,
 ) -> Response {
-    if let Err(r) = authorized(&inner, req.headers()) {
+    if let Err(r) = authorized(&inner, req.headers()).await {
         return r;
     }
     let Some(action) = Action::parse(&action) else {
@@ -371,7 +432,7 @@ async fn history(
     headers: HeaderMap,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorized(&inner, &headers) {
+    if let Err(r) = authorized(&inner, &headers).await {
         return r;
     }
     let Ok(Query(q)) = query else {
@@ -388,24 +449,35 @@ async fn history(
 }
 
 async fn events_stream(State(inner): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&inner, &headers) {
+    if let Err(r) = authorized(&inner, &headers).await {
         return r;
     }
     let rx = inner.hub.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let item = match rx.recv().await {
-            Ok(e) => SseEvent::default()
-                .event(e.kind.clone())
-                .id(e.seq.to_string())
-                .json_data(&e)
-                .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
-            Err(RecvError::Lagged(n)) => {
-                SseEvent::default().comment(format!("{n} events missed: see /api/v1/history"))
+    // Ends at once when switchyard shuts down: an open stream must never
+    // hold up a drain.
+    let stopping = inner.stopping.subscribe();
+    let stream =
+        futures_util::stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
+            if *stopping.borrow() {
+                return None;
             }
-            Err(RecvError::Closed) => return None,
-        };
-        Some((Ok::<_, Infallible>(item), rx))
-    });
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = stopping.wait_for(|s| *s) => return None,
+            };
+            let item = match received {
+                Ok(e) => SseEvent::default()
+                    .event(e.kind.clone())
+                    .id(e.seq.to_string())
+                    .json_data(&e)
+                    .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
+                Err(RecvError::Lagged(n)) => {
+                    SseEvent::default().comment(format!("{n} events missed: see /api/v1/history"))
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            Some((Ok::<_, Infallible>(item), (rx, stopping)))
+        });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
@@ -413,6 +485,22 @@ async fn events_stream(State(inner): State<Shared>, headers: HeaderMap) -> Respo
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        use super::bearer_token;
+        let h = |v: &str| {
+            let mut m = axum::http::HeaderMap::new();
+            m.insert(super::header::AUTHORIZATION, v.parse().unwrap());
+            m
+        };
+        assert_eq!(bearer_token(&h("Bearer t0k")), Some(&b"t0k"[..]));
+        assert_eq!(bearer_token(&h("bearer t0k")), Some(&b"t0k"[..]));
+        assert_eq!(bearer_token(&h("BEARER  t0k")), Some(&b"t0k"[..]));
+        assert_eq!(bearer_token(&h("Bearert0k")), None);
+        assert_eq!(bearer_token(&h("Basic dGVzdA==")), None);
+        assert_eq!(bearer_token(&h("t0k")), None);
+    }
+
     #[test]
     fn constant_time_eq_matches_only_equal() {
         use super::constant_time_eq as eq;

@@ -43,6 +43,7 @@ pub(crate) async fn run(weak: Weak<Inner>) {
     let mut pending: Option<Pending> = None;
     let mut retry_at = Instant::now();
     let mut recent = Recent::default();
+    let mut fallbacks = FallbackWatch::default();
     loop {
         let gate_done = async {
             match pending.as_mut() {
@@ -68,6 +69,50 @@ pub(crate) async fn run(weak: Weak<Inner>) {
             tick = ticker(period);
         }
         tick_once(&inner, &mut pending, &mut retry_at, &mut recent);
+        fallbacks.check(&inner);
+    }
+}
+
+/// How long a colour must go without falling back before it is over.
+const FALLBACK_QUIET: Duration = Duration::from_secs(10);
+
+/// Watches the data plane's fallback counters: a `fallback` event when a
+/// colour's traffic starts going to the other colour (no usable upstream),
+/// `fallback_ended` once it has not for [`FALLBACK_QUIET`]. One event per
+/// episode, not one per request.
+#[derive(Default)]
+struct FallbackWatch {
+    seen: [u64; 2],
+    since: [Option<Instant>; 2],
+}
+
+impl FallbackWatch {
+    fn check(&mut self, inner: &Inner) {
+        for c in switchyard_proxy::Colour::ALL {
+            let i = c.index();
+            let n = inner.dp.fallbacks(c);
+            let now = Instant::now();
+            if n > self.seen[i] {
+                if self.since[i].is_none() {
+                    let other = c.other();
+                    let why = format!(
+                        "no usable {c} upstream: {c} requests are sent to {other} (connect failures on the candidate, or pools.{c}.fallback)"
+                    );
+                    tracing::warn!("{why}");
+                    let _ =
+                        inner.transition("controller", |_| Ok(Change::new("fallback", Some(why))));
+                }
+                self.seen[i] = n;
+                self.since[i] = Some(now);
+            } else if self.since[i].is_some_and(|t| now.duration_since(t) >= FALLBACK_QUIET) {
+                self.since[i] = None;
+                let why =
+                    format!("{c} requests have not needed the other colour for {FALLBACK_QUIET:?}");
+                let _ = inner.transition("controller", |_| {
+                    Ok(Change::new("fallback_ended", Some(why)))
+                });
+            }
+        }
     }
 }
 

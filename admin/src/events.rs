@@ -24,7 +24,9 @@ pub struct Event {
     /// What: `rollout_started`, `step_advanced`, `paused`, `resumed`,
     /// `rolled_back`, `aborted`, `cutover`, `cutover_started`,
     /// `cutover_completed`, `cutover_timed_out`, `promoted`, `weights_set`,
-    /// `database_step`, `database_cleanup`, `state_restored`.
+    /// `database_step`, `database_cleanup`, `state_restored`, `fallback`
+    /// (a colour with no usable upstream had its traffic sent to the
+    /// other), `fallback_ended`.
     pub kind: String,
     /// The rollout state after the change.
     pub state: Phase,

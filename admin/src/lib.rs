@@ -15,6 +15,7 @@ mod cutover;
 pub mod database;
 pub mod events;
 pub mod gates;
+mod listener;
 mod preparing;
 pub mod rollout;
 pub mod store;
@@ -24,6 +25,7 @@ pub use analysis::Verdict;
 pub use database::DatabaseGate;
 pub use events::Event;
 pub use gates::{Gate, GateContext, GateFuture, GateResult};
+pub use listener::{bind, exposure_warning, AdminListener};
 pub use rollout::{Action, Phase};
 pub use store::{Opened, PersistedState, Store, StoreError};
 
@@ -75,6 +77,7 @@ pub enum TransitionError {
 pub(crate) struct Settings {
     pub token: String,
     pub metrics_auth: bool,
+    pub metrics_addresses: bool,
     pub rollout: RolloutConfig,
     pub webhooks: WebhooksConfig,
     pub database: Option<DatabaseConfig>,
@@ -101,6 +104,8 @@ pub(crate) struct Inner {
     pub live: Mutex<Live>,
     pub rollbacks: AtomicU64,
     pub db: database::DbLiveCell,
+    /// Set when switchyard shuts down: event streams end at once.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Inner {
@@ -154,6 +159,7 @@ impl Inner {
         if !urgent {
             self.dp.set_green_bp(next.green_bp);
         }
+        self.dp.set_stable(next.stable);
         if change.kind == "rollout_started" {
             self.dp.reset_window(next.candidate());
         }
@@ -230,6 +236,7 @@ impl ControlPlane {
         let (store, opened) = Store::open(&config.state.path)?;
         let state = store.current();
         dp.set_green_bp(state.green_bp);
+        dp.set_stable(state.stable);
         database::apply_writer(&dp, config.database.as_ref(), state.stable);
         if state.rollout.phase == Phase::Cutover
             && config
@@ -263,6 +270,7 @@ impl ControlPlane {
             live: Mutex::new(Live::default()),
             rollbacks: AtomicU64::new(0),
             db: database::DbLiveCell::default(),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         // An abort whose cleanup may not have run before a restart.
         inner.db.lock().cleanup_wanted = state.rollout.phase == Phase::Aborted;
@@ -336,15 +344,24 @@ impl ControlPlane {
         api::router(self.inner.clone())
     }
 
-    /// Serves the admin API on `listener` until `shutdown` completes.
+    /// Serves the admin API on `listener` until `shutdown` completes; then
+    /// event streams end at once and other requests finish.
     pub async fn serve(
         &self,
-        listener: tokio::net::TcpListener,
+        listener: AdminListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let stopping = self.inner.stopping.clone();
+        let app = listener::track_activity(self.router());
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<listener::ConnActivity>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        })
+        .await
     }
 
     /// Applies a reloaded configuration (token, steps, bakes, analysis
@@ -368,17 +385,9 @@ fn settings_of(config: &Config) -> Settings {
     Settings {
         token: config.admin.token.clone(),
         metrics_auth: config.admin.metrics_auth,
+        metrics_addresses: config.admin.metrics_addresses,
         rollout: config.rollout.clone(),
         webhooks: config.webhooks.clone(),
         database: config.database.clone(),
     }
-}
-
-/// Binds the admin listener of `[admin]`. Called by `switchyard run` before
-/// serving.
-pub async fn bind(config: &Config) -> Result<tokio::net::TcpListener, AdminError> {
-    let addr = config.admin.listen;
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| AdminError::Bind { addr, source })
 }

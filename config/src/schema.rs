@@ -69,6 +69,36 @@ pub struct ProxyConfig {
     pub max_fails: u32,
     #[serde(deserialize_with = "values::positive_duration")]
     pub fail_timeout: Duration,
+    /// Longest a client may take to send a whole request head, counted from
+    /// its first byte, or from the connection's start: a connection that
+    /// sends nothing is closed after this too.
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub header_timeout: Duration,
+    /// Longest a keep-alive connection may wait for its next request.
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub idle_timeout: Duration,
+    /// Longest wait between two reads of a request body (answered 408).
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub body_timeout: Duration,
+    /// Longest wait between two reads of an upstream's response body; past
+    /// it the response is cut off and counted against the upstream.
+    #[serde(deserialize_with = "values::positive_duration")]
+    pub upstream_read_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes; a larger
+    /// one is answered 431.
+    #[serde(deserialize_with = "values::header_size")]
+    pub max_header_size: usize,
+    /// Largest request body in bytes (`None`: unlimited); a larger one is
+    /// answered 413.
+    #[serde(deserialize_with = "values::opt_size")]
+    pub max_body_size: Option<u64>,
+    /// Client connections served at once (HTTP and HTTPS together); past it
+    /// new connections wait in the listen backlog.
+    #[serde(deserialize_with = "values::positive_u32")]
+    pub max_connections: u32,
+    /// Length of the kernel's queue of connections not yet accepted.
+    #[serde(deserialize_with = "values::positive_u32")]
+    pub backlog: u32,
 }
 
 impl Default for ProxyConfig {
@@ -87,6 +117,14 @@ impl Default for ProxyConfig {
             retries: 1,
             max_fails: 1,
             fail_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(60),
+            upstream_read_timeout: Duration::from_secs(60),
+            max_header_size: 64 * 1024,
+            max_body_size: None,
+            max_connections: 10_000,
+            backlog: 1024,
         }
     }
 }
@@ -166,6 +204,11 @@ pub struct PoolConfig {
     pub upstreams: Vec<Upstream>,
     #[serde(default)]
     pub health: Option<HealthConfig>,
+    /// When this colour has no usable upstream (all failing health checks,
+    /// ejected or refusing connections), send its traffic to the other
+    /// colour instead of answering 502. Off by default.
+    #[serde(default)]
+    pub fallback: bool,
 }
 
 /// One upstream server, `host:port`.
@@ -283,6 +326,18 @@ pub struct AdminConfig {
     /// Demand the token on `GET /metrics` too.
     #[serde(default)]
     pub metrics_auth: bool,
+    /// Label upstreams in `/metrics` with their addresses; by default they
+    /// are labelled with their position in the pool, so an open `/metrics`
+    /// does not map the internal network.
+    #[serde(default)]
+    pub metrics_addresses: bool,
+    /// Admin connections served at once; past it new ones wait in the
+    /// listen backlog.
+    #[serde(
+        default = "default_admin_max_connections",
+        deserialize_with = "values::positive_u32"
+    )]
+    pub max_connections: u32,
 }
 
 impl fmt::Debug for AdminConfig {
@@ -291,8 +346,14 @@ impl fmt::Debug for AdminConfig {
             .field("listen", &self.listen)
             .field("token", &"<redacted>")
             .field("metrics_auth", &self.metrics_auth)
+            .field("metrics_addresses", &self.metrics_addresses)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
+}
+
+fn default_admin_max_connections() -> u32 {
+    1024
 }
 
 fn default_admin_listen() -> SocketAddr {

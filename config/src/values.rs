@@ -65,6 +65,91 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Parses a size in bytes: `"65536"`, `"64KiB"`, `"1MiB"`, `"10MB"`, `"512k"`.
+/// `KiB`/`MiB`/`GiB` and nginx's `k`/`m`/`g` are powers of 1024; `KB`/`MB`/`GB`
+/// powers of 1000.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let hint = "expected a size such as \"64KiB\", \"1MiB\", \"10MB\" or a number of bytes";
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits == 0 {
+        return Err(format!("{s:?} is not a size: {hint}"));
+    }
+    let n: u64 = s[..digits]
+        .parse()
+        .map_err(|_| format!("{s:?} is too large: {hint}"))?;
+    let scale: u64 = match s[digits..].trim() {
+        "" | "B" | "b" => 1,
+        "KiB" | "k" | "K" => 1 << 10,
+        "MiB" | "m" | "M" => 1 << 20,
+        "GiB" | "g" | "G" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown unit {other:?} in {s:?}: {hint}")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large: {hint}"))
+}
+
+/// A size as a TOML string (`"64KiB"`) or integer (bytes).
+fn size_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Str(String),
+    }
+    match Raw::deserialize(d)
+        .map_err(|_| D::Error::custom("expected a size such as \"64KiB\" or a number of bytes"))?
+    {
+        Raw::Int(n) => u64::try_from(n)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{n} is negative: expected a size in bytes"))),
+        Raw::Str(s) => {
+            let s = crate::interpolate::interpolate(&s).map_err(D::Error::custom)?;
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            parse_size(&s).map(Some).map_err(D::Error::custom)
+        }
+    }
+}
+
+/// `max_header_size`: from 8 KiB (hyper's smallest read buffer) to 64 MiB.
+pub(crate) fn header_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match size_value(d)? {
+        Some(n) if (8192..=64 << 20).contains(&n) => Ok(n as usize),
+        Some(n) => Err(D::Error::custom(format!(
+            "{n} bytes is out of range: expected from \"8KiB\" to \"64MiB\" (the default is \"64KiB\")"
+        ))),
+        None => Err(D::Error::custom(
+            "must not be empty: set a size such as \"64KiB\"",
+        )),
+    }
+}
+
+/// An optional size: `""` means unlimited.
+pub(crate) fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match size_value(d)? {
+        Some(0) => Err(D::Error::custom(
+            "must be greater than zero: write \"\" for unlimited, or a size such as \"10MiB\"",
+        )),
+        v => Ok(v),
+    }
+}
+
+/// A whole number of at least 1.
+pub(crate) fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    u32::try_from(v).ok().filter(|v| *v > 0).ok_or_else(|| {
+        D::Error::custom(format!(
+            "{v} is out of range: expected a whole number from 1 to {}",
+            u32::MAX
+        ))
+    })
+}
+
 /// A string value after `${ENV}` interpolation.
 pub(crate) fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let raw = String::deserialize(d)?;
@@ -158,6 +243,20 @@ mod tests {
         );
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_size("512k").unwrap(), 512 * 1024);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(parse_size("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_size("99999999999999999999").is_err());
     }
 
     #[test]

@@ -161,3 +161,64 @@ fn database_keys_are_validated_where_they_are_written() {
     let e = err(&format!("{base}read_your_writes = \"a while\"\n"));
     assert!(e.contains("duration"), "{e}");
 }
+
+#[test]
+fn limits_have_nginx_like_defaults_and_are_validated_where_they_are_written() {
+    use std::time::Duration;
+    let base = "[admin]\ntoken = \"x\"\n[pools.blue]\nupstreams=[\"a:1\"]\n[pools.green]\nupstreams=[\"b:2\"]\n";
+    let c = Config::parse(base, "sy.toml").unwrap();
+    let p = &c.proxy;
+    assert_eq!(p.header_timeout, Duration::from_secs(10));
+    assert_eq!(p.idle_timeout, Duration::from_secs(75));
+    assert_eq!(p.body_timeout, Duration::from_secs(60));
+    assert_eq!(p.upstream_read_timeout, Duration::from_secs(60));
+    assert_eq!(p.max_header_size, 64 * 1024);
+    assert_eq!(p.max_body_size, None, "bodies are unlimited by default");
+    assert_eq!(p.max_connections, 10_000);
+    assert_eq!(p.backlog, 1024);
+    assert!(!c.pools.blue.fallback && !c.pools.green.fallback);
+    assert!(!c.admin.metrics_addresses);
+    assert_eq!(c.admin.max_connections, 1024);
+
+    let c = Config::parse(
+        &format!("{base}[proxy]\nheader_timeout = \"2s\"\nmax_header_size = \"16KiB\"\nmax_body_size = \"1MiB\"\nmax_connections = 50\nbacklog = 4096\n"),
+        "sy.toml",
+    )
+    .unwrap();
+    assert_eq!(c.proxy.header_timeout, Duration::from_secs(2));
+    assert_eq!(c.proxy.max_header_size, 16 * 1024);
+    assert_eq!(c.proxy.max_body_size, Some(1 << 20));
+    assert_eq!(c.proxy.max_connections, 50);
+    assert_eq!(c.proxy.backlog, 4096);
+    let c = Config::parse(&format!("{base}[proxy]\nmax_body_size = 1000\n"), "sy.toml").unwrap();
+    assert_eq!(c.proxy.max_body_size, Some(1000));
+
+    let e = err(&format!("{base}[proxy]\nmax_body_size = \"lots\"\n"));
+    assert!(
+        e.starts_with("sy.toml:8:17:") && e.contains("not a size"),
+        "{e}"
+    );
+    let e = err(&format!("{base}[proxy]\nmax_body_size = \"0\"\n"));
+    assert!(e.contains("\"\" for unlimited"), "{e}");
+    let e = err(&format!("{base}[proxy]\nmax_header_size = \"100\"\n"));
+    assert!(e.starts_with("sy.toml:8:19:") && e.contains("8KiB"), "{e}");
+    let e = err(&format!("{base}[proxy]\nidle_timeout = \"0\"\n"));
+    assert!(
+        e.starts_with("sy.toml:8:16:") && e.contains("greater than zero"),
+        "{e}"
+    );
+    let e = err(&format!("{base}[proxy]\nmax_connections = 0\n"));
+    assert!(
+        e.starts_with("sy.toml:8:19:") && e.contains("from 1"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{base}[proxy]\nupstream_read_timeout = \"soon\"\n"
+    ));
+    assert!(
+        e.starts_with("sy.toml:8:25:") && e.contains("duration"),
+        "{e}"
+    );
+    let e = err(&format!("{base}[proxy]\nbody_timeot = \"1s\"\n"));
+    assert!(e.contains("unknown field `body_timeot`"), "{e}");
+}

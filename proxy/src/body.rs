@@ -1,89 +1,334 @@
-//! The response body the proxy hands to clients: an upstream's body streamed
-//! through (returning the connection to its pool at the end), or a short
-//! body of switchyard's own (errors).
+//! Bodies on their way through the proxy.
+//!
+//! * [`RequestBody`]: a client's request body streamed upstream, with
+//!   `body_timeout` between reads and `max_body_size`. What goes wrong here
+//!   is the client's doing ([`ClientBodyError`]) and is never counted
+//!   against the upstream.
+//! * [`ProxyBody`]: the response streamed to the client, with
+//!   `upstream_read_timeout` between reads. It records the request's
+//!   outcome in the colour's statistics when it ends: an upstream that
+//!   breaks off mid-body is a failure, a client that goes away is not.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Sleep;
 
+use crate::conn::ActiveGuard;
+use crate::forward::ConnInfo;
 use crate::pool::Upstream;
+use crate::stats::Outcome;
+use crate::{Colour, Shared};
+
+/// Errors a body stream hands to hyper.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the client did wrong with its request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientFault {
+    /// Bad framing (an invalid chunk size, say): 400.
+    Malformed = 1,
+    /// Nothing arrived for `body_timeout`: 408.
+    Slow = 2,
+    /// Longer than `max_body_size`: 413.
+    TooLarge = 3,
+    /// The client went away mid-upload.
+    Aborted = 4,
+}
+
+impl ClientFault {
+    fn from_u8(v: u8) -> Option<ClientFault> {
+        Some(match v {
+            1 => ClientFault::Malformed,
+            2 => ClientFault::Slow,
+            3 => ClientFault::TooLarge,
+            4 => ClientFault::Aborted,
+            _ => return None,
+        })
+    }
+}
+
+/// The client's request body failed; the upstream is not to blame.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub(crate) struct ClientBodyError {
+    pub fault: ClientFault,
+    what: String,
+}
+
+/// Shared by a request body and its response: whether the client broke the
+/// request body. Allocated only for requests that have a body.
+#[derive(Default)]
+pub(crate) struct FaultCell(AtomicU8);
+
+impl FaultCell {
+    pub(crate) fn get(&self) -> Option<ClientFault> {
+        ClientFault::from_u8(self.0.load(Relaxed))
+    }
+    fn set(&self, f: ClientFault) {
+        self.0.store(f as u8, Relaxed);
+    }
+}
 
 /// A request body sent upstream: the client's, streamed, or none (a replayed
 /// bodiless request).
 pub(crate) enum RequestBody {
-    Client(Incoming),
+    Client(ClientBody),
     Empty,
+}
+
+/// A client's request body with its read timeout and size limit.
+pub(crate) struct ClientBody {
+    body: Incoming,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    limit: Option<u64>,
+    received: u64,
+    fault: Option<Arc<FaultCell>>,
+}
+
+impl ClientBody {
+    pub(crate) fn new(body: Incoming, timeout: Duration, limit: Option<u64>) -> ClientBody {
+        // Bodiless requests (most GETs) never fail, so they share nothing.
+        let fault = (!body.is_end_stream()).then(|| Arc::new(FaultCell::default()));
+        ClientBody {
+            body,
+            timeout,
+            timer: None,
+            armed: false,
+            limit,
+            received: 0,
+            fault,
+        }
+    }
+
+    pub(crate) fn fault_cell(&self) -> Option<Arc<FaultCell>> {
+        self.fault.clone()
+    }
+
+    fn fail(&mut self, fault: ClientFault, what: String) -> ClientBodyError {
+        if let Some(f) = &self.fault {
+            f.set(fault);
+        }
+        ClientBodyError { fault, what }
+    }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::Empty => Poll::Ready(None),
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let b = match self.get_mut() {
+            RequestBody::Client(b) => b,
+            RequestBody::Empty => return Poll::Ready(None),
+        };
+        match Pin::new(&mut b.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                b.armed = false;
+                if let Some(d) = frame.data_ref() {
+                    b.received += d.len() as u64;
+                    if let Some(limit) = b.limit.filter(|l| b.received > *l) {
+                        let e = b.fail(
+                            ClientFault::TooLarge,
+                            format!("the request body is larger than proxy.max_body_size ({limit} bytes)"),
+                        );
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let (fault, what) = if e.is_parse() {
+                    (ClientFault::Malformed, "the request body is malformed")
+                } else {
+                    (ClientFault::Aborted, "the client aborted its request body")
+                };
+                let e = b.fail(fault, format!("{what}: {e}"));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let timeout = b.timeout;
+                let timer = b
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if !b.armed {
+                    timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                    b.armed = true;
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    let e = b.fail(
+                        ClientFault::Slow,
+                        format!("the client sent no request body data for {timeout:?} (proxy.body_timeout)"),
+                    );
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client(b) => b.is_end_stream(),
+            RequestBody::Client(b) => b.body.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client(b) => b.size_hint(),
+            RequestBody::Client(b) => b.body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// A request's pending entry in its colour's statistics. Recorded exactly
+/// once: by [`Tally::finish`], or on drop as a client error (the client went
+/// away before its response was complete).
+pub(crate) struct Tally {
+    shared: Arc<Shared>,
+    colour: Colour,
+    /// Time to the response headers, once they arrived.
+    latency: Duration,
+    done: bool,
+}
+
+impl Tally {
+    pub(crate) fn new(shared: Arc<Shared>, colour: Colour) -> Tally {
+        Tally {
+            shared,
+            colour,
+            latency: Duration::ZERO,
+            done: false,
+        }
+    }
+
+    pub(crate) fn set_latency(&mut self, d: Duration) {
+        self.latency = d;
+    }
+
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.record(outcome);
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        if !self.done {
+            self.done = true;
+            self.shared
+                .stats
+                .colour(self.colour)
+                .record(outcome, self.latency);
+        }
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.record(Outcome::ClientError);
     }
 }
 
 /// A response body from the proxy.
 pub struct ProxyBody {
     kind: Kind,
+    /// Keeps the client connection "busy" (no idle deadline) until the
+    /// response is done.
+    active: Option<ActiveGuard<ConnInfo>>,
 }
 
 enum Kind {
-    Upstream {
-        body: Incoming,
-        /// The connection the body arrives on, returned to the pool once the
-        /// body has been read to its end.
-        conn: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
-    },
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
+struct UpstreamBody {
+    body: Incoming,
+    /// The connection the body arrives on, returned to the pool once the
+    /// body has been read to its end.
+    conn: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
+    /// The outcome to record once the body is complete (`None`: pinned
+    /// requests, or already recorded).
+    tally: Option<(Tally, Outcome)>,
+    /// Set when the client broke its request body: a response cut off
+    /// after that is not the upstream's fault.
+    client_fault: Option<Arc<FaultCell>>,
+    read_timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl UpstreamBody {
+    fn complete(&mut self) {
+        if let Some((tx, up)) = self.conn.take() {
+            up.checkin(tx);
+        }
+        if let Some((tally, outcome)) = self.tally.take() {
+            tally.finish(outcome);
+        }
+    }
+
+    /// The body broke off: the upstream's failure unless the client broke
+    /// its request first.
+    fn broken(&mut self) {
+        self.conn.take();
+        if let Some((tally, _)) = self.tally.take() {
+            let client = self.client_fault.as_ref().and_then(|f| f.get()).is_some();
+            tally.finish(if client {
+                Outcome::ClientError
+            } else {
+                Outcome::TransportFailure
+            });
+        }
+    }
+}
+
 impl ProxyBody {
+    /// An upstream's response body. `tally` is recorded with `outcome` when
+    /// the body completes, as a transport failure if it breaks off.
     pub(crate) fn upstream(
         body: Incoming,
         conn: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
+        tally: Option<(Tally, Outcome)>,
+        client_fault: Option<Arc<FaultCell>>,
+        read_timeout: Duration,
     ) -> ProxyBody {
-        let mut kind = Kind::Upstream { body, conn };
-        if let Kind::Upstream { body, conn } = &mut kind {
-            if body.is_end_stream() {
-                // Never polled by the server: return the connection now.
-                if let Some((tx, up)) = conn.take() {
-                    up.checkin(tx);
-                }
-            }
+        let mut up = UpstreamBody {
+            body,
+            conn,
+            tally,
+            client_fault,
+            read_timeout,
+            timer: None,
+            armed: false,
+        };
+        if up.body.is_end_stream() {
+            // Never polled by the server: done now.
+            up.complete();
         }
-        ProxyBody { kind }
+        ProxyBody {
+            kind: Kind::Upstream(up),
+            active: None,
+        }
     }
 
     /// A complete body of switchyard's own.
     pub fn full(b: impl Into<Bytes>) -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(b.into())),
+            active: None,
         }
     }
 
@@ -91,47 +336,69 @@ impl ProxyBody {
     pub fn empty() -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(None),
+            active: None,
         }
+    }
+
+    pub(crate) fn set_active(&mut self, guard: ActiveGuard<ConnInfo>) {
+        self.active = Some(guard);
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, conn } => {
-                let r = Pin::new(&mut *body).poll_frame(cx);
-                // Servers stop polling once a Content-Length body is complete,
-                // so look for the end after every frame, not only at `None`.
-                let done = match &r {
-                    Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
-                    Poll::Ready(Some(Err(_))) => {
-                        conn.take();
-                        false
-                    }
-                    Poll::Pending => false,
-                };
-                if done {
-                    if let Some((tx, up)) = conn.take() {
-                        up.checkin(tx);
-                    }
+            Kind::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    up.complete();
+                    Poll::Ready(None)
                 }
-                r
-            }
+                Poll::Ready(Some(Ok(frame))) => {
+                    up.armed = false;
+                    // Servers stop polling once a Content-Length body is
+                    // complete, so look for the end after every frame.
+                    if up.body.is_end_stream() {
+                        up.complete();
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    up.broken();
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                Poll::Pending => {
+                    let timeout = up.read_timeout;
+                    let timer = up
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if !up.armed {
+                        timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                        up.armed = true;
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        up.broken();
+                        return Poll::Ready(Some(Err(format!(
+                            "the upstream sent nothing for {timeout:?} (proxy.upstream_read_timeout): response cut off"
+                        )
+                        .into())));
+                    }
+                    Poll::Pending
+                }
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Upstream(up) => up.body.is_end_stream(),
         }
     }
 
@@ -139,19 +406,22 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Upstream(up) => up.body.size_hint(),
         }
     }
 }
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        // A body dropped after its last byte still leaves a reusable connection.
-        if let Kind::Upstream { body, conn } = &mut self.kind {
-            if body.is_end_stream() {
-                if let Some((tx, up)) = conn.take() {
-                    up.checkin(tx);
-                }
+        // A body dropped after its last byte still leaves a reusable
+        // connection and a success; one dropped before is the client
+        // going away (the tally's own drop records that), except that a
+        // 5xx stays the upstream's failure however soon the client leaves.
+        if let Kind::Upstream(up) = &mut self.kind {
+            if up.body.is_end_stream() {
+                up.complete();
+            } else if let Some((tally, Outcome::ServerError)) = up.tally.take() {
+                tally.finish(Outcome::ServerError);
             }
         }
     }

@@ -14,9 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::body::{ProxyBody, RequestBody};
-use crate::headers::{add_forwarded, is_upgrade, strip_hop_by_hop};
-use crate::pool::{connect_tcp, Checkout, Upstream};
+use crate::body::{ClientBody, ClientBodyError, ClientFault, ProxyBody, RequestBody, Tally};
+use crate::conn::{ActiveGuard, Activity};
+use crate::headers::{add_forwarded, is_h2c_upgrade, is_upgrade, strip_hop_by_hop};
+use crate::pool::{connect_tcp, Checkout, ConnectError, Upstream};
 use crate::recent_writes::RecentWrites;
 use crate::stats::Outcome;
 use crate::write_gate::is_write;
@@ -27,6 +28,8 @@ pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     pub forwarded_for: HeaderValue,
     pub proto: HeaderValue,
+    /// Requests being answered, for the connection's idle timeout.
+    activity: Activity,
 }
 
 impl ConnInfo {
@@ -36,16 +39,39 @@ impl ConnInfo {
             forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            activity: Activity::default(),
         }
     }
 }
 
-/// Handles one client request. Never fails: errors become 502/504 responses.
+impl AsRef<Activity> for ConnInfo {
+    fn as_ref(&self) -> &Activity {
+        &self.activity
+    }
+}
+
+/// Handles one client request. Never fails: errors become 4xx/5xx
+/// responses of switchyard's own.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    // The connection is busy (no idle deadline) until the response is done.
+    let active = ActiveGuard::begin(conn);
+    let mut resp = route(shared, active.owner(), req).await;
+    resp.body_mut().set_active(active);
+    Ok(resp)
+}
+
+async fn route(
+    shared: Arc<Shared>,
+    conn: &Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    if let Some(refused) = refuse(&req) {
+        return refused;
+    }
     // Writes wait here while the gate is held (cutover), and count as in
     // flight until answered; the routing snapshot is read after the wait.
     let write_guard = if is_write(req.method()) {
@@ -54,15 +80,28 @@ pub(crate) async fn handle(
         None
     };
     let routing = shared.routing.load_full();
+    let settings = &routing.settings;
+    if let (Some(max), Some(len)) = (settings.max_body_size, req.body().size_hint().exact()) {
+        if len > max {
+            return own_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("switchyard: the request body ({len} bytes) is larger than the limit of {max} bytes\n"),
+            );
+        }
+    }
     let mut choice = routing
         .router
         .choose(req.headers(), conn.peer.ip(), routing.green_bp);
+    // Forced to a colour (pinned by a tester, or a write that must reach
+    // the primary database): never sent to the other colour.
+    let mut forced = choice.pinned;
     if let Some(writer) = routing.writer {
         // Writes go to the colour whose database is the primary; with
         // read-your-writes, so do the writer's reads for a while after.
-        let ryw = routing.settings.read_your_writes;
+        let ryw = settings.read_your_writes;
         if write_guard.is_some() {
             choice.colour = writer;
+            forced = true;
             if !ryw.is_zero() {
                 let key = routing.router.client_key(req.headers(), conn.peer.ip());
                 shared
@@ -78,31 +117,62 @@ pub(crate) async fn handle(
                 .is_some_and(|r| r.wrote_within(key, ryw))
             {
                 choice.colour = writer;
+                forced = true;
             }
         }
     }
-    let colour = choice.colour;
+    let mut colour = choice.colour;
+    // `fallback = true`: a colour with no usable upstream sends its traffic
+    // to the other colour, if that one has one.
+    if !forced
+        && routing.pools[colour.index()].fallback
+        && !routing.pools[colour.index()].has_available()
+        && routing.pools[colour.other().index()].has_available()
+    {
+        shared.fallback(colour);
+        colour = colour.other();
+    }
     let started = Instant::now();
 
-    let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-    prepare_request(&mut req, &conn, upgrade);
+    let upgrade = req.version() == Version::HTTP_11
+        && is_upgrade(req.headers())
+        && !is_h2c_upgrade(req.headers());
+    prepare_request(&mut req, conn, upgrade);
+    // Pinned requests are kept out of the statistics.
+    let tally = (!choice.pinned).then(|| Tally::new(shared.clone(), colour));
 
-    let result = if upgrade {
-        forward_upgrade(&routing, colour, req).await
+    let mut resp = if upgrade {
+        let result = forward_upgrade(&routing, colour, req, conn).await;
+        respond(result, colour, tally, started)
     } else {
-        forward(&routing, colour, req).await
+        let req = req.map(|b| {
+            RequestBody::Client(ClientBody::new(
+                b,
+                settings.body_timeout,
+                settings.max_body_size,
+            ))
+        });
+        match forward(&routing, colour, req, tally, started).await {
+            Err((Failure::Connect(_) | Failure::NoUpstream, Some(req), tally))
+                if !forced
+                    && (colour != routing.stable || routing.pools[colour.index()].fallback) =>
+            {
+                // Nothing was sent: the stable colour (or, with
+                // `fallback`, the other one) takes the request. The
+                // failed connect still counts against this colour.
+                if let Some(t) = tally {
+                    t.finish(Outcome::TransportFailure);
+                }
+                shared.fallback(colour);
+                let other = colour.other();
+                tracing::debug!(from = %colour, to = %other, "no {colour} upstream could be reached; sending the request to {other}");
+                let tally = (!choice.pinned).then(|| Tally::new(shared.clone(), other));
+                let result = forward(&routing, other, req, tally, Instant::now()).await;
+                finish(result, other)
+            }
+            result => finish(result, colour),
+        }
     };
-    let (outcome, mut resp) = match result {
-        Ok(resp) if resp.status().is_server_error() => (Outcome::ServerError, resp),
-        Ok(resp) => (Outcome::Ok, resp),
-        Err(failure) => (Outcome::TransportFailure, failure.into_response(colour)),
-    };
-    if !choice.pinned {
-        shared
-            .stats
-            .colour(colour)
-            .record(outcome, started.elapsed());
-    }
     if let Some(bucket) = choice.set_cookie {
         let cookie = format!(
             "{}={bucket}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax",
@@ -112,7 +182,87 @@ pub(crate) async fn handle(
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
     }
-    Ok(resp)
+    resp
+}
+
+/// Requests refused before routing: 405 for `CONNECT` (a reverse proxy is
+/// no tunnel), 400 for an HTTP/1.1 request without exactly one `Host`.
+fn refuse(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    if req.method() == Method::CONNECT {
+        let mut r = own_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "switchyard: CONNECT is not supported (this is a reverse proxy, not a tunnel)\n",
+        );
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"),
+        );
+        return Some(r);
+    }
+    if req.version() == Version::HTTP_11 {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), None) => {}
+            (None, _) => {
+                return Some(own_response(
+                    StatusCode::BAD_REQUEST,
+                    "switchyard: an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)\n",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Some(own_response(
+                    StatusCode::BAD_REQUEST,
+                    "switchyard: the request has more than one Host header (RFC 9112 §3.2)\n",
+                ))
+            }
+        }
+    }
+    None
+}
+
+/// Records a response that needs no body tracking (upgrades) and turns
+/// failures into responses.
+fn respond(
+    result: Result<Response<ProxyBody>, Failure>,
+    colour: Colour,
+    tally: Option<Tally>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    match result {
+        Ok(resp) => {
+            if let Some(mut t) = tally {
+                t.set_latency(started.elapsed());
+                t.finish(if resp.status().is_server_error() {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Ok
+                });
+            }
+            resp
+        }
+        Err(failure) => {
+            if let Some(mut t) = tally {
+                t.set_latency(started.elapsed());
+                t.finish(failure.outcome());
+            }
+            failure.into_response(colour)
+        }
+    }
+}
+
+type Forwarded =
+    Result<Response<ProxyBody>, (Failure, Option<Request<RequestBody>>, Option<Tally>)>;
+
+fn finish(result: Forwarded, colour: Colour) -> Response<ProxyBody> {
+    match result {
+        Ok(resp) => resp,
+        Err((failure, _, tally)) => {
+            if let Some(t) = tally {
+                t.finish(failure.outcome());
+            }
+            failure.into_response(colour)
+        }
+    }
 }
 
 fn prepare_request(req: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) {
@@ -121,12 +271,12 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) 
     if req.version() == Version::HTTP_2 {
         join_cookies(req.headers_mut());
     }
-    // HTTP/2 clients carry the host in the URI; HTTP/1.1 upstreams need `Host`.
-    if !req.headers().contains_key(header::HOST) {
-        if let Some(auth) = req.uri().authority() {
-            if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+    // An absolute-form URI (`GET http://host/path`) names the host; it wins
+    // over any `Host` header (RFC 9112 §3.2.2). HTTP/2 clients carry the
+    // host in the URI too, and HTTP/1.1 upstreams need `Host`.
+    if let Some(auth) = req.uri().authority() {
+        if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
         }
     }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
@@ -159,51 +309,109 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-/// Why a request got no upstream response.
+/// Why a request got no upstream response. Messages name what failed but
+/// never an upstream's address (that goes to the log).
 pub(crate) enum Failure {
     NoUpstream,
-    Connect(String),
+    Connect(&'static str),
     Send(String),
     Timeout,
+    /// The client broke its request body; the upstream is not to blame.
+    Client(ClientFault, String),
 }
 
 impl Failure {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Failure::Client(..) => Outcome::ClientError,
+            _ => Outcome::TransportFailure,
+        }
+    }
+
     fn into_response(self, colour: Colour) -> Response<ProxyBody> {
         let (status, msg) = match self {
             Failure::NoUpstream => (
-                StatusCode::BAD_GATEWAY,
+                StatusCode::SERVICE_UNAVAILABLE,
                 format!("switchyard: the {colour} pool has no upstream to try\n"),
             ),
-            Failure::Connect(e) => (
+            Failure::Connect(why) => (
                 StatusCode::BAD_GATEWAY,
-                format!("switchyard: no {colour} upstream could be reached: {e}\n"),
+                format!("switchyard: no {colour} upstream could be reached ({why})\n"),
             ),
             Failure::Send(e) => (
                 StatusCode::BAD_GATEWAY,
-                format!("switchyard: the {colour} upstream failed: {e}\n"),
+                format!("switchyard: the {colour} upstream failed before answering: {e}\n"),
             ),
             Failure::Timeout => (
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("switchyard: the {colour} upstream did not answer in time\n"),
+                format!("switchyard: the {colour} upstream did not answer in time (proxy.upstream_timeout)\n"),
+            ),
+            Failure::Client(fault, what) => (
+                match fault {
+                    ClientFault::Slow => StatusCode::REQUEST_TIMEOUT,
+                    ClientFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                    ClientFault::Malformed | ClientFault::Aborted => StatusCode::BAD_REQUEST,
+                },
+                format!("switchyard: {what}\n"),
             ),
         };
-        let mut resp = Response::new(ProxyBody::full(Bytes::from(msg)));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        resp
+        own_response(status, msg)
     }
 }
 
+/// A short plain-text response of switchyard's own.
+fn own_response(status: StatusCode, msg: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(msg.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// What a connect error says without the upstream's address.
+fn connect_reason(e: &ConnectError) -> &'static str {
+    match e {
+        ConnectError::Timeout { .. } => "connect timed out (proxy.connect_timeout)",
+        ConnectError::Handshake { .. } => "HTTP handshake failed",
+        ConnectError::Io { source, .. } => match source.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused",
+            std::io::ErrorKind::ConnectionReset => "connection reset",
+            _ => "connect failed",
+        },
+    }
+}
+
+/// The client's request-body error behind a failed send, if that is what
+/// it was.
+fn client_fault<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<ClientBodyError>() {
+            return Some(c);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Sends `req` to an upstream of `colour`, retrying connect failures on
+/// another upstream. On a failure before anything was sent the request is
+/// handed back, so another colour may take it. `tally` is recorded when
+/// the response body is complete.
 async fn forward(
     routing: &Routing,
     colour: Colour,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Failure> {
+    mut req: Request<RequestBody>,
+    mut tally: Option<Tally>,
+    started: Instant,
+) -> Forwarded {
     let pool = &routing.pools[colour.index()];
-    let mut req = req.map(RequestBody::Client);
+    let client_fault_cell = match req.body() {
+        RequestBody::Client(b) => b.fault_cell(),
+        RequestBody::Empty => None,
+    };
     let mut avoid: Option<Arc<Upstream>> = None;
     let mut attempts_left = routing.settings.retries + 1;
     let mut stale_retries = 0;
@@ -213,7 +421,10 @@ async fn forward(
         let up = match pool.pick(avoid.as_ref()) {
             Some(up) => up.clone(),
             // Only the upstream that just failed is left: report its error.
-            None => return Err(last_connect_error.map_or(Failure::NoUpstream, Failure::Connect)),
+            None => {
+                let failure = last_connect_error.map_or(Failure::NoUpstream, Failure::Connect);
+                return Err((failure, Some(req), tally));
+            }
         };
         let Checkout { mut tx, reused } = match up
             .checkout(routing.settings.connect_timeout, routing.settings.ejection)
@@ -222,11 +433,12 @@ async fn forward(
             Ok(c) => c,
             Err(e) => {
                 // Nothing was sent: any method may go to another upstream.
-                tracing::debug!(upstream = %up.name, error = %e, "connect failed");
+                tracing::warn!(colour = %colour, upstream = %up.name, error = %e, "connect to upstream failed");
+                let reason = connect_reason(&e);
                 if attempts_left == 0 {
-                    return Err(Failure::Connect(e.to_string()));
+                    return Err((Failure::Connect(reason), Some(req), tally));
                 }
-                last_connect_error = Some(e.to_string());
+                last_connect_error = Some(reason);
                 avoid = Some(up);
                 continue;
             }
@@ -244,26 +456,53 @@ async fn forward(
             tokio::time::timeout(routing.settings.upstream_timeout, tx.try_send_request(req)).await;
         up.end();
         match sent {
-            Err(_) => return Err(Failure::Timeout),
+            Err(_) => {
+                tracing::warn!(colour = %colour, upstream = %up.name, timeout = ?routing.settings.upstream_timeout, "upstream did not answer in time");
+                return Err((Failure::Timeout, None, tally));
+            }
             Ok(Ok(resp)) => {
                 // An answer readmits an upstream ejected for connect failures.
                 up.connect_succeeded();
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, false);
-                let body = ProxyBody::upstream(body, Some((tx, up)));
+                let outcome = if parts.status.is_server_error() {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Ok
+                };
+                if let Some(t) = tally.as_mut() {
+                    t.set_latency(started.elapsed());
+                }
+                let body = ProxyBody::upstream(
+                    body,
+                    Some((tx, up)),
+                    tally.map(|t| (t, outcome)),
+                    client_fault_cell,
+                    routing.settings.upstream_read_timeout,
+                );
                 return Ok(Response::from_parts(parts, body));
             }
             Ok(Err(mut e)) => {
+                let back = e.take_message();
+                let error = e.into_error();
+                // The client's body broke, not the upstream.
+                if let Some(c) = std::error::Error::source(&error).and_then(client_fault) {
+                    return Err((Failure::Client(c.fault, c.to_string()), None, tally));
+                }
+                if let Some(f) = client_fault_cell.as_ref().and_then(|f| f.get()) {
+                    return Err((Failure::Client(f, format!("{error}")), None, tally));
+                }
                 // The request never left (the connection was found closed):
                 // safe to send again, whatever the method.
-                if let Some(back) = e.take_message().filter(|_| stale_retries < 3) {
+                if let Some(back) = back.filter(|_| stale_retries < 3) {
                     req = back;
                 } else if let Some(copy) = replay {
                     // Any error here came before a response head: the
                     // request went unanswered, and repeating it is harmless.
                     req = copy;
                 } else {
-                    return Err(Failure::Send(e.into_error().to_string()));
+                    tracing::warn!(colour = %colour, upstream = %up.name, error = %error, "upstream failed before answering");
+                    return Err((Failure::Send(error.to_string()), None, tally));
                 }
                 tracing::debug!(upstream = %up.name, "resending on a fresh connection after a stale keep-alive one");
                 stale_retries += 1;
@@ -296,17 +535,24 @@ async fn forward_upgrade(
     routing: &Routing,
     colour: Colour,
     mut req: Request<Incoming>,
+    conn: &Arc<ConnInfo>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let pool = &routing.pools[colour.index()];
     let up = pool.pick(None).ok_or(Failure::NoUpstream)?.clone();
     let stream = connect_tcp(up.addr, routing.settings.connect_timeout)
         .await
-        .map_err(|e| Failure::Connect(e.to_string()))?;
-    let (mut tx, conn) = http1::handshake::<_, Incoming>(TokioIo::new(stream))
+        .map_err(|e| {
+            tracing::warn!(colour = %colour, upstream = %up.name, error = %e, "connect to upstream failed");
+            Failure::Connect(connect_reason(&e))
+        })?;
+    let (mut tx, upstream_conn) = http1::handshake::<_, Incoming>(TokioIo::new(stream))
         .await
-        .map_err(|e| Failure::Connect(e.to_string()))?;
+        .map_err(|e| {
+            tracing::warn!(colour = %colour, upstream = %up.name, error = %e, "HTTP handshake with upstream failed");
+            Failure::Connect("HTTP handshake failed")
+        })?;
     tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
+        let _ = upstream_conn.with_upgrades().await;
     });
     let client_upgrade = hyper::upgrade::on(&mut req);
     let mut resp = tokio::time::timeout(routing.settings.upstream_timeout, tx.send_request(req))
@@ -316,10 +562,21 @@ async fn forward_upgrade(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        return Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)));
+        let body = ProxyBody::upstream(
+            body,
+            None,
+            None,
+            None,
+            routing.settings.upstream_read_timeout,
+        );
+        return Ok(Response::from_parts(parts, body));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    // The tunnel keeps the client connection busy: no header or idle
+    // deadline cuts a quiet WebSocket.
+    let busy = ActiveGuard::begin(conn.clone());
     tokio::spawn(async move {
+        let _busy = busy;
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
                 let mut client = TokioIo::new(client);

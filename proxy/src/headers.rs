@@ -28,6 +28,17 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| contains_token(v.as_bytes(), b"upgrade"))
 }
 
+/// Whether the upgrade asked for is cleartext HTTP/2 (`Upgrade: h2c`). It
+/// is never tunnelled: behind the tunnel a client could send requests the
+/// proxy never sees. The request is forwarded as plain HTTP/1.1 instead
+/// (`Upgrade` is hop-by-hop), which RFC 9110 §7.8 allows a server to do.
+pub(crate) fn is_h2c_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| contains_token(v.as_bytes(), b"h2c"))
+}
+
 fn contains_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))

@@ -12,6 +12,7 @@
 
 mod body;
 mod colour;
+pub mod conn;
 mod forward;
 mod headers;
 mod health;
@@ -69,6 +70,9 @@ pub(crate) struct Settings {
     upstream_timeout: Duration,
     retries: u32,
     ejection: pool::Ejection,
+    body_timeout: Duration,
+    upstream_read_timeout: Duration,
+    max_body_size: Option<u64>,
     /// After a client's write, its reads follow the writer this long.
     read_your_writes: Duration,
 }
@@ -80,6 +84,9 @@ pub(crate) struct Routing {
     /// Where writes go regardless of the weights (`None`: writes follow the
     /// weights like reads).
     writer: Option<Colour>,
+    /// The colour that served before the rollout; a connect failure on the
+    /// other (the candidate) is retried here.
+    stable: Colour,
     router: RouterConfig,
     pools: [Arc<Pool>; 2],
     settings: Settings,
@@ -90,6 +97,7 @@ impl Routing {
         Routing {
             green_bp: self.green_bp,
             writer: self.writer,
+            stable: self.stable,
             router: self.router.clone(),
             pools: self.pools.clone(),
             settings: self.settings.clone(),
@@ -103,6 +111,20 @@ pub(crate) struct Shared {
     gate: write_gate::WriteGate,
     /// Who wrote recently (read-your-writes); created on first use.
     recent_writes: std::sync::OnceLock<recent_writes::RecentWrites>,
+    /// Requests sent to the other colour because theirs had no usable
+    /// upstream, by the colour they left.
+    fallbacks: [std::sync::atomic::AtomicU64; 2],
+}
+
+impl Shared {
+    pub(crate) fn fallback(&self, from: Colour) {
+        self.fallbacks[from.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn fallbacks(&self) -> [u64; 2] {
+        let f = |c: Colour| self.fallbacks[c.index()].load(std::sync::atomic::Ordering::Relaxed);
+        [f(Colour::Blue), f(Colour::Green)]
+    }
 }
 
 /// The handle the control plane uses to drive the data plane. Cheap to clone.
@@ -162,6 +184,7 @@ impl DataPlane {
             stats: Stats::new(config.rollout.analysis.window),
             gate: write_gate::WriteGate::default(),
             recent_writes: std::sync::OnceLock::new(),
+            fallbacks: Default::default(),
         });
         let weak = Arc::downgrade(&shared);
         let slot = shared.stats.slot_length();
@@ -191,6 +214,7 @@ impl DataPlane {
             Arc::new(Routing {
                 green_bp: current.green_bp,
                 writer: current.writer,
+                stable: current.stable,
                 ..built.duplicate()
             })
         });
@@ -219,6 +243,27 @@ impl DataPlane {
                 ..r.duplicate()
             })
         });
+    }
+
+    /// Tells the data plane which colour is the stable one (the other is
+    /// the candidate): a request whose candidate upstreams all refuse the
+    /// connection is sent to the stable colour instead.
+    pub fn set_stable(&self, stable: Colour) {
+        if self.shared.routing.load().stable == stable {
+            return;
+        }
+        self.shared.routing.rcu(|r| {
+            Arc::new(Routing {
+                stable,
+                ..r.duplicate()
+            })
+        });
+    }
+
+    /// Requests sent to the other colour because theirs had no usable
+    /// upstream, by the colour they left (lifetime counter).
+    pub fn fallbacks(&self, from: Colour) -> u64 {
+        self.shared.fallbacks()[from.index()]
     }
 
     /// The colour writes are pinned to, if any.
@@ -300,8 +345,10 @@ impl DataPlane {
     }
 
     /// Appends the data plane's metrics in Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        metrics::render(&self.shared, out)
+    /// Upstreams are labelled with their addresses only with `addresses`,
+    /// else with their position in the pool.
+    pub fn render_metrics(&self, out: &mut String, addresses: bool) {
+        metrics::render(&self.shared, out, addresses)
     }
 }
 
@@ -327,6 +374,7 @@ fn build_routing(
     Ok(Routing {
         green_bp,
         writer: None,
+        stable: Colour::Blue,
         router,
         pools: [Arc::new(blue), Arc::new(green)],
         settings: Settings {
@@ -337,6 +385,9 @@ fn build_routing(
                 max_fails: config.proxy.max_fails,
                 fail_timeout: config.proxy.fail_timeout,
             },
+            body_timeout: config.proxy.body_timeout,
+            upstream_read_timeout: config.proxy.upstream_read_timeout,
+            max_body_size: config.proxy.max_body_size,
             read_your_writes: config
                 .database
                 .as_ref()

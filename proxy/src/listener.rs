@@ -1,5 +1,8 @@
 //! Client-facing listeners: plain HTTP (HTTP/1.1 and cleartext HTTP/2) and
-//! HTTPS through rustls (ALPN h2 and http/1.1), with graceful draining.
+//! HTTPS through rustls (ALPN h2 and http/1.1), with graceful draining, a
+//! listen backlog, a cap on connections served at once (`max_connections`:
+//! past it new connections wait in the backlog) and header and idle
+//! timeouts ([`crate::conn`]).
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -12,36 +15,52 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_config::{ProxyConfig, TlsConfig};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn::{self, AcceptBackoff, TimedIo, Timeouts};
 use crate::forward::{self, ConnInfo};
 use crate::{DataPlane, ProxyError};
-
-/// Longest a client may take to complete its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bound client listeners, ready to serve.
 pub struct Listeners {
     http: TcpListener,
     tls: Option<(TcpListener, TlsAcceptor)>,
+    limits: Limits,
+}
+
+/// What a listener enforces per connection; fixed when it is bound.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    timeouts: Timeouts,
+    max_header_size: usize,
+    max_connections: usize,
 }
 
 /// Binds `proxy.listen` and, when configured, `proxy.tls.listen`. Fails
 /// before serving anything if a port is taken or a certificate is unusable.
 pub async fn bind(cfg: &ProxyConfig) -> Result<Listeners, ProxyError> {
-    let http = bind_one(cfg.listen).await?;
+    let http = bind_one(cfg.listen, cfg.backlog)?;
     let tls = match &cfg.tls {
-        Some(t) => Some((bind_one(t.listen).await?, tls_acceptor(t)?)),
+        Some(t) => Some((bind_one(t.listen, cfg.backlog)?, tls_acceptor(t)?)),
         None => None,
     };
-    Ok(Listeners { http, tls })
+    Ok(Listeners {
+        http,
+        tls,
+        limits: Limits {
+            timeouts: Timeouts {
+                header: cfg.header_timeout,
+                idle: cfg.idle_timeout,
+            },
+            max_header_size: cfg.max_header_size,
+            max_connections: cfg.max_connections as usize,
+        },
+    })
 }
 
-async fn bind_one(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProxyError::Bind { addr, source })
+fn bind_one(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ProxyError> {
+    conn::bind_tcp(addr, backlog).map_err(|source| ProxyError::Bind { addr, source })
 }
 
 /// Loads the certificate chain and key of `[proxy.tls]` into a rustls acceptor.
@@ -108,28 +127,39 @@ impl Listeners {
     /// Serves clients until `shutdown` completes, then stops accepting and
     /// lets in-flight requests finish for up to `drain`.
     pub async fn serve(self, dp: DataPlane, shutdown: impl Future<Output = ()>, drain: Duration) {
+        let limits = self.limits;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .keep_alive(true)
             .writev(false)
-            .timer(hyper_util::rt::TokioTimer::new());
-        builder.http1().header_read_timeout(Duration::from_secs(60));
+            .timer(hyper_util::rt::TokioTimer::new())
+            // The connection enforces header_timeout and idle_timeout
+            // itself (hyper's would also cut idle keep-alive connections).
+            .header_read_timeout(None)
+            // A request head that does not fit the read buffer is answered
+            // 431; bodies stream through it in pieces of at most this size.
+            .max_buf_size(limits.max_header_size.max(8192));
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let http = accept_loop(self.http, None, &dp, &builder, &graceful, stop_rx.clone());
+        // One cap for plain and TLS connections together.
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let ctx = AcceptCtx {
+            dp: &dp,
+            builder: &builder,
+            graceful: &graceful,
+            slots: &slots,
+            limits,
+        };
+        let http = accept_loop(self.http, None, &ctx, stop_rx.clone());
         let tls = async {
             if let Some((listener, acceptor)) = self.tls {
-                accept_loop(
-                    listener,
-                    Some(acceptor),
-                    &dp,
-                    &builder,
-                    &graceful,
-                    stop_rx.clone(),
-                )
-                .await
+                accept_loop(listener, Some(acceptor), &ctx, stop_rx.clone()).await
             }
         };
         let stopper = async {
@@ -153,44 +183,79 @@ impl Listeners {
     }
 }
 
+struct AcceptCtx<'a> {
+    dp: &'a DataPlane,
+    builder: &'a Arc<auto::Builder<TokioExecutor>>,
+    graceful: &'a GracefulShutdown,
+    slots: &'a Arc<Semaphore>,
+    limits: Limits,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    dp: &DataPlane,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
+    ctx: &AcceptCtx<'_>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut backoff = AcceptBackoff::new(if tls.is_some() { "https" } else { "http" });
     loop {
+        // A slot first: at max_connections, new connections wait in the
+        // kernel's backlog instead of being accepted and starved.
+        let slot = match ctx.slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                if backoff.should_log() {
+                    tracing::warn!(
+                        max_connections = ctx.limits.max_connections,
+                        "proxy.max_connections reached: new connections wait in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    s = ctx.slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+                    _ = stop.changed() => return,
+                }
+            }
+        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.changed() => return,
         };
         let (stream, peer) = match accepted {
-            Ok(x) => x,
+            Ok(x) => {
+                backoff.reset();
+                x
+            }
             Err(e) => {
-                // Out of file descriptors and the like: back off briefly.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(slot);
+                backoff.failed(&e).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let info = Arc::new(ConnInfo::new(peer, tls.is_some()));
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let shared = dp.shared.clone();
+        let watcher = ctx.graceful.watcher();
+        let builder = ctx.builder.clone();
+        let shared = ctx.dp.shared.clone();
         let tls = tls.clone();
+        let timeouts = ctx.limits.timeouts;
         tokio::spawn(async move {
-            let svc = service_fn(move |req| forward::handle(shared.clone(), info.clone(), req));
+            let _slot = slot;
+            let svc = {
+                let info = info.clone();
+                service_fn(move |req| forward::handle(shared.clone(), info.clone(), req))
+            };
             let result = match tls {
-                None => serve_io(&builder, watcher, stream, svc).await,
+                None => {
+                    serve_io(&builder, watcher, TimedIo::new(stream, info, timeouts), svc).await
+                }
                 Some(acceptor) => {
                     // A client that never finishes its handshake must not
                     // hold a connection forever.
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls_stream)) => serve_io(&builder, watcher, tls_stream, svc).await,
+                    match tokio::time::timeout(timeouts.header, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let io = TimedIo::new(tls_stream, info, timeouts);
+                            serve_io(&builder, watcher, io, svc).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;

@@ -11,7 +11,10 @@ type Counter = (&'static str, &'static str, fn(&crate::stats::Totals) -> u64);
 
 const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000];
 
-pub(crate) fn render(shared: &Shared, out: &mut String) {
+/// Renders the counters; upstreams are labelled by address only with
+/// `addresses` (`[admin] metrics_addresses`), else by their position in the
+/// pool, so an open `/metrics` does not map the internal network.
+pub(crate) fn render(shared: &Shared, out: &mut String, addresses: bool) {
     let routing = shared.routing.load();
     let _ = writeln!(
         out,
@@ -30,7 +33,7 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
         .iter()
         .map(|&c| (c, shared.stats.colour(c).totals()))
         .collect();
-    let counters: [Counter; 3] = [
+    let counters: [Counter; 4] = [
         (
             "switchyard_requests_total",
             "Requests forwarded, by colour.",
@@ -43,8 +46,13 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
         ),
         (
             "switchyard_transport_failures_total",
-            "Requests that got no upstream response (connect failure, reset, timeout), by colour.",
+            "Requests that got no complete upstream response (connect failure, reset, timeout, response cut off), by colour.",
             |t| t.transport_failures,
+        ),
+        (
+            "switchyard_client_errors_total",
+            "Requests the client got wrong or broke off (bad body framing, aborted or slow upload, body too large, disconnect), by colour; never counted against the colour.",
+            |t| t.client_errors,
         ),
     ];
     for (name, help, get) in counters {
@@ -88,14 +96,34 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
     );
     let _ = writeln!(out, "# TYPE switchyard_upstream_healthy gauge");
     for pool in routing.pools.iter() {
-        for u in pool.upstreams.iter() {
-            let _ = writeln!(
-                out,
-                "switchyard_upstream_healthy{{colour=\"{}\",upstream=\"{}\"}} {}",
-                pool.colour,
-                u.name,
-                u8::from(u.is_healthy())
-            );
+        for (i, u) in pool.upstreams.iter().enumerate() {
+            let healthy = u8::from(u.is_healthy());
+            let _ = if addresses {
+                writeln!(
+                    out,
+                    "switchyard_upstream_healthy{{colour=\"{}\",upstream=\"{}\"}} {healthy}",
+                    pool.colour, u.name
+                )
+            } else {
+                writeln!(
+                    out,
+                    "switchyard_upstream_healthy{{colour=\"{}\",upstream=\"{i}\"}} {healthy}",
+                    pool.colour
+                )
+            };
         }
+    }
+    let fallbacks = shared.fallbacks();
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_fallback_total Requests of a colour with no usable upstream sent to the other colour (connect failure retried on the stable colour, or pools.*.fallback), by the colour they left."
+    );
+    let _ = writeln!(out, "# TYPE switchyard_fallback_total counter");
+    for c in Colour::ALL {
+        let _ = writeln!(
+            out,
+            "switchyard_fallback_total{{colour=\"{c}\"}} {}",
+            fallbacks[c.index()]
+        );
     }
 }

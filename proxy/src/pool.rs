@@ -227,6 +227,9 @@ pub(crate) async fn connect_tcp(
 pub struct Pool {
     pub colour: Colour,
     pub upstreams: Box<[Arc<Upstream>]>,
+    /// `pools.<colour>.fallback`: with no usable upstream here, traffic goes
+    /// to the other colour.
+    pub fallback: bool,
     next: AtomicUsize,
 }
 
@@ -271,6 +274,7 @@ impl Pool {
             Pool {
                 colour,
                 upstreams: upstreams.into_boxed_slice(),
+                fallback: cfg.fallback,
                 next: AtomicUsize::new(0),
             },
             fresh,
@@ -299,6 +303,11 @@ impl Pool {
                     .map(|i| &self.upstreams[(start + i) % n])
                     .find(|u| usable(u))
             })
+    }
+
+    /// Whether any upstream is healthy and not ejected.
+    pub fn has_available(&self) -> bool {
+        self.upstreams.iter().any(|u| u.is_available())
     }
 
     /// Upstreams passing active health checks. Passive ejection (a connect

@@ -23,8 +23,13 @@ pub enum Outcome {
     Ok,
     /// The upstream answered 5xx.
     ServerError,
-    /// No usable answer: connect failure, reset, timeout.
+    /// No usable answer: connect failure, reset, timeout, or a response
+    /// that broke off mid-body.
     TransportFailure,
+    /// The client got its request wrong or went away (bad body framing,
+    /// aborted or slow upload, too large, disconnect). Counted on its own,
+    /// never as a request of the colour: a client cannot sway analysis.
+    ClientError,
 }
 
 struct Slot {
@@ -105,6 +110,7 @@ pub struct ColourStats {
     total_transport_failures: AtomicU64,
     total_latency: Histogram,
     total_latency_sum_us: AtomicU64,
+    total_client_errors: AtomicU64,
 }
 
 impl ColourStats {
@@ -118,12 +124,18 @@ impl ColourStats {
             total_transport_failures: AtomicU64::new(0),
             total_latency: Histogram::new(),
             total_latency_sum_us: AtomicU64::new(0),
+            total_client_errors: AtomicU64::new(0),
         }
     }
 
     /// Records one request. Called once per proxied request, when its
-    /// response headers arrive or when it fails.
+    /// response is complete or when it fails; `latency` is the time to the
+    /// response headers.
     pub fn record(&self, outcome: Outcome, latency: Duration) {
+        if outcome == Outcome::ClientError {
+            self.total_client_errors.fetch_add(1, Relaxed);
+            return;
+        }
         let micros = latency.as_micros().min(u64::MAX as u128) as u64;
         let slot = &self.slots[self.current.load(Relaxed)];
         slot.requests.fetch_add(1, Relaxed);
@@ -147,6 +159,7 @@ impl ColourStats {
                 self.total_transport_failures.fetch_add(1, Relaxed);
                 self.consecutive_failures.fetch_add(1, Relaxed);
             }
+            Outcome::ClientError => {}
         }
     }
 
@@ -178,6 +191,7 @@ impl ColourStats {
             server_errors: self.total_server_errors.load(Relaxed),
             transport_failures: self.total_transport_failures.load(Relaxed),
             latency_sum: Duration::from_micros(self.total_latency_sum_us.load(Relaxed)),
+            client_errors: self.total_client_errors.load(Relaxed),
         }
     }
 
@@ -261,6 +275,8 @@ pub struct Totals {
     pub server_errors: u64,
     pub transport_failures: u64,
     pub latency_sum: Duration,
+    /// Requests the client broke off or got wrong; not in `requests`.
+    pub client_errors: u64,
 }
 
 /// Statistics of both colours, and the slot length of their windows.
@@ -341,12 +357,17 @@ mod tests {
         assert!(w.p99.unwrap() < Duration::from_millis(4));
         g.record(Outcome::Ok, Duration::from_millis(1));
         assert_eq!(g.window().consecutive_failures, 0);
+        // A client's error is counted apart and breaks no run of failures.
+        g.record(Outcome::ClientError, Duration::ZERO);
+        assert_eq!(g.window().requests, 101);
+        assert_eq!(g.totals().client_errors, 1);
         // Rotating SLOTS times empties the window but keeps totals.
         for _ in 0..SLOTS {
             s.rotate();
         }
         assert_eq!(g.window().requests, 0);
         assert_eq!(g.totals().requests, 101);
+        assert_eq!(g.totals().client_errors, 1);
         assert_eq!(s.colour(Colour::Blue).totals().requests, 0);
     }
 }

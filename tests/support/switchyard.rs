@@ -18,6 +18,7 @@ pub struct SwitchyardBuilder {
     extra: String,
     pool_extra: String,
     proxy_extra: String,
+    admin_extra: String,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -41,6 +42,7 @@ impl Switchyard {
             extra: String::new(),
             pool_extra: String::new(),
             proxy_extra: String::new(),
+            admin_extra: String::new(),
             dir: None,
         }
     }
@@ -66,6 +68,12 @@ impl SwitchyardBuilder {
         self.proxy_extra.push('\n');
         self
     }
+    /// Extra keys for `[admin]`.
+    pub fn admin_extra(mut self, toml: &str) -> Self {
+        self.admin_extra.push_str(toml);
+        self.admin_extra.push('\n');
+        self
+    }
     /// Extra tables appended to the config.
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
@@ -86,11 +94,12 @@ impl SwitchyardBuilder {
                 .join(", ")
         };
         format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy}\n[pools.blue]\nupstreams = [{blue}]\n{pool}\n[pools.green]\nupstreams = [{green}]\n{pool}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[state]\npath = \"state.json\"\n\n{extra}",
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy}\n[pools.blue]\nupstreams = [{blue}]\n{pool}\n[pools.green]\nupstreams = [{green}]\n{pool}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{admin}\n[state]\npath = \"state.json\"\n\n{extra}",
             proxy = self.proxy_extra,
             blue = list(&self.blue),
             green = list(&self.green),
             pool = self.pool_extra,
+            admin = self.admin_extra,
             extra = self.extra,
         )
     }

@@ -42,6 +42,9 @@ pub struct Timeouts {
 #[derive(Default)]
 pub struct Activity {
     active: AtomicUsize,
+    /// Requests answered so far: a request can begin and end between two
+    /// reads of the connection, and must still end its head phase.
+    answered: AtomicUsize,
     waker: AtomicWaker,
 }
 
@@ -53,6 +56,7 @@ impl Activity {
 
     /// A response is complete (or abandoned).
     pub fn end(&self) {
+        self.answered.fetch_add(1, Ordering::SeqCst);
         if self.active.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.waker.wake();
         }
@@ -104,6 +108,8 @@ pub struct TimedIo<I, A: AsRef<Activity>> {
     /// HTTP/2 (by its preface): control frames after the last response
     /// (window updates, pings) do not start a request head.
     h2: Option<bool>,
+    /// `Activity::answered` when the connection last went idle.
+    answered: usize,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -116,6 +122,7 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
             phase: Phase::Head,
             armed: true,
             h2: None,
+            answered: 0,
             deadline: Box::pin(tokio::time::sleep(timeouts.header)),
         }
     }
@@ -166,7 +173,11 @@ impl<I: AsyncRead + Unpin, A: AsRef<Activity>> AsyncRead for TimedIo<I, A> {
                     this.armed = false;
                     return Poll::Pending;
                 }
-                if this.phase == Phase::Busy {
+                // A request was answered since we last looked (whether or
+                // not we ever saw it busy): the idle clock starts now.
+                let answered = activity.answered.load(Ordering::SeqCst);
+                if this.phase == Phase::Busy || answered != this.answered {
+                    this.answered = answered;
                     this.phase = Phase::Idle;
                     let idle = this.timeouts.idle;
                     this.arm(idle);
@@ -314,6 +325,26 @@ mod tests {
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn quick_requests_answered_between_reads_keep_a_connection_open_past_header_timeout() {
+        // Each request begins and ends before the connection is read again,
+        // so it is never seen busy; it must still not die at header_timeout.
+        let (mut client, server) = tokio::io::duplex(64);
+        let owner = Arc::new(Owner(Activity::default()));
+        let mut io = TimedIo::new(server, owner.clone(), timeouts());
+        let mut buf = [0u8; 64];
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(400) {
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            assert!(io.read(&mut buf).await.unwrap() > 0);
+            drop(ActiveGuard::begin(owner.clone()));
+            // Waiting for the next request (the read goes pending, where
+            // deadlines are checked): only the wait may end it.
+            let waited = tokio::time::timeout(Duration::from_millis(20), io.read(&mut buf)).await;
+            assert!(waited.is_err(), "closed while in use: {waited:?}");
+        }
     }
 
     #[tokio::test]

@@ -227,3 +227,79 @@ async fn actions_not_allowed_in_a_state_get_409() {
         405
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnecting_with_last_event_id_gets_what_it_missed_first() {
+    use http_body_util::BodyExt;
+    let (_blue, _green, sy) = start().await;
+    for action in ["start", "pause", "resume"] {
+        let r = sy
+            .admin(Method::POST, &format!("/api/v1/rollout/{action}"), "")
+            .await;
+        assert_eq!(r.status, 200, "{action}: {}", r.text());
+    }
+    let h = sy.admin(Method::GET, "/api/v1/history", "").await.json();
+    let seqs: Vec<u64> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.len() >= 3, "{h:#}");
+    let first = seqs[0];
+    // A stream that saw the first event reconnects: everything after it
+    // comes first, in order, then the stream stays open for new ones.
+    let client = Legacy::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::get(sy.admin_url("/api/v1/events"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("last-event-id", first.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    let want: Vec<String> = seqs[1..].iter().map(|s| format!("id: {s}\n")).collect();
+    let got_all = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !want.iter().all(|w| text.contains(w.as_str())) {
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        text.push_str(&String::from_utf8_lossy(&d));
+                    }
+                }
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(got_all.is_ok(), "missed events not replayed: {text}");
+    assert!(
+        !text.contains(&format!("id: {first}\n")),
+        "nothing already seen: {text}"
+    );
+    let positions: Vec<usize> = want
+        .iter()
+        .map(|w| text.find(w.as_str()).unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in order: {text}"
+    );
+    // And a new event arrives on the same stream.
+    sy.admin(Method::POST, "/api/v1/rollout/pause", "").await;
+    let live = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !text.contains("event: paused\nid: ") || text.matches("event: paused").count() < 2 {
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        text.push_str(&String::from_utf8_lossy(&d));
+                    }
+                }
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(live.is_ok(), "the live event after the replay: {text}");
+}

@@ -51,6 +51,9 @@ pub(crate) const WRONG_TOKEN_DELAY: Duration = Duration::from_millis(200);
 
 pub(crate) fn router(inner: Shared) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::index))
+        .route("/dashboard.js", get(crate::dashboard::script))
+        .route("/dashboard.css", get(crate::dashboard::style))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
@@ -453,31 +456,63 @@ async fn events_stream(State(inner): State<Shared>, headers: HeaderMap) -> Respo
         return r;
     }
     let rx = inner.hub.subscribe();
+    // A client reconnecting with `Last-Event-ID` first gets what it missed,
+    // from the persisted history (subscribed first, so nothing falls between).
+    let after: Option<u64> = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let missed: std::collections::VecDeque<crate::Event> = match after {
+        Some(n) => inner
+            .store
+            .lock()
+            .history
+            .iter()
+            .filter(|e| e.seq > n)
+            .cloned()
+            .collect(),
+        None => Default::default(),
+    };
+    let replayed_up_to = missed.back().map(|e| e.seq).or(after).unwrap_or(0);
+    let to_sse = |e: &crate::Event| {
+        SseEvent::default()
+            .event(e.kind.clone())
+            .id(e.seq.to_string())
+            .json_data(e)
+            .unwrap_or_else(|_| SseEvent::default().comment("unserializable event"))
+    };
     // Ends at once when switchyard shuts down: an open stream must never
     // hold up a drain.
     let stopping = inner.stopping.subscribe();
-    let stream =
-        futures_util::stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
+    let stream = futures_util::stream::unfold(
+        (rx, stopping, missed),
+        move |(mut rx, mut stopping, mut missed)| async move {
             if *stopping.borrow() {
                 return None;
             }
-            let received = tokio::select! {
-                r = rx.recv() => r,
-                _ = stopping.wait_for(|s| *s) => return None,
+            if let Some(e) = missed.pop_front() {
+                return Some((Ok::<_, Infallible>(to_sse(&e)), (rx, stopping, missed)));
+            }
+            let received = loop {
+                let r = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = stopping.wait_for(|s| *s) => return None,
+                };
+                match r {
+                    Ok(e) if e.seq <= replayed_up_to => continue,
+                    other => break other,
+                }
             };
             let item = match received {
-                Ok(e) => SseEvent::default()
-                    .event(e.kind.clone())
-                    .id(e.seq.to_string())
-                    .json_data(&e)
-                    .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
+                Ok(e) => to_sse(&e),
                 Err(RecvError::Lagged(n)) => {
                     SseEvent::default().comment(format!("{n} events missed: see /api/v1/history"))
                 }
                 Err(RecvError::Closed) => return None,
             };
-            Some((Ok::<_, Infallible>(item), (rx, stopping)))
-        });
+            Some((Ok::<_, Infallible>(item), (rx, stopping, missed)))
+        },
+    );
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

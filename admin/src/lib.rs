@@ -12,6 +12,7 @@ pub mod analysis;
 mod api;
 mod controller;
 mod cutover;
+mod dashboard;
 pub mod database;
 pub mod events;
 pub mod gates;

@@ -115,7 +115,7 @@ impl Browser {
         self.next_id += 1;
         let msg = json!({ "id": id, "method": method, "params": params });
         self.page
-            .send(Message::Text(msg.to_string().into()))
+            .send(Message::Text(msg.to_string()))
             .await
             .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

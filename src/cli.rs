@@ -119,18 +119,27 @@ pub enum MigrateAction {
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Where the demo proxy listens.
+    /// Where the demo proxy listens (port 0: a free one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Where the demo admin API listens.
-    #[arg(long, default_value = "127.0.0.1:9090")]
+    /// Where the demo admin API and dashboard listen (port 0: a free one).
+    /// Not 9090, which Prometheus uses.
+    #[arg(long, default_value = "127.0.0.1:9471")]
     pub admin: String,
     /// Bake time of each rollout step, in seconds.
     #[arg(long, default_value_t = 3)]
     pub step_seconds: u64,
-    /// Exit once traffic is fully on green instead of serving on.
+    /// End once the rollout ends (promoted, or rolled back).
     #[arg(long)]
     pub once: bool,
+    /// End by itself after this long in all, e.g. "60s" (otherwise the demo
+    /// serves until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Make green fail half of its requests once it has traffic, to show
+    /// the automatic rollback.
+    #[arg(long)]
+    pub fail_green: bool,
     /// Skip the database part even when PostgreSQL is installed.
     #[arg(long)]
     pub no_database: bool,

@@ -186,37 +186,6 @@ async fn the_admin_api_demands_the_token_and_rejects_bad_weights() {
     assert_eq!(s["weights"]["blue"], 70.0);
 }
 
-#[test]
-fn the_demo_shifts_traffic_from_blue_to_green_in_one_command() {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string()
-    };
-    let (listen, admin) = (free(), free());
-    let (code, out, err) = switchyard(&[
-        "demo",
-        "--once",
-        "--step-seconds",
-        "0",
-        "--listen",
-        &listen,
-        "--admin",
-        &admin,
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("blue   0 / green 200 of 200 users"),
-        "all users end on green: {out}"
-    );
-    assert!(out.contains("promoted"), "{out}");
-    // PostgreSQL is installed here: green's database is prepared first.
-    assert!(out.contains("verify passed"), "{out}");
-    assert!(out.contains("applied V1__order_status.sql"), "{out}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_adds_and_removes_the_database_gate() {
     let unreachable = "[database]\nblue = \"postgres://app@127.0.0.1:1/app\"\ngreen = \"postgres://app@127.0.0.1:1/app\"\nmode = \"snapshot\"\n";

@@ -317,6 +317,7 @@ impl EphemeralCluster {
 }
 
 impl Drop for EphemeralCluster {
+    /// Stops the server and removes its directory.
     fn drop(&mut self) {
         let data = self.dir.join("data");
         let _ = self
@@ -329,5 +330,6 @@ impl Drop for EphemeralCluster {
                 "immediate".as_ref(),
             ])
             .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

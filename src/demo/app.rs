@@ -122,7 +122,7 @@ async fn handle(
     if parts.uri.path() == "/healthz" {
         return Ok(answer(&shop, StatusCode::OK, "ok\n".into()));
     }
-    if shop.failing.load(Relaxed) && shop.failed.fetch_add(1, Relaxed) % 2 == 0 {
+    if shop.failing.load(Relaxed) && shop.failed.fetch_add(1, Relaxed).is_multiple_of(2) {
         return Ok(answer(
             &shop,
             StatusCode::INTERNAL_SERVER_ERROR,

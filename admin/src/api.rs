@@ -173,10 +173,30 @@ async fn metrics(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     }
     let _ = writeln!(out, "# HELP switchyard_rollout_step Current step index (-1 when none).\n# TYPE switchyard_rollout_step gauge\nswitchyard_rollout_step {}", step.map_or(-1, |i| i as i64));
     let _ = writeln!(out, "# HELP switchyard_rollbacks_total Automatic rollbacks since start.\n# TYPE switchyard_rollbacks_total counter\nswitchyard_rollbacks_total {}", inner.rollbacks.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP switchyard_build_info The running switchyard's version (always 1).\n# TYPE switchyard_build_info gauge\nswitchyard_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    let live = inner.live.lock().map(|l| l.clone()).unwrap_or_default();
+    out.push_str("# HELP switchyard_analysis_verdict The candidate's last analysis verdict (1 for the current one; none while no rollout runs).\n# TYPE switchyard_analysis_verdict gauge\n");
+    for v in ["pass", "inconclusive", "breach"] {
+        let current = live.verdict.as_ref().is_some_and(|x| x.name() == v);
+        let _ = writeln!(
+            out,
+            "switchyard_analysis_verdict{{verdict=\"{v}\"}} {}",
+            u8::from(current)
+        );
+    }
+    let candidate = inner.store.lock().candidate();
+    let w = inner.dp.window(candidate);
+    let _ = writeln!(out, "# HELP switchyard_candidate_error_rate The candidate's failures per request over the analysis window.\n# TYPE switchyard_candidate_error_rate gauge\nswitchyard_candidate_error_rate{{colour=\"{candidate}\"}} {}", w.error_rate());
+    let held_for = live
+        .holding_since_ms
+        .map(|t| events::now_ms().saturating_sub(t) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    let _ = writeln!(out, "# HELP switchyard_rollout_holding_seconds How long the rollout has waited past its bake without a break (a gate, analysis or pause holding it; 0 when it advances or no rollout runs).\n# TYPE switchyard_rollout_holding_seconds gauge\nswitchyard_rollout_holding_seconds {held_for}");
     let gates: Vec<_> = inner.gates.lock().map(|g| g.clone()).unwrap_or_default();
     for g in &gates {
         g.render_metrics(&mut out);
     }
+    crate::process_metrics::render(&mut out);
     if inner.settings.load().database.is_some() {
         let wg = inner.dp.write_gate();
         let _ = writeln!(out, "# HELP switchyard_writes_held 1 while the proxy holds writes (cutover).\n# TYPE switchyard_writes_held gauge\nswitchyard_writes_held {}", u8::from(wg.held));

@@ -133,6 +133,13 @@ fn key_of(s: &crate::PersistedState) -> Key {
 fn set_live(inner: &Inner, verdict: Option<Verdict>, holding: Option<String>) {
     if let Ok(mut live) = inner.live.lock() {
         live.verdict = verdict;
+        // Baking is the plan, not a hold: only waiting past it counts.
+        live.holding_since_ms = match (&holding, live.holding_since_ms) {
+            (None, _) => None,
+            (Some(h), _) if h.starts_with("baking") => None,
+            (Some(_), Some(t)) => Some(t),
+            (Some(_), None) => Some(now_ms()),
+        };
         live.holding = holding;
         live.judged_at_ms = now_ms();
     }
@@ -325,6 +332,7 @@ fn gate_finished(inner: &Arc<Inner>, key: Option<Key>, result: GateResult, retry
             *retry_at = Instant::now() + GATE_RETRY;
             if let Ok(mut live) = inner.live.lock() {
                 live.holding = Some(why);
+                live.holding_since_ms.get_or_insert_with(now_ms);
             }
         }
         GateResult::Pass => {

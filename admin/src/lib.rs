@@ -18,6 +18,7 @@ pub mod events;
 pub mod gates;
 mod listener;
 mod preparing;
+mod process_metrics;
 pub mod rollout;
 pub mod store;
 mod webhook;
@@ -91,6 +92,8 @@ pub(crate) struct Live {
     pub verdict: Option<Verdict>,
     /// Why the rollout is not advancing right now, if it is waiting.
     pub holding: Option<String>,
+    /// Since when (ms since epoch) the rollout has been held without a break.
+    pub holding_since_ms: Option<u64>,
     /// When the last judgement ran (ms since epoch).
     pub judged_at_ms: u64,
 }
@@ -179,6 +182,7 @@ impl Inner {
         );
         if let Ok(mut live) = self.live.lock() {
             live.holding = None;
+            live.holding_since_ms = None;
         }
         self.hub.publish(event);
         Ok(next)

@@ -1,0 +1,123 @@
+//! An SRE points Prometheus at `/metrics`: the exposition passes
+//! `promtool check metrics` (Debian's `prometheus` package; `.ci/run`
+//! installs it), and carries what alerts need: rollout state, analysis
+//! verdict, candidate error rate, how long a gate has held, replication lag,
+//! build and process metrics.
+
+#[path = "support/load.rs"]
+mod load;
+#[path = "../sync/tests/support/mod.rs"]
+mod pg;
+mod support;
+
+use http::Method;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::{deployment, eventually};
+
+fn promtool(exposition: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is not installed: `apt-get install prometheus` (.ci/run does)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_carry_what_alerts_need() {
+    let pair = pg::Pair::new("metrics").await;
+    pg::sql(
+        pair.blue(),
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);",
+    )
+    .await;
+    let extra = format!(
+        "[rollout]\nsteps = [20, 100]\nbake = \"1h\"\n\n[rollout.analysis]\nwindow = \"3s\"\ninterval = \"100ms\"\nmin_requests = 5\n\n\
+         [database]\nblue = \"{}\"\ngreen = \"{}\"\nmigrations = \"{}\"\nmode = \"replicate\"\n",
+        pair.blue(),
+        pair.green(),
+        pair.migrations.path().display()
+    );
+    let (_blue, _green, sy) = deployment(|b| b.extra(&extra)).await;
+    let _load = load::Load::start(sy.url("/"), 2, 100_000, Duration::from_secs(120));
+    sy.admin(Method::POST, "/api/v1/rollout/start", "").await;
+    assert!(
+        eventually(90, async || sy.status().await["rollout"]["state"]
+            == "progressing")
+        .await,
+        "{}",
+        sy.status().await
+    );
+    let has = async |m: &str| {
+        sy.client
+            .get(&sy.admin_url("/metrics"))
+            .await
+            .is_ok_and(|r| r.text().contains(m))
+    };
+    assert!(
+        eventually(20, async || has(
+            "switchyard_replication_lag_seconds{direction=\"blue_to_green\"}"
+        )
+        .await)
+        .await,
+        "replication lag appears once measured"
+    );
+    let text = sy
+        .client
+        .get(&sy.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text();
+    let (ok, report) = promtool(&text);
+    assert!(ok, "promtool check metrics failed:\n{report}\n---\n{text}");
+    for needed in [
+        "switchyard_build_info{version=",
+        "switchyard_rollout_state{state=\"progressing\"} 1",
+        "switchyard_analysis_verdict{verdict=",
+        "switchyard_candidate_error_rate{colour=\"green\"}",
+        "switchyard_rollout_holding_seconds ",
+        "switchyard_requests_total{colour=\"green\"}",
+        "switchyard_database_gate_open ",
+        "switchyard_replication_slot_retained_wal_bytes{direction=\"blue_to_green\"}",
+        "switchyard_writes_held 0",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(text.contains(needed), "missing {needed:?} in:\n{text}");
+    }
+    let (bad, _) = promtool("# TYPE broken counter\nbroken{a=\"b\"} not-a-number\n");
+    assert!(!bad, "promtool itself rejects a broken exposition");
+    let (_, out) = sync_cleanup(&sy.config_path);
+    assert!(out.contains("removed"), "{out}");
+}
+
+fn sync_cleanup(config: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["sync", "-c"])
+        .arg(config)
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -37,7 +37,13 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
 /// Loads the config and checks what it refers to (TLS files) without
 /// starting anything.
 fn validate(path: &Path) -> Result<Config, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let config = Config::load_all(path).map_err(|errors| {
+        let mut text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        if errors.len() > 1 {
+            text.push(format!("{} errors in {}", errors.len(), path.display()));
+        }
+        text.join("\n")
+    })?;
     if let Some(tls) = &config.proxy.tls {
         switchyard_proxy::tls_acceptor(tls).map_err(|e| format!("{}: {e}", path.display()))?;
     }

@@ -231,3 +231,35 @@ async fn sigterm_exits_even_with_an_events_stream_open() {
         "an open SSE stream must not keep switchyard alive"
     );
 }
+
+#[test]
+fn check_reports_every_error_in_the_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &path,
+        "[proxy]\nlisten = \"127.0.0.1:8080\"\nsticky = \"sometimes\"\n\
+         [pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n\
+         [admin]\nlisten = \"127.0.0.1:9090\"\ntoken = \"t\"\n\
+         [rollout]\nbake = \"a while\"\n\
+         [database]\nblue = \"postgres://a@h/app\"\ngreen = \"postgres://b@h/app\"\ncutover_timeout = \"5m\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = switchyard(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let file = path.display().to_string();
+    let located: Vec<&str> = err.lines().filter(|l| l.starts_with(&file)).collect();
+    assert_eq!(
+        located.len(),
+        3,
+        "three errors, each with file:line:col: {err}"
+    );
+    assert!(located[0].starts_with(&format!("{file}:3:10:")), "{err}");
+    assert!(located[1].starts_with(&format!("{file}:12:8:")), "{err}");
+    assert!(
+        located[2].starts_with(&format!("{file}:16:19:"))
+            && located[2].contains("releases held writes"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("3 errors in {file}")), "{err}");
+}

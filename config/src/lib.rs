@@ -5,6 +5,7 @@
 //! certificate file can be opened is the listener's job.
 #![forbid(unsafe_code)]
 
+mod check;
 mod error;
 mod interpolate;
 mod schema;
@@ -48,6 +49,46 @@ impl Config {
             }
         })?;
         Ok(config)
+    }
+
+    /// Reads and validates the file at `path`, reporting every error it
+    /// holds (each with its `file:line:col`), not only the first, and the
+    /// mistakes that would only show at run time (two listeners on one
+    /// address).
+    pub fn load_all(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            vec![ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }]
+        })?;
+        let origin = path.display().to_string();
+        let mut config = Config::parse_all(&text, &origin)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.resolve_paths(&base);
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// [`Config::parse`], reporting every error (see [`Config::load_all`]).
+    pub fn parse_all(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>> {
+        match Config::parse(text, origin) {
+            Ok(c) => {
+                let clashes = check::clashes(&c, text, origin);
+                if clashes.is_empty() {
+                    Ok(c)
+                } else {
+                    Err(clashes)
+                }
+            }
+            Err(first) => {
+                let mut all = check::every_error(text, origin);
+                if all.is_empty() {
+                    all.push(first);
+                }
+                Err(all)
+            }
+        }
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -222,3 +222,49 @@ fn limits_have_nginx_like_defaults_and_are_validated_where_they_are_written() {
     let e = err(&format!("{base}[proxy]\nbody_timeot = \"1s\"\n"));
     assert!(e.contains("unknown field `body_timeot`"), "{e}");
 }
+
+#[test]
+fn every_error_in_a_file_is_reported_at_once_with_its_location() {
+    let text =
+        "[proxy]\nlisten = \"127.0.0.1:8080\"\nsticky = \"sometimes\"\nheader_timeout = \"soon\"\n\
+                [pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = []\n\
+                [admin]\nlisten = \"127.0.0.1:9090\"\ntoken = \"t\"\ncolour = \"red\"\n\
+                [rollout]\nbake = \"30s\"\n";
+    let errors = Config::parse_all(text, "sy.toml").unwrap_err();
+    let text_of: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 4, "{text_of:#?}");
+    assert!(
+        text_of[0].starts_with("sy.toml:3:10:") && text_of[0].contains("sometimes"),
+        "{text_of:#?}"
+    );
+    assert!(
+        text_of[1].starts_with("sy.toml:4:18:") && text_of[1].contains("duration"),
+        "{text_of:#?}"
+    );
+    assert!(
+        text_of[2].starts_with("sy.toml:8:") && text_of[2].contains("at least one upstream"),
+        "{text_of:#?}"
+    );
+    assert!(
+        text_of[3].starts_with("sy.toml:12:1:") && text_of[3].contains("unknown field `colour`"),
+        "{text_of:#?}"
+    );
+    // A good file has no errors; a syntax error is the one to fix first.
+    assert!(Config::parse_all(FULL.replace("${SY_TEST_TOKEN}", "t").as_str(), "sy.toml").is_ok());
+    let e = Config::parse_all("[proxy\nlisten = 1\n", "sy.toml").unwrap_err();
+    assert_eq!(e.len(), 1);
+}
+
+#[test]
+fn two_listeners_on_one_address_are_caught_before_run_time() {
+    let text = "[proxy]\nlisten = \"127.0.0.1:8080\"\n[pools.blue]\nupstreams = [\"a:1\"]\n[pools.green]\nupstreams = [\"b:2\"]\n\
+                [admin]\nlisten = \"127.0.0.1:8080\"\ntoken = \"t\"\n";
+    let e = Config::parse_all(text, "sy.toml").unwrap_err();
+    assert_eq!(e.len(), 1);
+    let m = e[0].to_string();
+    assert!(m.starts_with("sy.toml:8:1:"), "{m}");
+    assert!(
+        m.contains("[admin] listen") && m.contains("[proxy] listen") && m.contains("own port"),
+        "{m}"
+    );
+}

@@ -1,0 +1,163 @@
+//! Finding every error in a config file, not only the first that serde
+//! stops at: each top-level table is checked on its own (the other tables'
+//! lines blanked out, so lines and columns stay those of the file), and
+//! within a table, a bad line is blanked and the table checked again, until
+//! no new error appears. Then the mistakes that only show at run time: two
+//! listeners on one address.
+
+use serde::Deserialize;
+
+use crate::error::{ConfigError, Location};
+use crate::schema::*;
+
+/// Every table, optional, for checking one at a time.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Partial {
+    proxy: Option<ProxyConfig>,
+    pools: Option<PoolsConfig>,
+    admin: Option<AdminConfig>,
+    rollout: Option<RolloutConfig>,
+    state: Option<StateConfig>,
+    database: Option<DatabaseConfig>,
+    webhooks: Option<WebhooksConfig>,
+    log: Option<LogConfig>,
+}
+
+/// The top-level table a line opens (`[proxy]`, `[pools.blue]`, `[[x]]`),
+/// if it is a table header.
+fn header(line: &str) -> Option<String> {
+    let t = line.trim();
+    let inner = t.strip_prefix("[[").or_else(|| t.strip_prefix('['))?;
+    let end = inner.find(']')?;
+    let name = inner[..end].trim();
+    let first = name.split('.').next()?.trim().trim_matches('"');
+    Some(first.to_string())
+}
+
+/// For each top-level table (in order of appearance), the lines that
+/// belong to it; `""` for keys before any header.
+fn groups(text: &str) -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        if let Some(h) = header(line) {
+            current = h;
+        }
+        match out.iter_mut().find(|(g, _)| *g == current) {
+            Some((_, lines)) => lines.push(i),
+            None => out.push((current.clone(), vec![i])),
+        }
+    }
+    out
+}
+
+/// `text` with only `keep` lines left (the others empty).
+fn masked(text: &str, keep: &[usize], blank: &[usize]) -> String {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if keep.contains(&i) && !blank.contains(&i) {
+                l
+            } else {
+                ""
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn error_of(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+    let location = e
+        .span()
+        .map(|span| Location::from_offset(origin, text, span.start))
+        .unwrap_or_else(|| Location::file_only(origin));
+    ConfigError::Invalid {
+        location,
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// Every error the file holds, in file order.
+pub(crate) fn every_error(text: &str, origin: &str) -> Vec<ConfigError> {
+    // A syntax error breaks the whole document: it is the one to fix first.
+    if let Err(e) = toml::from_str::<toml::Table>(text) {
+        return vec![error_of(text, origin, &e)];
+    }
+    let mut errors = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let present: Vec<String> = groups(text).into_iter().map(|(g, _)| g).collect();
+    for (_, lines) in groups(text) {
+        let mut blank = Vec::new();
+        for _ in 0..50 {
+            let doc = masked(text, &lines, &blank);
+            let Err(e) = toml::from_str::<Partial>(&doc) else {
+                break;
+            };
+            let err = error_of(&doc, origin, &e);
+            let line = err.location().map(|l| l.line).unwrap_or(0);
+            // A blanked required key reports itself missing: not an error
+            // of the file.
+            if !blank.is_empty() && e.message().contains("missing field") {
+                break;
+            }
+            if seen.insert((line, err.to_string())) {
+                errors.push(err);
+            }
+            if line == 0 || blank.contains(&(line - 1)) {
+                break;
+            }
+            blank.push(line - 1);
+        }
+    }
+    for required in ["pools", "admin"] {
+        if !present.iter().any(|g| g == required) {
+            errors.push(ConfigError::Invalid {
+                location: Location::file_only(origin),
+                message: format!("missing table [{required}]: every config needs one (see the README's minimal switchyard.toml)"),
+            });
+        }
+    }
+    errors.sort_by_key(|e| e.location().map(|l| (l.line, l.column)).unwrap_or((0, 0)));
+    errors
+}
+
+/// The line of `key` inside table `table` (1-based), for errors about a
+/// value that parsed but does not fit with another.
+fn line_of(text: &str, table: &str, key: &str) -> Option<usize> {
+    let (_, lines) = groups(text).into_iter().find(|(g, _)| g == table)?;
+    let all: Vec<&str> = text.lines().collect();
+    lines.into_iter().find_map(|i| {
+        let l = all[i].trim_start();
+        (l.starts_with(key) && l[key.len()..].trim_start().starts_with('=')).then_some(i + 1)
+    })
+}
+
+/// Listeners that would fight over one address at start.
+pub(crate) fn clashes(c: &Config, text: &str, origin: &str) -> Vec<ConfigError> {
+    let mut addrs = vec![("[proxy] listen", "proxy", "listen", c.proxy.listen)];
+    if let Some(tls) = &c.proxy.tls {
+        addrs.push(("[proxy] tls.listen", "proxy", "tls", tls.listen));
+    }
+    addrs.push(("[admin] listen", "admin", "listen", c.admin.listen));
+    let mut out = Vec::new();
+    for (i, (name, table, key, addr)) in addrs.iter().enumerate() {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Some((other, ..)) = addrs[..i].iter().find(|(_, _, _, a)| a == addr) {
+            out.push(ConfigError::Invalid {
+                location: Location {
+                    file: origin.to_string(),
+                    line: line_of(text, table, key).unwrap_or(1),
+                    column: 1,
+                },
+                message: format!(
+                    "{name} = \"{addr}\" is the address of {other} too: each listener needs its own port"
+                ),
+            });
+        }
+    }
+    out
+}

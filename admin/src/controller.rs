@@ -288,6 +288,7 @@ fn tick_once(
         gate_list.push(Arc::new(ConfirmWebhook {
             url: url.clone(),
             timeout: settings.webhooks.timeout,
+            secret: settings.webhooks.secret.clone(),
             client: inner.webhooks.clone(),
         }));
     }

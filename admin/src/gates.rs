@@ -68,6 +68,8 @@ pub struct ConfirmWebhook {
     pub url: String,
     /// How long to wait for the answer.
     pub timeout: std::time::Duration,
+    /// `[webhooks] secret` (signs the body; "" for none).
+    pub secret: String,
     pub(crate) client: WebhookClient,
 }
 
@@ -79,7 +81,11 @@ impl Gate for ConfirmWebhook {
     fn check<'a>(&'a self, ctx: &'a GateContext) -> GateFuture<'a> {
         Box::pin(async move {
             let body = serde_json::json!({ "kind": "confirm", "increase": ctx });
-            match self.client.post_json(&self.url, &body, self.timeout).await {
+            match self
+                .client
+                .post_json(&self.url, &body, self.timeout, &self.secret)
+                .await
+            {
                 Ok(s) if (200..300).contains(&s) => GateResult::Pass,
                 Ok(s) => GateResult::Hold(format!("{} answered {s}", self.url)),
                 Err(e) => GateResult::Hold(format!("{}: {e}", self.url)),

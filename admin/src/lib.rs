@@ -58,6 +58,11 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
+    /// `[webhooks] ca_file` cannot be used.
+    #[error(
+        "{0}: point it at a PEM file with the CA certificate that signs your webhook servers'"
+    )]
+    Webhooks(String),
     /// `[admin] token` is empty: the API would be open to anyone.
     #[error("[admin] token is empty: refusing to serve an unauthenticated admin API")]
     EmptyToken,
@@ -270,7 +275,8 @@ impl ControlPlane {
             settings: ArcSwap::from_pointee(settings_of(config)),
             store,
             hub: Hub::default(),
-            webhooks: webhook::WebhookClient::default(),
+            webhooks: webhook::WebhookClient::new(config.webhooks.ca_file.as_deref())
+                .map_err(AdminError::Webhooks)?,
             gates: Mutex::new(Vec::new()),
             live: Mutex::new(Live::default()),
             rollbacks: AtomicU64::new(0),

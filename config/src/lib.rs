@@ -105,5 +105,8 @@ impl Config {
         if let Some(db) = self.database.as_mut() {
             fix(&mut db.migrations);
         }
+        if let Some(ca) = self.webhooks.ca_file.as_mut() {
+            fix(ca);
+        }
     }
 }

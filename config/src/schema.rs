@@ -799,6 +799,20 @@ pub struct WebhooksConfig {
     pub confirm: Option<String>,
     #[serde(deserialize_with = "values::positive_duration")]
     pub timeout: Duration,
+    /// Signs every webhook body with HMAC-SHA256 under this key, in
+    /// `X-Switchyard-Signature: sha256=<hex>`, so receivers can trust it
+    /// ("": unsigned).
+    #[serde(deserialize_with = "values::string")]
+    pub secret: String,
+    /// PEM file of the CA that signs the webhook servers' certificates, for
+    /// private CAs (public ones are trusted already).
+    #[serde(deserialize_with = "opt_path")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = values::string(d)?;
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
 }
 
 impl Default for WebhooksConfig {
@@ -807,6 +821,8 @@ impl Default for WebhooksConfig {
             notify: None,
             confirm: None,
             timeout: Duration::from_secs(5),
+            secret: String::new(),
+            ca_file: None,
         }
     }
 }
@@ -816,9 +832,9 @@ fn opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> 
     if s.is_empty() {
         return Ok(None);
     }
-    if !s.starts_with("http://") {
+    if !(s.starts_with("http://") || s.starts_with("https://")) {
         return Err(de::Error::custom(format!(
-            "{s:?} is not a webhook URL: expected \"http://host:port/path\""
+            "{s:?} is not a webhook URL: expected \"https://host/path\" or \"http://host:port/path\""
         )));
     }
     Ok(Some(s))

@@ -103,6 +103,34 @@ async fn metrics_pass_promtool_and_carry_what_alerts_need() {
     ] {
         assert!(text.contains(needed), "missing {needed:?} in:\n{text}");
     }
+    // Every metric the shipped alert rules and dashboard use is exported
+    // (the cutover ones appear after the first cutover).
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let used = [
+        std::fs::read_to_string(examples.join("prometheus/alerts.yml")).unwrap(),
+        std::fs::read_to_string(examples.join("grafana/switchyard.json")).unwrap(),
+    ]
+    .join("\n");
+    let mut names: Vec<String> = used
+        .match_indices("switchyard_")
+        .map(|(i, _)| {
+            used[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect::<String>()
+        })
+        .map(|n| n.trim_end_matches("_bucket").to_string())
+        .filter(|n| n != "switchyard_" && n != "switchyard_json")
+        .collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        let after_cutover = n.starts_with("switchyard_cutover_");
+        assert!(
+            after_cutover || text.contains(&format!("# TYPE {n} ")),
+            "{n} is used by examples/ but not exported"
+        );
+    }
     let (bad, _) = promtool("# TYPE broken counter\nbroken{a=\"b\"} not-a-number\n");
     assert!(!bad, "promtool itself rejects a broken exposition");
     let (_, out) = sync_cleanup(&sy.config_path);

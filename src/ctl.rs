@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::{CtlArgs, CtlCommand};
+use switchyard_admin::wire;
 
 /// Runs one `ctl` command. Called from `main`.
 pub fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
@@ -37,18 +38,23 @@ async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
-                print_status(&s);
+                print_status(&typed(s)?);
             }
         }
         CtlCommand::Weights { green } => {
             let r = api
-                .call("PUT", "/api/v1/weights", Some(json!({ "green": green })))
+                .call(
+                    "PUT",
+                    "/api/v1/weights",
+                    Some(serde_json::to_value(wire::SetWeights { green })?),
+                )
                 .await?;
+            let s: wire::Status = typed(r)?;
             println!(
                 "weights: blue {}%  green {}%   (rollout {})",
-                num(&r["weights"]["blue"]),
-                num(&r["weights"]["green"]),
-                r["rollout"]["state"].as_str().unwrap_or("?")
+                pct(s.weights.blue),
+                pct(s.weights.green),
+                s.rollout.state.as_str()
             );
         }
         CtlCommand::Start(r) => action(&api, "start", r.reason).await?,
@@ -65,7 +71,7 @@ async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&h)?);
             } else {
-                print_history(&h);
+                print_history(&typed(h)?);
             }
         }
     }
@@ -73,12 +79,14 @@ async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn action(api: &Api, name: &str, reason: Option<String>) -> anyhow::Result<()> {
-    let body = reason.map(|r| json!({ "reason": r }));
+    let body = reason
+        .map(|r| serde_json::to_value(wire::ActionBody { reason: Some(r) }))
+        .transpose()?;
     let s = api
         .call("POST", &format!("/api/v1/rollout/{name}"), body)
         .await?;
     println!("{name}: ok");
-    print_status(&s);
+    print_status(&typed(s)?);
     Ok(())
 }
 
@@ -152,58 +160,93 @@ impl Api {
     }
 }
 
-/// A percentage or count without trailing zeros.
-fn num(v: &Value) -> String {
-    match v.as_f64() {
-        Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
-        Some(f) => format!("{f}"),
-        None => "-".into(),
+/// Reads an answer as its API type; a mismatch means another switchyard version.
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> anyhow::Result<T> {
+    serde_json::from_value(v).context(
+        "the admin API's answer is not what this switchyard expects: is the server another version?",
+    )
+}
+
+/// A percentage without trailing zeros.
+fn pct(f: f64) -> String {
+    if f.fract() == 0.0 {
+        format!("{f:.0}")
+    } else {
+        format!("{f}")
     }
 }
 
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
-}
-
-fn print_status(s: &Value) {
-    let r = &s["rollout"];
-    let steps: Vec<String> = r["steps"]
-        .as_array()
-        .map(|a| a.iter().map(num).collect())
-        .unwrap_or_default();
-    let step = match r["step"].as_u64() {
-        Some(i) => format!(
-            "step {}/{} ({}%)",
-            i + 1,
-            steps.len(),
-            steps.get(i as usize).map_or("?", String::as_str)
-        ),
+fn print_status(s: &wire::Status) {
+    let r = &s.rollout;
+    let steps: Vec<String> = r.steps.iter().map(|w| pct(*w)).collect();
+    // `step` is the 0-based index into `steps`, in JSON and here alike.
+    let step = match r.step {
+        Some(i) => format!("step {i} ({}%)", steps.get(i).map_or("?", String::as_str)),
         None => "no step".into(),
     };
     println!(
         "rollout   {:<12} {step}   candidate {}, stable {}   steps [{}]",
-        text(&r["state"]),
-        text(&r["candidate"]),
-        text(&r["stable"]),
+        r.state.as_str(),
+        r.candidate,
+        r.stable,
         steps.join(", ")
     );
     println!(
         "weights   blue {}%  green {}%",
-        num(&s["weights"]["blue"]),
-        num(&s["weights"]["green"])
+        pct(s.weights.blue),
+        pct(s.weights.green)
     );
-    if let Some(h) = r["holding"].as_str() {
+    if let Some(h) = &r.holding {
         println!("holding   {h}");
     }
-    if let Some(why) = r["reason"].as_str() {
+    if let Some(why) = &r.reason {
         println!("reason    {why}");
     }
-    let a = &s["analysis"];
-    if let Some(v) = a["verdict"].as_str() {
-        match a["detail"].as_str() {
-            Some(d) => println!("analysis  {v}: {d}"),
-            None => println!("analysis  {v}"),
+    let a = &s.analysis;
+    if let Some(v) = a.verdict {
+        let v = serde_json::to_value(v).unwrap_or_default();
+        match &a.detail {
+            Some(d) => println!("analysis  {}: {d}", v.as_str().unwrap_or("?")),
+            None => println!("analysis  {}", v.as_str().unwrap_or("?")),
         }
+    }
+    for (name, g) in &s.gates {
+        let state = serde_json::to_value(g.gate).unwrap_or_default();
+        println!(
+            "gate      {name}: {}{}",
+            state.as_str().unwrap_or("?"),
+            g.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(d) = &s.database {
+        let lag = d
+            .replication
+            .as_ref()
+            .map(|r| {
+                format!(
+                    "replication {} {}, lag {}",
+                    r.state,
+                    r.direction.as_deref().unwrap_or(""),
+                    r.lag_seconds
+                        .map(|l| format!("{l:.3}s"))
+                        .unwrap_or_else(|| "unknown".into())
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "database  writes go to {}{}; verified {}; schema {}; {lag}",
+            d.writer,
+            if d.write_gate.held {
+                " (held for cutover)"
+            } else {
+                ""
+            },
+            d.verified.map_or("?".into(), |v| v.to_string()),
+            d.schema_version.as_deref().unwrap_or("none"),
+        );
     }
     println!(
         "{:<9} {:>8} {:>9} {:>8} {:>10} {:>10}   window {}s",
@@ -213,49 +256,39 @@ fn print_status(s: &Value) {
         "errors",
         "p50 ms",
         "p99 ms",
-        num(&a["window_seconds"])
+        pct(a.window_seconds)
     );
-    for c in ["blue", "green"] {
-        let p = &s["pools"][c];
-        let w = &p["window"];
-        let errors = w["server_errors"].as_u64().unwrap_or(0)
-            + w["transport_failures"].as_u64().unwrap_or(0);
-        let ms = |v: &Value| v.as_f64().map_or("-".into(), |f| format!("{f:.1}"));
+    for (c, p) in [("blue", &s.pools.blue), ("green", &s.pools.green)] {
+        let w = &p.window;
+        let ms = |v: Option<f64>| v.map_or("-".into(), |f| format!("{:.1}", f * 1000.0));
         println!(
             "{c:<9} {:>8} {:>9} {:>8} {:>10} {:>10}",
-            format!(
-                "{}/{}",
-                num(&p["healthy"]),
-                p["upstreams"].as_array().map_or(0, Vec::len)
-            ),
-            num(&w["requests"]),
-            errors,
-            ms(&w["p50"]),
-            ms(&w["p99"]),
+            format!("{}/{}", p.healthy, p.upstreams.len()),
+            w.requests,
+            w.server_errors + w.transport_failures,
+            ms(w.p50_seconds),
+            ms(w.p99_seconds),
         );
     }
 }
 
-fn print_history(h: &Value) {
-    let events = h["events"].as_array().cloned().unwrap_or_default();
-    if events.is_empty() {
+fn print_history(h: &wire::History) {
+    if h.events.is_empty() {
         println!("no events yet");
         return;
     }
-    for e in events {
-        let step = e["step"]
-            .as_u64()
-            .map_or("-".to_string(), |i| (i + 1).to_string());
+    for e in &h.events {
+        let step = e.step.map_or("-".to_string(), |i| i.to_string());
         println!(
             "{}  #{:<4} {:<16} {:<16} {:<12} step {:<3} green {:>5}%  {}",
-            text(&e["at"]),
-            num(&e["seq"]),
-            text(&e["actor"]),
-            text(&e["kind"]),
-            text(&e["state"]),
+            e.at,
+            e.seq,
+            e.actor,
+            e.kind,
+            e.state.as_str(),
             step,
-            num(&e["weights"]["green"]),
-            e["reason"].as_str().unwrap_or("")
+            pct(e.weights.green),
+            e.reason.as_deref().unwrap_or("")
         );
     }
 }

@@ -36,6 +36,7 @@ use switchyard_proxy::Colour;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::rollout::{self, Action};
+use crate::wire;
 use crate::{events, Inner, TransitionError};
 
 type Shared = Arc<Inner>;
@@ -54,7 +55,8 @@ pub(crate) fn router(inner: Shared) -> Router {
         .route("/", get(crate::dashboard::index))
         .route("/dashboard.js", get(crate::dashboard::script))
         .route("/dashboard.css", get(crate::dashboard::style))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/weights", put(set_weights))
@@ -138,6 +140,9 @@ fn transition_error(e: TransitionError) -> Response {
     }
 }
 
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format (the token is needed only with [admin] metrics_auth)", content_type = "text/plain")))]
 async fn metrics(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     let (auth, addresses) = {
         let s = inner.settings.load();
@@ -210,16 +215,30 @@ async fn metrics(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-fn colour_json(inner: &Inner, c: Colour) -> Value {
-    json!({
-        "upstreams": inner.dp.upstreams(c),
-        "healthy": inner.dp.healthy_upstreams(c),
-        "window": inner.dp.window(c),
-    })
-}
-
-fn weights_json(green_bp: u32) -> Value {
-    json!({ "blue": f64::from(10_000 - green_bp) / 100.0, "green": f64::from(green_bp) / 100.0 })
+fn pool_status(inner: &Inner, c: Colour) -> wire::PoolStatus {
+    let w = inner.dp.window(c);
+    wire::PoolStatus {
+        upstreams: inner
+            .dp
+            .upstreams(c)
+            .into_iter()
+            .map(|u| wire::UpstreamView {
+                address: u.address,
+                healthy: u.healthy,
+                ejected: u.ejected,
+                in_flight: u.in_flight,
+            })
+            .collect(),
+        healthy: inner.dp.healthy_upstreams(c),
+        window: wire::WindowView {
+            requests: w.requests,
+            server_errors: w.server_errors,
+            transport_failures: w.transport_failures,
+            consecutive_failures: w.consecutive_failures,
+            p50_seconds: w.p50.map(|d| d.as_secs_f64()),
+            p99_seconds: w.p99.map(|d| d.as_secs_f64()),
+        },
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -227,7 +246,7 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// The status document of `GET /api/v1/status`.
-fn status_json(inner: &Inner) -> Value {
+pub(crate) fn status_of(inner: &Inner) -> wire::Status {
     let settings = inner.settings.load_full();
     let (rollout, stable, candidate) = {
         let s = inner.store.lock();
@@ -235,77 +254,74 @@ fn status_json(inner: &Inner) -> Value {
     };
     let live = inner.live.lock().map(|l| l.clone()).unwrap_or_default();
     let gates: Vec<_> = inner.gates.lock().map(|g| g.clone()).unwrap_or_default();
-    let mut gate_status = serde_json::Map::new();
-    for g in &gates {
-        if let Some(v) = g.status() {
-            gate_status.insert(g.name().to_string(), v);
-        }
-    }
-    let mut database = gate_status.get("database").cloned().unwrap_or(Value::Null);
-    if let Value::Object(d) = &mut database {
-        let live = inner.db.lock();
+    let gate_views = gates
+        .iter()
+        .filter_map(|g| Some((g.name().to_string(), g.status()?)))
+        .collect();
+    let database = gates.iter().find_map(|g| g.as_database()).map(|d| {
         let wg = inner.dp.write_gate();
-        d.insert("writer".into(), json!(wg.writer.unwrap_or(stable)));
-        d.insert("writes_pinned".into(), json!(wg.writer.is_some()));
-        d.insert("write_gate".into(), json!(wg));
-        d.insert("preparing".into(), json!(live.preparing));
-        d.insert("last_cutover".into(), json!(live.last_cutover));
-    }
-    let w = inner.dp.weights();
+        d.view(wg.writer.unwrap_or(stable), &wg, &inner.db.lock())
+    });
     let steps = &settings.rollout.steps.0;
-    let bake = rollout
-        .step
-        .map(|i| rollout::bake_of(steps, i, settings.rollout.bake));
     let a = &settings.rollout.analysis;
-    let (verdict, detail) = match &live.verdict {
-        Some(v) => (
-            Value::from(v.name()),
-            match v {
-                crate::Verdict::Pass => Value::Null,
-                crate::Verdict::Inconclusive(d) | crate::Verdict::Breach(d) => {
-                    Value::from(d.as_str())
+    wire::Status {
+        weights: wire::Weights::of(inner.dp.weights().green_bp),
+        rollout: wire::RolloutStatus {
+            state: rollout.phase,
+            step: rollout.step,
+            steps: steps
+                .iter()
+                .map(|s| f64::from(s.weight_bp) / 100.0)
+                .collect(),
+            reason: rollout.reason.clone(),
+            holding: live.holding.clone(),
+            stable: stable.into(),
+            candidate: candidate.into(),
+            step_started: (rollout.step_started_ms > 0)
+                .then(|| events::rfc3339(rollout.step_started_ms)),
+            bake_seconds: rollout
+                .step
+                .map(|i| secs(rollout::bake_of(steps, i, settings.rollout.bake))),
+        },
+        pools: wire::Pools {
+            blue: pool_status(inner, Colour::Blue),
+            green: pool_status(inner, Colour::Green),
+        },
+        analysis: wire::AnalysisStatus {
+            verdict: live.verdict.as_ref().map(|v| match v {
+                crate::Verdict::Pass => wire::VerdictName::Pass,
+                crate::Verdict::Inconclusive(_) => wire::VerdictName::Inconclusive,
+                crate::Verdict::Breach(_) => wire::VerdictName::Breach,
+            }),
+            detail: match &live.verdict {
+                Some(crate::Verdict::Inconclusive(d) | crate::Verdict::Breach(d)) => {
+                    Some(d.clone())
                 }
+                _ => None,
             },
-        ),
-        None => (Value::Null, Value::Null),
-    };
-    json!({
-        "weights": weights_json(w.green_bp),
-        "rollout": {
-            "state": rollout.phase.as_str(),
-            "step": rollout.step,
-            "steps": steps.iter().map(|s| f64::from(s.weight_bp) / 100.0).collect::<Vec<_>>(),
-            "reason": rollout.reason,
-            "holding": live.holding,
-            "stable": stable,
-            "candidate": candidate,
-            "step_started": (rollout.step_started_ms > 0).then(|| events::rfc3339(rollout.step_started_ms)),
-            "bake_seconds": bake.map(secs),
+            judged_at: (live.judged_at_ms > 0).then(|| events::rfc3339(live.judged_at_ms)),
+            window_seconds: secs(a.window),
+            interval_seconds: secs(a.interval),
+            min_requests: a.min_requests,
+            max_error_rate: a.max_error_rate,
+            max_error_rate_delta: a.max_error_rate_delta,
+            max_p99_seconds: a.max_p99.map(secs),
+            max_p99_ratio: a.max_p99_ratio,
+            fail_fast_after: a.fail_fast_after,
         },
-        "pools": { "blue": colour_json(inner, Colour::Blue), "green": colour_json(inner, Colour::Green) },
-        "analysis": {
-            "verdict": verdict,
-            "detail": detail,
-            "judged_at": (live.judged_at_ms > 0).then(|| events::rfc3339(live.judged_at_ms)),
-            "window_seconds": secs(a.window),
-            "interval_seconds": secs(a.interval),
-            "min_requests": a.min_requests,
-            "max_error_rate": a.max_error_rate,
-            "max_error_rate_delta": a.max_error_rate_delta,
-            "max_p99_ms": a.max_p99.map(|d| secs(d) * 1000.0),
-            "max_p99_ratio": a.max_p99_ratio,
-            "fail_fast_after": a.fail_fast_after,
-        },
-        "gates": gate_status,
-        "database": database,
-    })
+        gates: gate_views,
+        database,
+    }
 }
 
+/// Weights, rollout, pools, analysis, gates and the database.
+#[utoipa::path(get, path = "/api/v1/status", tag = "rollout", security(("bearer" = [])),
+    responses((status = 200, body = wire::Status), (status = 401, body = wire::ErrorBody)))]
 async fn status(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&inner, &headers).await {
         return r;
     }
-    Json(status_json(&inner)).into_response()
+    Json(status_of(&inner)).into_response()
 }
 
 /// Reads the body as a JSON object, or answers 400 with `usage`.
@@ -372,6 +388,11 @@ async fn read_object(
     }
 }
 
+/// Sets the weights by hand; pauses a running rollout, refused during cutover.
+#[utoipa::path(put, path = "/api/v1/weights", tag = "rollout", security(("bearer" = [])),
+    request_body = wire::SetWeights,
+    responses((status = 200, body = wire::Status), (status = 400, body = wire::ErrorBody),
+              (status = 401, body = wire::ErrorBody), (status = 409, body = wire::ErrorBody), (status = 413, body = wire::ErrorBody)))]
 async fn set_weights(State(inner): State<Shared>, req: Request) -> Response {
     if let Err(r) = authorized(&inner, req.headers()).await {
         return r;
@@ -392,15 +413,17 @@ async fn set_weights(State(inner): State<Shared>, req: Request) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("green: {e}")),
     };
     match inner.transition(&who, |s| rollout::set_weights(s, bp)) {
-        Ok(s) => Json(json!({
-            "weights": weights_json(s.green_bp),
-            "rollout": { "state": s.rollout.phase.as_str(), "step": s.rollout.step, "reason": s.rollout.reason },
-        }))
-        .into_response(),
+        Ok(_) => Json(status_of(&inner)).into_response(),
         Err(e) => transition_error(e),
     }
 }
 
+/// start, pause, resume, promote or abort the rollout.
+#[utoipa::path(post, path = "/api/v1/rollout/{action}", tag = "rollout", security(("bearer" = [])),
+    params(("action" = String, Path, description = "start | pause | resume | promote | abort")),
+    request_body(content = Option<wire::ActionBody>, description = "optional: {\"reason\": \"...\"}"),
+    responses((status = 200, body = wire::Status), (status = 400, body = wire::ErrorBody), (status = 401, body = wire::ErrorBody),
+              (status = 404, body = wire::ErrorBody), (status = 409, body = wire::ErrorBody), (status = 413, body = wire::ErrorBody)))]
 async fn rollout_action(
     State(inner): State<Shared>,
     Path(action): Path<String>,
@@ -440,7 +463,7 @@ async fn rollout_action(
         Err(r) => return r,
     };
     match inner.act(action, reason, &who) {
-        Ok(_) => Json(status_json(&inner)).into_response(),
+        Ok(_) => Json(status_of(&inner)).into_response(),
         Err(e) => transition_error(e),
     }
 }
@@ -450,6 +473,10 @@ struct HistoryQuery {
     limit: Option<usize>,
 }
 
+/// Who did what, when and why (the most recent events, oldest first).
+#[utoipa::path(get, path = "/api/v1/history", tag = "rollout", security(("bearer" = [])),
+    params(("limit" = Option<usize>, Query, description = "only the last N events")),
+    responses((status = 200, body = wire::History), (status = 400, body = wire::ErrorBody), (status = 401, body = wire::ErrorBody)))]
 async fn history(
     State(inner): State<Shared>,
     headers: HeaderMap,
@@ -471,6 +498,12 @@ async fn history(
     Json(json!({ "events": events })).into_response()
 }
 
+/// Server-sent events of every state change; send `Last-Event-ID` to get
+/// what was missed first.
+#[utoipa::path(get, path = "/api/v1/events", tag = "rollout", security(("bearer" = [])),
+    params(("Last-Event-ID" = Option<u64>, Header, description = "the seq of the last event seen")),
+    responses((status = 200, description = "one SSE message per event: `event: <kind>`, `id: <seq>`, `data: <Event JSON>`",
+               content_type = "text/event-stream", body = crate::Event), (status = 401, body = wire::ErrorBody)))]
 async fn events_stream(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&inner, &headers).await {
         return r;
@@ -536,6 +569,47 @@ async fn events_stream(State(inner): State<Shared>, headers: HeaderMap) -> Respo
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// `GET /healthz`: 200 while up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "up", content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The OpenAPI description of this API (no token needed).
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document")))]
+async fn openapi_json() -> Response {
+    use utoipa::OpenApi;
+    Json(ApiDoc::openapi()).into_response()
+}
+
+/// The admin API, as derived from its handlers and [`wire`] types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "switchyard admin API",
+         description = "Drive a running switchyard: weights, rollout actions, status, history, events. Durations are seconds in *_seconds fields, instants RFC 3339 UTC, weights percent, step a 0-based index."),
+    paths(healthz, metrics, openapi_json, status, set_weights, rollout_action, history, events_stream),
+    components(schemas(wire::Status, wire::History, wire::SetWeights, wire::ActionBody, wire::ErrorBody, crate::Event)),
+    modifiers(&BearerToken),
+    tags((name = "rollout", description = "weights and the rollout state machine"), (name = "operations", description = "health, metrics, this document"))
+)]
+pub(crate) struct ApiDoc;
+
+/// `Authorization: Bearer <[admin] token>`.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
 }
 
 #[cfg(test)]

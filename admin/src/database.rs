@@ -13,7 +13,7 @@
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -314,48 +314,114 @@ impl Gate for DatabaseGate {
         self.metrics(out)
     }
 
-    fn status(&self) -> Option<Value> {
-        let mode = match self.db.mode {
-            SyncMode::Snapshot => "snapshot",
-            SyncMode::Replicate => "replicate",
-        };
+    fn status(&self) -> Option<crate::wire::GateView> {
         let last = self.last.load();
-        let Some(reading) = last.as_ref() else {
-            return Some(json!({ "mode": mode, "gate": "unknown", "reason": "not read yet" }));
-        };
-        let (gate, reason) = match self.judge(&reading.result, None) {
-            GateResult::Pass => ("pass", Value::Null),
-            GateResult::Hold(why) => ("hold", Value::String(why)),
-        };
-        let mut v = json!({
-            "mode": mode,
-            "gate": gate,
-            "reason": reason,
-            "max_lag_seconds": self.db.max_lag.as_secs_f64(),
-            "checked_at": crate::events::rfc3339(reading.at_ms),
-        });
-        if let Ok(s) = &reading.result {
-            v["verified"] = json!(s.verified);
-            v["schema_version"] = json!(s.schema_version);
-            v["latest_migration"] = json!(s.latest_migration);
-            v["verified_version"] = json!(s.verified_version);
-            v["verified_at"] = json!(s.verified_at);
-            v["clone"] = json!(s.clone);
-            v["replication"] = match &s.replication {
-                Some(r) => json!({
-                    "state": r.state,
-                    "direction": r.direction.map(|d| d.arrow()),
-                    "lag_bytes": r.lag_bytes,
-                    "lag_seconds": r.lag_seconds,
-                    "retained_wal_bytes": r.retained_wal_bytes,
-                    "wal_status": r.wal_status,
-                    "objects": r.objects,
-                    "unreachable": r.unreachable,
+        Some(match last.as_ref() {
+            None => crate::wire::GateView {
+                gate: crate::wire::GateState::Unknown,
+                reason: Some("not read yet".into()),
+            },
+            Some(r) => match self.judge(&r.result, None) {
+                GateResult::Pass => crate::wire::GateView {
+                    gate: crate::wire::GateState::Pass,
+                    reason: None,
+                },
+                GateResult::Hold(why) => crate::wire::GateView {
+                    gate: crate::wire::GateState::Hold,
+                    reason: Some(why),
+                },
+            },
+        })
+    }
+
+    fn as_database(&self) -> Option<&DatabaseGate> {
+        Some(self)
+    }
+}
+
+impl DatabaseGate {
+    /// The database part of the status: the last reading, and what the
+    /// controller knows (`live`) and the data plane does (`write_gate`).
+    pub(crate) fn view(
+        &self,
+        writer: Colour,
+        write_gate: &switchyard_proxy::WriteGateStatus,
+        live: &DbLive,
+    ) -> crate::wire::DatabaseStatus {
+        use crate::wire;
+        let gate = self
+            .status()
+            .expect("the database gate always has a status");
+        let last = self.last.load();
+        let reading = last.as_ref().and_then(|r| r.result.as_ref().ok());
+        wire::DatabaseStatus {
+            mode: match self.db.mode {
+                SyncMode::Snapshot => "snapshot",
+                SyncMode::Replicate => "replicate",
+            }
+            .into(),
+            gate: gate.gate,
+            reason: gate.reason,
+            max_lag_seconds: self.db.max_lag.as_secs_f64(),
+            checked_at: last.as_ref().map(|r| crate::events::rfc3339(r.at_ms)),
+            verified: reading.map(|s| s.verified),
+            schema_version: reading.and_then(|s| s.schema_version.clone()),
+            latest_migration: reading.and_then(|s| s.latest_migration.clone()),
+            verified_version: reading.and_then(|s| s.verified_version.clone()),
+            verified_at: reading.and_then(|s| s.verified_at.clone()),
+            clone: reading
+                .and_then(|s| s.clone.as_ref())
+                .map(|c| wire::CloneView {
+                    state: c.state.clone(),
+                    phase: c.phase.clone(),
+                    error: c.error.clone(),
+                    slot: c.slot.clone(),
+                    consistent_lsn: c.consistent_lsn.clone(),
+                    blue_time: c.blue_time.clone(),
+                    at: c.at.clone(),
                 }),
-                None => Value::Null,
-            };
+            replication: reading.and_then(|s| s.replication.as_ref()).map(|r| {
+                wire::ReplicationView {
+                    state: serde_json::to_value(r.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    direction: r.direction.map(|d| d.arrow().to_string()),
+                    lag_bytes: r.lag_bytes,
+                    lag_seconds: r.lag_seconds,
+                    retained_wal_bytes: r.retained_wal_bytes,
+                    wal_status: r.wal_status.clone(),
+                    unreachable: r.unreachable.clone(),
+                }
+            }),
+            writer: writer.into(),
+            writes_pinned: write_gate.writer.is_some(),
+            write_gate: wire::WriteGateView {
+                held: write_gate.held,
+                held_total: write_gate.held_total,
+                in_flight: write_gate.in_flight,
+                waiting: write_gate.waiting,
+            },
+            preparing: live
+                .preparing
+                .iter()
+                .map(|p| wire::PrepareStepView {
+                    step: p.step.as_str().into(),
+                    state: serde_json::to_value(p.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    detail: p.detail.clone(),
+                })
+                .collect(),
+            last_cutover: live.last_cutover.as_ref().map(|c| wire::CutoverView {
+                at: c.at.clone(),
+                completed: c.completed,
+                held_seconds: c.held_ms as f64 / 1000.0,
+                held_requests: c.held_requests,
+                reason: c.reason.clone(),
+            }),
         }
-        Some(v)
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use crate::rollout::Phase;
 
 /// One state change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Increasing sequence number, unique per state file.
     pub seq: u64,
@@ -33,7 +33,7 @@ pub struct Event {
     /// The step index after the change, if any.
     pub step: Option<usize>,
     /// Weights (percent) after the change.
-    pub weights: EventWeights,
+    pub weights: crate::wire::Weights,
     /// Why, when there is a reason.
     pub reason: Option<String>,
     /// How long writes were held (`cutover_completed`, `cutover_timed_out`).
@@ -46,26 +46,8 @@ pub struct Event {
     /// state for `database_step`, or the database switch for
     /// `cutover_completed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub detail: Option<serde_json::Value>,
-}
-
-/// Weights in percent, as the API shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EventWeights {
-    /// Blue's share, percent.
-    pub blue: f64,
-    /// Green's share, percent.
-    pub green: f64,
-}
-
-impl EventWeights {
-    /// From green's weight in basis points.
-    pub fn of(green_bp: u32) -> EventWeights {
-        EventWeights {
-            blue: f64::from(10_000 - green_bp.min(10_000)) / 100.0,
-            green: f64::from(green_bp) / 100.0,
-        }
-    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -46,11 +46,15 @@ pub trait Gate: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Checks the gate for the increase described by `ctx`.
     fn check<'a>(&'a self, ctx: &'a GateContext) -> GateFuture<'a>;
-    /// A JSON summary for `GET /api/v1/status`, under `"gates"` by name
-    /// (the gate named `database` also fills the top-level `"database"`).
-    /// Called on every status request: answer from a cached reading, never
-    /// block. The default has nothing to show.
-    fn status(&self) -> Option<serde_json::Value> {
+    /// The gate's last verdict for `GET /api/v1/status` (under `gates`, by
+    /// name). Called on every status request: answer from a cached
+    /// reading, never block. The default has nothing to show.
+    fn status(&self) -> Option<crate::wire::GateView> {
+        None
+    }
+    /// The database gate itself, whose reading fills the status's
+    /// `database` part; other gates answer `None`.
+    fn as_database(&self) -> Option<&crate::DatabaseGate> {
         None
     }
     /// Appends the gate's own metrics (Prometheus text) to `out`; called on

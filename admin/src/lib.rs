@@ -22,6 +22,7 @@ mod process_metrics;
 pub mod rollout;
 pub mod store;
 mod webhook;
+pub mod wire;
 
 pub use analysis::Verdict;
 pub use database::DatabaseGate;
@@ -38,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use switchyard_config::{Config, DatabaseConfig, RolloutConfig, SyncMode, WebhooksConfig};
 use switchyard_proxy::DataPlane;
 
-use events::{EventWeights, Hub};
+use events::Hub;
 use rollout::{Change, Conflict};
 
 /// Errors of the control plane.
@@ -143,7 +144,7 @@ impl Inner {
             kind: change.kind.to_string(),
             state: next.rollout.phase,
             step: next.rollout.step,
-            weights: EventWeights::of(next.green_bp),
+            weights: wire::Weights::of(next.green_bp),
             reason: change.reason.clone(),
             held_ms: change.extra.held_ms,
             held_requests: change.extra.held_requests,

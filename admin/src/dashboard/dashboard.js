@@ -94,8 +94,8 @@ function renderStatus(s) {
     const failures = w.server_errors + w.transport_failures;
     text(c + "-rate", fmt(w.requests / win, 1));
     text(c + "-err", w.requests ? fmt(100 * failures / w.requests, 2) + "%" : "–");
-    text(c + "-p50", w.p50 === null ? "–" : fmt(w.p50, 1) + " ms");
-    text(c + "-p99", w.p99 === null ? "–" : fmt(w.p99, 1) + " ms");
+    text(c + "-p50", w.p50_seconds === null ? "–" : fmt(w.p50_seconds * 1000, 1) + " ms");
+    text(c + "-p99", w.p99_seconds === null ? "–" : fmt(w.p99_seconds * 1000, 1) + " ms");
     text(c + "-healthy", s.pools[c].healthy + " of " + s.pools[c].upstreams.length);
   }
   text("verdict", s.analysis.verdict ? s.analysis.verdict + (s.analysis.detail ? ": " + s.analysis.detail : "") : "not judging (no rollout)");
@@ -128,7 +128,7 @@ function renderStatus(s) {
     text("db-lag", r && r.lag_bytes !== null && r.lag_bytes !== undefined
       ? fmt(r.lag_seconds, 3) + " s, " + r.lag_bytes + " bytes; slot keeps " + (r.retained_wal_bytes || 0) + " bytes of WAL" : "–");
     const c = db.last_cutover;
-    text("db-cutover", c ? (c.completed ? "completed" : "timed out") + ", writes held " + c.held_ms + " ms (" + c.held_requests + " waited)" : "–");
+    text("db-cutover", c ? (c.completed ? "completed" : "timed out") + ", writes held " + Math.round(c.held_seconds * 1000) + " ms (" + c.held_requests + " waited)" : "–");
     $("db-steps").replaceChildren(...(db.preparing || []).map((p) => {
       const li = document.createElement("li");
       li.className = p.state;

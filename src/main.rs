@@ -1,12 +1,15 @@
 //! The `switchyard` binary: parses the command line and wires the library
 //! crates together. Logic lives in the crates; this file only dispatches.
-#![forbid(unsafe_code)]
+// One audited exception: `inherit::take_fd` adopts inherited sockets.
+#![deny(unsafe_code)]
 
 mod cli;
 mod ctl;
 mod demo;
+mod inherit;
 mod run;
 mod sync;
+mod upgrade;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -357,21 +357,27 @@ async fn accept_loop(
         let closing = ctx.closing.clone();
         let tls = tls.clone();
         let timeouts = ctx.limits.timeouts;
-        tokio::spawn(async move {
-            let _slot = slot;
-            let result = match tls {
-                None => {
+        // Plain and TLS connections are separate tasks: a task is as large
+        // as the largest state it can be in, and a plain connection's must
+        // not carry a TLS handshake's.
+        match tls {
+            None => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     let io = TimedIo::new(stream, info, timeouts);
-                    serve_conn(&builders, io, shared, closing).await
-                }
-                Some(acceptor) => {
+                    if let Err(e) = serve_conn(&builders, io, shared, closing).await {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     // A client that never finishes its handshake must not
                     // hold a connection forever.
-                    match tokio::time::timeout(timeouts.header, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let io = TimedIo::new(tls_stream, info, timeouts);
-                            serve_conn(&builders, io, shared, closing).await
-                        }
+                    let handshake = Box::pin(acceptor.accept(stream));
+                    let tls_stream = match tokio::time::timeout(timeouts.header, handshake).await {
+                        Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
@@ -380,13 +386,14 @@ async fn accept_loop(
                             tracing::debug!(%peer, "TLS handshake timed out");
                             return;
                         }
+                    };
+                    let io = TimedIo::new(tls_stream, info, timeouts);
+                    if let Err(e) = serve_conn(&builders, io, shared, closing).await {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
                     }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                });
             }
-        });
+        }
     }
 }
 
@@ -418,8 +425,9 @@ where
         _ = closing.wait_for(|c| *c) => return Ok(()),
     };
     if h2 {
-        let conn = builders.h2.serve_connection(TokioIo::new(io), svc());
-        tokio::pin!(conn);
+        // Boxed: HTTP/2 state is large, and HTTP/1 connections' tasks
+        // should not be.
+        let mut conn = Box::pin(builders.h2.serve_connection(TokioIo::new(io), svc()));
         tokio::select! {
             r = conn.as_mut() => return r.map_err(Into::into),
             _ = closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
@@ -450,18 +458,26 @@ where
         let Some(parts) = Pin::into_inner(conn).into_parts() else {
             return Ok(());
         };
-        io = parts.io.into_inner();
+        let http1::Parts {
+            io: tokio_io,
+            read_buf,
+            ..
+        } = parts;
+        io = tokio_io.into_inner();
         if !io.take_parked() {
             return Ok(());
         }
         // What the library had read beyond the last request is read again;
-        // otherwise wait for the client holding no buffer.
-        if parts.read_buf.is_empty() {
+        // otherwise wait for the client holding no buffer (an empty
+        // `read_buf` may still own the library's whole read buffer).
+        if read_buf.is_empty() {
+            drop(read_buf);
+            tracing::trace!(peer = %io.owner().peer, "idle keep-alive connection parked");
             if !io.park(&mut closing).await {
                 return Ok(());
             }
         } else {
-            io.unread(parts.read_buf);
+            io.unread(bytes::Bytes::copy_from_slice(&read_buf));
         }
     }
 }

@@ -1,15 +1,25 @@
 //! `switchyard run` and `switchyard check`: load the config, start the data
 //! plane and the control plane, and handle signals (SIGTERM drains, SIGHUP
-//! reloads).
+//! reloads, SIGUSR2 hands the sockets to a new process: [`crate::upgrade`]).
 
 use anyhow::Context;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 use switchyard_admin::ControlPlane;
 use switchyard_config::{Config, LogFormat};
-use switchyard_proxy::DataPlane;
+use switchyard_proxy::{DataPlane, Stop};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+
+use crate::inherit::{Inherited, Source};
+use crate::upgrade::{self, Sockets};
+
+/// After a hand-over, how long idle keep-alive clients may still send one
+/// more request here (answered with `Connection: close`) before idle
+/// connections are closed; at most the drain timeout.
+const HANDOVER_GRACE: Duration = Duration::from_secs(2);
 
 pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
     match validate(path) {
@@ -51,6 +61,8 @@ fn validate(path: &Path) -> Result<Config, String> {
 }
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    // First, before anything opens a file or starts a thread.
+    let mut inherited = Inherited::from_env()?;
     let config = match validate(path) {
         Ok(c) => c,
         Err(e) => {
@@ -59,8 +71,11 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     init_logging(&config);
+    inherited
+        .check(&config)
+        .with_context(|| path.display().to_string())?;
     let runtime = build_runtime(config.proxy.workers)?;
-    runtime.block_on(serve(config, path))?;
+    runtime.block_on(serve_inheriting(config, path, inherited))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -97,6 +112,11 @@ pub(crate) fn init_logging(config: &Config) {
 
 /// Starts everything described by `config` and serves until SIGTERM/SIGINT.
 pub(crate) async fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
+    serve_inheriting(config, path, Inherited::nothing()).await
+}
+
+/// As [`serve`], on the sockets of `inherited` where given.
+async fn serve_inheriting(config: Config, path: &Path, inherited: Inherited) -> anyhow::Result<()> {
     let dp = DataPlane::new(&config, 0).context("cannot build the data plane")?;
     let cp = ControlPlane::start(&config, dp.clone()).context("cannot start the control plane")?;
     if let Some(db) = &config.database {
@@ -104,44 +124,87 @@ pub(crate) async fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
         // replicate mode, caught up).
         cp.add_gate(switchyard_admin::DatabaseGate::start(db.clone()));
     }
-    let listeners = switchyard_proxy::bind(&config.proxy).await?;
-    let admin_listener = switchyard_admin::bind(&config).await?;
+    let source = inherited.from;
+    let listeners = switchyard_proxy::bind_inheriting(
+        &config.proxy,
+        switchyard_proxy::Inherited {
+            http: inherited.proxy,
+            tls: inherited.tls,
+        },
+    )
+    .await?;
+    let admin_listener = match inherited.admin {
+        Some(l) => switchyard_admin::adopt(&config, l).await?,
+        None => switchyard_admin::bind(&config).await?,
+    };
     let admin_addr = admin_listener.local_addr()?;
+    // Kept to hand over on SIGUSR2.
+    let mut sockets = listeners
+        .try_clone_sockets()
+        .context("cannot duplicate the listening sockets")?;
+    sockets.push((
+        "admin",
+        admin_listener
+            .try_clone_socket()
+            .context("cannot duplicate the admin socket")?,
+    ));
     // One machine-readable line on stdout with the bound addresses (useful
-    // with port 0); everything else goes to the log on stderr.
-    match listeners.tls_addr() {
-        Some(tls) => println!(
+    // with port 0); everything else goes to the log on stderr. Nobody may
+    // be reading stdout any more (a predecessor's reader has gone): that is
+    // no reason to stop.
+    let line = match listeners.tls_addr() {
+        Some(tls) => format!(
             "switchyard listening proxy=http://{} tls=https://{} admin=http://{}",
             listeners.http_addr(),
             tls,
             admin_addr
         ),
-        None => println!(
+        None => format!(
             "switchyard listening proxy=http://{} admin=http://{}",
             listeners.http_addr(),
             admin_addr
         ),
+    };
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+    tracing::info!(
+        proxy = %listeners.http_addr(), admin = %admin_addr, pid = std::process::id(),
+        sockets = match source {
+            Source::Nobody => "bound",
+            Source::Predecessor => "inherited from the previous process",
+            Source::Systemd => "from systemd",
+        },
+        "switchyard started"
+    );
+    if let Some(mut ready) = inherited.ready {
+        // The predecessor stops accepting once it reads this.
+        let _ = writeln!(ready, "ready pid={}", std::process::id());
     }
-    tracing::info!(proxy = %listeners.http_addr(), admin = %admin_addr, "switchyard started");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let (stop_tx, stop_rx) = watch::channel(None::<Stop>);
+    let stopped = |mut rx: watch::Receiver<Option<Stop>>| async move {
+        match rx.wait_for(|s| s.is_some()).await {
+            Ok(s) => s.unwrap_or(Stop::Drain),
+            Err(_) => Stop::Drain,
+        }
     };
     tokio::spawn(signals(
         stop_tx,
         path.to_path_buf(),
         config.clone(),
         cp.clone(),
+        Sockets(sockets),
     ));
     let drain = config.proxy.drain_timeout;
-    let proxy = listeners.serve(dp, stopped(stop_rx.clone()), drain);
+    let proxy = listeners.serve_until(dp, stopped(stop_rx.clone()), drain);
     let admin_stop = stop_rx.clone();
     let admin = async move {
         // Event streams end at shutdown; an admin call that hangs anyway
         // gets the drain time, then is cut.
+        let admin_stopped = async move {
+            stopped(stop_rx).await;
+        };
         tokio::select! {
-            r = cp.serve(admin_listener, stopped(stop_rx)) => r,
+            r = cp.serve(admin_listener, admin_stopped) => r,
             _ = async {
                 stopped(admin_stop).await;
                 tokio::time::sleep(drain).await;
@@ -157,34 +220,77 @@ pub(crate) async fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A successor process starting: its pid once it serves, or why not.
+type Successor<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32, String>> + Send + 'a>>;
+
 async fn signals(
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<Stop>>,
     path: std::path::PathBuf,
     mut running: Config,
     cp: ControlPlane,
+    sockets: Sockets,
 ) {
-    let (mut term, mut int, mut hup) = match (
+    let (mut term, mut int, mut hup, mut usr2) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
     ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        (Ok(t), Ok(i), Ok(h), Ok(u)) => (t, i, h, u),
         _ => {
             tracing::error!("cannot install signal handlers");
             return;
         }
     };
-    loop {
+    let mut successor: Option<Successor<'_>> = None;
+    let how = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break Stop::Drain,
+            _ = int.recv() => break Stop::Drain,
             _ = hup.recv() => {
                 running = reload(&path, running, &cp);
             }
+            _ = usr2.recv() => {
+                if successor.is_some() {
+                    tracing::warn!("SIGUSR2 ignored: a new process is already starting");
+                    continue;
+                }
+                // The successor reads the state file when it starts: from
+                // now on this process changes nothing in it. (The config on
+                // disk is the successor's to judge: a new binary may accept
+                // keys this one does not know.)
+                if let Err(why) = cp.freeze("switchyard is handing over to a new process (SIGUSR2): try again in a moment") {
+                    tracing::error!("upgrade refused, still serving: {why}");
+                    continue;
+                }
+                tracing::info!("SIGUSR2: upgrading (starting the binary on disk on our sockets)");
+                successor = Some(Box::pin(upgrade::start_successor(&sockets)));
+            }
+            r = async { successor.as_mut().expect("guarded").await }, if successor.is_some() => {
+                successor = None;
+                match r {
+                    Ok(pid) => {
+                        tracing::info!(new_pid = pid, "upgrade: the new process serves; this one stops accepting, drains and exits");
+                        let grace = HANDOVER_GRACE.min(running.proxy.drain_timeout);
+                        break Stop::HandOver { grace };
+                    }
+                    Err(why) => {
+                        tracing::error!("upgrade failed, still serving: {why}");
+                        cp.thaw();
+                    }
+                }
+            }
         }
+    };
+    // Without our copies, the sockets close with the listeners (after a
+    // hand-over the successor has its own).
+    drop(successor);
+    drop(sockets);
+    if how == Stop::Drain {
+        tracing::info!("shutdown requested: draining");
     }
-    tracing::info!("shutdown requested: draining");
-    let _ = stop.send(true);
+    let _ = stop.send(Some(how));
 }
 
 /// Applies the config file again; a bad file changes nothing.

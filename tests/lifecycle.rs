@@ -1,9 +1,12 @@
 //! An operator's view of the process: checking configs, reloading with
 //! SIGHUP, draining with SIGTERM, and the admin API's first line of defence.
 
+#[path = "support/load.rs"]
+mod load;
 mod support;
 
 use http::Method;
+use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 use support::{eventually, Backend, Switchyard};
@@ -262,4 +265,261 @@ fn check_reports_every_error_in_the_file_at_once() {
         "{err}"
     );
     assert!(err.contains(&format!("3 errors in {file}")), "{err}");
+}
+
+/// Sends `GET /` on a new connection each time (`Connection: close`) until
+/// `stop`, at most `max` times; returns (answered 200, failed).
+async fn new_connection_load(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    max: u64,
+) -> (u64, u64, Vec<String>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut ok, mut failed, mut why) = (0, 0, Vec::new());
+    for _ in 0..max {
+        if stop.load(Relaxed) {
+            break;
+        }
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            let mut resp = Vec::new();
+            s.read_to_end(&mut resp)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            let text = String::from_utf8_lossy(&resp).into_owned();
+            if text.starts_with("HTTP/1.1 200") && text.ends_with("blue") {
+                Ok(())
+            } else {
+                Err(format!("answer: {text:?}"))
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(e)) => {
+                failed += 1;
+                why.push(e);
+            }
+            Err(_) => {
+                failed += 1;
+                why.push("no answer within 10 s".into());
+            }
+        }
+    }
+    (ok, failed, why)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_hands_the_sockets_to_a_new_process_without_failing_a_request() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let (_blue, _green, mut sy) =
+        support::deployment(|b| b.proxy_extra("drain_timeout = \"5s\"")).await;
+    let (proxy, admin) = (sy.proxy, sy.admin);
+    sy.set_green(0.0).await;
+    let old = sy.pid();
+
+    // Keep-alive clients (pooled connections) and clients that connect
+    // for every request, both bounded in count and time.
+    let keep_alive = load::Load::start(sy.url("/"), 4, 200_000, Duration::from_secs(60));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let fresh: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(new_connection_load(proxy, stop.clone(), 50_000)))
+        .collect();
+    assert!(eventually(10, async || keep_alive.counts().blue_ok > 200).await);
+
+    let (code, new_pid) = tokio::task::block_in_place(|| sy.upgrade(30));
+    assert_eq!(
+        code,
+        Some(0),
+        "the old process drains and exits 0: {}",
+        sy.stderr()
+    );
+    assert!(!Switchyard::alive(old));
+    assert!(Switchyard::alive(new_pid), "{}", sy.stderr());
+    assert!(
+        eventually(5, async || sy
+            .stderr()
+            .contains("inherited from the previous process"))
+        .await,
+        "{}",
+        sy.stderr()
+    );
+    // The new process writes its own line on the same stdout, with the
+    // same addresses.
+    let lines = sy.stdout();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0], lines[1]);
+
+    // Traffic goes on against the new process, then stops.
+    let after = keep_alive.counts().blue_ok;
+    assert!(eventually(10, async || keep_alive.counts().blue_ok > after + 200).await);
+    let counts = keep_alive.stop().await;
+    stop.store(true, Relaxed);
+    let (mut fresh_ok, mut fresh_failed, mut why) = (0, 0, Vec::new());
+    for t in fresh {
+        let (ok, failed, w) = t.await.unwrap();
+        fresh_ok += ok;
+        fresh_failed += failed;
+        why.extend(w);
+    }
+    assert_eq!(
+        counts.other_failures + counts.blue_5xx,
+        0,
+        "keep-alive requests failed across the upgrade: {counts:?}\n{}",
+        sy.stderr()
+    );
+    assert_eq!(
+        fresh_failed,
+        0,
+        "new-connection requests failed across the upgrade: {:?}\n{}",
+        &why[..why.len().min(5)],
+        sy.stderr()
+    );
+    assert!(
+        counts.blue_ok > 400 && fresh_ok > 0,
+        "{counts:?} {fresh_ok}"
+    );
+
+    // The admin API answers on the same port, from the new process, with
+    // the state the old one left, and takes changes again.
+    assert_eq!(sy.admin, admin);
+    let fresh_client = support::Client::new();
+    let r = fresh_client.get(&sy.admin_url("/healthz")).await.unwrap();
+    assert_eq!(r.status, 200);
+    sy.client = fresh_client;
+    sy.set_green(30.0).await;
+    assert_eq!(sy.status().await["weights"]["green"], 30.0);
+
+    // And the new process can be upgraded in turn.
+    let (code, newer) = tokio::task::block_in_place(|| sy.upgrade(30));
+    assert_eq!(code, None, "the test's own child is already gone");
+    assert!(Switchyard::alive(newer) && !Switchyard::alive(new_pid));
+    sy.client = support::Client::new();
+    assert_eq!(
+        sy.status().await["weights"]["green"],
+        30.0,
+        "state survives"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_with_a_broken_config_on_disk_keeps_the_old_process_serving() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let builder = Switchyard::builder().blue(blue.addr).green(green.addr);
+    let text = builder.config_text();
+    let mut sy = builder.start();
+    let old = sy.pid();
+    std::fs::write(&sy.config_path, format!("{text}\n[oops\n")).unwrap();
+    sy.signal("USR2");
+    assert!(
+        eventually(20, async || sy
+            .stderr()
+            .contains("upgrade failed, still serving"))
+        .await,
+        "{}",
+        sy.stderr()
+    );
+    let log = sy.stderr();
+    assert!(
+        log.contains("switchyard.toml:"),
+        "the new process said why: {log}"
+    );
+    assert!(log.contains("before serving"), "{log}");
+    assert!(Switchyard::alive(old));
+    for _ in 0..10 {
+        assert_eq!(sy.client.get(&sy.url("/")).await.unwrap().text(), "blue");
+    }
+    // State changes are allowed again.
+    sy.set_green(20.0).await;
+    assert_eq!(sy.wait_exit(0), None, "still running");
+
+    // Fixed on disk, the next SIGUSR2 upgrades.
+    std::fs::write(&sy.config_path, &text).unwrap();
+    let (code, _) = tokio::task::block_in_place(|| sy.upgrade(30));
+    assert_eq!(code, Some(0));
+    sy.client = support::Client::new();
+    assert_eq!(sy.status().await["weights"]["green"], 20.0);
+    assert_eq!(sy.client.get(&sy.url("/")).await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_socket_activation_serves_on_the_sockets_it_is_given() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    // The sockets systemd would have bound, passed as fds 3 and 4 of the
+    // process whose pid is LISTEN_PID (bash sets it to its own, then execs).
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (paddr, aaddr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
+    for l in [&proxy, &admin] {
+        socket2::SockRef::from(l).set_cloexec(false).unwrap();
+    }
+    let fds = [proxy.as_raw_fd(), admin.as_raw_fd()];
+    let builder = Switchyard::builder().blue(blue.addr).green(green.addr);
+    let text = builder
+        .config_text()
+        .replacen("127.0.0.1:0", &paddr.to_string(), 1)
+        .replacen("127.0.0.1:0", &aaddr.to_string(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .dir(dir)
+        .start_command(|bin, config| {
+            std::fs::write(config, &text).unwrap();
+            let mut c = Command::new("bash");
+            c.arg("-c")
+                .arg("export LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=proxy:admin; exec \"$0\" run -c \"$1\" 3<&\"$2\" 4<&\"$3\"")
+                .arg(bin)
+                .arg(config)
+                .arg(fds[0].to_string())
+                .arg(fds[1].to_string());
+            c
+        });
+    // Ours are no longer needed: switchyard has its own.
+    drop((proxy, admin));
+    assert_eq!((sy.proxy, sy.admin), (paddr, aaddr), "{:?}", sy.stdout());
+    assert!(
+        eventually(5, async || sy.stderr().contains("from systemd")).await,
+        "{}",
+        sy.stderr()
+    );
+    assert_eq!(sy.client.get(&sy.url("/")).await.unwrap().text(), "blue");
+    assert_eq!(sy.status().await["weights"]["blue"], 100.0);
+}
+
+#[test]
+fn an_unusable_inherited_socket_is_refused_with_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sy.toml");
+    std::fs::write(
+        &cfg,
+        "[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\ntoken = \"t\"\n",
+    )
+    .unwrap();
+    let run = |var: &str, val: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "-c", cfg.to_str().unwrap()])
+            .env(var, val)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("SWITCHYARD_INHERIT_FDS", "proxy:99");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("fd 99 (proxy) is not open"), "{err}");
+    assert!(err.contains("unset it"), "{err}");
+    // stdin is no socket; the check comes before anything is bound.
+    let (code, err) = run("SWITCHYARD_INHERIT_FDS", "proxy:0");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("standard input"), "{err}");
 }

@@ -28,7 +28,7 @@ pub use analysis::Verdict;
 pub use database::DatabaseGate;
 pub use events::Event;
 pub use gates::{Gate, GateContext, GateFuture, GateResult};
-pub use listener::{bind, exposure_warning, AdminListener};
+pub use listener::{adopt, bind, exposure_warning, AdminListener};
 pub use rollout::{Action, Phase};
 pub use store::{Opened, PersistedState, Store, StoreError};
 
@@ -116,6 +116,8 @@ pub(crate) struct Inner {
     pub db: database::DbLiveCell,
     /// Set when switchyard shuts down: event streams end at once.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Why no state change is allowed now, if so ([`ControlPlane::freeze`]).
+    pub frozen: Mutex<Option<String>>,
 }
 
 impl Inner {
@@ -133,6 +135,14 @@ impl Inner {
         f: impl FnOnce(&mut PersistedState) -> Result<Change, Conflict>,
     ) -> Result<PersistedState, TransitionError> {
         let mut guard = self.store.lock();
+        if let Some(why) = self
+            .frozen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(TransitionError::Conflict(why));
+        }
         let mut next = guard.clone();
         let change = f(&mut next).map_err(|Conflict(m)| TransitionError::Conflict(m))?;
         let at_ms = events::now_ms();
@@ -283,6 +293,7 @@ impl ControlPlane {
             rollbacks: AtomicU64::new(0),
             db: database::DbLiveCell::default(),
             stopping: tokio::sync::watch::Sender::new(false),
+            frozen: Mutex::new(None),
         });
         // An abort whose cleanup may not have run before a restart.
         inner.db.lock().cleanup_wanted = state.rollout.phase == Phase::Aborted;
@@ -385,6 +396,35 @@ impl ControlPlane {
             let stable = self.inner.store.lock().stable;
             database::apply_writer(&self.inner.dp, config.database.as_ref(), stable);
         }
+    }
+
+    /// Stops every state change from now on, the operator's (answered 409
+    /// with `why`) and the controller's, until [`ControlPlane::thaw`]: the
+    /// state file is then left to a successor process, which reads it when
+    /// it starts (`switchyard run` on SIGUSR2). Refused, with the reason,
+    /// while green's database is being prepared or cut over: that work
+    /// belongs to this process and cannot be handed over.
+    pub fn freeze(&self, why: &str) -> Result<(), String> {
+        let cutover_running = self.inner.db.lock().cutover_running;
+        let guard = self.inner.store.lock();
+        let busy = match guard.rollout.phase {
+            Phase::Preparing => Some("green's database is being prepared"),
+            Phase::Cutover => Some("the database cutover runs"),
+            _ => cutover_running.then_some("the database cutover runs"),
+        };
+        if let Some(busy) = busy {
+            return Err(format!(
+                "{busy} in this process: try again once the rollout has moved on"
+            ));
+        }
+        *self.inner.frozen.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_string());
+        drop(guard);
+        Ok(())
+    }
+
+    /// Allows state changes again after [`ControlPlane::freeze`].
+    pub fn thaw(&self) {
+        *self.inner.frozen.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The data plane this control plane drives.

@@ -57,10 +57,26 @@ pub async fn bind(config: &Config) -> Result<AdminListener, AdminError> {
     let addr = config.admin.listen;
     let listener = conn::bind_tcp(addr, config.proxy.backlog)
         .map_err(|source| AdminError::Bind { addr, source })?;
+    Ok(listen_on(config, listener))
+}
+
+/// As [`bind`], but serves on `listener`, a listening socket bound
+/// elsewhere (handed over by a predecessor process, or by systemd).
+pub async fn adopt(
+    config: &Config,
+    listener: std::net::TcpListener,
+) -> Result<AdminListener, AdminError> {
+    let addr = config.admin.listen;
+    let listener = conn::adopt_tcp(listener, config.proxy.backlog)
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    Ok(listen_on(config, listener))
+}
+
+fn listen_on(config: &Config, listener: TcpListener) -> AdminListener {
     if let Some(w) = exposure_warning(config) {
         tracing::warn!("{w}");
     }
-    Ok(AdminListener {
+    AdminListener {
         listener,
         timeouts: Timeouts {
             header: config.proxy.header_timeout,
@@ -69,13 +85,19 @@ pub async fn bind(config: &Config) -> Result<AdminListener, AdminError> {
         slots: Arc::new(Semaphore::new(config.admin.max_connections as usize)),
         max_connections: config.admin.max_connections,
         backoff: AcceptBackoff::new("admin"),
-    })
+    }
 }
 
 impl AdminListener {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// A duplicate of the listening socket, to hand to a successor process.
+    pub fn try_clone_socket(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd().try_clone_to_owned()
     }
 }
 

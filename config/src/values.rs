@@ -44,7 +44,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += n * scale;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // Found by the config property test: "99999999999999999999s" panicked.
+    Duration::try_from_secs_f64(total)
+        .map_err(|_| format!("{s:?} is longer than any duration switchyard can wait: {hint}"))
 }
 
 /// Formats a duration the way the config accepts it back ("1.5s", "250ms", "2m").
@@ -237,6 +239,10 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
         assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("99999999999999999999s")
+            .unwrap_err()
+            .contains("longer than any duration"));
+        assert!(parse_duration(&format!("{}h", "9".repeat(400))).is_err());
         assert_eq!(
             format_duration(Duration::from_secs(90)),
             "1.5m".replace("1.5m", "90s")

@@ -16,7 +16,14 @@
 //! [`Activity`] the service shares with it: [`Activity::begin`] when a
 //! request arrives, [`Activity::end`] when its response is done. That costs
 //! two atomic operations per request and no allocation.
+//!
+//! **Parking** (the proxy's HTTP/1 connections, [`TimedIo::park_after`]): a
+//! keep-alive connection idle for a while is handed back by the HTTP
+//! library, which frees its read and write buffers (16 KiB), and waits for
+//! the client's next byte holding no buffer at all ([`TimedIo::park`]).
+//! The library sees the end of the stream; the socket stays open.
 
+use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
 use std::future::Future;
 use std::io;
@@ -27,7 +34,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Sleep;
 
 /// The header and idle timeouts of one listener.
@@ -108,8 +116,18 @@ pub struct TimedIo<I, A: AsRef<Activity>> {
     /// HTTP/2 (by its preface): control frames after the last response
     /// (window updates, pings) do not start a request head.
     h2: Option<bool>,
+    /// Set when the connection was handed back for parking: reads see the
+    /// end of the stream and shutdown leaves the socket open.
+    parked: bool,
     /// `Activity::answered` when the connection last went idle.
     answered: usize,
+    /// Park after this long idle (`None`: never).
+    park_after: Option<Duration>,
+    /// When the current idle spell reaches `idle_timeout`.
+    idle_deadline: tokio::time::Instant,
+    /// Bytes read from the socket but not yet by the HTTP library (the
+    /// protocol sniff, or what it had buffered when it was parked).
+    unread: Option<Bytes>,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -122,7 +140,11 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
             phase: Phase::Head,
             armed: true,
             h2: None,
+            parked: false,
             answered: 0,
+            park_after: None,
+            idle_deadline: tokio::time::Instant::now() + timeouts.idle,
+            unread: None,
             deadline: Box::pin(tokio::time::sleep(timeouts.header)),
         }
     }
@@ -132,11 +154,148 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
         &self.owner
     }
 
+    /// Once idle for `after` (and before `idle_timeout`), reads end as if
+    /// the client had closed, so the HTTP library hands the connection back
+    /// and frees its buffers; [`TimedIo::take_parked`] then says so.
+    pub fn park_after(&mut self, after: Duration) {
+        self.park_after = Some(after);
+    }
+
+    /// Whether the connection was handed back for parking (and clears it).
+    pub fn take_parked(&mut self) -> bool {
+        std::mem::take(&mut self.parked)
+    }
+
+    /// Bytes to be read again before the socket's (they were read from it
+    /// already).
+    pub fn unread(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.unread = Some(bytes);
+        }
+    }
+
+    /// Whether the client opened with the HTTP/2 preface (`None`: it closed
+    /// the connection first). Reads at most the preface's 24 bytes, which
+    /// are read again by the HTTP library.
+    pub async fn sniff_h2(&mut self) -> io::Result<Option<bool>>
+    where
+        I: AsyncRead + Unpin,
+    {
+        use tokio::io::AsyncReadExt;
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut buf = [0u8; 24];
+        let mut got = 0;
+        let h2 = loop {
+            let n = self.read(&mut buf[got..]).await?;
+            if n == 0 {
+                if got == 0 {
+                    return Ok(None);
+                }
+                break false;
+            }
+            got += n;
+            if buf[..got] != PREFACE[..got] {
+                break false;
+            }
+            if got == PREFACE.len() {
+                break true;
+            }
+        };
+        self.h2 = Some(h2);
+        self.unread(Bytes::copy_from_slice(&buf[..got]));
+        Ok(Some(h2))
+    }
+
+    /// Waits for the client's next request holding no buffer: `true` when
+    /// it has sent something (or closed: the HTTP library sees that), `false`
+    /// when the idle timeout passed or `closing` became true, and the
+    /// connection should be closed.
+    pub async fn park(&mut self, closing: &mut watch::Receiver<bool>) -> bool
+    where
+        I: ReadReady,
+    {
+        let idle_deadline = self.idle_deadline;
+        self.deadline.as_mut().reset(idle_deadline);
+        let closed = closing.wait_for(|c| *c);
+        tokio::pin!(closed);
+        let ready = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = self.io.poll_read_ready(cx) {
+                return Poll::Ready(r.is_ok());
+            }
+            if self.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            if closed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        })
+        .await;
+        if ready {
+            // Still idle: park again after another spell, but the idle
+            // timeout counts from when the connection went idle.
+            let after = self.park_after.unwrap_or(self.timeouts.idle);
+            let next = (tokio::time::Instant::now() + after).min(idle_deadline);
+            self.armed = true;
+            self.deadline.as_mut().reset(next);
+        }
+        ready
+    }
+
     fn arm(&mut self, after: Duration) {
         self.armed = true;
         self.deadline
             .as_mut()
             .reset(tokio::time::Instant::now() + after);
+    }
+
+    /// The connection went idle now: the idle clock starts, and the park
+    /// clock if parking is on.
+    fn go_idle(&mut self) {
+        self.phase = Phase::Idle;
+        let now = tokio::time::Instant::now();
+        self.idle_deadline = now + self.timeouts.idle;
+        let first = match self.park_after {
+            Some(p) => (now + p).min(self.idle_deadline),
+            None => self.idle_deadline,
+        };
+        self.armed = true;
+        self.deadline.as_mut().reset(first);
+    }
+
+    /// `n` bytes were read, starting with `PRI ` (the HTTP/2 preface) or not.
+    fn saw_bytes(&mut self, n: usize, pri: bool) {
+        if n == 0 {
+            return;
+        }
+        let h2 = *self.h2.get_or_insert(pri);
+        if self.phase == Phase::Idle && !h2 && !self.owner.as_ref().as_ref().busy() {
+            // The first byte of the next request: its head must arrive
+            // within header_timeout.
+            self.phase = Phase::Head;
+            let header = self.timeouts.header;
+            self.arm(header);
+        }
+    }
+}
+
+/// Readiness of a connection's socket, for [`TimedIo::park`].
+pub trait ReadReady {
+    /// Ready once the socket has bytes to read (or the peer closed).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Parked only after a read found no decrypted bytes waiting, so
+        // the next record shows up as readiness of the socket.
+        self.get_ref().0.poll_read_ready(cx)
     }
 }
 
@@ -147,20 +306,27 @@ impl<I: AsyncRead + Unpin, A: AsRef<Activity>> AsyncRead for TimedIo<I, A> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.parked {
+            // Handed back: the HTTP library sees the end of the stream.
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(unread) = this.unread.as_mut() {
+            let n = unread.len().min(buf.remaining());
+            let pri = unread[..n].starts_with(b"PRI ");
+            buf.put_slice(&unread[..n]);
+            unread.advance(n);
+            if unread.is_empty() {
+                this.unread = None;
+            }
+            this.saw_bytes(n, pri);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
-                if !got.is_empty() {
-                    let h2 = *this.h2.get_or_insert_with(|| got.starts_with(b"PRI "));
-                    if this.phase == Phase::Idle && !h2 && !this.owner.as_ref().as_ref().busy() {
-                        // The first byte of the next request: its head must
-                        // arrive within header_timeout.
-                        this.phase = Phase::Head;
-                        let header = this.timeouts.header;
-                        this.arm(header);
-                    }
-                }
+                let (n, pri) = (got.len(), got.starts_with(b"PRI "));
+                this.saw_bytes(n, pri);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -178,12 +344,17 @@ impl<I: AsyncRead + Unpin, A: AsRef<Activity>> AsyncRead for TimedIo<I, A> {
                 let answered = activity.answered.load(Ordering::SeqCst);
                 if this.phase == Phase::Busy || answered != this.answered {
                     this.answered = answered;
-                    this.phase = Phase::Idle;
-                    let idle = this.timeouts.idle;
-                    this.arm(idle);
+                    this.go_idle();
                 }
                 if this.armed && this.deadline.as_mut().poll(cx).is_ready() {
                     this.armed = false;
+                    if this.phase == Phase::Idle
+                        && this.park_after.is_some()
+                        && tokio::time::Instant::now() < this.idle_deadline
+                    {
+                        this.parked = true;
+                        return Poll::Ready(Ok(()));
+                    }
                     let (what, after) = match this.phase {
                         Phase::Idle => ("idle keep-alive connection", this.timeouts.idle),
                         _ => ("request head not received", this.timeouts.header),
@@ -213,7 +384,12 @@ impl<I: AsyncWrite + Unpin, A: AsRef<Activity>> AsyncWrite for TimedIo<I, A> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.parked {
+            // Handed back for parking: the socket stays open.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -241,6 +417,15 @@ pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     TcpListener::from_std(socket.into())
+}
+
+/// Serves on a listening socket bound elsewhere (inherited from a
+/// predecessor or from systemd), with its listen backlog set to `backlog`.
+pub fn adopt_tcp(listener: std::net::TcpListener, backlog: u32) -> io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    // listen() again only changes the backlog of a listening socket.
+    socket2::SockRef::from(&listener).listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(listener)
 }
 
 /// Pacing of an accept loop when `accept` fails (out of file descriptors,

@@ -59,7 +59,15 @@ pub(crate) async fn handle(
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     // The connection is busy (no idle deadline) until the response is done.
     let active = ActiveGuard::begin(conn);
+    // Handed over to a successor (read on arrival; one relaxed load).
+    let close = req.version() < Version::HTTP_2
+        && shared.draining.load(std::sync::atomic::Ordering::Relaxed);
     let mut resp = route(shared, active.owner(), req).await;
+    if close && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // This client reconnects, to the successor.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp.body_mut().set_active(active);
     Ok(resp)
 }

@@ -26,7 +26,7 @@ mod write_gate;
 
 pub use body::ProxyBody;
 pub use colour::Colour;
-pub use listener::{bind, tls_acceptor, Listeners};
+pub use listener::{bind, bind_inheriting, tls_acceptor, Inherited, Listeners, Stop, PARK_AFTER};
 pub use stats::{Outcome, WindowStats};
 
 use arc_swap::ArcSwap;
@@ -114,6 +114,9 @@ pub(crate) struct Shared {
     /// Requests sent to the other colour because theirs had no usable
     /// upstream, by the colour they left.
     fallbacks: [std::sync::atomic::AtomicU64; 2],
+    /// Set once a successor serves on our sockets: HTTP/1 responses carry
+    /// `Connection: close` so their clients reconnect (to the successor).
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -185,6 +188,7 @@ impl DataPlane {
             gate: write_gate::WriteGate::default(),
             recent_writes: std::sync::OnceLock::new(),
             fallbacks: Default::default(),
+            draining: Default::default(),
         });
         let weak = Arc::downgrade(&shared);
         let slot = shared.stats.slot_length();

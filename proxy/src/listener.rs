@@ -3,14 +3,27 @@
 //! listen backlog, a cap on connections served at once (`max_connections`:
 //! past it new connections wait in the backlog) and header and idle
 //! timeouts ([`crate::conn`]).
+//!
+//! An HTTP/1 keep-alive connection idle for [`PARK_AFTER`] is parked: the
+//! HTTP library's state and buffers are dropped and the connection waits
+//! for its next request holding none ([`crate::conn::TimedIo::park`]).
+//!
+//! The listening sockets can come from elsewhere ([`bind_inheriting`]): a
+//! predecessor process handing over on upgrade, or systemd. [`Stop`] says
+//! how serving ends: a drain (SIGTERM), or a hand-over to a successor that
+//! now accepts on the same sockets, where idle keep-alive clients are asked
+//! to reconnect (`Connection: close` on their next response) before the
+//! drain closes what is left.
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_config::{ProxyConfig, TlsConfig};
@@ -18,9 +31,41 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::conn::{self, AcceptBackoff, TimedIo, Timeouts};
+use crate::conn::{self, AcceptBackoff, ReadReady, TimedIo, Timeouts};
 use crate::forward::{self, ConnInfo};
-use crate::{DataPlane, ProxyError};
+use crate::{DataPlane, ProxyError, Shared};
+
+/// How long an HTTP/1 keep-alive connection stays in the HTTP library
+/// between requests before it is parked (its buffers freed). Busy clients
+/// never wait that long between requests, so parking costs them nothing.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How serving ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Stop accepting, close idle connections, let requests in flight
+    /// finish for up to the drain timeout (SIGTERM).
+    Drain,
+    /// A successor accepts on the same sockets now. Stop accepting; for
+    /// `grace`, keep idle keep-alive connections open and answer the next
+    /// request on each with `Connection: close` (so its client reconnects,
+    /// to the successor); then as [`Stop::Drain`].
+    HandOver {
+        /// How long idle clients get to send their next request here.
+        grace: Duration,
+    },
+}
+
+/// Listening sockets to serve on instead of binding new ones (a
+/// predecessor's, or systemd's). They must be bound and listening TCP
+/// sockets; the listen backlog is set again from the config.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// For `proxy.listen`.
+    pub http: Option<std::net::TcpListener>,
+    /// For `proxy.tls.listen`.
+    pub tls: Option<std::net::TcpListener>,
+}
 
 /// The bound client listeners, ready to serve.
 pub struct Listeners {
@@ -40,9 +85,26 @@ struct Limits {
 /// Binds `proxy.listen` and, when configured, `proxy.tls.listen`. Fails
 /// before serving anything if a port is taken or a certificate is unusable.
 pub async fn bind(cfg: &ProxyConfig) -> Result<Listeners, ProxyError> {
-    let http = bind_one(cfg.listen, cfg.backlog)?;
+    bind_inheriting(cfg, Inherited::default()).await
+}
+
+/// As [`bind`], but serves on the sockets of `inherited` where given.
+pub async fn bind_inheriting(
+    cfg: &ProxyConfig,
+    inherited: Inherited,
+) -> Result<Listeners, ProxyError> {
+    let http = match inherited.http {
+        Some(l) => adopt_one(l, cfg.listen, cfg.backlog)?,
+        None => bind_one(cfg.listen, cfg.backlog)?,
+    };
     let tls = match &cfg.tls {
-        Some(t) => Some((bind_one(t.listen, cfg.backlog)?, tls_acceptor(t)?)),
+        Some(t) => {
+            let listener = match inherited.tls {
+                Some(l) => adopt_one(l, t.listen, cfg.backlog)?,
+                None => bind_one(t.listen, cfg.backlog)?,
+            };
+            Some((listener, tls_acceptor(t)?))
+        }
         None => None,
     };
     Ok(Listeners {
@@ -61,6 +123,14 @@ pub async fn bind(cfg: &ProxyConfig) -> Result<Listeners, ProxyError> {
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ProxyError> {
     conn::bind_tcp(addr, backlog).map_err(|source| ProxyError::Bind { addr, source })
+}
+
+fn adopt_one(
+    l: std::net::TcpListener,
+    addr: SocketAddr,
+    backlog: u32,
+) -> Result<TcpListener, ProxyError> {
+    conn::adopt_tcp(l, backlog).map_err(|source| ProxyError::Bind { addr, source })
 }
 
 /// Loads the certificate chain and key of `[proxy.tls]` into a rustls acceptor.
@@ -124,35 +194,62 @@ impl Listeners {
             .map(|(l, _)| l.local_addr().expect("bound listener has an address"))
     }
 
+    /// Duplicates of the listening sockets (`"proxy"`, and `"tls"` when
+    /// configured), to hand to a successor process.
+    pub fn try_clone_sockets(&self) -> std::io::Result<Vec<(&'static str, OwnedFd)>> {
+        let mut out = vec![("proxy", self.http.as_fd().try_clone_to_owned()?)];
+        if let Some((l, _)) = &self.tls {
+            out.push(("tls", l.as_fd().try_clone_to_owned()?));
+        }
+        Ok(out)
+    }
+
     /// Serves clients until `shutdown` completes, then stops accepting and
     /// lets in-flight requests finish for up to `drain`.
     pub async fn serve(self, dp: DataPlane, shutdown: impl Future<Output = ()>, drain: Duration) {
+        self.serve_until(
+            dp,
+            async {
+                shutdown.await;
+                Stop::Drain
+            },
+            drain,
+        )
+        .await
+    }
+
+    /// Serves clients until `shutdown` completes, then stops as it says,
+    /// within `drain` in all.
+    pub async fn serve_until(
+        self,
+        dp: DataPlane,
+        shutdown: impl Future<Output = Stop>,
+        drain: Duration,
+    ) {
         let limits = self.limits;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .keep_alive(true)
+        let mut h1 = http1::Builder::new();
+        h1.keep_alive(true)
             .writev(false)
-            .timer(hyper_util::rt::TokioTimer::new())
+            .timer(TokioTimer::new())
             // The connection enforces header_timeout and idle_timeout
             // itself (hyper's would also cut idle keep-alive connections).
             .header_read_timeout(None)
             // A request head that does not fit the read buffer is answered
             // 431; bodies stream through it in pieces of at most this size.
             .max_buf_size(limits.max_header_size.max(8192));
-        builder
-            .http2()
-            .timer(hyper_util::rt::TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-        let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
+        let builders = Arc::new(Builders { h1, h2 });
         let (stop_tx, stop_rx) = watch::channel(false);
-        // One cap for plain and TLS connections together.
+        let (closing_tx, closing_rx) = watch::channel(false);
+        // One cap for plain and TLS connections together; the permits
+        // handed out are also the count of open connections.
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let ctx = AcceptCtx {
             dp: &dp,
-            builder: &builder,
-            graceful: &graceful,
+            builders: &builders,
+            closing: &closing_rx,
             slots: &slots,
             limits,
         };
@@ -162,31 +259,53 @@ impl Listeners {
                 accept_loop(listener, Some(acceptor), &ctx, stop_rx.clone()).await
             }
         };
+        let mut how = Stop::Drain;
         let stopper = async {
-            shutdown.await;
+            how = shutdown.await;
             let _ = stop_tx.send(true);
         };
         tokio::join!(http, tls, stopper);
-        tracing::info!(
-            connections = graceful.count(),
-            "draining in-flight requests"
-        );
-        if tokio::time::timeout(drain, graceful.shutdown())
+        let open = |slots: &Semaphore| limits.max_connections - slots.available_permits();
+        let all_closed = || async {
+            let n = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+            let _ = slots.acquire_many(n).await;
+        };
+        let deadline = tokio::time::Instant::now() + drain;
+        if let Stop::HandOver { grace } = how {
+            tracing::info!(
+                connections = open(&slots),
+                ?grace,
+                "handed over: asking keep-alive clients to reconnect"
+            );
+            dp.shared.draining.store(true, Ordering::Relaxed);
+            let until = (tokio::time::Instant::now() + grace).min(deadline);
+            let _ = tokio::time::timeout_at(until, all_closed()).await;
+        }
+        tracing::info!(connections = open(&slots), "draining in-flight requests");
+        let _ = closing_tx.send(true);
+        if tokio::time::timeout_at(deadline, all_closed())
             .await
             .is_err()
         {
             tracing::warn!(
                 ?drain,
+                connections = open(&slots),
                 "drain timeout passed; closing remaining connections"
             );
         }
     }
 }
 
+/// The HTTP/1 and HTTP/2 connection settings of a listener.
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
 struct AcceptCtx<'a> {
     dp: &'a DataPlane,
-    builder: &'a Arc<auto::Builder<TokioExecutor>>,
-    graceful: &'a GracefulShutdown,
+    builders: &'a Arc<Builders>,
+    closing: &'a watch::Receiver<bool>,
     slots: &'a Arc<Semaphore>,
     limits: Limits,
 }
@@ -233,29 +352,32 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let info = Arc::new(ConnInfo::new(peer, tls.is_some()));
-        let watcher = ctx.graceful.watcher();
-        let builder = ctx.builder.clone();
+        let builders = ctx.builders.clone();
         let shared = ctx.dp.shared.clone();
+        let closing = ctx.closing.clone();
         let tls = tls.clone();
         let timeouts = ctx.limits.timeouts;
-        tokio::spawn(async move {
-            let _slot = slot;
-            let svc = {
-                let info = info.clone();
-                service_fn(move |req| forward::handle(shared.clone(), info.clone(), req))
-            };
-            let result = match tls {
-                None => {
-                    serve_io(&builder, watcher, TimedIo::new(stream, info, timeouts), svc).await
-                }
-                Some(acceptor) => {
+        // Plain and TLS connections are separate tasks: a task is as large
+        // as the largest state it can be in, and a plain connection's must
+        // not carry a TLS handshake's.
+        match tls {
+            None => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let io = TimedIo::new(stream, info, timeouts);
+                    if let Err(e) = serve_conn(&builders, io, shared, closing).await {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     // A client that never finishes its handshake must not
                     // hold a connection forever.
-                    match tokio::time::timeout(timeouts.header, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let io = TimedIo::new(tls_stream, info, timeouts);
-                            serve_io(&builder, watcher, io, svc).await
-                        }
+                    let handshake = Box::pin(acceptor.accept(stream));
+                    let tls_stream = match tokio::time::timeout(timeouts.header, handshake).await {
+                        Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
@@ -264,34 +386,98 @@ async fn accept_loop(
                             tracing::debug!(%peer, "TLS handshake timed out");
                             return;
                         }
+                    };
+                    let io = TimedIo::new(tls_stream, info, timeouts);
+                    if let Err(e) = serve_conn(&builders, io, shared, closing).await {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
                     }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                });
             }
-        });
+        }
     }
 }
 
-async fn serve_io<I, S>(
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    io: I,
-    svc: S,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves one client connection: HTTP/2 when it opens with the preface,
+/// HTTP/1 otherwise, parked between requests when idle. Ends when the
+/// client or a timeout closes it, or at `closing` (gracefully: a request
+/// in flight is answered first).
+async fn serve_conn<I>(
+    builders: &Builders,
+    mut io: TimedIo<I, ConnInfo>,
+    shared: Arc<Shared>,
+    mut closing: watch::Receiver<bool>,
+) -> Result<(), BoxError>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<crate::ProxyBody>,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .into_owned();
-    watcher.watch(conn).await
+    let info = io.owner().clone();
+    let svc = move || {
+        let (shared, info) = (shared.clone(), info.clone());
+        service_fn(move |req| forward::handle(shared.clone(), info.clone(), req))
+    };
+    let h2 = tokio::select! {
+        r = io.sniff_h2() => match r? {
+            Some(h2) => h2,
+            None => return Ok(()),
+        },
+        _ = closing.wait_for(|c| *c) => return Ok(()),
+    };
+    if h2 {
+        // Boxed: HTTP/2 state is large, and HTTP/1 connections' tasks
+        // should not be.
+        let mut conn = Box::pin(builders.h2.serve_connection(TokioIo::new(io), svc()));
+        tokio::select! {
+            r = conn.as_mut() => return r.map_err(Into::into),
+            _ = closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+        }
+        return conn.await.map_err(Into::into);
+    }
+    io.park_after(PARK_AFTER);
+    loop {
+        // Boxed, so that a parked connection's task holds none of it.
+        let mut conn = Box::pin(
+            builders
+                .h1
+                .serve_connection(TokioIo::new(io), svc())
+                .with_upgrades(),
+        );
+        let done = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            _ = closing.wait_for(|c| *c) => None,
+        };
+        if done.is_none() {
+            conn.as_mut().graceful_shutdown();
+        }
+        match done {
+            Some(r) => r?,
+            None => conn.as_mut().await?,
+        }
+        // Upgraded (a tunnel now owns the socket), or ended.
+        let Some(parts) = Pin::into_inner(conn).into_parts() else {
+            return Ok(());
+        };
+        let http1::Parts {
+            io: tokio_io,
+            read_buf,
+            ..
+        } = parts;
+        io = tokio_io.into_inner();
+        if !io.take_parked() {
+            return Ok(());
+        }
+        // What the library had read beyond the last request is read again;
+        // otherwise wait for the client holding no buffer (an empty
+        // `read_buf` may still own the library's whole read buffer).
+        if read_buf.is_empty() {
+            drop(read_buf);
+            tracing::trace!(peer = %io.owner().peer, "idle keep-alive connection parked");
+            if !io.park(&mut closing).await {
+                return Ok(());
+            }
+        } else {
+            io.unread(bytes::Bytes::copy_from_slice(&read_buf));
+        }
+    }
 }

@@ -3,8 +3,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::client::{Client, Resp};
@@ -22,9 +23,16 @@ pub struct SwitchyardBuilder {
     dir: Option<tempfile::TempDir>,
 }
 
-/// A running switchyard process. Killed on drop.
+/// A running switchyard process. Killed on drop (and so is a successor it
+/// handed over to, see [`Switchyard::upgrade`]).
 pub struct Switchyard {
     child: Option<Child>,
+    /// The process serving now: the child, or its successor after an upgrade.
+    pid: u32,
+    /// A successor started by SIGUSR2 (not our child: killed by pid).
+    successor: Option<u32>,
+    /// Every line switchyard processes wrote on stdout.
+    stdout: Arc<Mutex<Vec<String>>>,
     pub proxy: SocketAddr,
     pub tls: Option<SocketAddr>,
     pub admin: SocketAddr,
@@ -105,37 +113,57 @@ impl SwitchyardBuilder {
     }
 
     /// Writes the config and starts `switchyard run`, waiting until it listens.
-    pub fn start(mut self) -> Switchyard {
+    pub fn start(self) -> Switchyard {
+        self.start_command(|bin, config| {
+            let mut c = Command::new(bin);
+            c.arg("run").arg("-c").arg(config);
+            c
+        })
+    }
+
+    /// As [`SwitchyardBuilder::start`], with the command made by `make`
+    /// from the binary's and the config's paths (e.g. through `sh -c` to
+    /// set up inherited sockets). The process it starts must become
+    /// `switchyard run` (exec), so its pid is switchyard's.
+    pub fn start_command(mut self, make: impl FnOnce(&Path, &Path) -> Command) -> Switchyard {
         let dir = self
             .dir
             .take()
             .unwrap_or_else(|| tempfile::tempdir().unwrap());
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, self.config_text()).unwrap();
-        Switchyard::spawn(dir, config_path)
+        let cmd = make(Path::new(env!("CARGO_BIN_EXE_switchyard")), &config_path);
+        Switchyard::spawn(dir, config_path, cmd)
     }
 }
 
 impl Switchyard {
-    fn spawn(dir: tempfile::TempDir, config_path: PathBuf) -> Switchyard {
+    fn spawn(dir: tempfile::TempDir, config_path: PathBuf, mut cmd: Command) -> Switchyard {
         let stderr_log = dir.path().join("stderr.log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&stderr_log)
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("run")
-            .arg("-c")
-            .arg(&config_path)
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .expect("switchyard binary starts");
-        let stdout = child.stdout.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
+        stdout.read_line(&mut line).unwrap();
+        // The rest (a successor's line too) is collected in the background,
+        // so the pipe never fills.
+        let lines = Arc::new(Mutex::new(vec![line.trim_end().to_string()]));
+        let collected = lines.clone();
+        std::thread::spawn(move || {
+            for l in stdout.lines() {
+                let Ok(l) = l else { break };
+                collected.lock().unwrap().push(l);
+            }
+        });
         if !line.starts_with("switchyard listening") {
             let _ = child.wait();
             panic!(
@@ -152,6 +180,9 @@ impl Switchyard {
             proxy: field("proxy").unwrap(),
             tls: field("tls"),
             admin: field("admin").unwrap(),
+            pid: child.id(),
+            successor: None,
+            stdout: lines,
             child: Some(child),
             dir,
             config_path,
@@ -164,7 +195,46 @@ impl Switchyard {
     pub fn restart(mut self) -> Switchyard {
         self.kill9();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        Switchyard::spawn(dir, self.config_path.clone())
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("run").arg("-c").arg(&self.config_path);
+        Switchyard::spawn(dir, self.config_path.clone(), cmd)
+    }
+
+    /// Every line written on stdout so far (by this process and any
+    /// successor).
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Sends SIGUSR2 and waits (at most `secs`) until a new process serves
+    /// and this one has exited; returns the exit code of the old process
+    /// and the new pid. The new process is killed when `self` is dropped.
+    pub fn upgrade(&mut self, secs: u64) -> (Option<i32>, u32) {
+        let old = self.pid;
+        let before = self.log().matches("new_pid=").count();
+        self.signal("USR2");
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        let new_pid = loop {
+            let log = self.log();
+            if let Some(pid) = log
+                .split("new_pid=")
+                .nth(before + 1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|p| p.parse::<u32>().ok())
+            {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new process served within {secs}s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_ne!(new_pid, old);
+        self.successor = Some(new_pid);
+        let code = self.wait_exit(secs);
+        self.pid = new_pid;
+        (code, new_pid)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -175,8 +245,9 @@ impl Switchyard {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The pid of the process serving now.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.pid
     }
 
     pub fn signal(&self, sig: &str) {
@@ -195,6 +266,21 @@ impl Switchyard {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some(pid) = self.successor.take() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+
+    /// Whether the process with `pid` is still running (not a zombie).
+    pub fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    .is_some_and(|state| state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
     }
 
     /// Waits for the process to exit by itself; returns its exit code.
@@ -215,6 +301,26 @@ impl Switchyard {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// The log without terminal colours, for matching `key=value` fields.
+    pub fn log(&self) -> String {
+        let raw = self.stderr();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // ESC [ ... m
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// An admin API call with the right token.

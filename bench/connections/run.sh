@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Memory per idle keep-alive connection, and the long soak: N client
+# connections (default 10,000) each send one request through the proxy and
+# then stay open and idle; resident memory (VmRSS) of the proxy is read
+# before, while they are held, and after they close. nginx (one worker,
+# keep-alive to the same backend) holds the same N in the same run. While
+# the N are held, 20 new clients must still be served.
+#
+# Usage: bench/connections/run.sh [connections] [rounds]
+set -euo pipefail
+N=${1:-10000}
+ROUNDS=${2:-1}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/bench/out/connections}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.3; rm -rf "$WORK"' EXIT
+
+# Room for N client sockets, N proxy-side sockets and upstream connections.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -gt $(( N + 1000 )) ] || { echo "ulimit -n $(ulimit -n) is too low for $N connections" >&2; exit 1; }
+
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+if ! need nginx; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [ -z "${SY:-}" ]; then
+  (cd "$ROOT" && cargo build --release --bin switchyard -q)
+  SY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard"
+fi
+
+BACKEND=19200; NGINX_P=19201; SY_P=19202; SY_ADMIN=19203
+WC=$(( N * 2 + 1000 ))
+
+mkdir -p "$WORK/backend" "$WORK/nginx"
+cat > "$WORK/backend/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/backend/pid; error_log $WORK/backend/error.log;
+worker_rlimit_nofile 65536;
+events { worker_connections $WC; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from the backend\n"; } } }
+CONF
+"$NGINX" -c "$WORK/backend/nginx.conf" -p "$WORK/backend" &
+
+# The peer: nginx as the reverse proxy, one worker, keep-alive upstream,
+# idle client connections kept for 75 s (its default keepalive_timeout).
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/nginx/pid; error_log $WORK/nginx/error.log;
+worker_rlimit_nofile 65536;
+events { worker_connections $WC; }
+http { access_log off; keepalive_requests 1000000; keepalive_timeout 75s;
+  upstream app { server 127.0.0.1:$BACKEND; keepalive 256; }
+  server { listen 127.0.0.1:$NGINX_P backlog=4096;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+NGINX_MASTER=$!
+
+cat > "$WORK/switchyard.toml" <<CONF
+[proxy]
+listen = "127.0.0.1:$SY_P"
+workers = 1
+max_connections = $(( N + 1000 ))
+backlog = 4096
+[pools.blue]
+upstreams = ["127.0.0.1:$BACKEND"]
+[pools.green]
+upstreams = ["127.0.0.1:$BACKEND"]
+[admin]
+listen = "127.0.0.1:$SY_ADMIN"
+token = "bench"
+[state]
+path = "$WORK/state.json"
+[log]
+level = "warn"
+CONF
+"$SY" run -c "$WORK/switchyard.toml" > "$WORK/sy.out" 2> "$WORK/sy.err" &
+SY_PID=$!
+for _ in $(seq 50); do
+  curl -sf "http://127.0.0.1:$SY_ADMIN/healthz" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NGINX_P/" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+NGINX_PIDS="$NGINX_MASTER,$(pgrep -P "$NGINX_MASTER" | paste -sd,)"
+
+for r in $(seq "$ROUNDS"); do
+  python3 "$ROOT/bench/connections/hold.py" "$NGINX_P" "$N" "$NGINX_PIDS" > "$OUT/nginx.$r.json"
+  python3 "$ROOT/bench/connections/hold.py" "$SY_P" "$N" "$SY_PID" > "$OUT/switchyard.$r.json"
+done
+
+python3 - "$OUT" "$ROUNDS" "$N" <<'PY' | tee "$OUT/table.md"
+import json, os, statistics, sys
+out, rounds, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = {}
+for name in ("nginx", "switchyard"):
+    runs = [json.load(open(os.path.join(out, f"{name}.{r}.json"))) for r in range(1, rounds + 1)]
+    for run in runs:
+        if run["failures"] or run["probes_ok_while_held"] != 20:
+            sys.exit(f"{name}: {run}")
+    med = lambda k: statistics.median(r[k] for r in runs)
+    rows[name] = {k: med(k) for k in ("connections", "baseline_kib", "held_kib", "after_close_kib", "bytes_per_connection", "open_seconds")}
+print("| proxy | connections held | RSS before | RSS holding them | RSS after they close | bytes per idle connection | time to open them |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for name, r in rows.items():
+    print(f"| {name} | {r['connections']:.0f} | {r['baseline_kib']/1024:.1f} MiB | {r['held_kib']/1024:.1f} MiB | {r['after_close_kib']/1024:.1f} MiB | {r['bytes_per_connection']:.0f} | {r['open_seconds']:.2f} s |")
+ratio = rows["switchyard"]["bytes_per_connection"] / max(rows["nginx"]["bytes_per_connection"], 1)
+print(f"\nswitchyard / nginx bytes per idle connection: {ratio:.2f}; every connection answered 200 and 20 new clients were served while they were held; median of {rounds} round(s), {os.cpu_count()} cores")
+PY

@@ -159,6 +159,10 @@ pub struct CtlArgs {
     /// The admin token (`[admin] token`).
     #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// PEM file of the CA that signed the admin API's certificate
+    /// (`[admin] tls`), when it is not a public one.
+    #[arg(long, env = "SWITCHYARD_ADMIN_CA", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }

@@ -5,8 +5,6 @@
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,9 +26,16 @@ async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         Some(t) if !t.is_empty() => t.to_string(),
         _ => bail!("no admin token: pass --token or set SWITCHYARD_TOKEN (the [admin] token of the config)"),
     };
+    let base = args.admin.trim_end_matches('/').to_string();
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        bail!("admin URL {base:?} must start with http:// or https:// (set --admin or SWITCHYARD_ADMIN)");
+    }
+    let client = switchyard_admin::https_client(args.ca_file.as_deref(), "--ca-file")
+        .map_err(|e| anyhow::anyhow!("{e}: point it at the PEM certificate of the CA that signed [admin] tls's certificate"))?;
     let api = Api {
-        base: args.admin.trim_end_matches('/').to_string(),
+        base,
         token,
+        client,
     };
     match args.command {
         CtlCommand::Status { json } => {
@@ -93,18 +98,13 @@ async fn action(api: &Api, name: &str, reason: Option<String>) -> anyhow::Result
 struct Api {
     base: String,
     token: String,
+    client: switchyard_admin::HttpsClient,
 }
 
 impl Api {
     /// One call; maps failures to messages that say what to fix.
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        if !self.base.starts_with("http://") {
-            bail!(
-                "admin URL {:?} must start with http:// (set --admin or SWITCHYARD_ADMIN)",
-                self.base
-            );
-        }
         let actor = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             .unwrap_or_else(|_| "unknown".into());
@@ -118,24 +118,24 @@ impl Api {
                 body.map(|b| b.to_string()).unwrap_or_default(),
             )))
             .with_context(|| format!("bad admin URL {url:?} (set --admin or SWITCHYARD_ADMIN)"))?;
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let resp = match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
-            Err(_) => bail!("the admin API at {} did not answer within 10s", self.base),
-            Ok(Err(e)) => {
-                let mut cause = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    cause = s.to_string();
-                    src = s.source();
-                }
-                bail!(
-                    "cannot reach the admin API at {}: {cause}. Is switchyard running? \
+        let resp =
+            match tokio::time::timeout(Duration::from_secs(10), self.client.request(req)).await {
+                Err(_) => bail!("the admin API at {} did not answer within 10s", self.base),
+                Ok(Err(e)) => {
+                    let mut cause = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        cause = s.to_string();
+                        src = s.source();
+                    }
+                    bail!(
+                        "cannot reach the admin API at {}: {cause}. Is switchyard running? \
                      Point --admin (or SWITCHYARD_ADMIN) at its [admin] listen address",
-                    self.base
-                )
-            }
-            Ok(Ok(r)) => r,
-        };
+                        self.base
+                    )
+                }
+                Ok(Ok(r)) => r,
+            };
         let status = resp.status();
         let bytes = resp
             .into_body()

@@ -57,6 +57,7 @@ fn validate(path: &Path) -> Result<Config, String> {
     if let Some(tls) = &config.proxy.tls {
         switchyard_proxy::tls_acceptor(tls).map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    switchyard_admin::acceptor(&config).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(config)
 }
 
@@ -138,6 +139,11 @@ async fn serve_inheriting(config: Config, path: &Path, inherited: Inherited) -> 
         None => switchyard_admin::bind(&config).await?,
     };
     let admin_addr = admin_listener.local_addr()?;
+    let admin_scheme = if admin_listener.is_tls() {
+        "https"
+    } else {
+        "http"
+    };
     // Kept to hand over on SIGUSR2.
     let mut sockets = listeners
         .try_clone_sockets()
@@ -154,13 +160,13 @@ async fn serve_inheriting(config: Config, path: &Path, inherited: Inherited) -> 
     // no reason to stop.
     let line = match listeners.tls_addr() {
         Some(tls) => format!(
-            "switchyard listening proxy=http://{} tls=https://{} admin=http://{}",
+            "switchyard listening proxy=http://{} tls=https://{} admin={admin_scheme}://{}",
             listeners.http_addr(),
             tls,
             admin_addr
         ),
         None => format!(
-            "switchyard listening proxy=http://{} admin=http://{}",
+            "switchyard listening proxy=http://{} admin={admin_scheme}://{}",
             listeners.http_addr(),
             admin_addr
         ),

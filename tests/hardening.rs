@@ -795,3 +795,124 @@ async fn two_thousand_idle_connections_are_held_cheaply_and_their_memory_returns
         "RSS did not come back near its baseline after the connections closed: {baseline} KiB before, {holding} KiB holding {N}, {last} KiB after (bound {bound} KiB)"
     );
 }
+
+/// Issue 9, admin hardening: `[admin] tls` serves the admin API over HTTPS
+/// on its own listen address; `switchyard ctl` reaches it with `--ca-file`;
+/// plain HTTP on that port gets no answer; a client that opens a
+/// connection and never finishes its handshake does not hold up others;
+/// and `check` no longer warns about a non-loopback admin address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_serves_https_with_admin_tls_and_ctl_reaches_it() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("cert.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    let sy = Switchyard::builder()
+        .dir(dir)
+        .blue(blue.addr)
+        .green(green.addr)
+        .admin_extra(r#"tls = { cert = "cert.pem", key = "key.pem" }"#)
+        .start();
+    assert!(
+        sy.stdout()[0].contains(&format!("admin=https://{}", sy.admin)),
+        "{:?}",
+        sy.stdout()
+    );
+
+    // A client that connects and sends nothing, and one that sends half a
+    // ClientHello: neither stalls the accept loop.
+    let _silent = TcpStream::connect(sy.admin).await.unwrap();
+    let mut half = TcpStream::connect(sy.admin).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+
+    let (resp, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        support::client::https_get(sy.admin, "localhost", &cert.cert.pem(), "/healthz", false),
+    )
+    .await
+    .expect("served beside the stalled handshakes")
+    .unwrap();
+    assert_eq!(resp.status, 200);
+
+    // Plain HTTP on the HTTPS port is not served.
+    let mut plain = TcpStream::connect(sy.admin).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("200 OK"),
+        "plain HTTP must not be answered on the TLS port: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    let ctl = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("ctl")
+            .args(["--admin", &format!("https://localhost:{}", sy.admin.port())])
+            .args(["--token", TOKEN])
+            .args(extra)
+            .arg("status")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = ctl(&["--ca-file", ca.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("blue"), "{out}");
+    // Without the CA the certificate is not trusted, and ctl says so.
+    let (code, _, err) = ctl(&[]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // A CA file that holds no certificate is refused up front.
+    let (code, _, err) = ctl(&["--ca-file", "/dev/null"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("--ca-file /dev/null: holds no PEM certificate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_accepts_a_public_admin_address_with_tls_and_rejects_an_unusable_certificate() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    let cfg = dir.path().join("sy.toml");
+    let check = |cert: &str| {
+        let d = dir.path().display();
+        std::fs::write(&cfg, format!("[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"\ntls = {{ cert = \"{d}/{cert}\", key = \"{d}/key.pem\" }}\n")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["check", "-c", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check("cert.pem");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("warning"), "TLS answers the warning: {err}");
+    let (code, err) = check("empty.pem");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("[admin] tls")
+            && err.contains("empty.pem")
+            && err.contains("no PEM certificate"),
+        "{err}"
+    );
+}

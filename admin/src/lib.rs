@@ -22,13 +22,14 @@ mod process_metrics;
 pub mod rollout;
 pub mod store;
 mod webhook;
+pub use webhook::{https_client, HttpsClient};
 pub mod wire;
 
 pub use analysis::Verdict;
 pub use database::DatabaseGate;
 pub use events::Event;
 pub use gates::{Gate, GateContext, GateFuture, GateResult};
-pub use listener::{adopt, bind, exposure_warning, AdminListener};
+pub use listener::{acceptor, adopt, bind, exposure_warning, AdminListener, AdminStream};
 pub use rollout::{Action, Phase};
 pub use store::{Opened, PersistedState, Store, StoreError};
 
@@ -64,6 +65,9 @@ pub enum AdminError {
         "{0}: point it at a PEM file with the CA certificate that signs your webhook servers'"
     )]
     Webhooks(String),
+    /// `[admin] tls` cannot be used.
+    #[error("[admin] tls: {0}")]
+    Tls(String),
     /// `[admin] token` is empty: the API would be open to anyone.
     #[error("[admin] token is empty: refusing to serve an unauthenticated admin API")]
     EmptyToken,

@@ -1,7 +1,9 @@
 //! The admin API's listener, with the protections of the proxy's: a listen
 //! backlog, a cap on connections served at once (`[admin] max_connections`;
 //! past it new connections wait in the backlog) and the header and idle
-//! timeouts of `[proxy]`.
+//! timeouts of `[proxy]`; HTTPS with `[admin] tls`, each handshake in its
+//! own task (bounded by the header timeout) so a slow client never stalls
+//! the accept loop.
 
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::Request;
@@ -9,12 +11,19 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::serve::IncomingStream;
 use http_body_util::BodyExt;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use switchyard_config::Config;
 use switchyard_proxy::conn::{self, AcceptBackoff, ActiveGuard, Activity, TimedIo, Timeouts};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::AdminError;
 
@@ -25,6 +34,57 @@ pub struct AdminListener {
     slots: Arc<Semaphore>,
     max_connections: u32,
     backoff: AcceptBackoff,
+    /// `[admin] tls`: connections are served once their handshake is done.
+    tls: Option<TlsAcceptor>,
+    handshakes: JoinSet<Option<(AdminStream, SocketAddr, OwnedSemaphorePermit)>>,
+}
+
+/// An admin connection's byte stream: plain, or TLS under `[admin] tls`.
+pub enum AdminStream {
+    /// Plain HTTP (loopback, or behind a TLS-terminating proxy).
+    Plain(TcpStream),
+    /// HTTPS, after a completed handshake.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for AdminStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AdminStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            AdminStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for AdminStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            AdminStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            AdminStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AdminStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            AdminStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AdminStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            AdminStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// One admin connection: its requests in flight and its slot under
@@ -44,9 +104,9 @@ impl AsRef<Activity> for AdminConn {
 /// TLS, if it is one: the token would cross the network in clear text.
 pub fn exposure_warning(config: &Config) -> Option<String> {
     let addr = config.admin.listen;
-    (!addr.ip().is_loopback()).then(|| {
+    (!addr.ip().is_loopback() && config.admin.tls.is_none()).then(|| {
         format!(
-            "[admin] listen = \"{addr}\" is not a loopback address and the admin API has no TLS: its bearer token crosses the network in clear text; listen on 127.0.0.1 and reach it through an SSH tunnel or a TLS-terminating proxy"
+            "[admin] listen = \"{addr}\" is not a loopback address and the admin API has no TLS: its bearer token crosses the network in clear text; set [admin] tls = {{ cert = \"...\", key = \"...\" }}, or listen on 127.0.0.1 and reach it through an SSH tunnel"
         )
     })
 }
@@ -55,9 +115,27 @@ pub fn exposure_warning(config: &Config) -> Option<String> {
 /// serving.
 pub async fn bind(config: &Config) -> Result<AdminListener, AdminError> {
     let addr = config.admin.listen;
+    let tls = acceptor(config)?;
     let listener = conn::bind_tcp(addr, config.proxy.backlog)
         .map_err(|source| AdminError::Bind { addr, source })?;
-    Ok(listen_on(config, listener))
+    Ok(listen_on(config, listener, tls))
+}
+
+/// The rustls acceptor of `[admin] tls`, if set. Also what `switchyard
+/// check` runs to prove the certificate and key load.
+pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, AdminError> {
+    config
+        .admin
+        .tls
+        .as_ref()
+        .map(|t| switchyard_proxy::tls_acceptor_for(&t.cert, &t.key, &[b"http/1.1"]))
+        .transpose()
+        .map_err(|e| match e {
+            switchyard_proxy::ProxyError::Tls { what, path, reason } => {
+                AdminError::Tls(format!("{what} {}: {reason}", path.display()))
+            }
+            other => AdminError::Tls(other.to_string()),
+        })
 }
 
 /// As [`bind`], but serves on `listener`, a listening socket bound
@@ -67,12 +145,13 @@ pub async fn adopt(
     listener: std::net::TcpListener,
 ) -> Result<AdminListener, AdminError> {
     let addr = config.admin.listen;
+    let tls = acceptor(config)?;
     let listener = conn::adopt_tcp(listener, config.proxy.backlog)
         .map_err(|source| AdminError::Bind { addr, source })?;
-    Ok(listen_on(config, listener))
+    Ok(listen_on(config, listener, tls))
 }
 
-fn listen_on(config: &Config, listener: TcpListener) -> AdminListener {
+fn listen_on(config: &Config, listener: TcpListener, tls: Option<TlsAcceptor>) -> AdminListener {
     if let Some(w) = exposure_warning(config) {
         tracing::warn!("{w}");
     }
@@ -85,6 +164,8 @@ fn listen_on(config: &Config, listener: TcpListener) -> AdminListener {
         slots: Arc::new(Semaphore::new(config.admin.max_connections as usize)),
         max_connections: config.admin.max_connections,
         backoff: AcceptBackoff::new("admin"),
+        tls,
+        handshakes: JoinSet::new(),
     }
 }
 
@@ -92,6 +173,48 @@ impl AdminListener {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Whether the admin API is served over HTTPS (`[admin] tls`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Waits for a free slot under `max_connections`, saying so once in a
+    /// while when the cap is reached.
+    async fn slot(
+        slots: &Arc<Semaphore>,
+        backoff: &mut AcceptBackoff,
+        max_connections: u32,
+    ) -> OwnedSemaphorePermit {
+        match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                if backoff.should_log() {
+                    tracing::warn!(
+                        max_connections,
+                        "admin.max_connections reached: new admin connections wait in the listen backlog"
+                    );
+                }
+                slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed")
+            }
+        }
+    }
+
+    fn serve_io(
+        &self,
+        stream: AdminStream,
+        slot: OwnedSemaphorePermit,
+    ) -> TimedIo<AdminStream, AdminConn> {
+        let owner = Arc::new(AdminConn {
+            activity: Activity::default(),
+            _slot: slot,
+        });
+        TimedIo::new(stream, owner, self.timeouts)
     }
 
     /// A duplicate of the listening socket, to hand to a successor process.
@@ -102,38 +225,66 @@ impl AdminListener {
 }
 
 impl axum::serve::Listener for AdminListener {
-    type Io = TimedIo<TcpStream, AdminConn>;
+    type Io = TimedIo<AdminStream, AdminConn>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let slot = match self.slots.clone().try_acquire_owned() {
-                Ok(s) => s,
-                Err(_) => {
-                    if self.backoff.should_log() {
-                        tracing::warn!(
-                            max_connections = self.max_connections,
-                            "admin.max_connections reached: new admin connections wait in the listen backlog"
-                        );
+            enum Next {
+                Handshaken(Option<(AdminStream, SocketAddr, OwnedSemaphorePermit)>),
+                Accepted(OwnedSemaphorePermit, io::Result<(TcpStream, SocketAddr)>),
+            }
+            let next = {
+                let (listener, slots, backoff, max) = (
+                    &self.listener,
+                    &self.slots,
+                    &mut self.backoff,
+                    self.max_connections,
+                );
+                let handshakes = &mut self.handshakes;
+                let accept = async move {
+                    let slot = Self::slot(slots, backoff, max).await;
+                    (slot, listener.accept().await)
+                };
+                tokio::select! {
+                    // Handshakes done first: they already hold a slot.
+                    biased;
+                    Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
+                        Next::Handshaken(done.ok().flatten())
                     }
-                    self.slots
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed")
+                    (slot, r) = accept => Next::Accepted(slot, r),
                 }
             };
-            match self.listener.accept().await {
-                Ok((stream, peer)) => {
+            let accepted = match next {
+                Next::Handshaken(Some((stream, peer, slot))) => {
+                    return (self.serve_io(stream, slot), peer)
+                }
+                Next::Handshaken(None) => continue,
+                Next::Accepted(slot, r) => (slot, r),
+            };
+            match accepted {
+                (slot, Ok((stream, peer))) => {
                     self.backoff.reset();
                     let _ = stream.set_nodelay(true);
-                    let owner = Arc::new(AdminConn {
-                        activity: Activity::default(),
-                        _slot: slot,
+                    let Some(tls) = self.tls.clone() else {
+                        return (self.serve_io(AdminStream::Plain(stream), slot), peer);
+                    };
+                    let limit = self.timeouts.header;
+                    self.handshakes.spawn(async move {
+                        match tokio::time::timeout(limit, tls.accept(stream)).await {
+                            Ok(Ok(s)) => Some((AdminStream::Tls(Box::new(s)), peer, slot)),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "admin TLS handshake timed out");
+                                None
+                            }
+                        }
                     });
-                    return (TimedIo::new(stream, owner, self.timeouts), peer);
                 }
-                Err(e) => {
+                (slot, Err(e)) => {
                     drop(slot);
                     self.backoff.failed(&e).await;
                 }

@@ -101,6 +101,10 @@ impl Config {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
+        if let Some(tls) = self.admin.tls.as_mut() {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
         fix(&mut self.state.path);
         if let Some(db) = self.database.as_mut() {
             fix(&mut db.migrations);

@@ -338,6 +338,20 @@ pub struct AdminConfig {
         deserialize_with = "values::positive_u32"
     )]
     pub max_connections: u32,
+    /// Serve the admin API over HTTPS on `listen` with this certificate
+    /// and key (PEM). Without it the API is plain HTTP, for loopback.
+    #[serde(default)]
+    pub tls: Option<CertKey>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertKey {
+    #[serde(deserialize_with = "path")]
+    pub cert: PathBuf,
+    #[serde(deserialize_with = "path")]
+    pub key: PathBuf,
 }
 
 impl fmt::Debug for AdminConfig {
@@ -348,6 +362,7 @@ impl fmt::Debug for AdminConfig {
             .field("metrics_auth", &self.metrics_auth)
             .field("metrics_addresses", &self.metrics_addresses)
             .field("max_connections", &self.max_connections)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -26,7 +26,9 @@ mod write_gate;
 
 pub use body::ProxyBody;
 pub use colour::Colour;
-pub use listener::{bind, bind_inheriting, tls_acceptor, Inherited, Listeners, Stop, PARK_AFTER};
+pub use listener::{
+    bind, bind_inheriting, tls_acceptor, tls_acceptor_for, Inherited, Listeners, Stop, PARK_AFTER,
+};
 pub use stats::{Outcome, WindowStats};
 
 use arc_swap::ArcSwap;

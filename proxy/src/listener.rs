@@ -135,16 +135,26 @@ fn adopt_one(
 
 /// Loads the certificate chain and key of `[proxy.tls]` into a rustls acceptor.
 pub fn tls_acceptor(t: &TlsConfig) -> Result<TlsAcceptor, ProxyError> {
-    let certs = load_certs(&t.cert)?;
-    let key = load_key(&t.key)?;
+    tls_acceptor_for(&t.cert, &t.key, &[b"h2", b"http/1.1"])
+}
+
+/// A rustls acceptor for the PEM certificate chain at `cert` and the key at
+/// `key`, offering `alpn`. Also used by the admin listener (`[admin] tls`).
+pub fn tls_acceptor_for(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<TlsAcceptor, ProxyError> {
+    let certs = load_certs(cert)?;
+    let private = load_key(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err("certificate", &t.cert, e.to_string()))?
+        .map_err(|e| tls_err("certificate", cert, e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| tls_err("key", &t.key, format!("does not fit the certificate: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        .with_single_cert(certs, private)
+        .map_err(|e| tls_err("key", key, format!("does not fit the certificate: {e}")))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -177,6 +177,9 @@ pub async fn clone(
     if let (Some(what), false) = (&existing, replace) {
         return Err(SyncError::GreenNotEmpty { what: what.clone() });
     }
+    if existing.is_some() {
+        refuse_replacing_the_primary(db, &green).await?;
+    }
     let holder = if db.mode == SyncMode::Replicate {
         SnapshotHolder::from_slot(ForwardSlot::create(db).await?)
     } else {
@@ -219,6 +222,35 @@ pub async fn clone(
             Err(e)
         }
     }
+}
+
+/// Refuses, changing nothing, while green's database is the primary: a
+/// committed cutover recorded it (`switchyard.cutovers`), or green's
+/// changes replicate back to blue. Replacing, migrating or subscribing green
+/// then would lose the writes made there since. Called before `clone`
+/// replaces green and before `prepare` touches it.
+pub async fn refuse_replacing_the_primary(
+    db: &DatabaseConfig,
+    green: &Client,
+) -> Result<(), SyncError> {
+    if let Some(since) = state::primary_since(green).await? {
+        return Err(SyncError::GreenIsPrimary {
+            since,
+            why: "a cutover moved the application's writes to it".into(),
+        });
+    }
+    let repl = crate::replicate::status(db).await;
+    if repl
+        .objects
+        .iter()
+        .any(|o| o.direction == crate::replicate::Direction::Reverse)
+    {
+        return Err(SyncError::GreenIsPrimary {
+            since: "a cutover".into(),
+            why: "green's changes replicate back to blue".into(),
+        });
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -84,6 +84,33 @@ pub async fn switch(
     from: Direction,
     deadline: Instant,
 ) -> Result<SwitchReport, SwitchError> {
+    let report = switch_primary(db, from, deadline).await?;
+    // Remembered in green, so that nothing replaces green's contents while
+    // they are the primary's (clone and prepare refuse). The switch has
+    // committed either way: a failure here is only logged, and the guard
+    // then still sees the reverse replication.
+    let recorded = async {
+        let green = pg::connect_owner(Side::Green, &db.green).await?;
+        pg::exec(
+            &green,
+            Side::Green,
+            "bounding the cutover record",
+            "SET statement_timeout = 5000",
+        )
+        .await?;
+        crate::state::record_primary(&green, report.primary).await
+    };
+    if let Err(e) = recorded.await {
+        tracing::warn!(error = %e, primary = %report.primary, "the cutover committed but could not be recorded in green");
+    }
+    Ok(report)
+}
+
+async fn switch_primary(
+    db: &DatabaseConfig,
+    from: Direction,
+    deadline: Instant,
+) -> Result<SwitchReport, SwitchError> {
     let old = from.source();
     let failed = |source: SyncError| SwitchError::Failed {
         source_side: old,

@@ -55,6 +55,10 @@ pub enum SyncError {
     SameDatabase { database: String, system: String },
     #[error("the green database is not empty (it has {what}); refusing to overwrite it. Pass --replace to drop everything in green and clone again")]
     GreenNotEmpty { what: String },
+    /// Green's database is the primary (a cutover moved the application's
+    /// writes to it): replacing it would lose them.
+    #[error("green's database has been the primary since {since} ({why}): replacing it would lose every write made there since. Nothing was changed. switchyard prepares green's database from blue's; after a promotion, prepare the next release's database yourself and set [database] prepare = \"manual\", or move the primary back to blue first (a rollback)")]
+    GreenIsPrimary { since: String, why: String },
 
     #[error("{tool} failed ({what}): {message}; green is left unverified, fix the cause and re-run with --replace")]
     Tool {

@@ -111,6 +111,11 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
     let green = pg::connect(Side::Green, &db.green)
         .await
         .map_err(|e| fail(Step::Clone, e))?;
+    // After a promotion green's database is production: no step here may
+    // touch it.
+    clone::refuse_replacing_the_primary(db, &green)
+        .await
+        .map_err(|e| fail(Step::Clone, e))?;
     let last = state::last_clone(&green)
         .await
         .map_err(|e| fail(Step::Clone, e))?;

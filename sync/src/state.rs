@@ -31,9 +31,57 @@ pub async fn ensure_schema(green: &Client) -> Result<(), SyncError> {
          CREATE TABLE IF NOT EXISTS switchyard.migration_changes ( \
            id bigserial PRIMARY KEY, script text NOT NULL, kind text NOT NULL, name text NOT NULL, \
            UNIQUE (kind, name, script)); \
+         CREATE TABLE IF NOT EXISTS switchyard.cutovers ( \
+           id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), \
+           primary_side text NOT NULL CHECK (primary_side IN ('blue', 'green'))); \
          COMMIT;",
     )
     .await
+}
+
+/// Records in green which side's database is the primary after a
+/// committed cutover, so nothing ever replaces green's contents while it
+/// holds the application's only copy of recent writes (see
+/// [`primary_since`]). Called by [`crate::cutover::switch`].
+pub async fn record_primary(green: &Client, primary: Side) -> Result<(), SyncError> {
+    ensure_schema(green).await?;
+    let side = match primary {
+        Side::Blue => "blue",
+        Side::Green => "green",
+    };
+    green
+        .execute(
+            "INSERT INTO switchyard.cutovers (primary_side) VALUES ($1)",
+            &[&side],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "recording the cutover", &e))?;
+    Ok(())
+}
+
+/// When green became the primary, if the last committed cutover made it so
+/// (and none since moved the primary back to blue).
+pub async fn primary_since(green: &Client) -> Result<Option<String>, SyncError> {
+    let exists = green
+        .query_one(
+            "SELECT to_regclass('switchyard.cutovers') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "reading switchyard's records", &e))?
+        .get::<_, bool>(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = green
+        .query_opt(
+            "SELECT primary_side, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+             FROM switchyard.cutovers ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "reading switchyard's cutovers", &e))?;
+    Ok(row.and_then(|r| (r.get::<_, String>(0) == "green").then(|| r.get::<_, String>(1))))
 }
 
 /// A clone as recorded in green.

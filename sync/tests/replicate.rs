@@ -264,6 +264,27 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
     assert_eq!(st.direction, Some(Direction::Reverse), "{st:?}");
     assert_eq!(st.state, ReplicationState::Streaming, "{st:?}");
 
+    // Green is production now: a clone over it (what the next rollout's
+    // prepare did) is refused and changes nothing.
+    let orders_on_green = count(pair.green(), "SELECT count(*) FROM orders").await;
+    let refused = clone::clone(&pair.config, 2, true, Output::Quiet).await;
+    let err = refused.err().expect("replacing the primary is refused");
+    assert!(
+        matches!(err, switchyard_sync::SyncError::GreenIsPrimary { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("Nothing was changed"), "{err}");
+    assert_eq!(
+        count(pair.green(), "SELECT count(*) FROM orders").await,
+        orders_on_green
+    );
+    let st = replicate::status(&pair.config).await;
+    assert_eq!(
+        (st.direction, st.state),
+        (Some(Direction::Reverse), ReplicationState::Streaming),
+        "reverse sync survives the refusal: {st:?}"
+    );
+
     // And back: blue becomes the primary again, nothing lost.
     let report = cutover::switch(
         &pair.config,
@@ -286,6 +307,11 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
         .unwrap()
         .get(0);
     assert!(id2 > id, "blue's sequence moved past green's writes");
+    // Blue is the primary again: green may be replaced.
+    let green = connect(pair.green()).await;
+    clone::refuse_replacing_the_primary(&pair.config, &green)
+        .await
+        .expect("green is a replica again");
     caught_up(&pair, Direction::Forward).await;
     assert_eq!(
         count(

@@ -7,6 +7,7 @@ mod cli;
 mod ctl;
 mod demo;
 mod inherit;
+mod logging;
 mod run;
 mod sync;
 mod upgrade;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 use switchyard_admin::ControlPlane;
-use switchyard_config::{Config, LogFormat};
+use switchyard_config::Config;
 use switchyard_proxy::{DataPlane, Stop};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -97,18 +97,7 @@ pub(crate) fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Ru
 }
 
 pub(crate) fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    // PostgreSQL NOTICEs ("already exists, skipping") are not news.
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{},tokio_postgres=warn", config.log.level)))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    crate::logging::init(&config.log);
 }
 
 /// Starts everything described by `config` and serves until SIGTERM/SIGINT.
@@ -313,6 +302,9 @@ fn reload(path: &Path, running: Config, cp: &ControlPlane) -> Config {
         return running;
     }
     cp.reload(&next);
+    if let Err(e) = crate::logging::reload(&next.log) {
+        tracing::error!("{e}");
+    }
     if next.database != running.database {
         match &next.database {
             Some(db) => cp.replace_gate(switchyard_admin::DatabaseGate::start(db.clone())),

@@ -194,11 +194,11 @@ impl Inner {
         }
         if change.kind == "rolled_back" {
             self.rollbacks.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(reason = ?event.reason, "rollout rolled back");
+            tracing::warn!(reason = event.reason.as_deref(), "rollout rolled back");
         }
         tracing::info!(
             kind = %event.kind, actor = %event.actor, state = event.state.as_str(),
-            green = event.weights.green, reason = ?event.reason, "rollout event"
+            green = event.weights.green, reason = event.reason.as_deref(), "rollout event"
         );
         if let Ok(mut live) = self.live.lock() {
             live.holding = None;
@@ -280,8 +280,10 @@ impl ControlPlane {
                 "state file was unreadable; restored the last good copy"
             ),
             Opened::Restored => tracing::info!(
-                state = state.rollout.phase.as_str(), step = ?state.rollout.step,
-                green = f64::from(state.green_bp) / 100.0, "state restored"
+                state = state.rollout.phase.as_str(),
+                step = state.rollout.step,
+                green = f64::from(state.green_bp) / 100.0,
+                "state restored"
             ),
             Opened::Fresh => {}
         }

@@ -863,6 +863,9 @@ pub struct LogConfig {
     #[serde(deserialize_with = "values::non_empty_string")]
     pub level: String,
     pub format: LogFormat,
+    /// One line per proxied request (target `switchyard::access`): client,
+    /// method, URI, status, colour, upstream, seconds, bytes, complete.
+    pub access: bool,
 }
 
 impl Default for LogConfig {
@@ -870,6 +873,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
+            access: false,
         }
     }
 }

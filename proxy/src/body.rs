@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
 
+use crate::access::AccessLine;
 use crate::conn::ActiveGuard;
 use crate::forward::ConnInfo;
 use crate::pool::Upstream;
@@ -247,6 +248,9 @@ pub struct ProxyBody {
     /// Keeps the client connection "busy" (no idle deadline) until the
     /// response is done.
     active: Option<ActiveGuard<ConnInfo>>,
+    /// The request's access-log line (`[log] access`), written when the
+    /// body is dropped.
+    access: Option<Box<AccessLine>>,
 }
 
 enum Kind {
@@ -321,6 +325,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(up),
             active: None,
+            access: None,
         }
     }
 
@@ -329,6 +334,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(b.into())),
             active: None,
+            access: None,
         }
     }
 
@@ -337,11 +343,19 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(None),
             active: None,
+            access: None,
         }
     }
 
     pub(crate) fn set_active(&mut self, guard: ActiveGuard<ConnInfo>) {
         self.active = Some(guard);
+    }
+
+    /// Writes `line` to the access log once this body is done or dropped,
+    /// with the bytes sent and whether it was complete.
+    pub(crate) fn log_access(&mut self, mut line: AccessLine) {
+        line.complete = self.is_end_stream();
+        self.access = Some(Box::new(line));
     }
 }
 
@@ -353,7 +367,49 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = poll_kind(&mut this.kind, cx);
+        if let Some(line) = this.access.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        line.bytes += data.len() as u64;
+                    }
+                    line.complete = match &this.kind {
+                        Kind::Full(b) => b.is_none(),
+                        Kind::Upstream(up) => up.body.is_end_stream(),
+                    };
+                }
+                Poll::Ready(None) => line.complete = true,
+                Poll::Ready(Some(Err(_))) => line.complete = false,
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(up) => up.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(up) => up.body.size_hint(),
+        }
+    }
+}
+
+fn poll_kind(
+    kind: &mut Kind,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    {
+        match kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
                 Poll::Ready(None) => {
@@ -392,21 +448,6 @@ impl Body for ProxyBody {
                     Poll::Pending
                 }
             },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(b) => b.is_none(),
-            Kind::Upstream(up) => up.body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(up) => up.body.size_hint(),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::access::{AccessLine, Served};
 use crate::body::{ClientBody, ClientBodyError, ClientFault, ProxyBody, RequestBody, Tally};
 use crate::conn::{ActiveGuard, Activity};
 use crate::headers::{add_forwarded, is_h2c_upgrade, is_upgrade, strip_hop_by_hop};
@@ -62,7 +63,18 @@ pub(crate) async fn handle(
     // Handed over to a successor (read on arrival; one relaxed load).
     let close = req.version() < Version::HTTP_2
         && shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let access = shared
+        .routing
+        .load()
+        .settings
+        .access_log
+        .then(|| AccessLine::begin(&req, active.owner().peer.ip()));
     let mut resp = route(shared, active.owner(), req).await;
+    if let Some(mut line) = access {
+        let served = resp.extensions_mut().remove::<Served>();
+        line.served(resp.status(), served);
+        resp.body_mut().log_access(line);
+    }
     if close && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // This client reconnects, to the successor.
         resp.headers_mut()
@@ -149,6 +161,7 @@ async fn route(
     // Pinned requests are kept out of the statistics.
     let tally = (!choice.pinned).then(|| Tally::new(shared.clone(), colour));
 
+    let mut served = colour;
     let mut resp = if upgrade {
         let result = forward_upgrade(&routing, colour, req, conn).await;
         respond(result, colour, tally, started)
@@ -176,11 +189,18 @@ async fn route(
                 tracing::debug!(from = %colour, to = %other, "no {colour} upstream could be reached; sending the request to {other}");
                 let tally = (!choice.pinned).then(|| Tally::new(shared.clone(), other));
                 let result = forward(&routing, other, req, tally, Instant::now()).await;
+                served = other;
                 finish(result, other)
             }
             result => finish(result, colour),
         }
     };
+    if settings.access_log && resp.extensions().get::<Served>().is_none() {
+        resp.extensions_mut().insert(Served {
+            colour: served,
+            upstream: None,
+        });
+    }
     if let Some(bucket) = choice.set_cookie {
         let cookie = format!(
             "{}={bucket}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax",
@@ -480,6 +500,12 @@ async fn forward(
                 };
                 if let Some(t) = tally.as_mut() {
                     t.set_latency(started.elapsed());
+                }
+                if routing.settings.access_log {
+                    parts.extensions.insert(Served {
+                        colour,
+                        upstream: Some(up.clone()),
+                    });
                 }
                 let body = ProxyBody::upstream(
                     body,

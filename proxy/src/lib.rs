@@ -10,6 +10,7 @@
 //! no lock on the request path.
 #![forbid(unsafe_code)]
 
+mod access;
 mod body;
 mod colour;
 pub mod conn;
@@ -77,6 +78,8 @@ pub(crate) struct Settings {
     max_body_size: Option<u64>,
     /// After a client's write, its reads follow the writer this long.
     read_your_writes: Duration,
+    /// `[log] access`: one log line per request.
+    access_log: bool,
 }
 
 /// One immutable routing snapshot: weights, rules and pools.
@@ -399,6 +402,7 @@ fn build_routing(
                 .as_ref()
                 .map(|d| d.read_your_writes)
                 .unwrap_or_default(),
+            access_log: config.log.access,
         },
     })
 }

@@ -145,8 +145,11 @@ impl Switchyard {
             .append(true)
             .open(&stderr_log)
             .unwrap();
+        // Unless the caller removed it on purpose (to test `[log] level`).
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
         let mut child = cmd
-            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -334,6 +334,31 @@ fn reload(path: &Path, running: Config, cp: &ControlPlane) -> Config {
             "connection limits changed in the config (header_timeout, idle_timeout, max_header_size, max_connections, backlog): they belong to the listeners and take effect on restart"
         );
     }
+    let mut restart_only = Vec::new();
+    if next.proxy.tls != running.proxy.tls {
+        restart_only.push("[proxy] tls");
+    }
+    if next.admin.tls != running.admin.tls {
+        restart_only.push("[admin] tls");
+    }
+    if next.webhooks.ca_file != running.webhooks.ca_file {
+        restart_only.push("[webhooks] ca_file");
+    }
+    if next.proxy.workers != running.proxy.workers {
+        restart_only.push("[proxy] workers");
+    }
+    if next.proxy.drain_timeout != running.proxy.drain_timeout {
+        restart_only.push("[proxy] drain_timeout");
+    }
+    if next.state.path != running.state.path {
+        restart_only.push("[state] path");
+    }
+    if !restart_only.is_empty() {
+        tracing::warn!(
+            "{} changed in the config: taken at start, so the change takes effect on restart (or SIGUSR2)",
+            restart_only.join(", ")
+        );
+    }
     tracing::info!(file = %path.display(), "configuration reloaded");
     next
 }

@@ -170,4 +170,19 @@ async fn sighup_turns_on_the_access_log_and_json_and_no_line_carries_debug_noise
         !tail.contains("rollout event"),
         "level warn hides info lines: {tail}"
     );
+
+    // A setting read only at start is not silently ignored by a reload.
+    let moved = json
+        .replace("level = \"info\"", "level = \"warn\"")
+        .replace("path = \"state.json\"", "path = \"elsewhere.json\"");
+    std::fs::write(&sy.config_path, moved).unwrap();
+    sy.signal("HUP");
+    assert!(
+        eventually(10, async || sy
+            .stderr()
+            .contains("[state] path changed in the config"))
+        .await,
+        "{}",
+        sy.stderr()
+    );
 }

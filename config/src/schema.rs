@@ -130,7 +130,7 @@ impl Default for ProxyConfig {
 }
 
 /// `[proxy.tls]`: an HTTPS listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     #[serde(deserialize_with = "values::socket_addr")]
@@ -320,7 +320,9 @@ pub struct AdminConfig {
         deserialize_with = "values::socket_addr"
     )]
     pub listen: SocketAddr,
-    /// Bearer token demanded by every mutating endpoint. Required, never empty.
+    /// Bearer token demanded by every API call but `/healthz`, the OpenAPI
+    /// document, the dashboard's files and (unless `metrics_auth`)
+    /// `/metrics`. Required, never empty.
     #[serde(deserialize_with = "values::non_empty_string")]
     pub token: String,
     /// Demand the token on `GET /metrics` too.

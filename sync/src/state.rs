@@ -63,10 +63,7 @@ pub async fn record_primary(green: &Client, primary: Side) -> Result<(), SyncErr
 /// (and none since moved the primary back to blue).
 pub async fn primary_since(green: &Client) -> Result<Option<String>, SyncError> {
     let exists = green
-        .query_one(
-            "SELECT to_regclass('switchyard.cutovers') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('switchyard.cutovers') IS NOT NULL", &[])
         .await
         .map_err(|e| SyncError::query(Side::Green, "reading switchyard's records", &e))?
         .get::<_, bool>(0);

@@ -72,12 +72,49 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     init_logging(&config);
+    raise_open_file_limit(&config);
     inherited
         .check(&config)
         .with_context(|| path.display().to_string())?;
     let runtime = build_runtime(config.proxy.workers)?;
     runtime.block_on(serve_inheriting(config, path, inherited))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open files towards the hard one, so that
+/// `max_connections` client sockets, their upstream connections and the
+/// admin's fit (the default soft limit, 1024, stopped the proxy at 1,100
+/// idle connections in issue 9). Never lowers it; says so when the hard
+/// limit is too low.
+fn raise_open_file_limit(config: &Config) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let want =
+        2 * u64::from(config.proxy.max_connections) + u64::from(config.admin.max_connections) + 256;
+    let limit = getrlimit(Resource::Nofile);
+    let (soft, hard) = (limit.current.unwrap_or(u64::MAX), limit.maximum);
+    if soft >= want {
+        return;
+    }
+    let target = hard.map_or(want, |h| want.min(h));
+    if target > soft
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: hard,
+            },
+        )
+        .is_ok()
+    {
+        tracing::info!(from = soft, to = target, "raised the open-file limit");
+    }
+    if target < want {
+        tracing::warn!(
+            limit = target,
+            needed = want,
+            "the open-file limit is below what max_connections needs (two sockets per proxied connection): raise it (LimitNOFILE= under systemd, ulimit -n) or lower [proxy] max_connections"
+        );
+    }
 }
 
 pub(crate) fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -916,3 +916,49 @@ fn check_accepts_a_public_admin_address_with_tls_and_rejects_an_unusable_certifi
         "{err}"
     );
 }
+
+/// Finding 1's other half: with the usual soft limit of 1024 open files,
+/// 1,100 idle connections stopped the proxy. switchyard raises its soft
+/// limit towards the hard one at start, as nginx's `worker_rlimit_nofile`,
+/// and warns when even the hard limit is below what `max_connections` needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_at_start_towards_what_max_connections_needs() {
+    let field = |limits: &str, at: usize| -> Option<u64> {
+        limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(at))
+            .and_then(|v| v.parse().ok())
+    };
+    let own = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let hard = field(&own, 4).expect("a finite hard limit");
+    assert!(
+        hard > 1024,
+        "this test needs a hard open-file limit above 1024 to raise to (now {hard}): raise `ulimit -Hn`"
+    );
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .start_command(|bin, config| {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c")
+                .arg("ulimit -Sn 1024 && exec \"$0\" run -c \"$1\"")
+                .arg(bin)
+                .arg(config);
+            c
+        });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", sy.pid())).unwrap();
+    let soft = field(&limits, 3).unwrap();
+    // Default max_connections 10000 (two sockets each) + admin 1024 + 256.
+    let want: u64 = 2 * 10_000 + 1024 + 256;
+    assert_eq!(soft, want.min(hard), "{limits}");
+    let log = sy.stderr();
+    assert!(log.contains("raised the open-file limit"), "{log}");
+    assert_eq!(
+        log.contains("the open-file limit is below what max_connections needs"),
+        hard < want,
+        "{log}"
+    );
+    assert_eq!(sy.client.get(&sy.url("/")).await.unwrap().text(), "blue");
+}

@@ -84,33 +84,6 @@ pub async fn switch(
     from: Direction,
     deadline: Instant,
 ) -> Result<SwitchReport, SwitchError> {
-    let report = switch_primary(db, from, deadline).await?;
-    // Remembered in green, so that nothing replaces green's contents while
-    // they are the primary's (clone and prepare refuse). The switch has
-    // committed either way: a failure here is only logged, and the guard
-    // then still sees the reverse replication.
-    let recorded = async {
-        let green = pg::connect_owner(Side::Green, &db.green).await?;
-        pg::exec(
-            &green,
-            Side::Green,
-            "bounding the cutover record",
-            "SET statement_timeout = 5000",
-        )
-        .await?;
-        crate::state::record_primary(&green, report.primary).await
-    };
-    if let Err(e) = recorded.await {
-        tracing::warn!(error = %e, primary = %report.primary, "the cutover committed but could not be recorded in green");
-    }
-    Ok(report)
-}
-
-async fn switch_primary(
-    db: &DatabaseConfig,
-    from: Direction,
-    deadline: Instant,
-) -> Result<SwitchReport, SwitchError> {
     let old = from.source();
     let failed = |source: SyncError| SwitchError::Failed {
         source_side: old,
@@ -128,7 +101,37 @@ async fn switch_primary(
     bound(&new_primary, from.target(), deadline)
         .await
         .map_err(failed)?;
-    if let Some(report) = recover(db, from, &old_primary, &new_primary)
+    let report = switch_on(db, from, deadline, &old_primary, &new_primary).await?;
+    // Remembered in green (one statement on the open connection: writes
+    // are still held), so that nothing replaces green's contents while
+    // they are the primary's (clone and prepare refuse). The switch has
+    // committed either way: a failure here is only logged, and the guard
+    // then still sees the reverse replication.
+    let green = if from.target() == Side::Green {
+        &new_primary
+    } else {
+        &old_primary
+    };
+    if let Err(e) = crate::state::record_primary(green, report.primary).await {
+        tracing::warn!(error = %e, primary = %report.primary, "the cutover committed but could not be recorded in green");
+    }
+    Ok(report)
+}
+
+/// [`switch`] on connections to both primaries, bounded by `deadline`.
+async fn switch_on(
+    db: &DatabaseConfig,
+    from: Direction,
+    deadline: Instant,
+    old_primary: &Client,
+    new_primary: &Client,
+) -> Result<SwitchReport, SwitchError> {
+    let old = from.source();
+    let failed = |source: SyncError| SwitchError::Failed {
+        source_side: old,
+        source,
+    };
+    if let Some(report) = recover(db, from, old_primary, new_primary)
         .await
         .map_err(failed)?
     {
@@ -143,7 +146,7 @@ async fn switch_primary(
 
     // 1. Catch up.
     let left = deadline.saturating_duration_since(Instant::now());
-    let caught = wait_caught_up_on(&old_primary, db, from, left)
+    let caught = wait_caught_up_on(old_primary, db, from, left)
         .await
         .map_err(failed)?;
     let (lsn, waited) = match caught {
@@ -168,7 +171,7 @@ async fn switch_primary(
     step("catch_up");
 
     // 2. Sequences.
-    let sequences = copy_sequences(&old_primary, old, &new_primary, from.target())
+    let sequences = copy_sequences(old_primary, old, new_primary, from.target())
         .await
         .map_err(failed)?;
     step("sequences");
@@ -181,26 +184,21 @@ async fn switch_primary(
         let back_names = names(db, back);
         if db.reverse {
             let (tables, skipped) =
-                reverse_tables(&new_primary, from.target(), &old_primary, old).await?;
+                reverse_tables(new_primary, from.target(), old_primary, old).await?;
             not_replicated = skipped;
-            create_publication(
-                &new_primary,
-                from.target(),
-                &back_names.publication,
-                &tables,
-            )
-            .await?;
+            create_publication(new_primary, from.target(), &back_names.publication, &tables)
+                .await?;
             undo.publication = true;
         }
         step("publish");
         let fwd = names(db, from);
-        set_enabled(&new_primary, from.target(), &fwd.subscription, false).await?;
+        set_enabled(new_primary, from.target(), &fwd.subscription, false).await?;
         undo.disabled = true;
-        wait_worker_gone(&new_primary, from.target(), &fwd.subscription, deadline).await?;
+        wait_worker_gone(new_primary, from.target(), &fwd.subscription, deadline).await?;
         step("stop_old_subscription");
         if db.reverse {
             // Leftovers of an earlier interrupted switch are ours.
-            drop_slot(&new_primary, from.target(), &back_names.slot).await?;
+            drop_slot(new_primary, from.target(), &back_names.slot).await?;
             let created = new_primary
                 .query(
                     "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -220,8 +218,8 @@ async fn switch_primary(
             if Instant::now() >= deadline {
                 return Err(SyncError::Other("the cutover timeout passed".into()));
             }
-            drop_subscription(&old_primary, old, &back_names.subscription).await?;
-            create_subscription(db, back, &old_primary).await?;
+            drop_subscription(old_primary, old, &back_names.subscription).await?;
+            create_subscription(db, back, old_primary).await?;
             undo.subscription = true;
             step("subscribe_back");
         }
@@ -243,9 +241,9 @@ async fn switch_primary(
         Err(e) => {
             // Undoing gets a few seconds of its own, past the deadline.
             let grace = Instant::now() + Duration::from_secs(5);
-            let _ = bound(&old_primary, old, grace).await;
-            let _ = bound(&new_primary, from.target(), grace).await;
-            undo.run(db, from, &old_primary, &new_primary).await;
+            let _ = bound(old_primary, old, grace).await;
+            let _ = bound(new_primary, from.target(), grace).await;
+            undo.run(db, from, old_primary, new_primary).await;
             if Instant::now() >= deadline {
                 let target = from.target();
                 return Err(SwitchError::Timeout {
@@ -352,16 +350,7 @@ impl Undo {
             let _ = drop_slot(new, from.target(), &back.slot).await;
         }
         if self.publication {
-            let _ = pg::exec(
-                new,
-                from.target(),
-                "",
-                &format!(
-                    "DROP PUBLICATION IF EXISTS {}",
-                    pg::ident(&back.publication)
-                ),
-            )
-            .await;
+            let _ = drop_publication(new, from.target(), &back.publication).await;
         }
         if self.disabled {
             if let Err(e) = set_enabled(new, from.target(), &fwd.subscription, true).await {
@@ -380,13 +369,8 @@ pub async fn finish(db: &DatabaseConfig, from: Direction) -> Result<(), SyncErro
     drop_subscription(&new_primary, from.target(), &n.subscription).await?;
     let old_primary = pg::connect_owner(old, url_of(db, old)).await?;
     drop_slot(&old_primary, old, &n.slot).await?;
-    pg::exec(
-        &old_primary,
-        old,
-        "dropping the old publication",
-        &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&n.publication)),
-    )
-    .await
+    drop_publication(&old_primary, old, &n.publication).await?;
+    Ok(())
 }
 
 async fn set_enabled(c: &Client, side: Side, sub: &str, on: bool) -> Result<(), SyncError> {

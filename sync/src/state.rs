@@ -31,54 +31,70 @@ pub async fn ensure_schema(green: &Client) -> Result<(), SyncError> {
          CREATE TABLE IF NOT EXISTS switchyard.migration_changes ( \
            id bigserial PRIMARY KEY, script text NOT NULL, kind text NOT NULL, name text NOT NULL, \
            UNIQUE (kind, name, script)); \
-         CREATE TABLE IF NOT EXISTS switchyard.cutovers ( \
-           id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), \
-           primary_side text NOT NULL CHECK (primary_side IN ('blue', 'green'))); \
          COMMIT;",
     )
     .await
 }
 
+/// The table of committed cutovers, created by the first one
+/// ([`record_primary`]); [`primary_since`] reads a missing one as none.
+const CUTOVERS: &str = "CREATE SCHEMA IF NOT EXISTS switchyard; \
+    CREATE TABLE IF NOT EXISTS switchyard.cutovers ( \
+      id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), \
+      primary_side text NOT NULL CHECK (primary_side IN ('blue', 'green')))";
+
 /// Records in green which side's database is the primary after a
 /// committed cutover, so nothing ever replaces green's contents while it
 /// holds the application's only copy of recent writes (see
-/// [`primary_since`]). Called by [`crate::cutover::switch`].
+/// [`primary_since`]). Called by [`crate::cutover::switch`] while the
+/// writes are still held, so it is one round trip on its open connection,
+/// with a few seconds of its own whatever the cutover's deadline left.
 pub async fn record_primary(green: &Client, primary: Side) -> Result<(), SyncError> {
-    ensure_schema(green).await?;
-    let side = match primary {
-        Side::Blue => "blue",
-        Side::Green => "green",
-    };
-    green
-        .execute(
-            "INSERT INTO switchyard.cutovers (primary_side) VALUES ($1)",
-            &[&side],
-        )
-        .await
-        .map_err(|e| SyncError::query(Side::Green, "recording the cutover", &e))?;
-    Ok(())
+    pg::exec(
+        green,
+        Side::Green,
+        "recording the cutover",
+        &format!(
+            "SET statement_timeout = 5000; {CUTOVERS}; \
+             INSERT INTO switchyard.cutovers (primary_side) VALUES ('{primary}')"
+        ),
+    )
+    .await
 }
 
 /// When green became the primary, if the last committed cutover made it so
 /// (and none since moved the primary back to blue).
 pub async fn primary_since(green: &Client) -> Result<Option<String>, SyncError> {
-    let exists = green
-        .query_one("SELECT to_regclass('switchyard.cutovers') IS NOT NULL", &[])
-        .await
-        .map_err(|e| SyncError::query(Side::Green, "reading switchyard's records", &e))?
-        .get::<_, bool>(0);
-    if !exists {
-        return Ok(None);
-    }
     let row = green
         .query_opt(
             "SELECT primary_side, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
              FROM switchyard.cutovers ORDER BY id DESC LIMIT 1",
             &[],
         )
-        .await
-        .map_err(|e| SyncError::query(Side::Green, "reading switchyard's cutovers", &e))?;
-    Ok(row.and_then(|r| (r.get::<_, String>(0) == "green").then(|| r.get::<_, String>(1))))
+        .await;
+    match row {
+        Ok(row) => {
+            Ok(row.and_then(|r| (r.get::<_, String>(0) == "green").then(|| r.get::<_, String>(1))))
+        }
+        Err(e) if not_recorded_yet(&e) => Ok(None),
+        Err(e) => Err(SyncError::query(
+            Side::Green,
+            "reading switchyard.cutovers",
+            &e,
+        )),
+    }
+}
+
+/// Whether `e` says switchyard's records do not exist (yet) in green: the
+/// schema, the table or a column added by a later version is missing.
+fn not_recorded_yet(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::UNDEFINED_TABLE
+            || *c == SqlState::UNDEFINED_COLUMN
+            || *c == SqlState::INVALID_SCHEMA_NAME
+    )
 }
 
 /// A clone as recorded in green.
@@ -153,9 +169,7 @@ pub async fn last_clone(green: &Client) -> Result<Option<CloneRecord>, SyncError
             at: r.get(7),
         })),
         Ok(None) => Ok(None),
-        Err(e) if matches!(e.code(), Some(c) if *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE || *c == tokio_postgres::error::SqlState::UNDEFINED_COLUMN || *c == tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) => {
-            Ok(None)
-        }
+        Err(e) if not_recorded_yet(&e) => Ok(None),
         Err(e) => Err(SyncError::query(
             Side::Green,
             "reading switchyard.clones",

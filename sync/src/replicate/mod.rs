@@ -312,6 +312,31 @@ pub(crate) async fn drop_subscription(
     Ok(true)
 }
 
+/// Drops publication `name` in the database of `client` if it exists.
+/// Returns whether there was one.
+pub(crate) async fn drop_publication(
+    client: &Client,
+    side: Side,
+    name: &str,
+) -> Result<bool, SyncError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(|e| SyncError::query(side, "listing publications", &e))?
+        .is_some();
+    if !exists {
+        return Ok(false);
+    }
+    pg::exec(
+        client,
+        side,
+        &format!("dropping publication {name}"),
+        &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(name)),
+    )
+    .await?;
+    Ok(true)
+}
+
 /// The forward slot and publication on blue, with the snapshot the slot
 /// starts from held open (the clone copies inside it).
 pub struct ForwardSlot {
@@ -338,13 +363,7 @@ impl ForwardSlot {
         .await;
         if result.is_err() {
             let _ = drop_slot(&blue, Side::Blue, &n.slot).await;
-            let _ = pg::exec(
-                &blue,
-                Side::Blue,
-                "dropping the publication",
-                &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&n.publication)),
-            )
-            .await;
+            let _ = drop_publication(&blue, Side::Blue, &n.publication).await;
         }
         result
     }
@@ -361,13 +380,7 @@ impl ForwardSlot {
         let n = names(db, Direction::Forward);
         if let Ok(blue) = pg::connect_owner(Side::Blue, &db.blue).await {
             let _ = drop_slot(&blue, Side::Blue, &n.slot).await;
-            let _ = pg::exec(
-                &blue,
-                Side::Blue,
-                "dropping the publication",
-                &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&n.publication)),
-            )
-            .await;
+            let _ = drop_publication(&blue, Side::Blue, &n.publication).await;
         }
     }
 }
@@ -878,22 +891,7 @@ pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
                     active: false,
                 });
             }
-            let had = c
-                .query_opt(
-                    "SELECT 1 FROM pg_publication WHERE pubname = $1",
-                    &[&n.publication],
-                )
-                .await
-                .map_err(|e| SyncError::query(*side, "listing publications", &e))?
-                .is_some();
-            if had {
-                pg::exec(
-                    c,
-                    *side,
-                    "dropping the publication",
-                    &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&n.publication)),
-                )
-                .await?;
+            if drop_publication(c, *side, &n.publication).await? {
                 report.removed.push(ReplicationObject {
                     side: *side,
                     kind: ObjectKind::Publication,
@@ -910,8 +908,8 @@ pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
 /// Internal pieces for [`crate::cutover`].
 pub(crate) mod parts {
     pub(crate) use super::{
-        create_publication, create_subscription, drop_slot, drop_subscription, publishable_tables,
-        subscription_exists, url_of, PublishedTable,
+        create_publication, create_subscription, drop_publication, drop_slot, drop_subscription,
+        publishable_tables, subscription_exists, url_of, PublishedTable,
     };
 }
 

@@ -11,7 +11,7 @@
 //! verify can tell a difference a migration made on purpose from one that
 //! means green is not what blue was.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Client;
 
@@ -19,7 +19,7 @@ use crate::error::{Side, SyncError};
 use crate::pg;
 
 /// What kind of object a fingerprint entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ObjectKind {
     Schema,
@@ -63,33 +63,12 @@ impl ObjectKind {
         }
     }
 
+    /// The kind whose serialized name is `s` (as `migrate` records it).
     fn parse(s: &str) -> Option<ObjectKind> {
-        use ObjectKind::*;
-        [
-            Schema,
-            Extension,
-            Table,
-            Column,
-            Constraint,
-            Index,
-            Trigger,
-            Policy,
-            View,
-            MaterializedView,
-            Sequence,
-            Function,
-            Type,
-            Owner,
-            Grants,
-            DefaultPrivileges,
-        ]
-        .into_iter()
-        .find(|k| {
-            serde_json::to_value(k)
-                .ok()
-                .and_then(|v| v.as_str().map(|v| v == s))
-                == Some(true)
-        })
+        ObjectKind::deserialize(
+            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s),
+        )
+        .ok()
     }
 }
 

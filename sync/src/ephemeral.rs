@@ -166,21 +166,8 @@ impl EphemeralCluster {
         }
         std::fs::write(&conf_path, text)
             .map_err(|e| failed(format!("writing {}", conf_path.display()), e.to_string()))?;
-        let log = dir.join("server.log");
         cluster.watchdog();
-        cluster.pg(
-            "pg_ctl",
-            &[
-                "-D".as_ref(),
-                data.as_os_str(),
-                "-l".as_ref(),
-                log.as_os_str(),
-                "-w".as_ref(),
-                "-t".as_ref(),
-                "60".as_ref(),
-                "start".as_ref(),
-            ],
-        )?;
+        cluster.start_server()?;
         Ok(cluster)
     }
 

@@ -207,6 +207,27 @@ async fn run_callback(
     })
 }
 
+/// Runs each of `callbacks` (`beforeMigrate`, `afterMigrate`) in a
+/// transaction of its own, noting it in `ran`; the first that fails is
+/// rolled back and ends the run.
+async fn run_callbacks_alone(
+    client: &Client,
+    callbacks: &[Callback],
+    values: &BTreeMap<String, String>,
+    ran: &mut Vec<String>,
+) -> Result<(), SyncError> {
+    for cb in callbacks {
+        pg::exec(client, Side::Green, "starting a callback", "BEGIN").await?;
+        if let Err(e) = run_callback(client, cb, values).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+        pg::exec(client, Side::Green, "committing a callback", "COMMIT").await?;
+        ran.push(cb.script.clone());
+    }
+    Ok(())
+}
+
 async fn migrate_locked(
     client: &Client,
     migrations: &[Migration],
@@ -232,15 +253,13 @@ async fn migrate_locked(
         scripts.push(substitute(&m.sql, &values, &m.path)?);
     }
     let mut ran_callbacks = Vec::new();
-    for cb in &callbacks.before_migrate {
-        pg::exec(client, Side::Green, "starting a callback", "BEGIN").await?;
-        if let Err(e) = run_callback(client, cb, &values).await {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e);
-        }
-        pg::exec(client, Side::Green, "committing a callback", "COMMIT").await?;
-        ran_callbacks.push(cb.script.clone());
-    }
+    run_callbacks_alone(
+        client,
+        &callbacks.before_migrate,
+        &values,
+        &mut ran_callbacks,
+    )
+    .await?;
     let last_rank = history.iter().map(|a| a.installed_rank).max().unwrap_or(0);
     let mut applied = Vec::new();
     for ((rank, m), sql) in (last_rank + 1..).zip(todo).zip(scripts) {
@@ -364,15 +383,13 @@ async fn migrate_locked(
         let each = callbacks.before_each.iter().chain(&callbacks.after_each);
         ran_callbacks.extend(each.map(|c| c.script.clone()));
     }
-    for cb in &callbacks.after_migrate {
-        pg::exec(client, Side::Green, "starting a callback", "BEGIN").await?;
-        if let Err(e) = run_callback(client, cb, &values).await {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e);
-        }
-        pg::exec(client, Side::Green, "committing a callback", "COMMIT").await?;
-        ran_callbacks.push(cb.script.clone());
-    }
+    run_callbacks_alone(
+        client,
+        &callbacks.after_migrate,
+        &values,
+        &mut ran_callbacks,
+    )
+    .await?;
     let history = read_history(client).await?;
     Ok(MigrateReport {
         dry_run: false,

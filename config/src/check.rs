@@ -68,7 +68,8 @@ fn masked(text: &str, keep: &[usize], blank: &[usize]) -> String {
         .join("\n")
 }
 
-fn error_of(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+/// A TOML or schema error of `text` (named `origin`), at its `file:line:col`.
+pub(crate) fn error_of(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
     let location = e
         .span()
         .map(|span| Location::from_offset(origin, text, span.start))

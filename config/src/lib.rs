@@ -38,16 +38,7 @@ impl Config {
     /// Parses and validates config text. `origin` names the text in errors
     /// (usually the file path). Paths are left as written.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let location = e
-                .span()
-                .map(|span| Location::from_offset(origin, text, span.start))
-                .unwrap_or_else(|| Location::file_only(origin));
-            ConfigError::Invalid {
-                location,
-                message: e.message().trim().to_string(),
-            }
-        })?;
+        let config: Config = toml::from_str(text).map_err(|e| check::error_of(text, origin, &e))?;
         Ok(config)
     }
 

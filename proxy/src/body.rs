@@ -88,12 +88,49 @@ pub(crate) enum RequestBody {
 /// A client's request body with its read timeout and size limit.
 pub(crate) struct ClientBody {
     body: Incoming,
-    timeout: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    deadline: ReadDeadline,
     limit: Option<u64>,
     received: u64,
     fault: Option<Arc<FaultCell>>,
+}
+
+/// The longest wait between two reads of a body (`body_timeout`,
+/// `upstream_read_timeout`): it starts when a read finds nothing and is
+/// called off by the next frame. The timer is allocated on the first wait
+/// only, so bodies that never wait cost nothing.
+struct ReadDeadline {
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl ReadDeadline {
+    fn new(timeout: Duration) -> ReadDeadline {
+        ReadDeadline {
+            timeout,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// A frame arrived: the next wait starts a new deadline.
+    fn data_arrived(&mut self) {
+        self.armed = false;
+    }
+
+    /// Called when a read is pending: whether the wait has now lasted the
+    /// whole timeout (otherwise `cx` is woken when it will have).
+    fn passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if !self.armed {
+            timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+            self.armed = true;
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl ClientBody {
@@ -102,9 +139,7 @@ impl ClientBody {
         let fault = (!body.is_end_stream()).then(|| Arc::new(FaultCell::default()));
         ClientBody {
             body,
-            timeout,
-            timer: None,
-            armed: false,
+            deadline: ReadDeadline::new(timeout),
             limit,
             received: 0,
             fault,
@@ -137,7 +172,7 @@ impl Body for RequestBody {
         };
         match Pin::new(&mut b.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                b.armed = false;
+                b.deadline.data_arrived();
                 if let Some(d) = frame.data_ref() {
                     b.received += d.len() as u64;
                     if let Some(limit) = b.limit.filter(|l| b.received > *l) {
@@ -161,15 +196,8 @@ impl Body for RequestBody {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let timeout = b.timeout;
-                let timer = b
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if !b.armed {
-                    timer.as_mut().reset(tokio::time::Instant::now() + timeout);
-                    b.armed = true;
-                }
-                if timer.as_mut().poll(cx).is_ready() {
+                if b.deadline.passed(cx) {
+                    let timeout = b.deadline.timeout;
                     let e = b.fail(
                         ClientFault::Slow,
                         format!("the client sent no request body data for {timeout:?} (proxy.body_timeout)"),
@@ -269,9 +297,7 @@ struct UpstreamBody {
     /// Set when the client broke its request body: a response cut off
     /// after that is not the upstream's fault.
     client_fault: Option<Arc<FaultCell>>,
-    read_timeout: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    deadline: ReadDeadline,
 }
 
 impl UpstreamBody {
@@ -314,9 +340,7 @@ impl ProxyBody {
             conn,
             tally,
             client_fault,
-            read_timeout,
-            timer: None,
-            armed: false,
+            deadline: ReadDeadline::new(read_timeout),
         };
         if up.body.is_end_stream() {
             // Never polled by the server: done now.
@@ -417,7 +441,7 @@ fn poll_kind(
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    up.armed = false;
+                    up.deadline.data_arrived();
                     // Servers stop polling once a Content-Length body is
                     // complete, so look for the end after every frame.
                     if up.body.is_end_stream() {
@@ -430,15 +454,8 @@ fn poll_kind(
                     Poll::Ready(Some(Err(e.into())))
                 }
                 Poll::Pending => {
-                    let timeout = up.read_timeout;
-                    let timer = up
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                    if !up.armed {
-                        timer.as_mut().reset(tokio::time::Instant::now() + timeout);
-                        up.armed = true;
-                    }
-                    if timer.as_mut().poll(cx).is_ready() {
+                    if up.deadline.passed(cx) {
+                        let timeout = up.deadline.timeout;
                         up.broken();
                         return Poll::Ready(Some(Err(format!(
                             "the upstream sent nothing for {timeout:?} (proxy.upstream_read_timeout): response cut off"

@@ -2,17 +2,10 @@
 
 mod support;
 
-use std::process::Command;
 use support::{eventually, Switchyard};
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn ctl(sy: Option<&Switchyard>, admin: &str, token: Option<&str>, args: &[&str]) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+fn ctl(sy: Option<&Switchyard>, admin: &str, token: Option<&str>, args: &[&str]) -> support::Run {
+    let mut cmd = support::switchyard_command();
     cmd.arg("ctl")
         .env_remove("SWITCHYARD_TOKEN")
         .env_remove("SWITCHYARD_ADMIN");
@@ -23,12 +16,7 @@ fn ctl(sy: Option<&Switchyard>, admin: &str, token: Option<&str>, args: &[&str])
     if let Some(t) = token {
         cmd.env("SWITCHYARD_TOKEN", t);
     }
-    let out = cmd.args(args).output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    support::run(cmd.args(args))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,24 +9,12 @@ mod support;
 
 use http::Method;
 use load::Load;
-use std::process::Command;
 use std::time::Duration;
 use support::{eventually, Backend, Switchyard};
 
 fn sync(config: &std::path::Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("sync")
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "switchyard sync {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = support::sync(config, args);
+    assert!(r.code == 0, "switchyard sync {args:?}: {}", r.output());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

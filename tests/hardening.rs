@@ -66,33 +66,15 @@ async fn metric(sy: &Switchyard, name: &str, colour: &str) -> u64 {
 /// response and 4 bytes of it, then either closes (a crash mid-response)
 /// or stalls with the connection open for up to a minute.
 async fn broken_upstream(colour: &'static str, stall: bool) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: 100\r\nx-colour: {colour}\r\n\r\nhalf"
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                if stall {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                }
-            });
+    support::backend::raw_upstream(move |mut s| async move {
+        let head =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: 100\r\nx-colour: {colour}\r\n\r\nhalf");
+        let _ = s.write_all(head.as_bytes()).await;
+        if stall {
+            tokio::time::sleep(Duration::from_secs(60)).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A port nobody listens on: connections are refused.
@@ -634,25 +616,23 @@ fn check_warns_about_an_admin_api_reachable_without_tls() {
         format!("[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\nlisten = \"{listen}\"\ntoken = \"t\"\n")
     };
     let check = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["check", "-c", cfg.to_str().unwrap()])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let r = support::run(support::switchyard_command().args([
+            "check",
+            "-c",
+            cfg.to_str().unwrap(),
+        ]));
+        (r.code, r.stderr)
     };
     std::fs::write(&cfg, text("0.0.0.0:9090")).unwrap();
     let (code, err) = check();
-    assert_eq!(code, Some(0), "a warning, not an error: {err}");
+    assert_eq!(code, 0, "a warning, not an error: {err}");
     assert!(
         err.contains("warning") && err.contains("not a loopback address") && err.contains("TLS"),
         "{err}"
     );
     std::fs::write(&cfg, text("127.0.0.1:9090")).unwrap();
     let (code, err) = check();
-    assert_eq!(code, Some(0));
+    assert_eq!(code, 0);
     assert!(!err.contains("warning"), "{err}");
 }
 
@@ -853,31 +833,27 @@ async fn the_admin_api_serves_https_with_admin_tls_and_ctl_reaches_it() {
     );
 
     let ctl = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("ctl")
-            .args(["--admin", &format!("https://localhost:{}", sy.admin.port())])
-            .args(["--token", TOKEN])
-            .args(extra)
-            .arg("status")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let r = support::run(
+            support::switchyard_command()
+                .arg("ctl")
+                .args(["--admin", &format!("https://localhost:{}", sy.admin.port())])
+                .args(["--token", TOKEN])
+                .args(extra)
+                .arg("status"),
+        );
+        (r.code, r.stdout, r.stderr)
     };
     let (code, out, err) = ctl(&["--ca-file", ca.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("blue"), "{out}");
     // Without the CA the certificate is not trusted, and ctl says so.
     let (code, _, err) = ctl(&[]);
-    assert_ne!(code, Some(0));
+    assert_ne!(code, 0);
     assert!(err.contains("cannot reach the admin API"), "{err}");
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     // A CA file that holds no certificate is refused up front.
     let (code, _, err) = ctl(&["--ca-file", "/dev/null"]);
-    assert_ne!(code, Some(0));
+    assert_ne!(code, 0);
     assert!(
         err.contains("--ca-file /dev/null: holds no PEM certificate"),
         "{err}"
@@ -895,20 +871,18 @@ fn check_accepts_a_public_admin_address_with_tls_and_rejects_an_unusable_certifi
     let check = |cert: &str| {
         let d = dir.path().display();
         std::fs::write(&cfg, format!("[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"\ntls = {{ cert = \"{d}/{cert}\", key = \"{d}/key.pem\" }}\n")).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["check", "-c", cfg.to_str().unwrap()])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let r = support::run(support::switchyard_command().args([
+            "check",
+            "-c",
+            cfg.to_str().unwrap(),
+        ]));
+        (r.code, r.stderr)
     };
     let (code, err) = check("cert.pem");
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(code, 0, "{err}");
     assert!(!err.contains("warning"), "TLS answers the warning: {err}");
     let (code, err) = check("empty.pem");
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("[admin] tls")
             && err.contains("empty.pem")

@@ -12,15 +12,8 @@ use std::time::Duration;
 use support::{eventually, Backend, Switchyard};
 
 fn switchyard(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = support::run(support::switchyard_command().args(args));
+    (r.code, r.stdout, r.stderr)
 }
 
 #[test]

@@ -133,19 +133,6 @@ async fn metrics_pass_promtool_and_carry_what_alerts_need() {
     }
     let (bad, _) = promtool("# TYPE broken counter\nbroken{a=\"b\"} not-a-number\n");
     assert!(!bad, "promtool itself rejects a broken exposition");
-    let (_, out) = sync_cleanup(&sy.config_path);
+    let out = support::sync(&sy.config_path, &["cleanup"]).stdout;
     assert!(out.contains("removed"), "{out}");
-}
-
-fn sync_cleanup(config: &std::path::Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["sync", "-c"])
-        .arg(config)
-        .arg("cleanup")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }

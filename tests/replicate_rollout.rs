@@ -15,7 +15,7 @@ mod support;
 
 use http::Method;
 use orders::{OrderLoad, OrdersApp};
-use std::process::Command;
+use pg::switchyard_objects;
 use std::time::Duration;
 use support::{eventually, Switchyard};
 
@@ -94,44 +94,14 @@ async fn ids_on(url: &str, ids: &[i64]) -> i64 {
         .get(0)
 }
 
-async fn switchyard_objects(url: &str) -> Vec<String> {
-    pg::connect(url)
-        .await
-        .query(
-            "SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE slot_name LIKE 'switchyard%' AND database = current_database() \
-             UNION ALL SELECT 'publication ' || pubname FROM pg_publication WHERE pubname LIKE 'switchyard%' \
-             UNION ALL SELECT 'subscription ' || subname FROM pg_subscription WHERE subname LIKE 'switchyard%' \
-                        AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 async fn nothing_left(pair: &pg::Pair) -> bool {
     switchyard_objects(pair.blue()).await.is_empty()
         && switchyard_objects(pair.green()).await.is_empty()
 }
 
 fn sync_cli(config: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("sync")
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let r = support::sync(config, args);
+    (r.code, r.output())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,14 +237,7 @@ async fn a_cutover_that_cannot_catch_up_releases_the_held_writes_to_blue_without
     wait_state(&sy, "progressing", 120).await;
 
     // Green's replica is stuck behind a lock: it cannot catch up.
-    let (locker, conn) = tokio_postgres::connect(pair.green(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    locker
-        .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = pg::lock_table(pair.green(), "orders").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = sy.admin(Method::POST, "/api/v1/rollout/promote", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -445,14 +408,7 @@ async fn kill_9_mid_replication_and_mid_cutover_leaves_a_writer_and_nothing_behi
     );
 
     // kill -9 in the middle of a cutover that cannot finish yet.
-    let (locker, conn) = tokio_postgres::connect(pair.green(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    locker
-        .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = pg::lock_table(pair.green(), "orders").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     sy.admin(Method::POST, "/api/v1/rollout/promote", "").await;
     assert!(

@@ -3,29 +3,10 @@
 
 #[path = "../sync/tests/support/mod.rs"]
 mod pg;
+mod support;
 
 use std::process::Command;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn sync(config: &std::path::Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("sync")
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use support::sync;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_clone_migrate_verify_from_the_command_line() {

@@ -8,7 +8,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{connect, sql, Pair};
+use support::{connect, lock_table, sql, switchyard_objects, Pair};
 use switchyard_config::SyncMode;
 use switchyard_sync::cutover::{self, SwitchError};
 use switchyard_sync::replicate::{self, CatchUp, Direction, ReplicationState};
@@ -18,6 +18,23 @@ async fn replicate_pair(test: &str) -> Pair {
     let mut pair = Pair::new(test).await;
     pair.config.mode = SyncMode::Replicate;
     pair
+}
+
+/// Migrates green as the rollout does: migrations must keep what blue
+/// publishes replicable (`published`).
+async fn migrate_under(
+    pair: &Pair,
+    published: &switchyard_sync::compat::PublishedSchema,
+) -> Result<migrate::MigrateReport, switchyard_sync::SyncError> {
+    migrate::migrate(
+        &pair.config.migrations,
+        pair.green(),
+        migrate::MigrateOptions {
+            published: Some(published),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 async fn count(url: &str, sql: &str) -> i64 {
@@ -53,21 +70,6 @@ fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<i64
         }
         ids
     })
-}
-
-async fn switchyard_objects(url: &str) -> Vec<String> {
-    let c = connect(url).await;
-    let rows = c
-        .query(
-            "SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE slot_name LIKE 'switchyard%' AND database = current_database() \
-             UNION ALL SELECT 'publication ' || pubname FROM pg_publication WHERE pubname LIKE 'switchyard%' \
-             UNION ALL SELECT 'subscription ' || subname FROM pg_subscription WHERE subname LIKE 'switchyard%' \
-                        AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[],
-        )
-        .await
-        .unwrap();
-    rows.iter().map(|r| r.get(0)).collect()
 }
 
 const SCHEMA: &str =
@@ -184,16 +186,7 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
     let published = switchyard_sync::compat::published_schema(&blue)
         .await
         .unwrap();
-    migrate::migrate(
-        &pair.config.migrations,
-        pair.green(),
-        migrate::MigrateOptions {
-            published: Some(&published),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    migrate_under(&pair, &published).await.unwrap();
     replicate::subscribe(&pair.config).await.unwrap();
     sql(
         pair.blue(),
@@ -274,6 +267,11 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
         "{err}"
     );
     assert!(err.to_string().contains("Nothing was changed"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("a cutover moved the application's writes to it"),
+        "the cutover was recorded in green: {err}"
+    );
     assert_eq!(
         count(pair.green(), "SELECT count(*) FROM orders").await,
         orders_on_green
@@ -339,14 +337,7 @@ async fn a_cutover_that_cannot_catch_up_in_time_changes_nothing() {
     replicate::subscribe(&pair.config).await.unwrap();
     caught_up(&pair, Direction::Forward).await;
     // Green's apply worker is blocked behind a lock, so it cannot catch up.
-    let (locker, conn) = tokio_postgres::connect(pair.green(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    locker
-        .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = lock_table(pair.green(), "orders").await;
     sql(
         pair.blue(),
         "INSERT INTO orders (item, qty) VALUES ('stuck', 1)",
@@ -409,17 +400,10 @@ async fn a_migration_that_renames_a_published_column_is_refused_before_it_commit
     let published = switchyard_sync::compat::published_schema(&blue)
         .await
         .unwrap();
-    let e = migrate::migrate(
-        &pair.config.migrations,
-        pair.green(),
-        migrate::MigrateOptions {
-            published: Some(&published),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = migrate_under(&pair, &published)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("V2__rename.sql"), "{e}");
     assert!(e.contains("public.orders.qty"), "{e}");
     assert!(e.contains("after cutover"), "{e}");
@@ -443,34 +427,20 @@ async fn a_migration_that_renames_a_published_column_is_refused_before_it_commit
         "ALTER TABLE orders ADD COLUMN must text NOT NULL DEFAULT 'x'; ALTER TABLE orders ALTER COLUMN must DROP DEFAULT;",
     )
     .unwrap();
-    let e = migrate::migrate(
-        &pair.config.migrations,
-        pair.green(),
-        migrate::MigrateOptions {
-            published: Some(&published),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = migrate_under(&pair, &published)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("NOT NULL without a default"), "{e}");
     std::fs::write(
         dir.join("V2__rename.sql"),
         "ALTER TABLE orders ALTER COLUMN qty TYPE text;",
     )
     .unwrap();
-    let e = migrate::migrate(
-        &pair.config.migrations,
-        pair.green(),
-        migrate::MigrateOptions {
-            published: Some(&published),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = migrate_under(&pair, &published)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("changed type from integer to text"), "{e}");
     replicate::cleanup(&pair.config).await.unwrap();
 }

@@ -253,3 +253,38 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
     let _ = req.into_body().collect().await;
     Ok(resp(StatusCode::OK, full(st.colour.clone())))
 }
+
+/// An upstream of raw bytes, for what no well-behaved server does (a
+/// response cut off, a close without `Connection: close`): for each
+/// connection it reads one request head, then hands the stream to
+/// `answer`, which writes what it likes.
+pub async fn raw_upstream<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                answer(s).await;
+            });
+        }
+    });
+    addr
+}

@@ -12,6 +12,45 @@ pub use backend::Backend;
 pub use client::Client;
 pub use switchyard::Switchyard;
 
+/// How a finished `switchyard` command exited (-1: ended by a signal) and
+/// what it printed.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Both streams, stdout first: for messages and substring checks.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// The switchyard binary under test, as a command to add arguments to.
+pub fn switchyard_command() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+/// Runs `cmd` to its end.
+pub fn run(cmd: &mut std::process::Command) -> Run {
+    let out = cmd.output().expect("the switchyard binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `switchyard sync -c <config> <args>`, run to its end.
+pub fn sync(config: &std::path::Path, args: &[&str]) -> Run {
+    run(switchyard_command()
+        .arg("sync")
+        .arg("-c")
+        .arg(config)
+        .args(args))
+}
+
 /// A blue and a green backend behind a switchyard configured by `configure`
 /// (which receives a builder with both pools set).
 pub async fn deployment(

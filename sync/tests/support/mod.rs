@@ -83,6 +83,43 @@ pub async fn sql(url: &str, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {}", switchyard_sync::error::pg_message(&e)));
 }
 
+/// Takes an ACCESS EXCLUSIVE lock on `table` in the database at `url`
+/// inside an open transaction: held until the client rolls back or is
+/// dropped (e.g. to keep green's apply worker from catching up).
+pub async fn lock_table(url: &str, table: &str) -> tokio_postgres::Client {
+    let c = connect(url).await;
+    c.batch_execute(&format!(
+        "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+    ))
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "locking {table}: {}",
+            switchyard_sync::error::pg_message(&e)
+        )
+    });
+    c
+}
+
+/// The replication slots, publications and subscriptions of switchyard's
+/// in the database at `url`, as "kind name".
+pub async fn switchyard_objects(url: &str) -> Vec<String> {
+    connect(url)
+        .await
+        .query(
+            "SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE slot_name LIKE 'switchyard%' AND database = current_database() \
+             UNION ALL SELECT 'publication ' || pubname FROM pg_publication WHERE pubname LIKE 'switchyard%' \
+             UNION ALL SELECT 'subscription ' || subname FROM pg_subscription WHERE subname LIKE 'switchyard%' \
+                        AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// A fresh blue database and an empty green one, named after the test.
 pub struct Pair {
     pub config: DatabaseConfig,

@@ -204,17 +204,15 @@ fn print_status(s: &wire::Status) {
     }
     let a = &s.analysis;
     if let Some(v) = a.verdict {
-        let v = serde_json::to_value(v).unwrap_or_default();
         match &a.detail {
-            Some(d) => println!("analysis  {}: {d}", v.as_str().unwrap_or("?")),
-            None => println!("analysis  {}", v.as_str().unwrap_or("?")),
+            Some(d) => println!("analysis  {v}: {d}"),
+            None => println!("analysis  {v}"),
         }
     }
     for (name, g) in &s.gates {
-        let state = serde_json::to_value(g.gate).unwrap_or_default();
         println!(
             "gate      {name}: {}{}",
-            state.as_str().unwrap_or("?"),
+            g.gate,
             g.reason
                 .as_deref()
                 .map(|r| format!(" ({r})"))

@@ -35,9 +35,12 @@ use std::time::Duration;
 use switchyard_proxy::Colour;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::rollout::{self, Action};
+use crate::model::events;
+use crate::model::phase::Phase;
+use crate::model::rollout::{self, Action};
+use crate::model::weight::Weight;
 use crate::wire;
-use crate::{events, Inner, TransitionError};
+use crate::{Inner, TransitionError};
 
 type Shared = Arc<Inner>;
 
@@ -161,13 +164,13 @@ async fn metrics(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     };
     out.push_str("# HELP switchyard_rollout_state Current rollout state (1 for the current one).\n# TYPE switchyard_rollout_state gauge\n");
     for p in [
-        rollout::Phase::Idle,
-        rollout::Phase::Preparing,
-        rollout::Phase::Progressing,
-        rollout::Phase::Paused,
-        rollout::Phase::Cutover,
-        rollout::Phase::Promoted,
-        rollout::Phase::Aborted,
+        Phase::Idle,
+        Phase::Preparing,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Cutover,
+        Phase::Promoted,
+        Phase::Aborted,
     ] {
         let _ = writeln!(
             out,
@@ -265,13 +268,12 @@ pub(crate) fn status_of(inner: &Inner) -> wire::Status {
     let steps = &settings.rollout.steps.0;
     let a = &settings.rollout.analysis;
     wire::Status {
-        weights: wire::Weights::of(inner.dp.weights().green_bp),
+        weights: Weight::from_bp(inner.dp.weights().green_bp).into(),
         rollout: wire::RolloutStatus {
             state: rollout.phase,
             step: rollout.step,
-            steps: steps
-                .iter()
-                .map(|s| f64::from(s.weight_bp) / 100.0)
+            steps: (0..steps.len())
+                .map(|i| rollout::step_weight(steps, i).percent())
                 .collect(),
             reason: rollout.reason.clone(),
             holding: live.holding.clone(),
@@ -412,7 +414,7 @@ async fn set_weights(State(inner): State<Shared>, req: Request) -> Response {
         Ok(bp) => bp,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("green: {e}")),
     };
-    match inner.transition(&who, |s| rollout::set_weights(s, bp)) {
+    match inner.transition(&who, |s| rollout::set_weights(s, Weight::from_bp(bp))) {
         Ok(_) => Json(status_of(&inner)).into_response(),
         Err(e) => transition_error(e),
     }
@@ -529,7 +531,7 @@ async fn events_stream(State(inner): State<Shared>, headers: HeaderMap) -> Respo
     let replayed_up_to = missed.back().map(|e| e.seq).or(after).unwrap_or(0);
     let to_sse = |e: &crate::Event| {
         SseEvent::default()
-            .event(e.kind.clone())
+            .event(e.kind.as_str())
             .id(e.seq.to_string())
             .json_data(e)
             .unwrap_or_else(|_| SseEvent::default().comment("unserializable event"))

@@ -10,9 +10,12 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::analysis::{self, TickCounts, Verdict};
-use crate::events::now_ms;
 use crate::gates::{self, ConfirmWebhook, Gate, GateContext, GateResult};
-use crate::rollout::{self, Change, Conflict, Phase};
+use crate::model::events::now_ms;
+use crate::model::events::EventKind;
+use crate::model::phase::Phase;
+use crate::model::rollout::{self, Change, Conflict};
+use crate::model::weight::Weight;
 use crate::Inner;
 use switchyard_config::{PrepareMode, SyncMode};
 
@@ -99,8 +102,9 @@ impl FallbackWatch {
                         "no usable {c} upstream: {c} requests are sent to {other} (connect failures on the candidate, or pools.{c}.fallback)"
                     );
                     tracing::warn!("{why}");
-                    let _ =
-                        inner.transition("controller", |_| Ok(Change::new("fallback", Some(why))));
+                    let _ = inner.transition("controller", |_| {
+                        Ok(Change::new(EventKind::Fallback, Some(why)))
+                    });
                 }
                 self.seen[i] = n;
                 self.since[i] = Some(now);
@@ -109,7 +113,7 @@ impl FallbackWatch {
                 let why =
                     format!("{c} requests have not needed the other colour for {FALLBACK_QUIET:?}");
                 let _ = inner.transition("controller", |_| {
-                    Ok(Change::new("fallback_ended", Some(why)))
+                    Ok(Change::new(EventKind::FallbackEnded, Some(why)))
                 });
             }
         }
@@ -153,9 +157,9 @@ fn tick_once(
     recent: &mut Recent,
 ) {
     let settings = inner.settings.load_full();
-    let (key, candidate, stable, candidate_bp) = {
+    let (key, candidate, stable, candidate_weight) = {
         let s = inner.store.lock();
-        (key_of(&s), s.candidate(), s.stable, s.candidate_bp())
+        (key_of(&s), s.candidate(), s.stable, s.candidate_weight())
     };
     if pending.as_ref().is_some_and(|p| p.key != key) {
         if let Some(p) = pending.take() {
@@ -224,9 +228,9 @@ fn tick_once(
     }
 
     if let Verdict::Breach(why) = &verdict {
-        if candidate_bp > 0 {
+        if candidate_weight > Weight::NONE {
             let r = inner.transition("controller", |s| {
-                if key_of(s) != key || s.candidate_bp() == 0 {
+                if key_of(s) != key || s.candidate_weight() == Weight::NONE {
                     return Err(Conflict("state changed before the rollback".into()));
                 }
                 Ok(rollout::roll_back(s, why.clone()))
@@ -300,14 +304,19 @@ fn tick_once(
     let previous_hold = inner.live.lock().ok().and_then(|l| l.holding.clone());
     if pending.is_none() && Instant::now() >= *retry_at {
         let to_step = match key.phase {
-            Phase::Preparing => Some(rollout::step_at_or_above(steps, candidate_bp.max(1))),
+            Phase::Preparing => Some(rollout::step_at_or_above(
+                steps,
+                candidate_weight.max(Weight::from_bp(1)),
+            )),
             _ => key.step.map(|i| i + 1).filter(|n| *n < steps.len()),
         };
         let ctx = GateContext {
             candidate,
             to_step,
-            from_weight: f64::from(candidate_bp) / 100.0,
-            to_weight: to_step.map_or(100.0, |n| f64::from(steps[n].weight_bp) / 100.0),
+            from_weight: candidate_weight.percent(),
+            to_weight: to_step
+                .map_or(Weight::ALL, |n| rollout::step_weight(steps, n))
+                .percent(),
         };
         *pending = Some(Pending {
             key,

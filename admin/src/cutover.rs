@@ -22,8 +22,10 @@ use switchyard_proxy::Colour;
 use switchyard_sync::replicate::Direction;
 
 use crate::database::CutoverRecord;
-use crate::rollout::{self, Change, Conflict, Phase};
-use crate::{events, Inner};
+use crate::model::events::{self, EventKind};
+use crate::model::phase::Phase;
+use crate::model::rollout::{self, Change, Conflict};
+use crate::Inner;
 
 /// Starts the cutover task for the cutover that began at `started_ms`,
 /// unless it already runs (or ran) for it.
@@ -65,7 +67,7 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
     let pin = db.writes == WritePolicy::Stable;
     let _ = inner.transition("controller", |_| {
         let mut c = Change::new(
-            "cutover_started",
+            EventKind::CutoverStarted,
             Some(format!(
                 "holding writes while {candidate}'s database becomes the primary (at most {})",
                 switchyard_config::format_duration(db.cutover_timeout)
@@ -125,7 +127,7 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
             }
             let _ = inner.transition("controller", |_| {
                 let mut c = Change::new(
-                    "cutover_completed",
+                    EventKind::CutoverCompleted,
                     Some(format!(
                         "{candidate} takes writes; writes were held {held_ms} ms ({held_requests} waited)"
                     )),

@@ -24,6 +24,7 @@ use switchyard_sync::replicate::{self, CatchUp, ReplicationState};
 use switchyard_sync::GateStatus;
 
 use crate::gates::{Gate, GateContext, GateFuture, GateResult};
+use crate::model::events::EventKind;
 
 /// How often the cached reading for status pages is refreshed.
 const REFRESH: Duration = Duration::from_secs(2);
@@ -81,7 +82,8 @@ pub(crate) fn clean_up_after_abort(inner: &Arc<crate::Inner>, db: &DatabaseConfi
             )
         };
         let _ = inner.transition("controller", |_| {
-            let mut c = crate::rollout::Change::new("database_cleanup", Some(reason));
+            let mut c =
+                crate::model::rollout::Change::new(EventKind::DatabaseCleanup, Some(reason));
             c.extra.detail = Some(json!({ "removed": removed, "unreachable": unreachable }));
             Ok(c)
         });
@@ -184,7 +186,7 @@ impl DatabaseGate {
             )),
         };
         self.last.store(Some(Arc::new(Reading {
-            at_ms: crate::events::now_ms(),
+            at_ms: crate::model::events::now_ms(),
             result: result.clone(),
         })));
         result
@@ -355,15 +357,13 @@ impl DatabaseGate {
         let last = self.last.load();
         let reading = last.as_ref().and_then(|r| r.result.as_ref().ok());
         wire::DatabaseStatus {
-            mode: match self.db.mode {
-                SyncMode::Snapshot => "snapshot",
-                SyncMode::Replicate => "replicate",
-            }
-            .into(),
+            mode: self.db.mode.into(),
             gate: gate.gate,
             reason: gate.reason,
             max_lag_seconds: self.db.max_lag.as_secs_f64(),
-            checked_at: last.as_ref().map(|r| crate::events::rfc3339(r.at_ms)),
+            checked_at: last
+                .as_ref()
+                .map(|r| crate::model::events::rfc3339(r.at_ms)),
             verified: reading.map(|s| s.verified),
             schema_version: reading.and_then(|s| s.schema_version.clone()),
             latest_migration: reading.and_then(|s| s.latest_migration.clone()),
@@ -372,7 +372,7 @@ impl DatabaseGate {
             clone: reading
                 .and_then(|s| s.clone.as_ref())
                 .map(|c| wire::CloneView {
-                    state: c.state.clone(),
+                    state: c.state.into(),
                     phase: c.phase.clone(),
                     error: c.error.clone(),
                     slot: c.slot.clone(),
@@ -382,10 +382,7 @@ impl DatabaseGate {
                 }),
             replication: reading.and_then(|s| s.replication.as_ref()).map(|r| {
                 wire::ReplicationView {
-                    state: serde_json::to_value(r.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    state: r.state.into(),
                     direction: r.direction.map(|d| d.arrow().to_string()),
                     lag_bytes: r.lag_bytes,
                     lag_seconds: r.lag_seconds,
@@ -406,11 +403,8 @@ impl DatabaseGate {
                 .preparing
                 .iter()
                 .map(|p| wire::PrepareStepView {
-                    step: p.step.as_str().into(),
-                    state: serde_json::to_value(p.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    step: p.step.into(),
+                    state: p.state.into(),
                     detail: p.detail.clone(),
                 })
                 .collect(),

@@ -1,8 +1,10 @@
 //! switchyard-admin is the control plane: it decides the weights. It owns the
-//! rollout state machine ([`rollout`]), continuous analysis with automatic
-//! rollback ([`analysis`], driven by the controller), the gates a step must
-//! pass ([`gates`]), the persistent state store ([`store`]), events and
-//! their history ([`events`]), the admin HTTP API and the webhooks. It
+//! model of what is persisted and how it changes ([`model`]: the weight
+//! type, the rollout state machine, events and their history), continuous
+//! analysis with automatic rollback ([`analysis`], driven by the
+//! controller), the gates a step must pass ([`gates`]), the state file
+//! ([`store`]), the live event stream ([`hub`]), the admin HTTP API
+//! ([`wire`] is its contract) and the webhooks. It
 //! drives the data plane through [`switchyard_proxy::DataPlane`] and never
 //! forwards application traffic.
 #![forbid(unsafe_code)]
@@ -14,12 +16,12 @@ mod controller;
 mod cutover;
 mod dashboard;
 pub mod database;
-pub mod events;
 pub mod gates;
+pub mod hub;
 mod listener;
+pub mod model;
 mod preparing;
 mod process_metrics;
-pub mod rollout;
 pub mod store;
 mod webhook;
 pub use webhook::{https_client, HttpsClient};
@@ -27,11 +29,14 @@ pub mod wire;
 
 pub use analysis::Verdict;
 pub use database::DatabaseGate;
-pub use events::Event;
 pub use gates::{Gate, GateContext, GateFuture, GateResult};
 pub use listener::{acceptor, adopt, bind, exposure_warning, AdminListener, AdminStream};
-pub use rollout::{Action, Phase};
-pub use store::{Opened, PersistedState, Store, StoreError};
+pub use model::events::{Event, EventKind};
+pub use model::phase::Phase;
+pub use model::rollout::Action;
+pub use model::state::PersistedState;
+pub use model::weight::Weight;
+pub use store::{Opened, Store, StoreError};
 
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -40,8 +45,9 @@ use std::sync::{Arc, Mutex};
 use switchyard_config::{Config, DatabaseConfig, RolloutConfig, SyncMode, WebhooksConfig};
 use switchyard_proxy::DataPlane;
 
-use events::Hub;
-use rollout::{Change, Conflict};
+use hub::Hub;
+use model::events;
+use model::rollout::{self, Change, Conflict};
 
 /// Errors of the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -155,18 +161,18 @@ impl Inner {
             at: events::rfc3339(at_ms),
             at_ms,
             actor: actor.to_string(),
-            kind: change.kind.to_string(),
+            kind: change.kind,
             state: next.rollout.phase,
             step: next.rollout.step,
-            weights: wire::Weights::of(next.green_bp),
+            weights: next.green.into(),
             reason: change.reason.clone(),
             held_ms: change.extra.held_ms,
             held_requests: change.extra.held_requests,
             detail: change.extra.detail.clone(),
         });
-        let urgent = matches!(change.kind, "rolled_back" | "aborted");
+        let urgent = change.kind.ends_rollout_badly();
         if urgent {
-            self.dp.set_green_bp(next.green_bp);
+            self.dp.set_green_bp(next.green.bp());
             self.dp.reset_window(next.candidate());
         }
         let written = self.store.write(&next);
@@ -181,18 +187,18 @@ impl Inner {
             return Err(e.into());
         }
         if !urgent {
-            self.dp.set_green_bp(next.green_bp);
+            self.dp.set_green_bp(next.green.bp());
         }
         self.dp.set_stable(next.stable);
-        if change.kind == "rollout_started" {
+        if change.kind == EventKind::RolloutStarted {
             self.dp.reset_window(next.candidate());
         }
         *guard = next.clone();
         drop(guard);
-        if matches!(change.kind, "aborted" | "rolled_back") {
+        if urgent {
             self.db.lock().cleanup_wanted = true;
         }
-        if change.kind == "rolled_back" {
+        if change.kind == EventKind::RolledBack {
             self.rollbacks.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(reason = event.reason.as_deref(), "rollout rolled back");
         }
@@ -260,7 +266,7 @@ impl ControlPlane {
         }
         let (store, opened) = Store::open(&config.state.path)?;
         let state = store.current();
-        dp.set_green_bp(state.green_bp);
+        dp.set_green_bp(state.green.bp());
         dp.set_stable(state.stable);
         database::apply_writer(&dp, config.database.as_ref(), state.stable);
         if state.rollout.phase == Phase::Cutover
@@ -282,7 +288,7 @@ impl ControlPlane {
             Opened::Restored => tracing::info!(
                 state = state.rollout.phase.as_str(),
                 step = state.rollout.step,
-                green = f64::from(state.green_bp) / 100.0,
+                green = state.green.percent(),
                 "state restored"
             ),
             Opened::Fresh => {}
@@ -311,7 +317,9 @@ impl ControlPlane {
                 store::backup_path(&config.state.path).display(),
                 damaged.display()
             );
-            let _ = inner.transition("startup", |_| Ok(Change::new("state_restored", Some(why))));
+            let _ = inner.transition("startup", |_| {
+                Ok(Change::new(EventKind::StateRestored, Some(why)))
+            });
         }
         tokio::spawn(controller::run(Arc::downgrade(&inner)));
         tokio::spawn(webhook::notify_loop(inner.clone(), notify_rx));

@@ -11,7 +11,9 @@ use switchyard_config::DatabaseConfig;
 use switchyard_sync::prepare::{self, Observer, Step, StepState};
 
 use crate::database::StepStatus;
-use crate::rollout::{Change, Conflict, Phase};
+use crate::model::events::EventKind;
+use crate::model::phase::Phase;
+use crate::model::rollout::{Change, Conflict};
 use crate::Inner;
 
 /// Starts the workflow for the rollout that began at `started_ms`, unless
@@ -90,7 +92,7 @@ impl Observer for Reporter {
             format!("{} {}: {detail}", step.as_str(), state_name(state))
         };
         let _ = inner.transition("controller", |_| {
-            let mut c = Change::new("database_step", Some(reason));
+            let mut c = Change::new(EventKind::DatabaseStep, Some(reason));
             c.extra.detail = Some(json!({ "step": step, "state": state, "detail": detail }));
             Ok(c)
         });
@@ -132,7 +134,7 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
                 }
                 s.rollout.phase = Phase::Paused;
                 s.rollout.reason = Some(reason.clone());
-                Ok(Change::new("paused", Some(reason)))
+                Ok(Change::new(EventKind::Paused, Some(reason)))
             });
             // Resuming starts a new preparing phase, which runs the workflow
             // again.

@@ -5,18 +5,11 @@
 //! damaged by something else (a disk error, a careless edit) falls back to
 //! the last good copy instead of silently resetting traffic.
 
-use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use switchyard_proxy::Colour;
 
-use crate::events::Event;
-use crate::rollout::Rollout;
-
-/// How many events the persisted history keeps (oldest dropped first).
-pub const HISTORY_LIMIT: usize = 256;
+use crate::model::state::PersistedState;
 
 /// Why the state store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -42,91 +35,6 @@ pub enum StoreError {
         /// Why parsing failed.
         reason: String,
     },
-}
-
-/// Everything that survives a restart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PersistedState {
-    /// Format version of this file.
-    pub version: u32,
-    /// Green's weight in basis points; blue has the rest.
-    pub green_bp: u32,
-    /// The colour serving production; the other one is the rollout candidate.
-    #[serde(with = "colour_serde")]
-    pub stable: Colour,
-    /// Where the rollout state machine is.
-    pub rollout: Rollout,
-
-    /// The most recent events, oldest first.
-    pub history: VecDeque<Event>,
-    /// Sequence number the next event gets.
-    pub next_seq: u64,
-}
-
-impl Default for PersistedState {
-    fn default() -> Self {
-        PersistedState {
-            version: 1,
-            green_bp: 0,
-            stable: Colour::Blue,
-            rollout: Rollout::default(),
-            history: VecDeque::new(),
-            next_seq: 1,
-        }
-    }
-}
-
-impl PersistedState {
-    /// The rollout candidate: the colour that is not stable.
-    pub fn candidate(&self) -> Colour {
-        self.stable.other()
-    }
-
-    /// The candidate's weight in basis points.
-    pub fn candidate_bp(&self) -> u32 {
-        match self.candidate() {
-            Colour::Green => self.green_bp,
-            Colour::Blue => 10_000 - self.green_bp,
-        }
-    }
-
-    /// Sets the candidate's weight in basis points (the stable colour gets
-    /// the rest).
-    pub fn set_candidate_bp(&mut self, bp: u32) {
-        let bp = bp.min(10_000);
-        self.green_bp = match self.candidate() {
-            Colour::Green => bp,
-            Colour::Blue => 10_000 - bp,
-        };
-    }
-
-    /// Appends an event to the history, dropping the oldest beyond
-    /// [`HISTORY_LIMIT`].
-    pub(crate) fn record(&mut self, mut event: Event) -> Event {
-        event.seq = self.next_seq;
-        self.next_seq += 1;
-        self.history.push_back(event.clone());
-        while self.history.len() > HISTORY_LIMIT {
-            self.history.pop_front();
-        }
-        event
-    }
-}
-
-mod colour_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use switchyard_proxy::Colour;
-
-    pub fn serialize<S: Serializer>(c: &Colour, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(c.as_str())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Colour, D::Error> {
-        let s = String::deserialize(d)?;
-        Colour::parse(s.as_bytes())
-            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not blue or green")))
-    }
 }
 
 /// The persisted state and the files behind it. The state lives behind a
@@ -156,11 +64,7 @@ pub enum Opened {
 }
 
 fn parse(bytes: &[u8]) -> Result<PersistedState, String> {
-    let s: PersistedState = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if s.green_bp > 10_000 {
-        return Err(format!("green_bp {} is above 10000", s.green_bp));
-    }
-    Ok(s)
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>, std::io::Error> {
@@ -307,10 +211,11 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::weight::Weight;
 
     fn with_green(bp: u32) -> PersistedState {
         PersistedState {
-            green_bp: bp,
+            green: Weight::from_bp(bp),
             ..PersistedState::default()
         }
     }
@@ -321,11 +226,11 @@ mod tests {
         let path = dir.path().join("state.json");
         let (store, how) = Store::open(&path).unwrap();
         assert_eq!(how, Opened::Fresh);
-        assert_eq!(store.current().green_bp, 0);
+        assert_eq!(store.current().green.bp(), 0);
         store.write(&with_green(2500)).unwrap();
         let (store, how) = Store::open(&path).unwrap();
         assert_eq!(how, Opened::Restored);
-        assert_eq!(store.current().green_bp, 2500);
+        assert_eq!(store.current().green.bp(), 2500);
         assert!(backup_path(&path).exists());
     }
 
@@ -337,13 +242,16 @@ mod tests {
         store.write(&with_green(500)).unwrap();
         std::fs::write(&path, b"{\"green_bp\": 5").unwrap();
         let (store, how) = Store::open(&path).unwrap();
-        assert_eq!(store.current().green_bp, 500);
+        assert_eq!(store.current().green.bp(), 500);
         let Opened::FromBackup { damaged, .. } = how else {
             panic!("expected a fallback, got {how:?}")
         };
         assert_eq!(std::fs::read(&damaged).unwrap(), b"{\"green_bp\": 5");
         // The state file is good again.
-        assert_eq!(parse(&std::fs::read(&path).unwrap()).unwrap().green_bp, 500);
+        assert_eq!(
+            parse(&std::fs::read(&path).unwrap()).unwrap().green.bp(),
+            500
+        );
     }
 
     #[test]
@@ -360,15 +268,47 @@ mod tests {
     }
 
     #[test]
-    fn candidate_weight_is_expressed_for_either_direction() {
-        let mut s = PersistedState::default();
-        s.set_candidate_bp(100);
-        assert_eq!(s.green_bp, 100);
-        s.stable = Colour::Green;
-        s.green_bp = 10_000;
-        assert_eq!(s.candidate(), Colour::Blue);
-        assert_eq!(s.candidate_bp(), 0);
-        s.set_candidate_bp(2500);
-        assert_eq!(s.green_bp, 7500);
+    fn a_state_file_from_before_the_model_types_reads_and_writes_back_the_same() {
+        // As switchyard wrote it when weights were bare integers and event
+        // kinds bare strings: the file format and the JSON names are kept.
+        let old = r#"{
+  "version": 1,
+  "green_bp": 2500,
+  "stable": "blue",
+  "rollout": {
+    "phase": "cutover",
+    "step": 2,
+    "step_started_ms": 1700000000000,
+    "reason": null,
+    "pre_cutover_bp": 2500,
+    "back": false
+  },
+  "history": [
+    {
+      "seq": 7,
+      "at": "2023-11-14T22:13:20.000Z",
+      "at_ms": 1700000000000,
+      "actor": "controller",
+      "kind": "cutover_timed_out",
+      "state": "paused",
+      "step": 2,
+      "weights": {
+        "blue": 75.0,
+        "green": 25.0
+      },
+      "reason": "green did not catch up",
+      "held_ms": 1000,
+      "held_requests": 3
+    }
+  ],
+  "next_seq": 8
+}"#;
+        let s = parse(old.as_bytes()).unwrap();
+        assert_eq!(s.green, Weight::from_bp(2500));
+        assert_eq!(s.rollout.pre_cutover, Some(Weight::from_bp(2500)));
+        assert_eq!(s.history[0].kind, crate::EventKind::CutoverTimedOut);
+        let back: serde_json::Value = serde_json::to_value(&s).unwrap();
+        let want: serde_json::Value = serde_json::from_str(old).unwrap();
+        assert_eq!(back, want);
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::events::Event;
+use crate::model::events::Event;
 
 use crate::Inner;
 

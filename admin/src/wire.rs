@@ -14,28 +14,11 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 use utoipa::ToSchema;
 
-use crate::rollout::Phase;
-
-/// Share of new requests per colour, percent; they always sum to 100.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Weights {
-    pub blue: f64,
-    pub green: f64,
-}
-
-impl Weights {
-    /// From green's weight in basis points (the one weight type's only
-    /// conversion: blue has the rest).
-    pub fn of(green_bp: u32) -> Weights {
-        let g = green_bp.min(10_000);
-        Weights {
-            blue: f64::from(10_000 - g) / 100.0,
-            green: f64::from(g) / 100.0,
-        }
-    }
-}
+use crate::model::phase::Phase;
+pub use crate::model::weight::Weights;
 
 /// A colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -152,13 +135,41 @@ pub struct AnalysisStatus {
     pub fail_fast_after: Option<u32>,
 }
 
-/// An analysis verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum VerdictName {
-    Pass,
-    Inconclusive,
-    Breach,
+/// A closed set of names: an enum whose JSON form is the given string,
+/// with `as_str` and a `Display` that pads (for ctl's tables), so the name is
+/// written once.
+macro_rules! names {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $var:ident = $s:tt,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $var,)*
+        }
+
+        impl $name {
+            /// The name in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$var => $s,)*
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+names! {
+    /// An analysis verdict.
+    pub enum VerdictName {
+        Pass = "pass",
+        Inconclusive = "inconclusive",
+        Breach = "breach",
+    }
 }
 
 /// A gate's last verdict.
@@ -169,21 +180,138 @@ pub struct GateView {
     pub reason: Option<String>,
 }
 
-/// Whether a gate lets the rollout advance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum GateState {
-    Pass,
-    Hold,
-    /// Not read yet.
-    Unknown,
+names! {
+    /// Whether a gate lets the rollout advance.
+    pub enum GateState {
+        Pass = "pass",
+        Hold = "hold",
+        /// Not read yet.
+        Unknown = "unknown",
+    }
+}
+
+names! {
+    /// How green's database is kept: copied once before the rollout, or
+    /// replicated from blue continuously.
+    pub enum SyncMode {
+        Snapshot = "snapshot",
+        Replicate = "replicate",
+    }
+}
+
+names! {
+    /// Where green's last clone stands.
+    pub enum CloneState {
+        /// Being copied (or interrupted too hard to be marked failed).
+        Running = "running",
+        /// Stopped with an error: green is not a copy of blue.
+        Failed = "failed",
+        Complete = "complete",
+    }
+}
+
+names! {
+    /// Where replication between the databases stands.
+    pub enum ReplicationState {
+        /// No switchyard subscription exists.
+        None = "none",
+        /// The subscriber is connected and the publisher's slot active.
+        Streaming = "streaming",
+        /// The subscription exists but is not connected.
+        Stopped = "stopped",
+        /// Objects of both directions exist, or a slot without its
+        /// subscription: `switchyard sync cleanup` or a cutover resolves it.
+        Inconsistent = "inconsistent",
+    }
+}
+
+names! {
+    /// A step of preparing green's database, in order.
+    pub enum PrepareStep {
+        Preflight = "preflight",
+        Clone = "clone",
+        Migrate = "migrate",
+        Verify = "verify",
+        Replicate = "replicate",
+    }
+}
+
+names! {
+    /// Where a step of preparing green's database stands.
+    pub enum StepState {
+        Pending = "pending",
+        Running = "running",
+        Done = "done",
+        /// Already done and still valid.
+        Skipped = "skipped",
+        Failed = "failed",
+    }
+}
+
+// The engine's own enums, as the API names them.
+
+impl From<switchyard_config::SyncMode> for SyncMode {
+    fn from(m: switchyard_config::SyncMode) -> SyncMode {
+        match m {
+            switchyard_config::SyncMode::Snapshot => SyncMode::Snapshot,
+            switchyard_config::SyncMode::Replicate => SyncMode::Replicate,
+        }
+    }
+}
+
+impl From<switchyard_sync::state::CloneState> for CloneState {
+    fn from(c: switchyard_sync::state::CloneState) -> CloneState {
+        use switchyard_sync::state::CloneState as S;
+        match c {
+            S::Running => CloneState::Running,
+            S::Failed => CloneState::Failed,
+            S::Complete => CloneState::Complete,
+        }
+    }
+}
+
+impl From<switchyard_sync::replicate::ReplicationState> for ReplicationState {
+    fn from(r: switchyard_sync::replicate::ReplicationState) -> ReplicationState {
+        use switchyard_sync::replicate::ReplicationState as S;
+        match r {
+            S::None => ReplicationState::None,
+            S::Streaming => ReplicationState::Streaming,
+            S::Stopped => ReplicationState::Stopped,
+            S::Inconsistent => ReplicationState::Inconsistent,
+        }
+    }
+}
+
+impl From<switchyard_sync::prepare::Step> for PrepareStep {
+    fn from(p: switchyard_sync::prepare::Step) -> PrepareStep {
+        use switchyard_sync::prepare::Step as S;
+        match p {
+            S::Preflight => PrepareStep::Preflight,
+            S::Clone => PrepareStep::Clone,
+            S::Migrate => PrepareStep::Migrate,
+            S::Verify => PrepareStep::Verify,
+            S::Replicate => PrepareStep::Replicate,
+        }
+    }
+}
+
+impl From<switchyard_sync::prepare::StepState> for StepState {
+    fn from(p: switchyard_sync::prepare::StepState) -> StepState {
+        use switchyard_sync::prepare::StepState as S;
+        match p {
+            S::Pending => StepState::Pending,
+            S::Running => StepState::Running,
+            S::Done => StepState::Done,
+            S::Skipped => StepState::Skipped,
+            S::Failed => StepState::Failed,
+        }
+    }
 }
 
 /// The database part of the status.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DatabaseStatus {
-    /// `snapshot` or `replicate`.
-    pub mode: String,
+    pub mode: SyncMode,
     pub gate: GateState,
     pub reason: Option<String>,
     pub max_lag_seconds: f64,
@@ -210,8 +338,7 @@ pub struct DatabaseStatus {
 /// Green's last clone.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CloneView {
-    /// `running`, `failed` or `complete`.
-    pub state: String,
+    pub state: CloneState,
     pub phase: Option<String>,
     pub error: Option<String>,
     pub slot: Option<String>,
@@ -225,8 +352,7 @@ pub struct CloneView {
 /// Replication between the databases.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReplicationView {
-    /// `none`, `streaming`, `stopped` or `inconsistent`.
-    pub state: String,
+    pub state: ReplicationState,
     /// `blue -> green` or `green -> blue`.
     pub direction: Option<String>,
     pub lag_bytes: Option<i64>,
@@ -251,10 +377,8 @@ pub struct WriteGateView {
 /// One step of preparing green's database.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PrepareStepView {
-    /// `preflight`, `clone`, `migrate`, `verify` or `replicate`.
-    pub step: String,
-    /// `pending`, `running`, `done`, `skipped` or `failed`.
-    pub state: String,
+    pub step: PrepareStep,
+    pub state: StepState,
     pub detail: String,
 }
 

@@ -24,6 +24,9 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use switchyard_admin::model::phase::Phase;
+use switchyard_admin::wire;
+use switchyard_admin::{Event, EventKind};
 use switchyard_config::Config;
 
 use crate::cli::DemoArgs;
@@ -168,7 +171,7 @@ level = "warn"
     let printer = tokio::spawn(print_events(admin));
     let traffic = Traffic::start(listen, 2, 2);
 
-    admin_call(
+    admin_call::<wire::Status>(
         admin,
         "POST",
         "/api/v1/rollout/start",
@@ -176,24 +179,22 @@ level = "warn"
     )
     .await?;
     println!("rollout started: green's database is prepared, then the controller raises green step by step while analysis passes\n");
-    let mut last = (None, String::new());
+    let mut last = (None, Phase::Idle);
     let mut broke_green = false;
     let deadline = Instant::now() + Duration::from_secs(300 + 10 * args.step_seconds);
     let outcome = loop {
-        let status = admin_call(admin, "GET", "/api/v1/status", "").await?;
-        let state = status["rollout"]["state"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string();
-        let step = status["rollout"]["step"].as_u64();
-        if (step, state.clone()) != last && state != "preparing" {
-            last = (step, state.clone());
-            let green_pct = status["weights"]["green"].as_f64().unwrap_or(0.0);
+        let status: wire::Status = admin_call(admin, "GET", "/api/v1/status", "").await?;
+        let state = status.rollout.state;
+        let step = status.rollout.step;
+        if (step, state) != last && state != Phase::Preparing {
+            last = (step, state);
+            let green_pct = status.weights.green;
             let (b, g) = sample(listen).await?;
             println!(
-                "  traffic   {state:<11} green {green_pct:>5}%  {}{}  blue {b:>3} / green {g:>3} of {USERS} users",
+                "  traffic   {:<11} green {green_pct:>5}%  {}{}  blue {b:>3} / green {g:>3} of {USERS} users",
                 "\u{2588}".repeat(g * 30 / USERS),
                 "\u{2591}".repeat(30 - g * 30 / USERS),
+                state.as_str(),
             );
         }
         if args.fail_green && !broke_green && step.is_some_and(|s| s >= 1) {
@@ -201,16 +202,15 @@ level = "warn"
             green.start_failing();
             println!("  demo      green (v2) now fails half of its requests (--fail-green): watch the automatic rollback");
         }
-        match state.as_str() {
-            "promoted" | "aborted" => break (state, status),
-            _ => {}
+        if matches!(state, Phase::Promoted | Phase::Aborted) {
+            break (Ending::Ended(state), status);
         }
         if Instant::now() > deadline || duration.is_some_and(|d| started.elapsed() > d) {
-            break ("unfinished".to_string(), status);
+            break (Ending::Unfinished, status);
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = tokio::signal::ctrl_c() => break ("interrupted".to_string(), status),
+            _ = tokio::signal::ctrl_c() => break (Ending::Interrupted, status),
         }
     };
     let (state, status) = outcome;
@@ -219,29 +219,29 @@ level = "warn"
     let tally = traffic.stop().await;
     let acked = tally.acked.lock().expect("tally").clone();
     println!();
-    let mut ok = match state.as_str() {
-        "promoted" if !args.fail_green => {
+    let reason = status.rollout.reason.as_deref().unwrap_or("");
+    let mut ok = match state {
+        Ending::Ended(Phase::Promoted) if !args.fail_green => {
             println!("all traffic is on green (v2), now the stable colour.");
             true
         }
-        "aborted" if args.fail_green => {
-            println!(
-                "green was rolled back automatically: {}",
-                status["rollout"]["reason"].as_str().unwrap_or("")
-            );
+        Ending::Ended(Phase::Aborted) if args.fail_green => {
+            println!("green was rolled back automatically: {reason}");
             true
         }
-        "aborted" => {
-            println!(
-                "the rollout was rolled back: {}",
-                status["rollout"]["reason"].as_str().unwrap_or("")
-            );
+        Ending::Ended(Phase::Aborted) => {
+            println!("the rollout was rolled back: {reason}");
             false
         }
         other => {
             println!(
-                "the rollout did not finish ({other}): {}",
-                status["rollout"]
+                "the rollout did not finish ({}): state {}, step {:?}, {reason}",
+                match other {
+                    Ending::Interrupted => "interrupted",
+                    _ => "unfinished",
+                },
+                status.rollout.state.as_str(),
+                status.rollout.step,
             );
             false
         }
@@ -259,11 +259,11 @@ level = "warn"
     );
     ok &= unanswered == 0 && blue_errors == 0 && (args.fail_green || green_errors == 0);
     if let (Some(dbs), Some(cfg)) = (&databases, &db_config) {
-        let writer = status["database"]["writer"]
-            .as_str()
-            .unwrap_or("blue")
-            .to_string();
-        let url = if writer == "green" {
+        let writer = status
+            .database
+            .as_ref()
+            .map_or(wire::Colour::Blue, |d| d.writer);
+        let url = if writer == wire::Colour::Green {
             &dbs.green_url
         } else {
             &dbs.blue_url
@@ -289,7 +289,7 @@ level = "warn"
             }
         }
     }
-    if !args.once && state != "interrupted" {
+    if !args.once && !matches!(state, Ending::Interrupted) {
         match duration {
             Some(d) => {
                 let left = d.saturating_sub(started.elapsed());
@@ -355,7 +355,7 @@ async fn print_events(admin: SocketAddr) -> anyhow::Result<()> {
         while let Some(i) = buf.find("\n\n") {
             let block: String = buf.drain(..i + 2).collect();
             for line in block.lines().filter_map(|l| l.strip_prefix("data:")) {
-                if let Ok(e) = serde_json::from_str::<serde_json::Value>(line.trim()) {
+                if let Ok(e) = serde_json::from_str::<Event>(line.trim()) {
                     if let Some(text) = describe(&e) {
                         println!("{text}");
                     }
@@ -367,30 +367,41 @@ async fn print_events(admin: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// One line for an event, or `None` for the ones the traffic line shows.
-fn describe(e: &serde_json::Value) -> Option<String> {
-    let kind = e["kind"].as_str().unwrap_or("");
-    let reason = e["reason"].as_str().unwrap_or("");
-    Some(match kind {
-        "database_step" => format!("  database  {reason}"),
-        "cutover_started" => format!("  cutover   {reason}"),
-        "cutover_completed" if e["detail"]["reverse"] == true => format!(
+fn describe(e: &Event) -> Option<String> {
+    let reason = e.reason.as_deref().unwrap_or("");
+    let detail = e.detail.as_ref();
+    let primary = detail.and_then(|d| d["primary"].as_str());
+    Some(match e.kind {
+        EventKind::DatabaseStep | EventKind::DatabaseCleanup => format!("  database  {reason}"),
+        EventKind::CutoverStarted => format!("  cutover   {reason}"),
+        EventKind::CutoverCompleted if detail.is_some_and(|d| d["reverse"] == true) => format!(
             "  cutover   {reason}; reverse sync now carries {} writes back to {}",
-            e["detail"]["primary"]
-                .as_str()
-                .unwrap_or("the new primary's"),
-            if e["detail"]["primary"] == "green" {
+            primary.unwrap_or("the new primary's"),
+            if primary == Some("green") {
                 "blue"
             } else {
                 "green"
             }
         ),
-        "cutover_completed" => format!("  cutover   {reason}"),
-        "cutover_timed_out" => format!("  cutover   TIMED OUT: {reason}"),
-        "rolled_back" => format!("  ROLLBACK  {reason}"),
-        "database_cleanup" => format!("  database  {reason}"),
-        "paused" | "aborted" | "fallback" => format!("  rollout   {kind}: {reason}"),
+        EventKind::CutoverCompleted => format!("  cutover   {reason}"),
+        EventKind::CutoverTimedOut => format!("  cutover   TIMED OUT: {reason}"),
+        EventKind::RolledBack => format!("  ROLLBACK  {reason}"),
+        EventKind::Paused | EventKind::Aborted | EventKind::Fallback => {
+            format!("  rollout   {}: {reason}", e.kind)
+        }
         _ => return None,
     })
+}
+
+/// How the demo's wait for the rollout ended.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// The rollout reached this final state.
+    Ended(Phase),
+    /// `--duration` (or the demo's own limit) ran out first.
+    Unfinished,
+    /// Ctrl-C.
+    Interrupted,
 }
 
 async fn wait_for(addr: SocketAddr) -> anyhow::Result<()> {
@@ -414,12 +425,12 @@ async fn send(
 }
 
 /// One admin API call with the demo token; returns the JSON answer.
-async fn admin_call(
+async fn admin_call<T: serde::de::DeserializeOwned>(
     admin: SocketAddr,
     method: &str,
     path: &str,
     body: &str,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<T> {
     let req = Request::builder()
         .method(method)
         .uri(format!("http://{admin}{path}"))

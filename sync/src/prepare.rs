@@ -127,7 +127,7 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
             .any(|o| o.kind == kind && o.direction == Direction::Forward)
     };
     let usable = match &last {
-        Some(c) if c.state == "complete" => {
+        Some(c) if c.state == crate::state::CloneState::Complete => {
             !replicate_mode
                 || (c.slot.as_deref() == Some(fwd.slot.as_str())
                     && (streamable(ObjectKind::Slot) || streamable(ObjectKind::Subscription)))

@@ -97,12 +97,54 @@ fn not_recorded_yet(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// Where a clone recorded in green stands (`switchyard.clones.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneState {
+    /// Being copied now, or interrupted so hard it could not be marked.
+    Running,
+    /// Stopped with an error: green is not a copy of blue.
+    Failed,
+    /// Every table, index and object was copied.
+    Complete,
+}
+
+impl CloneState {
+    /// The value in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloneState::Running => "running",
+            CloneState::Failed => "failed",
+            CloneState::Complete => "complete",
+        }
+    }
+
+    fn from_column(s: &str) -> Result<CloneState, SyncError> {
+        Ok(match s {
+            "running" => CloneState::Running,
+            "failed" => CloneState::Failed,
+            "complete" => CloneState::Complete,
+            other => {
+                return Err(SyncError::Other(format!(
+                    "green's switchyard.clones has a clone in state {other:?}, which this version does not know \
+                     (written by a newer switchyard?); green is not trusted: run `switchyard sync clone --replace`"
+                )))
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for CloneState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// A clone as recorded in green.
 #[derive(Debug, Clone, Serialize)]
 pub struct CloneRecord {
     pub id: i64,
-    /// `running`, `failed` or `complete`.
-    pub state: String,
+    pub state: CloneState,
     /// The phase it was in (or failed in).
     pub phase: Option<String>,
     pub error: Option<String>,
@@ -160,7 +202,7 @@ pub async fn last_clone(green: &Client) -> Result<Option<CloneRecord>, SyncError
     match row {
         Ok(Some(r)) => Ok(Some(CloneRecord {
             id: r.get(0),
-            state: r.get(1),
+            state: CloneState::from_column(r.get(1))?,
             phase: r.get(2),
             error: r.get(3),
             slot: r.get(4),
@@ -343,7 +385,11 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
     status.verified_version = at.clone();
     status.verified_at = row.get(2);
     let verified_version = at.as_deref().and_then(migrate::Version::parse);
-    if let Some(c) = status.clone.as_ref().filter(|c| c.state != "complete") {
+    if let Some(c) = status
+        .clone
+        .as_ref()
+        .filter(|c| c.state != CloneState::Complete)
+    {
         status.reason = format!(
             "green's last clone is {} (phase {}{}): it is not a copy of blue; run `switchyard sync clone --replace`",
             c.state,

@@ -241,7 +241,7 @@ pub async fn verify(
     }
     if let Some(c) = state::last_clone(&green_now)
         .await?
-        .filter(|c| c.state != "complete")
+        .filter(|c| c.state != crate::state::CloneState::Complete)
     {
         problems.push(format!(
             "green's last clone is {} (it stopped in phase {}{}): green is not a copy of blue; run `switchyard sync clone --replace`",

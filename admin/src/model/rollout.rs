@@ -9,84 +9,19 @@
 //! ```
 //!
 //! The candidate is always the colour that is not stable: after a promote the
-//! next rollout goes the other way. Weights are kept as green basis points;
-//! the candidate's share is derived from them.
+//! next rollout goes the other way. Weights are kept as green's
+//! [`Weight`]; the candidate's share is derived from it.
 //!
 //! Nothing here does I/O: the controller and the API call these under the
 //! store lock, then persist, apply the weights and publish the event.
 
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use switchyard_config::Step;
 
-use crate::store::PersistedState;
-
-/// Where a rollout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// No rollout has run (or weights are managed by hand).
-    #[default]
-    Idle,
-    /// Started; waiting for the gates of the first weight increase.
-    Preparing,
-    /// Walking the steps; analysis judges the candidate continuously.
-    Progressing,
-    /// Held by an operator (or a manual weight change); analysis still rolls
-    /// back on a breach.
-    Paused,
-    /// The candidate is taking all traffic.
-    Cutover,
-    /// The candidate became the stable colour.
-    Promoted,
-    /// Rolled back or aborted: the candidate has no traffic.
-    Aborted,
-}
-
-impl Phase {
-    /// The name used in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::Preparing => "preparing",
-            Phase::Progressing => "progressing",
-            Phase::Paused => "paused",
-            Phase::Cutover => "cutover",
-            Phase::Promoted => "promoted",
-            Phase::Aborted => "aborted",
-        }
-    }
-
-    /// Whether a rollout is under way (the candidate may be serving).
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            Phase::Preparing | Phase::Progressing | Phase::Paused | Phase::Cutover
-        )
-    }
-}
-
-/// The rollout part of the persisted state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default)]
-pub struct Rollout {
-    /// Current phase.
-    pub phase: Phase,
-    /// Index into `[rollout] steps` of the current step, while progressing
-    /// or paused after the first step was reached.
-    pub step: Option<usize>,
-    /// When the current step began (ms since the epoch, wall clock, so a
-    /// restart continues the bake instead of starting it over).
-    pub step_started_ms: u64,
-    /// Why the last transition happened (a breach, an operator's reason).
-    pub reason: Option<String>,
-    /// The candidate's weight before cutover began, restored when the
-    /// database switch cannot finish.
-    pub pre_cutover_bp: Option<u32>,
-    /// This cutover goes back to the colour that was stable before the last
-    /// promotion (`abort` after cutover); it ends as `aborted`.
-    pub back: bool,
-}
+use super::events::EventKind;
+use super::phase::Phase;
+use super::state::{PersistedState, Rollout};
+use super::weight::Weight;
 
 /// An operator action on the rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,10 +68,10 @@ impl Action {
 pub struct Conflict(pub String);
 
 /// What a transition did: the event kind and its reason.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Change {
-    /// Event kind, e.g. `step_advanced`.
-    pub kind: &'static str,
+    /// What happened.
+    pub kind: EventKind,
     /// Why, if known.
     pub reason: Option<String>,
     /// Extra fields for the event (held writes, database details).
@@ -156,7 +91,7 @@ pub struct EventExtra {
 
 impl Change {
     /// A change of `kind` with `reason`.
-    pub fn new(kind: &'static str, reason: Option<String>) -> Change {
+    pub fn new(kind: EventKind, reason: Option<String>) -> Change {
         Change {
             kind,
             reason,
@@ -165,7 +100,7 @@ impl Change {
     }
 }
 
-fn change(kind: &'static str, reason: Option<String>) -> Result<Change, Conflict> {
+fn change(kind: EventKind, reason: Option<String>) -> Result<Change, Conflict> {
     Ok(Change::new(kind, reason))
 }
 
@@ -181,11 +116,16 @@ pub fn bake_of(steps: &[Step], i: usize, default: Duration) -> Duration {
     steps.get(i).and_then(|s| s.bake).unwrap_or(default)
 }
 
-/// The first step whose weight is at or above `bp` (the last step if none).
-pub fn step_at_or_above(steps: &[Step], bp: u32) -> usize {
+/// The candidate's weight at step `i`.
+pub fn step_weight(steps: &[Step], i: usize) -> Weight {
+    Weight::from_bp(steps[i].weight_bp)
+}
+
+/// The first step whose weight is at or above `w` (the last step if none).
+pub fn step_at_or_above(steps: &[Step], w: Weight) -> usize {
     steps
         .iter()
-        .position(|s| s.weight_bp >= bp)
+        .position(|s| s.weight_bp >= w.bp())
         .unwrap_or(steps.len().saturating_sub(1))
 }
 
@@ -212,7 +152,7 @@ pub fn apply(
                     reason: reason.clone(),
                     ..Rollout::default()
                 };
-                change("rollout_started", reason)
+                change(EventKind::RolloutStarted, reason)
             }
             _ => conflict(
                 "start",
@@ -224,7 +164,7 @@ pub fn apply(
             Phase::Preparing | Phase::Progressing => {
                 s.rollout.phase = Phase::Paused;
                 s.rollout.reason = reason.clone();
-                change("paused", reason)
+                change(EventKind::Paused, reason)
             }
             _ => conflict(
                 "pause",
@@ -234,25 +174,25 @@ pub fn apply(
         },
         Action::Resume => match phase {
             Phase::Paused => {
-                if s.rollout.step.is_none() && s.candidate_bp() == 0 {
+                if s.rollout.step.is_none() && s.candidate_weight() == Weight::NONE {
                     s.rollout.phase = Phase::Preparing;
                 } else {
-                    let i = step_at_or_above(steps, s.candidate_bp());
-                    let target = steps[i].weight_bp.max(s.candidate_bp());
-                    s.set_candidate_bp(target);
+                    let i = step_at_or_above(steps, s.candidate_weight());
+                    let target = step_weight(steps, i).max(s.candidate_weight());
+                    s.set_candidate_weight(target);
                     s.rollout.phase = Phase::Progressing;
                     s.rollout.step = Some(i);
                 }
                 s.rollout.step_started_ms = now_ms;
                 s.rollout.reason = reason.clone();
-                change("resumed", reason)
+                change(EventKind::Resumed, reason)
             }
             _ => conflict("resume", phase, "only a paused rollout can be resumed"),
         },
         Action::Promote => match phase {
             Phase::Idle | Phase::Preparing | Phase::Progressing | Phase::Paused => {
                 enter_cutover(s, steps, now_ms, reason.clone());
-                change("cutover", reason)
+                change(EventKind::Cutover, reason)
             }
             _ => conflict("promote", phase, "start a rollout first"),
         },
@@ -260,7 +200,7 @@ pub fn apply(
             Phase::Preparing | Phase::Progressing | Phase::Paused | Phase::Cutover => {
                 let reason = reason.unwrap_or_else(|| "aborted by operator".into());
                 stop(s, reason.clone());
-                change("aborted", Some(reason))
+                change(EventKind::Aborted, Some(reason))
             }
             Phase::Promoted if cut_back => {
                 // A cutover in the other direction: writes are held, the
@@ -272,10 +212,10 @@ pub fn apply(
                     step: None,
                     step_started_ms: now_ms,
                     reason: Some(reason.clone()),
-                    pre_cutover_bp: None,
+                    pre_cutover: None,
                     back: true,
                 };
-                change("cutover", Some(reason))
+                change(EventKind::Cutover, Some(reason))
             }
             _ => conflict("abort", phase, "no rollout is under way"),
         },
@@ -283,9 +223,9 @@ pub fn apply(
 }
 
 fn enter_cutover(s: &mut PersistedState, steps: &[Step], now_ms: u64, reason: Option<String>) {
-    s.rollout.pre_cutover_bp = Some(s.candidate_bp());
+    s.rollout.pre_cutover = Some(s.candidate_weight());
     s.rollout.back = false;
-    s.set_candidate_bp(10_000);
+    s.set_candidate_weight(Weight::ALL);
     s.rollout.phase = Phase::Cutover;
     s.rollout.step = Some(steps.len().saturating_sub(1));
     s.rollout.step_started_ms = now_ms;
@@ -293,7 +233,7 @@ fn enter_cutover(s: &mut PersistedState, steps: &[Step], now_ms: u64, reason: Op
 }
 
 fn stop(s: &mut PersistedState, reason: String) {
-    s.set_candidate_bp(0);
+    s.set_candidate_weight(Weight::NONE);
     s.rollout.phase = Phase::Aborted;
     s.rollout.step = None;
     s.rollout.reason = Some(reason);
@@ -301,58 +241,57 @@ fn stop(s: &mut PersistedState, reason: String) {
 
 /// A manual weight change (`PUT /api/v1/weights`): pauses a running rollout,
 /// refused during cutover.
-pub fn set_weights(s: &mut PersistedState, green_bp: u32) -> Result<Change, Conflict> {
+pub fn set_weights(s: &mut PersistedState, green: Weight) -> Result<Change, Conflict> {
     let phase = s.rollout.phase;
     if phase == Phase::Cutover {
         return Err(Conflict(
             "cannot set weights during cutover: wait for it to finish, or abort".into(),
         ));
     }
-    s.green_bp = green_bp.min(10_000);
-    let reason = format!(
-        "manual weight change: green {}%",
-        f64::from(green_bp) / 100.0
-    );
+    s.green = green;
+    let reason = format!("manual weight change: green {green}");
     if matches!(phase, Phase::Preparing | Phase::Progressing) {
         s.rollout.phase = Phase::Paused;
         s.rollout.reason = Some(reason.clone());
     }
-    change("weights_set", Some(reason))
+    change(EventKind::WeightsSet, Some(reason))
 }
 
 /// The controller's move once every gate passed: to the first step (from
 /// preparing), to the next step, or into cutover after the last one.
 pub fn advance(s: &mut PersistedState, steps: &[Step], now_ms: u64) -> Change {
     let next = match (s.rollout.phase, s.rollout.step) {
-        (Phase::Preparing, _) => step_at_or_above(steps, s.candidate_bp().max(1)),
+        (Phase::Preparing, _) => {
+            step_at_or_above(steps, s.candidate_weight().max(Weight::from_bp(1)))
+        }
         (_, Some(i)) if i + 1 < steps.len() => i + 1,
         _ => {
             enter_cutover(s, steps, now_ms, None);
-            return Change::new("cutover", Some("every step passed".into()));
+            return Change::new(EventKind::Cutover, Some("every step passed".into()));
         }
     };
-    let target = steps[next].weight_bp.max(s.candidate_bp());
-    s.set_candidate_bp(target);
+    let target = step_weight(steps, next).max(s.candidate_weight());
+    s.set_candidate_weight(target);
     s.rollout.phase = Phase::Progressing;
     s.rollout.step = Some(next);
     s.rollout.step_started_ms = now_ms;
     s.rollout.reason = None;
-    Change::new("step_advanced", None)
+    Change::new(EventKind::StepAdvanced, None)
 }
 
 /// Cutover done: the candidate takes all traffic and becomes stable. A
 /// cutover back after a promotion (`abort`) ends as `aborted`.
 pub fn finish_cutover(s: &mut PersistedState) -> Change {
-    s.set_candidate_bp(10_000);
+    s.set_candidate_weight(Weight::ALL);
     s.stable = s.candidate();
     s.rollout.step = None;
-    s.rollout.pre_cutover_bp = None;
+    s.rollout.pre_cutover = None;
     if std::mem::take(&mut s.rollout.back) {
         s.rollout.phase = Phase::Aborted;
-        return Change::new("aborted", s.rollout.reason.clone());
+        return Change::new(EventKind::Aborted, s.rollout.reason.clone());
     }
     s.rollout.phase = Phase::Promoted;
-    Change::new("promoted", s.rollout.reason.clone())
+    Change::new(EventKind::Promoted, s.rollout.reason.clone())
 }
 
 /// The database switch of a cutover did not finish in time (or failed):
@@ -362,21 +301,21 @@ pub fn cutover_failed(s: &mut PersistedState, reason: String) -> Change {
     if std::mem::take(&mut s.rollout.back) {
         s.rollout.phase = Phase::Promoted;
     } else {
-        if let Some(bp) = s.rollout.pre_cutover_bp {
-            s.set_candidate_bp(bp);
+        if let Some(w) = s.rollout.pre_cutover {
+            s.set_candidate_weight(w);
         }
         s.rollout.phase = Phase::Paused;
     }
-    s.rollout.pre_cutover_bp = None;
+    s.rollout.pre_cutover = None;
     s.rollout.reason = Some(reason.clone());
-    Change::new("cutover_timed_out", Some(reason))
+    Change::new(EventKind::CutoverTimedOut, Some(reason))
 }
 
 /// A breach: the candidate gets no traffic, and the reason is kept.
 pub fn roll_back(s: &mut PersistedState, reason: String) -> Change {
     let reason = format!("rolled back: {reason}");
     stop(s, reason.clone());
-    Change::new("rolled_back", Some(reason))
+    Change::new(EventKind::RolledBack, Some(reason))
 }
 
 #[cfg(test)]
@@ -399,23 +338,23 @@ mod tests {
         let mut s = PersistedState::default();
         apply(&mut s, Action::Start, &st, None, 1, false).unwrap();
         assert_eq!(s.rollout.phase, Phase::Preparing);
-        assert_eq!(s.green_bp, 0);
+        assert_eq!(s.green.bp(), 0);
         let mut seen = vec![];
         for _ in 0..4 {
-            assert_eq!(advance(&mut s, &st, 2).kind, "step_advanced");
-            seen.push(s.green_bp);
+            assert_eq!(advance(&mut s, &st, 2).kind, EventKind::StepAdvanced);
+            seen.push(s.green.bp());
         }
         assert_eq!(seen, vec![100, 500, 2500, 10_000]);
-        assert_eq!(advance(&mut s, &st, 3).kind, "cutover");
+        assert_eq!(advance(&mut s, &st, 3).kind, EventKind::Cutover);
         assert_eq!(s.rollout.phase, Phase::Cutover);
         finish_cutover(&mut s);
         assert_eq!(s.rollout.phase, Phase::Promoted);
         assert_eq!(s.stable, Colour::Green);
-        assert_eq!(s.green_bp, 10_000);
+        assert_eq!(s.green.bp(), 10_000);
         // The next rollout goes the other way: blue is the candidate.
         apply(&mut s, Action::Start, &st, None, 4, false).unwrap();
         advance(&mut s, &st, 5);
-        assert_eq!((s.candidate(), s.green_bp), (Colour::Blue, 9_900));
+        assert_eq!((s.candidate(), s.green.bp()), (Colour::Blue, 9_900));
     }
 
     #[test]
@@ -443,15 +382,15 @@ mod tests {
         let mut s = PersistedState::default();
         apply(&mut s, Action::Start, &st, None, 1, false).unwrap();
         advance(&mut s, &st, 1);
-        set_weights(&mut s, 1000).unwrap();
+        set_weights(&mut s, Weight::from_bp(1000)).unwrap();
         assert_eq!(s.rollout.phase, Phase::Paused, "manual weights pause");
         apply(&mut s, Action::Resume, &st, None, 9, false).unwrap();
         assert_eq!(s.rollout.phase, Phase::Progressing);
-        assert_eq!((s.rollout.step, s.green_bp), (Some(2), 2500));
+        assert_eq!((s.rollout.step, s.green.bp()), (Some(2), 2500));
         assert_eq!(s.rollout.step_started_ms, 9);
-        set_weights(&mut s, 5000).unwrap();
+        set_weights(&mut s, Weight::from_bp(5000)).unwrap();
         apply(&mut s, Action::Resume, &st, None, 9, false).unwrap();
-        assert_eq!((s.rollout.step, s.green_bp), (Some(3), 5000));
+        assert_eq!((s.rollout.step, s.green.bp()), (Some(3), 5000));
     }
 
     #[test]
@@ -462,8 +401,8 @@ mod tests {
         advance(&mut s, &st, 1);
         advance(&mut s, &st, 1);
         let c = roll_back(&mut s, "error rate 0.5 > 0.05".into());
-        assert_eq!(c.kind, "rolled_back");
-        assert_eq!((s.rollout.phase, s.green_bp), (Phase::Aborted, 0));
+        assert_eq!(c.kind, EventKind::RolledBack);
+        assert_eq!((s.rollout.phase, s.green.bp()), (Phase::Aborted, 0));
         assert!(s.rollout.reason.as_deref().unwrap().contains("0.5 > 0.05"));
         apply(&mut s, Action::Start, &st, None, 1, false).unwrap();
         let c = apply(
@@ -484,8 +423,8 @@ mod tests {
         let mut s = PersistedState::default();
         apply(&mut s, Action::Start, &st, None, 1, false).unwrap();
         apply(&mut s, Action::Promote, &st, None, 1, false).unwrap();
-        assert_eq!((s.rollout.phase, s.green_bp), (Phase::Cutover, 10_000));
-        assert!(set_weights(&mut s, 0).is_err());
+        assert_eq!((s.rollout.phase, s.green.bp()), (Phase::Cutover, 10_000));
+        assert!(set_weights(&mut s, Weight::from_bp(0)).is_err());
         finish_cutover(&mut s);
         assert_eq!(s.stable, Colour::Green);
     }
@@ -499,13 +438,14 @@ mod tests {
         finish_cutover(&mut s);
         assert!(apply(&mut s, Action::Abort, &st, None, 2, false).is_err());
         let c = apply(&mut s, Action::Abort, &st, Some("bad".into()), 2, true).unwrap();
-        assert_eq!(c.kind, "cutover");
+        assert_eq!(c.kind, EventKind::Cutover);
         assert_eq!(
             (s.rollout.phase, s.candidate()),
             (Phase::Cutover, Colour::Blue)
         );
         assert_eq!(
-            s.green_bp, 10_000,
+            s.green.bp(),
+            10_000,
             "weights move back only once the database did"
         );
         // The database switch times out: still promoted, on green.
@@ -513,13 +453,13 @@ mod tests {
         cutover_failed(&mut timed_out, "blue did not catch up".into());
         assert_eq!(timed_out.rollout.phase, Phase::Promoted);
         assert_eq!(
-            (timed_out.stable, timed_out.green_bp),
+            (timed_out.stable, timed_out.green.bp()),
             (Colour::Green, 10_000)
         );
         let c = finish_cutover(&mut s);
-        assert_eq!(c.kind, "aborted");
+        assert_eq!(c.kind, EventKind::Aborted);
         assert_eq!(
-            (s.stable, s.green_bp, s.rollout.phase),
+            (s.stable, s.green.bp(), s.rollout.phase),
             (Colour::Blue, 0, Phase::Aborted)
         );
     }
@@ -532,11 +472,11 @@ mod tests {
         advance(&mut s, &st, 1);
         advance(&mut s, &st, 1);
         apply(&mut s, Action::Promote, &st, None, 1, true).unwrap();
-        assert_eq!(s.green_bp, 10_000);
+        assert_eq!(s.green.bp(), 10_000);
         let c = cutover_failed(&mut s, "green did not catch up".into());
-        assert_eq!(c.kind, "cutover_timed_out");
+        assert_eq!(c.kind, EventKind::CutoverTimedOut);
         assert_eq!(
-            (s.rollout.phase, s.green_bp, s.stable),
+            (s.rollout.phase, s.green.bp(), s.stable),
             (Phase::Paused, 5000, Colour::Blue)
         );
     }

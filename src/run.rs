@@ -58,6 +58,7 @@ fn validate(path: &Path) -> Result<Config, String> {
         switchyard_proxy::tls_acceptor(tls).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     switchyard_admin::acceptor(&config).map_err(|e| format!("{}: {e}", path.display()))?;
+    switchyard_proxy::check_pools(&config).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(config)
 }
 

@@ -160,5 +160,71 @@ pub(crate) fn clashes(c: &Config, text: &str, origin: &str) -> Vec<ConfigError> 
             });
         }
     }
+    out.extend(pool_mismatches(c, text, origin));
+    out
+}
+
+/// The line of `key` in the section `[header]` (or, failing that, of the
+/// header itself), 1-based.
+fn line_in_section(text: &str, header: &str, key: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines.iter().position(|l| l.trim() == header) else {
+        return 1;
+    };
+    lines[start + 1..]
+        .iter()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .position(|l| {
+            let l = l.trim_start();
+            l.starts_with(key) && l[key.len()..].trim_start().starts_with(['=', '.'])
+        })
+        .map_or(start + 1, |i| start + 2 + i)
+}
+
+/// Pool settings that parse but cannot work together.
+fn pool_mismatches(c: &Config, text: &str, origin: &str) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    for (colour, pool) in [("blue", &c.pools.blue), ("green", &c.pools.green)] {
+        let header = format!("[pools.{colour}]");
+        let at = |key: &str| Location {
+            file: origin.to_string(),
+            line: line_in_section(text, &header, key),
+            column: 1,
+        };
+        let mut invalid = |key: &str, message: String| {
+            out.push(ConfigError::Invalid {
+                location: at(key),
+                message,
+            })
+        };
+        match (pool.protocol, &pool.tls) {
+            (UpstreamProtocol::H2, None) => invalid(
+                "protocol",
+                format!(
+                    "pools.{colour}.protocol = \"h2\" is HTTP/2 over TLS and needs pools.{colour}.tls = {{ ca = \"...\" }} \
+                     (the CA that signs the upstreams' certificates); for HTTP/2 without TLS use protocol = \"h2c\""
+                ),
+            ),
+            (UpstreamProtocol::H2c, Some(_)) => invalid(
+                "tls",
+                format!(
+                    "pools.{colour}.tls is set but protocol = \"h2c\" is HTTP/2 without TLS: use protocol = \"h2\" \
+                     for HTTP/2 over TLS, or remove tls"
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(h) = &pool.health {
+            if h.kind == HealthKind::Grpc && !pool.protocol.is_h2() {
+                invalid(
+                    "health",
+                    format!(
+                        "pools.{colour}.health.kind = \"grpc\" needs an HTTP/2 pool: gRPC runs over HTTP/2, so set \
+                         pools.{colour}.protocol = \"h2c\" (or \"h2\" with tls)"
+                    ),
+                );
+            }
+        }
+    }
     out
 }

@@ -103,5 +103,10 @@ impl Config {
         if let Some(ca) = self.webhooks.ca_file.as_mut() {
             fix(ca);
         }
+        for pool in [&mut self.pools.blue, &mut self.pools.green] {
+            if let Some(tls) = pool.tls.as_mut() {
+                fix(&mut tls.ca);
+            }
+        }
     }
 }

@@ -209,6 +209,67 @@ pub struct PoolConfig {
     /// colour instead of answering 502. Off by default.
     #[serde(default)]
     pub fallback: bool,
+    /// How switchyard speaks to these upstreams.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the upstreams; required with `protocol = "h2"`.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `pools.<colour>.protocol`: the protocol spoken to the upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over TCP, a pool of keep-alive connections (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over TCP with prior knowledge, as gRPC servers speak it: one
+    /// multiplexed connection per upstream, trailers passed through.
+    H2c,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// Whether requests travel as HTTP/2 streams.
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
+    }
+
+    /// The name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+}
+
+/// `pools.<colour>.tls = { ca = "...", server_name = "..." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM file of the CA certificates that sign the upstreams' certificates.
+    #[serde(deserialize_with = "path")]
+    pub ca: PathBuf,
+    /// The name the certificates must carry (and the SNI sent); the
+    /// upstream's host by default.
+    #[serde(default, deserialize_with = "opt_server_name")]
+    pub server_name: Option<String>,
+}
+
+fn opt_server_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = values::non_empty_string(d)?;
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == ':')
+    {
+        return Err(de::Error::custom(format!(
+            "{s:?} is not a server name: expected a DNS name such as \"orders.internal\" or an IP address"
+        )));
+    }
+    Ok(Some(s))
 }
 
 /// One upstream server, `host:port`.
@@ -277,8 +338,13 @@ fn upstreams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Upstream>, D::Error>
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
+    /// What a check sends: `http` (GET `path`, 2xx or 3xx passes) or `grpc`
+    /// (`grpc.health.v1.Health/Check` for `service`, SERVING passes).
+    pub kind: HealthKind,
     #[serde(deserialize_with = "health_path")]
     pub path: String,
+    /// The service a `grpc` check asks about; `""` is the server as a whole.
+    pub service: String,
     #[serde(deserialize_with = "values::positive_duration")]
     pub interval: Duration,
     #[serde(deserialize_with = "values::positive_duration")]
@@ -292,13 +358,27 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
+            kind: HealthKind::Http,
             path: "/healthz".into(),
+            service: String::new(),
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             fall: 2,
             rise: 2,
         }
     }
+}
+
+/// `health.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// `GET <path>` over the pool's protocol.
+    #[default]
+    Http,
+    /// The gRPC health checking protocol (`grpc.health.v1`); needs an
+    /// HTTP/2 pool (`protocol = "h2c"` or `"h2"`).
+    Grpc,
 }
 
 fn health_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

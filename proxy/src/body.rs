@@ -298,6 +298,8 @@ struct UpstreamBody {
     /// after that is not the upstream's fault.
     client_fault: Option<Arc<FaultCell>>,
     deadline: ReadDeadline,
+    /// From an HTTP/2 upstream: trailers may carry a gRPC failure.
+    trailers_judged: bool,
 }
 
 impl UpstreamBody {
@@ -327,13 +329,16 @@ impl UpstreamBody {
 
 impl ProxyBody {
     /// An upstream's response body. `tally` is recorded with `outcome` when
-    /// the body completes, as a transport failure if it breaks off.
+    /// the body completes, as a transport failure if it breaks off; with
+    /// `trailers_judged` (HTTP/2 upstreams), a gRPC failure status in the
+    /// trailers makes it a server error.
     pub(crate) fn upstream(
         body: Incoming,
         conn: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
         tally: Option<(Tally, Outcome)>,
         client_fault: Option<Arc<FaultCell>>,
         read_timeout: Duration,
+        trailers_judged: bool,
     ) -> ProxyBody {
         let mut up = UpstreamBody {
             body,
@@ -341,6 +346,7 @@ impl ProxyBody {
             tally,
             client_fault,
             deadline: ReadDeadline::new(read_timeout),
+            trailers_judged,
         };
         if up.body.is_end_stream() {
             // Never polled by the server: done now.
@@ -442,6 +448,16 @@ fn poll_kind(
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     up.deadline.data_arrived();
+                    if up.trailers_judged {
+                        // gRPC's status comes last, in the trailers.
+                        if let (Some(t), Some((_, outcome))) =
+                            (frame.trailers_ref(), up.tally.as_mut())
+                        {
+                            if crate::grpc::is_server_failure(t) {
+                                *outcome = Outcome::ServerError;
+                            }
+                        }
+                    }
                     // Servers stop polling once a Content-Length body is
                     // complete, so look for the end after every frame.
                     if up.body.is_end_stream() {

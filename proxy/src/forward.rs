@@ -17,8 +17,10 @@ use std::time::Instant;
 use crate::access::{AccessLine, Served};
 use crate::body::{ClientBody, ClientBodyError, ClientFault, ProxyBody, RequestBody, Tally};
 use crate::conn::{ActiveGuard, Activity};
+use crate::connect::{connect_tcp, Sender};
+use crate::grpc;
 use crate::headers::{add_forwarded, is_h2c_upgrade, is_upgrade, strip_hop_by_hop};
-use crate::pool::{connect_tcp, Checkout, ConnectError, Upstream};
+use crate::pool::{Checkout, ConnectError, Upstream};
 use crate::recent_writes::RecentWrites;
 use crate::stats::Outcome;
 use crate::write_gate::is_write;
@@ -157,6 +159,8 @@ async fn route(
     let upgrade = req.version() == Version::HTTP_11
         && is_upgrade(req.headers())
         && !is_h2c_upgrade(req.headers());
+    // A gRPC client is answered in gRPC's terms when no upstream answers.
+    let grpc = req.version() == Version::HTTP_2 && grpc::is_grpc(req.headers());
     prepare_request(&mut req, conn, upgrade);
     // Pinned requests are kept out of the statistics.
     let tally = (!choice.pinned).then(|| Tally::new(shared.clone(), colour));
@@ -164,7 +168,7 @@ async fn route(
     let mut served = colour;
     let mut resp = if upgrade {
         let result = forward_upgrade(&routing, colour, req, conn).await;
-        respond(result, colour, tally, started)
+        respond(result, colour, tally, started, grpc)
     } else {
         let req = req.map(|b| {
             RequestBody::Client(ClientBody::new(
@@ -190,9 +194,9 @@ async fn route(
                 let tally = (!choice.pinned).then(|| Tally::new(shared.clone(), other));
                 let result = forward(&routing, other, req, tally, Instant::now()).await;
                 served = other;
-                finish(result, other)
+                finish(result, other, grpc)
             }
-            result => finish(result, colour),
+            result => finish(result, colour, grpc),
         }
     };
     if settings.access_log && resp.extensions().get::<Served>().is_none() {
@@ -255,6 +259,7 @@ fn respond(
     colour: Colour,
     tally: Option<Tally>,
     started: Instant,
+    grpc: bool,
 ) -> Response<ProxyBody> {
     match result {
         Ok(resp) => {
@@ -273,7 +278,7 @@ fn respond(
                 t.set_latency(started.elapsed());
                 t.finish(failure.outcome());
             }
-            failure.into_response(colour)
+            failure.into_response(colour, grpc)
         }
     }
 }
@@ -281,14 +286,14 @@ fn respond(
 type Forwarded =
     Result<Response<ProxyBody>, (Failure, Option<Request<RequestBody>>, Option<Tally>)>;
 
-fn finish(result: Forwarded, colour: Colour) -> Response<ProxyBody> {
+fn finish(result: Forwarded, colour: Colour, grpc: bool) -> Response<ProxyBody> {
     match result {
         Ok(resp) => resp,
         Err((failure, _, tally)) => {
             if let Some(t) = tally {
                 t.finish(failure.outcome());
             }
-            failure.into_response(colour)
+            failure.into_response(colour, grpc)
         }
     }
 }
@@ -318,7 +323,18 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) 
         }
     }
     *req.version_mut() = Version::HTTP_11;
+    // `TE: trailers` says the client takes trailers, which gRPC needs end
+    // to end; the proxy takes them too, so it survives the hop. Any other
+    // TE is this hop's business only.
+    let te_trailers = req
+        .headers()
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    if te_trailers {
+        req.headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     add_forwarded(req.headers_mut(), &conn.forwarded_for, &conn.proto);
 }
 
@@ -356,7 +372,24 @@ impl Failure {
         }
     }
 
-    fn into_response(self, colour: Colour) -> Response<ProxyBody> {
+    /// gRPC's code for this failure.
+    fn grpc_code(&self) -> grpc::Code {
+        match self {
+            Failure::NoUpstream | Failure::Connect(_) | Failure::Send(_) => grpc::Code::Unavailable,
+            Failure::Timeout | Failure::Client(ClientFault::Slow, _) => {
+                grpc::Code::DeadlineExceeded
+            }
+            Failure::Client(ClientFault::TooLarge, _) => grpc::Code::ResourceExhausted,
+            Failure::Client(ClientFault::Aborted, _) => grpc::Code::Cancelled,
+            Failure::Client(ClientFault::Malformed, _) => grpc::Code::Internal,
+        }
+    }
+
+    /// The answer to the client: a short text with a 4xx/5xx status, or for
+    /// a gRPC call (`grpc`), a trailers-only response with the gRPC code
+    /// and the same text, as gRPC clients expect.
+    fn into_response(self, colour: Colour, grpc: bool) -> Response<ProxyBody> {
+        let code = self.grpc_code();
         let (status, msg) = match self {
             Failure::NoUpstream => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -383,6 +416,11 @@ impl Failure {
                 format!("switchyard: {what}\n"),
             ),
         };
+        if grpc {
+            let mut resp = Response::new(ProxyBody::empty());
+            grpc::set_status(resp.headers_mut(), code, &msg);
+            return resp;
+        }
         own_response(status, msg)
     }
 }
@@ -403,6 +441,7 @@ fn connect_reason(e: &ConnectError) -> &'static str {
     match e {
         ConnectError::Timeout { .. } => "connect timed out (proxy.connect_timeout)",
         ConnectError::Handshake { .. } => "HTTP handshake failed",
+        ConnectError::Tls { .. } => "TLS handshake failed",
         ConnectError::Io { source, .. } => match source.kind() {
             std::io::ErrorKind::ConnectionRefused => "connection refused",
             std::io::ErrorKind::ConnectionReset => "connection reset",
@@ -474,7 +513,14 @@ async fn forward(
         // An upstream may close an idle keep-alive connection just as a
         // request is written to it. A bodiless idempotent request that got
         // no answer on a reused connection is then sent again, as nginx does.
+        let h2 = tx.is_h2();
+        if h2 {
+            to_h2_target(&mut req, &up);
+        } else if req.uri().authority().is_some() {
+            to_h1_target(&mut req);
+        }
         let replay = (reused
+            && !h2
             && stale_retries < 3
             && is_idempotent(req.method())
             && req.body().is_end_stream())
@@ -493,11 +539,16 @@ async fn forward(
                 up.connect_succeeded();
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, false);
-                let outcome = if parts.status.is_server_error() {
+                // Over HTTP/2 a gRPC failure may come as a trailers-only
+                // response: HTTP 200 with `grpc-status` in the headers.
+                let outcome = if parts.status.is_server_error()
+                    || (h2 && grpc::is_server_failure(&parts.headers))
+                {
                     Outcome::ServerError
                 } else {
                     Outcome::Ok
                 };
+                parts.version = Version::HTTP_11;
                 if let Some(t) = tally.as_mut() {
                     t.set_latency(started.elapsed());
                 }
@@ -507,12 +558,18 @@ async fn forward(
                         upstream: Some(up.clone()),
                     });
                 }
+                let conn = match tx {
+                    Sender::H1(tx) => Some((tx, up)),
+                    // Shared by every request: nothing to give back.
+                    Sender::H2(_) => None,
+                };
                 let body = ProxyBody::upstream(
                     body,
-                    Some((tx, up)),
+                    conn,
                     tally.map(|t| (t, outcome)),
                     client_fault_cell,
                     routing.settings.upstream_read_timeout,
+                    h2,
                 );
                 return Ok(Response::from_parts(parts, body));
             }
@@ -554,6 +611,48 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// HTTP/2 names the target in `:scheme` and `:authority`, so the request
+/// gets an absolute URI, its authority taken from `Host` (which HTTP/2 then
+/// does without) or else the upstream's name.
+fn to_h2_target(req: &mut Request<RequestBody>, up: &Upstream) {
+    if req.uri().authority().is_some() {
+        return;
+    }
+    let host = req.headers_mut().remove(header::HOST);
+    let authority = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(&up.name);
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let scheme = if up.link.is_tls() { "https" } else { "http" };
+    if let Ok(uri) = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+    {
+        *req.uri_mut() = uri;
+    } else if let Some(h) = host {
+        req.headers_mut().insert(header::HOST, h);
+    }
+    *req.version_mut() = Version::HTTP_2;
+}
+
+/// Undoes [`to_h2_target`] for a request that, refused by an HTTP/2 pool
+/// before anything was sent, goes to an HTTP/1.1 one instead.
+fn to_h1_target(req: &mut Request<RequestBody>) {
+    if let Some(auth) = req.uri().authority() {
+        if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    if let Ok(uri) = Uri::try_from(pq) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_11;
+}
+
 fn bodiless_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
     let mut copy = Request::new(RequestBody::Empty);
     *copy.method_mut() = req.method().clone();
@@ -573,6 +672,11 @@ async fn forward_upgrade(
 ) -> Result<Response<ProxyBody>, Failure> {
     let pool = &routing.pools[colour.index()];
     let up = pool.pick(None).ok_or(Failure::NoUpstream)?.clone();
+    if up.link.protocol.is_h2() || up.link.is_tls() {
+        return Err(Failure::Send(
+            "protocol upgrades (WebSocket) are forwarded only to pools with protocol = \"http1\" and no tls".into(),
+        ));
+    }
     let stream = connect_tcp(up.addr, routing.settings.connect_timeout)
         .await
         .map_err(|e| {
@@ -602,6 +706,7 @@ async fn forward_upgrade(
             None,
             None,
             routing.settings.upstream_read_timeout,
+            false,
         );
         return Ok(Response::from_parts(parts, body));
     }

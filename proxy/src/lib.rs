@@ -14,7 +14,9 @@ mod access;
 mod body;
 mod colour;
 pub mod conn;
+mod connect;
 mod forward;
+mod grpc;
 mod headers;
 mod health;
 mod listener;
@@ -359,6 +361,15 @@ impl DataPlane {
     pub fn render_metrics(&self, out: &mut String, addresses: bool) {
         metrics::render(&self.shared, out, addresses)
     }
+}
+
+/// Checks what the pools refer to (host names resolve, TLS CA files load)
+/// without connecting anywhere: `switchyard check` and the start-up
+/// validation call it.
+pub fn check_pools(config: &Config) -> Result<(), ProxyError> {
+    Pool::build(Colour::Blue, &config.pools.blue, None)?;
+    Pool::build(Colour::Green, &config.pools.green, None)?;
+    Ok(())
 }
 
 fn build_routing(

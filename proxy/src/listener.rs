@@ -166,7 +166,9 @@ fn tls_err(what: &'static str, path: &Path, reason: String) -> ProxyError {
     }
 }
 
-fn load_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ProxyError> {
+pub(crate) fn load_certs(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ProxyError> {
     let file =
         std::fs::File::open(path).map_err(|e| tls_err("certificate", path, e.to_string()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(file))

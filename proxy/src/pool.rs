@@ -1,18 +1,19 @@
 //! Upstream pools: the servers of one colour, round-robin selection over the
-//! healthy ones, and a lock-free stack of idle keep-alive connections per
-//! upstream.
+//! healthy ones, and per upstream either a lock-free stack of idle HTTP/1.1
+//! keep-alive connections or one shared HTTP/2 connection.
 
+use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http2;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use switchyard_config::{HealthConfig, PoolConfig};
-use tokio::net::TcpStream;
+use switchyard_config::{HealthConfig, PoolConfig, UpstreamProtocol, UpstreamTls};
 
 use crate::body::RequestBody;
+use crate::connect::{Link, Sender};
 use crate::{Colour, ProxyError};
 
 /// Longest wait for a pooled connection to become ready for its next request.
@@ -27,6 +28,15 @@ pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     pub(crate) health: Option<HealthConfig>,
+    /// Protocol and TLS, as configured (compared on reload).
+    protocol: UpstreamProtocol,
+    tls: Option<UpstreamTls>,
+    pub(crate) link: Link,
+    /// The shared HTTP/2 connection (`protocol = "h2c"` or `"h2"`).
+    h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
+    /// Held while a new HTTP/2 connection is being opened, so a burst of
+    /// requests opens one, not one each.
+    h2_connecting: tokio::sync::Mutex<()>,
     healthy: AtomicBool,
     pub(crate) fails: AtomicU32,
     pub(crate) passes: AtomicU32,
@@ -40,7 +50,7 @@ pub struct Upstream {
 
 /// A connection ready for one request.
 pub(crate) struct Checkout {
-    pub tx: SendRequest<RequestBody>,
+    pub tx: Sender<RequestBody>,
     /// It carried earlier requests: the upstream may have closed it while it
     /// sat idle, so a bodiless idempotent request that fails on it unanswered
     /// may be replayed.
@@ -71,6 +81,12 @@ pub enum ConnectError {
     },
     #[error("connect to {addr} timed out after {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -80,11 +96,16 @@ pub enum ConnectError {
 }
 
 impl Upstream {
-    fn new(name: String, addr: SocketAddr, health: Option<HealthConfig>) -> Upstream {
+    fn new(name: String, addr: SocketAddr, cfg: &PoolConfig, link: Link) -> Upstream {
         Upstream {
             name,
             addr,
-            health,
+            health: cfg.health.clone(),
+            protocol: cfg.protocol,
+            tls: cfg.tls.clone(),
+            link,
+            h2: ArcSwapOption::empty(),
+            h2_connecting: tokio::sync::Mutex::new(()),
             healthy: AtomicBool::new(true),
             fails: AtomicU32::new(0),
             passes: AtomicU32::new(0),
@@ -156,9 +177,15 @@ impl Upstream {
         connect_timeout: Duration,
         ejection: Ejection,
     ) -> Result<Checkout, ConnectError> {
+        if self.link.protocol.is_h2() {
+            return self.checkout_h2(connect_timeout, ejection).await;
+        }
         while let Some(mut tx) = self.idle.pop() {
             if tx.is_ready() {
-                return Ok(Checkout { tx, reused: true });
+                return Ok(Checkout {
+                    tx: Sender::H1(tx),
+                    reused: true,
+                });
             }
             if tx.is_closed() {
                 continue;
@@ -169,10 +196,13 @@ impl Upstream {
             // early) may stay busy for as long as that client likes: wait
             // briefly, then drop it rather than stall this request.
             if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, tx.ready()).await {
-                return Ok(Checkout { tx, reused: true });
+                return Ok(Checkout {
+                    tx: Sender::H1(tx),
+                    reused: true,
+                });
             }
         }
-        match self.connect(connect_timeout).await {
+        match self.link.connect(self.addr, connect_timeout).await {
             Ok(tx) => {
                 self.connect_succeeded();
                 Ok(Checkout { tx, reused: false })
@@ -184,43 +214,55 @@ impl Upstream {
         }
     }
 
+    /// The shared HTTP/2 connection, opened (once) if there is none or the
+    /// last one closed.
+    async fn checkout_h2(
+        &self,
+        connect_timeout: Duration,
+        ejection: Ejection,
+    ) -> Result<Checkout, ConnectError> {
+        if let Some(tx) = self.live_h2() {
+            return Ok(Checkout { tx, reused: true });
+        }
+        let _one = self.h2_connecting.lock().await;
+        if let Some(tx) = self.live_h2() {
+            return Ok(Checkout { tx, reused: true });
+        }
+        match self.link.connect(self.addr, connect_timeout).await {
+            Ok(Sender::H2(tx)) => {
+                self.connect_succeeded();
+                self.h2.store(Some(Arc::new(tx.clone())));
+                Ok(Checkout {
+                    tx: Sender::H2(tx),
+                    reused: false,
+                })
+            }
+            Ok(other) => Ok(Checkout {
+                tx: other,
+                reused: false,
+            }),
+            Err(e) => {
+                self.connect_failed(ejection);
+                Err(e)
+            }
+        }
+    }
+
+    fn live_h2(&self) -> Option<Sender<RequestBody>> {
+        let guard = self.h2.load();
+        let tx = guard.as_ref()?;
+        if tx.is_closed() {
+            return None;
+        }
+        Some(Sender::H2((**tx).clone()))
+    }
+
     /// Returns a connection whose response has been read to the end.
     pub(crate) fn checkin(&self, tx: SendRequest<RequestBody>) {
         if !tx.is_closed() {
             let _ = self.idle.push(tx);
         }
     }
-
-    async fn connect(&self, timeout: Duration) -> Result<SendRequest<RequestBody>, ConnectError> {
-        let stream = connect_tcp(self.addr, timeout).await?;
-        let (tx, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake {
-                addr: self.addr,
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(tx)
-    }
-}
-
-/// Opens a TCP connection with `TCP_NODELAY`, bounded by `timeout`.
-pub(crate) async fn connect_tcp(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TcpStream, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ConnectError::Timeout { addr, timeout })?
-        .map_err(|source| ConnectError::Io { addr, source })?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }
 
 /// The upstreams of one colour.
@@ -257,6 +299,8 @@ impl Pool {
                     .find(|old| {
                         old.name == name
                             && old.addr == addr
+                            && old.protocol == cfg.protocol
+                            && old.tls == cfg.tls
                             && same_health(&old.health, &cfg.health)
                     })
                     .cloned()
@@ -264,7 +308,15 @@ impl Pool {
             match reused {
                 Some(old) => upstreams.push(old),
                 None => {
-                    let up = Arc::new(Upstream::new(name, addr, cfg.health.clone()));
+                    let link =
+                        Link::new(cfg.protocol, cfg.tls.as_ref(), &u.host).map_err(|reason| {
+                            ProxyError::Upstream {
+                                colour,
+                                upstream: name.clone(),
+                                reason,
+                            }
+                        })?;
+                    let up = Arc::new(Upstream::new(name, addr, cfg, link));
                     fresh.push(up.clone());
                     upstreams.push(up);
                 }
@@ -322,7 +374,9 @@ fn same_health(a: &Option<HealthConfig>, b: &Option<HealthConfig>) -> bool {
     match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => {
-            a.path == b.path
+            a.kind == b.kind
+                && a.path == b.path
+                && a.service == b.service
                 && a.interval == b.interval
                 && a.timeout == b.timeout
                 && a.fall == b.fall

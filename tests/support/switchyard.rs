@@ -21,6 +21,8 @@ pub struct SwitchyardBuilder {
     proxy_extra: String,
     admin_extra: String,
     dir: Option<tempfile::TempDir>,
+    /// The whole config file, instead of one built from the parts above.
+    text: Option<String>,
 }
 
 /// A running switchyard process. Killed on drop (and so is a successor it
@@ -52,6 +54,7 @@ impl Switchyard {
             proxy_extra: String::new(),
             admin_extra: String::new(),
             dir: None,
+            text: None,
         }
     }
 }
@@ -94,7 +97,17 @@ impl SwitchyardBuilder {
         self
     }
 
+    /// Use `text` as the whole config file (for layouts the builder's
+    /// parts cannot express, e.g. pools that differ).
+    pub fn config(mut self, text: &str) -> Self {
+        self.text = Some(text.to_string());
+        self
+    }
+
     pub fn config_text(&self) -> String {
+        if let Some(t) = &self.text {
+            return t.clone();
+        }
         let list = |v: &[SocketAddr]| {
             v.iter()
                 .map(|a| format!("\"{a}\""))

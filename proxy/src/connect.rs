@@ -1,0 +1,199 @@
+//! Opening connections to upstreams: TCP with `TCP_NODELAY`, TLS when the
+//! pool has `tls` (rustls, the pool's CA file, SNI), then the handshake of
+//! the pool's `protocol`: an HTTP/1.1 connection that carries one request
+//! at a time, or an HTTP/2 connection that carries many at once.
+
+use hyper::body::Body;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_config::{UpstreamProtocol, UpstreamTls};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::pool::ConnectError;
+
+/// How to reach one upstream: its protocol and, with TLS, the connector and
+/// the name its certificate must carry.
+pub(crate) struct Link {
+    pub protocol: UpstreamProtocol,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+/// A connection ready to send requests, of either protocol.
+pub(crate) enum Sender<B> {
+    /// One request at a time; back to the idle stack after each response.
+    H1(http1::SendRequest<B>),
+    /// Many streams at once; shared by every request to the upstream.
+    H2(http2::SendRequest<B>),
+}
+
+impl Link {
+    /// The link to `host` for a pool with `protocol` and `tls`. Reads the CA
+    /// file: a bad one is refused here, at start or reload, not at the
+    /// first request.
+    pub(crate) fn new(
+        protocol: UpstreamProtocol,
+        tls: Option<&UpstreamTls>,
+        host: &str,
+    ) -> Result<Link, String> {
+        let Some(tls) = tls else {
+            return Ok(Link {
+                protocol,
+                tls: None,
+            });
+        };
+        let certs = crate::listener::load_certs(&tls.ca).map_err(|e| match e {
+            crate::ProxyError::Tls { reason, .. } => {
+                format!("tls.ca {}: {reason}", tls.ca.display())
+            }
+            other => other.to_string(),
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("tls.ca {}: not a CA certificate: {e}", tls.ca.display()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("tls: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![if protocol.is_h2() {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let name = tls.server_name.as_deref().unwrap_or(host);
+        let name = ServerName::try_from(name.to_string()).map_err(|e| {
+            format!("tls.server_name {name:?} is not a DNS name or an IP address: {e}")
+        })?;
+        Ok(Link {
+            protocol,
+            tls: Some((TlsConnector::from(Arc::new(config)), name)),
+        })
+    }
+
+    /// Whether connections use TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Opens a connection to `addr` and runs the protocol's handshake; the
+    /// connection's own task is spawned on the current runtime. `timeout`
+    /// bounds the TCP connect and the TLS handshake.
+    pub(crate) async fn connect<B>(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Sender<B>, ConnectError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stream = connect_tcp(addr, timeout).await?;
+        let Some((connector, name)) = &self.tls else {
+            return handshake(self.protocol, stream, addr).await;
+        };
+        let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), stream))
+            .await
+            .map_err(|_| ConnectError::Timeout { addr, timeout })?
+            .map_err(|source| ConnectError::Tls { addr, source })?;
+        if self.protocol.is_h2() && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(ConnectError::Tls {
+                addr,
+                source: std::io::Error::other(
+                    "the upstream did not agree to HTTP/2 (ALPN h2); use protocol = \"http1\" for it",
+                ),
+            });
+        }
+        handshake(self.protocol, tls, addr).await
+    }
+}
+
+async fn handshake<T, B>(
+    protocol: UpstreamProtocol,
+    io: T,
+    addr: SocketAddr,
+) -> Result<Sender<B>, ConnectError>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let fail = |source| ConnectError::Handshake { addr, source };
+    if protocol.is_h2() {
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // A dead peer is noticed within a minute even while idle.
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(fail)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        return Ok(Sender::H2(tx));
+    }
+    let (tx, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(fail)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(Sender::H1(tx))
+}
+
+/// Opens a TCP connection with `TCP_NODELAY`, bounded by `timeout`.
+pub(crate) async fn connect_tcp(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout { addr, timeout })?
+        .map_err(|source| ConnectError::Io { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+impl<B> Sender<B>
+where
+    B: Body + Send + 'static,
+{
+    /// Sends `req`; on an error before the request was written it comes
+    /// back with the error, so it can be sent elsewhere.
+    pub(crate) async fn try_send_request(
+        &mut self,
+        req: http::Request<B>,
+    ) -> Result<
+        http::Response<hyper::body::Incoming>,
+        hyper::client::conn::TrySendError<http::Request<B>>,
+    > {
+        match self {
+            Sender::H1(tx) => tx.try_send_request(req).await,
+            Sender::H2(tx) => tx.try_send_request(req).await,
+        }
+    }
+
+    /// Whether requests travel as HTTP/2 streams.
+    pub(crate) fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+}

@@ -541,3 +541,30 @@ fn pool_protocol_mistakes_are_reported_by_check_with_their_lines() {
     assert_ne!(out.code, 0);
     assert!(out.output().contains("missing.pem"), "{}", out.output());
 }
+
+/// The gRPC backend of `bench/grpc/run.sh`: tonic's `grpc.health.v1` on
+/// `127.0.0.1:$BENCH_GRPC_PORT` for `$BENCH_SECS` seconds (at most 600).
+/// Run by the script in release mode; ignored by `cargo test`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[ignore = "benchmark backend: bench/grpc/run.sh runs it"]
+async fn bench_grpc_backend() {
+    let port: u16 = std::env::var("BENCH_GRPC_PORT")
+        .expect("BENCH_GRPC_PORT")
+        .parse()
+        .unwrap();
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120)
+        .min(600);
+    let (_reporter, service) = tonic_health::server::health_reporter();
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    println!(
+        "serving grpc.health.v1 on {}",
+        listener.local_addr().unwrap()
+    );
+    let serve = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let _ = tokio::time::timeout(Duration::from_secs(secs), serve).await;
+}

@@ -5,6 +5,9 @@
 # backend to CPU 1, so each proxy gets the same dedicated core.
 #
 # Usage: bench/proxy/run.sh [duration_seconds] [connections] [rounds]
+#        SY_BASELINE=path/to/older/switchyard bench/proxy/run.sh ...   (also
+#        measures that binary, as "baseline", in the same interleaved rounds)
+#        BODY=65536 bench/proxy/run.sh ...   (the backend answers BODY bytes)
 set -euo pipefail
 DUR=${1:-10}
 CONNS=${2:-32}
@@ -29,14 +32,23 @@ if [ -z "${SY:-}" ]; then
 fi
 
 BACKEND=19100; NGINX_P=19101; HAPROXY_P=19102; SY_P=19103; SY_ADMIN=19104
+BASE_P=19105; BASE_ADMIN=19106
+BODY=${BODY:-}
 
-# The fixed backend: nginx answering a small body, pinned to CPU 1.
+# The fixed backend: nginx answering a small body (or BODY random bytes),
+# pinned to CPU 1.
+BACKEND_ANSWER='return 200 "hello from the backend\n";'
+if [ -n "$BODY" ]; then
+  chmod 755 "$WORK"; mkdir -p "$WORK/www"
+  head -c "$BODY" /dev/urandom > "$WORK/www/body"; chmod 644 "$WORK/www/body"
+  BACKEND_ANSWER="root $WORK/www; rewrite ^ /body break;"
+fi
 mkdir -p "$WORK/backend" "$WORK/nginx"
 cat > "$WORK/backend/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $WORK/backend/pid; error_log $WORK/backend/error.log;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from the backend\n"; } } }
+  server { listen 127.0.0.1:$BACKEND; location / { $BACKEND_ANSWER } } }
 CONF
 taskset -c 1 "$NGINX" -c "$WORK/backend/nginx.conf" -p "$WORK/backend" &
 
@@ -95,10 +107,22 @@ level = "warn"
 CONF
 taskset -c 0 "$SY" run -c "$WORK/switchyard.toml" > "$WORK/sy.out" 2> "$WORK/sy.err" &
 SY_PID=$!
-for _ in $(seq 50); do
-  curl -sf "http://127.0.0.1:$SY_ADMIN/healthz" >/dev/null 2>&1 && break; sleep 0.1
+TARGETS="direct nginx haproxy switchyard"
+ADMINS=$SY_ADMIN
+if [ -n "${SY_BASELINE:-}" ]; then
+  sed -e "s/:$SY_P\"/:$BASE_P\"/" -e "s/:$SY_ADMIN\"/:$BASE_ADMIN\"/" -e "s#state.json#base-state.json#" \
+    "$WORK/switchyard.toml" > "$WORK/baseline.toml"
+  taskset -c 0 "$SY_BASELINE" run -c "$WORK/baseline.toml" > "$WORK/base.out" 2> "$WORK/base.err" &
+  BASE_PID=$!
+  TARGETS="$TARGETS baseline"
+  ADMINS="$ADMINS $BASE_ADMIN"
+fi
+for admin in $ADMINS; do
+  for _ in $(seq 50); do
+    curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null 2>&1 && break; sleep 0.1
+  done
+  curl -sf -X PUT -H "Authorization: Bearer bench" -d '{"green": 50}' "http://127.0.0.1:$admin/api/v1/weights" >/dev/null
 done
-curl -sf -X PUT -H "Authorization: Bearer bench" -d '{"green": 50}' "http://127.0.0.1:$SY_ADMIN/api/v1/weights" >/dev/null
 sleep 0.5
 
 declare -A RPS P50 P99 CPU
@@ -139,7 +163,7 @@ PY
   if [ "$errs" != 0 ]; then echo "$name answered $errs non-2xx responses" >&2; exit 1; fi
 }
 
-for port in $BACKEND $NGINX_P $HAPROXY_P $SY_P; do
+for port in $BACKEND $NGINX_P $HAPROXY_P $SY_P ${SY_BASELINE:+$BASE_P}; do
   curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port" >&2; exit 1; }
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
 done
@@ -150,17 +174,18 @@ for r in $(seq "$ROUNDS"); do
   one_round "$r" nginx $NGINX_P $NGINX_PID
   one_round "$r" haproxy $HAPROXY_P $HAPROXY_PID
   one_round "$r" switchyard $SY_P $SY_PID
+  [ -n "${SY_BASELINE:-}" ] && one_round "$r" baseline $BASE_P $BASE_PID
 done
-for n in direct nginx haproxy switchyard; do summarise $n; done
+for n in $TARGETS; do summarise $n; done
 
 {
   echo "| target | requests/s | p50 ms | p99 ms | proxy CPU µs/request | switchyard ÷ target (req/s) |"
   echo "|---|---:|---:|---:|---:|---:|"
-  for n in direct nginx haproxy switchyard; do
+  for n in $TARGETS; do
     ratio=$(python3 -c "print(f'{${RPS[switchyard]}/${RPS[$n]}:.2f}')")
     cpu=${CPU[$n]}; [ "$n" = direct ] && cpu="–"
     echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $cpu | $ratio |"
   done
   echo
-  echo "wrk -t1 -c$CONNS -d${DUR}s, median of $ROUNDS interleaved rounds; proxies pinned to CPU 0, wrk and the backend to CPU 1; $(nproc) cores; $(date -u +%F)"
+  echo "wrk -t1 -c$CONNS -d${DUR}s${BODY:+, $BODY-byte responses}, median of $ROUNDS interleaved rounds; proxies pinned to CPU 0, wrk and the backend to CPU 1; $(nproc) cores; $(date -u +%F)"
 } | tee "$OUT/table.md"

@@ -164,15 +164,51 @@ clone_dump_fd() {
   check_green
 }
 
+clone_pgcopydb() { # the peer users pick for fast clones, same job counts
+  fresh_green; rm -rf "$WORK/pgcopydb"; quiesce
+  measure pgcopydb env PATH="$BIN:$PATH" pgcopydb clone --source "$BLUE" --target "$GREEN" \
+    --table-jobs "$JOBS" --index-jobs "$JOBS" --dir "$WORK/pgcopydb" \
+    --no-owner --no-acl --skip-extensions >"$WORK/pgcopydb.log" 2>&1 \
+    || { tail -20 "$WORK/pgcopydb.log" >&2; exit 1; }
+  check_green
+}
+
+# The floor: the same rows loaded from server-side binary files with one
+# COPY FREEZE per table ($JOBS sessions, largest table alone), then the
+# same indexes and constraints (pg_restore --section=post-data -j$JOBS).
+# No reading from blue at all: what green's server alone needs.
+FLOOR="$WORK/floor"
+TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history"
+prepare_floor() {
+  mkdir -p "$FLOOR"; [ "$(id -u)" = 0 ] && chown postgres: "$FLOOR"
+  for t in $TABLES; do
+    "$BIN/psql" -Atq "$BLUE" -c "COPY $t TO '$FLOOR/$t.bin' WITH (FORMAT binary)"
+  done
+  "$BIN/pg_dump" -Fc --schema-only -d "$BLUE" -f "$FLOOR/schema.dump"
+}
+clone_floor() {
+  fresh_green; quiesce
+  local load="BEGIN; TRUNCATE %s; COPY %s FROM '$FLOOR/%s.bin' WITH (FORMAT binary, FREEZE); COMMIT;"
+  local rest="" t
+  for t in pgbench_branches pgbench_tellers pgbench_history; do rest+=$(printf "$load" $t $t $t); done
+  measure floor bash -c "'$BIN/pg_restore' --no-owner --section=pre-data -d '$GREEN' '$FLOOR/schema.dump' \
+    && { '$BIN/psql' -Atq '$GREEN' -c \"$(printf "$load" pgbench_accounts pgbench_accounts pgbench_accounts)\" & \
+         '$BIN/psql' -Atq '$GREEN' -c \"$rest\" & wait; } \
+    && '$BIN/pg_restore' --no-owner --section=post-data -j '$JOBS' -d '$GREEN' '$FLOOR/schema.dump'"
+  check_green
+}
+
 # Warm-up: blue's pages read once (hint bits set) before anything is timed.
 "$BIN/psql" -Atq "$BLUE" -c "VACUUM ANALYZE" >/dev/null
 "$BIN/psql" -Atq "$BLUE" -c "$COUNTS" >/dev/null
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-methods=(clone_switchyard clone_dump_fc clone_dump_fd)
+prepare_floor
+methods=(clone_switchyard clone_dump_fc clone_dump_fd clone_pgcopydb clone_floor)
+n=${#methods[@]}
 for run in $(seq 1 "$RUNS"); do
   echo "run $run/$RUNS (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-  for i in 0 1 2; do # rotate the order so no method always goes first
-    "${methods[$(((i + run) % 3))]}"
+  for i in $(seq 0 $((n - 1))); do # rotate the order so no method always goes first
+    "${methods[$(((i + run) % n))]}"
   done
 done
 
@@ -191,12 +227,14 @@ OUT="$ROOT/bench/sync/results-$(date -u +%Y-%m-%d).md"
     pm=$(stat median "${times[$3]}"); pb=$(stat best "${times[$3]}"); pc=$(stat median "${cpus[$3]}")
     echo "| $1 | $om s ($ob), CPU $oc s | $4 | $pm s ($pb), CPU $pc s | $(ratio "$om" "$pm") ($(ratio "$ob" "$pb")) | $(ratio "$oc" "$pc") | $5 |"
   }
-  row clone switchyard_clone dump_fc_restore '`pg_dump -Fc \| pg_restore`' "≤ 0.5"
+  row clone switchyard_clone dump_fc_restore '`pg_dump -Fc \| pg_restore`' "≤ 0.7"
   row clone switchyard_clone dump_fd_restore_j "\`pg_dump -Fd -j$JOBS\` + \`pg_restore -j$JOBS\`" "≤ 0.8"
+  row clone switchyard_clone pgcopydb "\`pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS\`" "≤ 0.7"
+  row clone switchyard_clone floor "floor: binary \`COPY FREEZE\` from server files + post-data -j$JOBS" "≤ 1.2"
   row verify switchyard_verify count '`count(*)` of the same tables, blue and green in parallel' "≤ 2"
   echo
   echo "Raw runs (wall s / CPU s):"
-  for k in switchyard_clone dump_fc_restore dump_fd_restore_j switchyard_verify count; do
+  for k in switchyard_clone dump_fc_restore dump_fd_restore_j pgcopydb floor switchyard_verify count; do
     echo "- $k: wall${times[$k]}; CPU${cpus[$k]}"
   done
 } | tee "$OUT"

@@ -178,17 +178,21 @@ where
     B: Body + Send + 'static,
 {
     /// Sends `req`; on an error before the request was written it comes
-    /// back with the error, so it can be sent elsewhere.
-    pub(crate) async fn try_send_request(
+    /// back with the error, so it can be sent elsewhere. The request is
+    /// handed to the connection at once; the future only waits for the
+    /// answer (and is small: it is part of every request's future).
+    pub(crate) fn try_send_request(
         &mut self,
         req: http::Request<B>,
-    ) -> Result<
-        http::Response<hyper::body::Incoming>,
-        hyper::client::conn::TrySendError<http::Request<B>>,
+    ) -> impl std::future::Future<
+        Output = Result<
+            http::Response<hyper::body::Incoming>,
+            hyper::client::conn::TrySendError<http::Request<B>>,
+        >,
     > {
         match self {
-            Sender::H1(tx) => tx.try_send_request(req).await,
-            Sender::H2(tx) => tx.try_send_request(req).await,
+            Sender::H1(tx) => futures_util::future::Either::Left(tx.try_send_request(req)),
+            Sender::H2(tx) => futures_util::future::Either::Right(tx.try_send_request(req)),
         }
     }
 

@@ -167,7 +167,9 @@ async fn route(
 
     let mut served = colour;
     let mut resp = if upgrade {
-        let result = forward_upgrade(&routing, colour, req, conn).await;
+        // Boxed, as the other rare paths: they would make every request's
+        // future larger (it is moved into a task per HTTP/2 stream).
+        let result = Box::pin(forward_upgrade(&routing, colour, req, conn)).await;
         respond(result, colour, tally, started, grpc)
     } else {
         let req = req.map(|b| {
@@ -192,7 +194,7 @@ async fn route(
                 let other = colour.other();
                 tracing::debug!(from = %colour, to = %other, "no {colour} upstream could be reached; sending the request to {other}");
                 let tally = (!choice.pinned).then(|| Tally::new(shared.clone(), other));
-                let result = forward(&routing, other, req, tally, Instant::now()).await;
+                let result = Box::pin(forward(&routing, other, req, tally, Instant::now())).await;
                 served = other;
                 finish(result, other, grpc)
             }

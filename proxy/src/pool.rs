@@ -202,7 +202,10 @@ impl Upstream {
                 });
             }
         }
-        match self.link.connect(self.addr, connect_timeout).await {
+        // Boxed: opening a connection is the rare path (keep-alive), and its
+        // future (TCP, TLS, the handshake) would otherwise be part of every
+        // request's future, copied with it.
+        match Box::pin(self.link.connect(self.addr, connect_timeout)).await {
             Ok(tx) => {
                 self.connect_succeeded();
                 Ok(Checkout { tx, reused: false })
@@ -228,7 +231,10 @@ impl Upstream {
         if let Some(tx) = self.live_h2() {
             return Ok(Checkout { tx, reused: true });
         }
-        match self.link.connect(self.addr, connect_timeout).await {
+        // Boxed: opening a connection is the rare path (keep-alive), and its
+        // future (TCP, TLS, the handshake) would otherwise be part of every
+        // request's future, copied with it.
+        match Box::pin(self.link.connect(self.addr, connect_timeout)).await {
             Ok(Sender::H2(tx)) => {
                 self.connect_succeeded();
                 self.h2.store(Some(Arc::new(tx.clone())));

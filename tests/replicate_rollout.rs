@@ -163,10 +163,15 @@ async fn traffic_and_database_move_to_green_and_back_with_no_failed_request_and_
         .await,
         "green's writes reached blue"
     );
-    let s = sy.status().await;
-    assert_eq!(
-        s["database"]["replication"]["direction"], "green -> blue",
-        "{s:#}"
+    // The status's database reading follows within moments (it is taken
+    // again once the cutover removed the old direction's objects).
+    assert!(
+        eventually(10, async || {
+            sy.status().await["database"]["replication"]["direction"] == "green -> blue"
+        })
+        .await,
+        "{:#}",
+        sy.status().await
     );
 
     // Green misbehaves after all: abort moves writes and traffic back.

@@ -146,11 +146,20 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
             });
             tracing::info!(held_ms, held_requests, writer = %candidate, "cutover completed");
             if let Some(report) = report {
-                // The old direction's objects are no longer needed.
+                // The old direction's objects are no longer needed; then the
+                // status reads the new direction at once.
                 let db = db.clone();
+                let gate = inner
+                    .gates
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.iter().find(|g| g.as_database().is_some()).cloned());
                 tokio::spawn(async move {
                     if let Err(e) = switchyard_sync::cutover::finish(&db, report.from).await {
                         tracing::warn!(error = %e, "removing the old replication objects failed: run `switchyard sync cleanup` once you are done with reverse sync, or retry");
+                    }
+                    if let Some(d) = gate.as_deref().and_then(|g| g.as_database()) {
+                        d.refresh().await;
                     }
                 });
             }

@@ -167,6 +167,13 @@ impl DatabaseGate {
         gate
     }
 
+    /// Takes a new reading now instead of at the next refresh, e.g. once a
+    /// cutover has removed the old direction's objects, so that the status
+    /// does not show the old direction for up to two seconds.
+    pub(crate) async fn refresh(&self) {
+        let _ = self.read().await;
+    }
+
     /// The `[database]` table this gate checks.
     pub fn config(&self) -> &DatabaseConfig {
         &self.db

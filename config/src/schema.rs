@@ -334,8 +334,8 @@ fn upstreams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Upstream>, D::Error>
     Ok(out)
 }
 
-/// `health = { ... }`: active HTTP health checks for a pool.
-#[derive(Debug, Clone, Deserialize)]
+/// `health = { ... }`: active health checks for a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// What a check sends: `http` (GET `path`, 2xx or 3xx passes) or `grpc`

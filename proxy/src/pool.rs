@@ -307,7 +307,7 @@ impl Pool {
                             && old.addr == addr
                             && old.protocol == cfg.protocol
                             && old.tls == cfg.tls
-                            && same_health(&old.health, &cfg.health)
+                            && old.health == cfg.health
                     })
                     .cloned()
             });
@@ -373,22 +373,6 @@ impl Pool {
     /// look like a pool with no healthy upstream to the rollout controller.
     pub fn healthy_count(&self) -> usize {
         self.upstreams.iter().filter(|u| u.is_healthy()).count()
-    }
-}
-
-fn same_health(a: &Option<HealthConfig>, b: &Option<HealthConfig>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => {
-            a.kind == b.kind
-                && a.path == b.path
-                && a.service == b.service
-                && a.interval == b.interval
-                && a.timeout == b.timeout
-                && a.fall == b.fall
-                && a.rise == b.rise
-        }
-        _ => false,
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod client;
 pub mod switchyard;
+pub mod tls;
 
 pub use backend::Backend;
 #[allow(unused_imports)]

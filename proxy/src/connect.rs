@@ -33,50 +33,27 @@ pub(crate) enum Sender<B> {
 }
 
 impl Link {
-    /// The link to `host` for a pool with `protocol` and `tls`. Reads the CA
-    /// file: a bad one is refused here, at start or reload, not at the
-    /// first request.
+    /// The link to `host` for a pool with `protocol` and, with TLS, the
+    /// pool's `tls` settings and the connector made from them by
+    /// [`tls_connector`] (once per pool, not per upstream).
     pub(crate) fn new(
         protocol: UpstreamProtocol,
-        tls: Option<&UpstreamTls>,
+        tls: Option<(&UpstreamTls, &TlsConnector)>,
         host: &str,
     ) -> Result<Link, String> {
-        let Some(tls) = tls else {
+        let Some((tls, connector)) = tls else {
             return Ok(Link {
                 protocol,
                 tls: None,
             });
         };
-        let certs = crate::listener::load_certs(&tls.ca).map_err(|e| match e {
-            crate::ProxyError::Tls { reason, .. } => {
-                format!("tls.ca {}: {reason}", tls.ca.display())
-            }
-            other => other.to_string(),
-        })?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("tls.ca {}: not a CA certificate: {e}", tls.ca.display()))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("tls: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![if protocol.is_h2() {
-            b"h2".to_vec()
-        } else {
-            b"http/1.1".to_vec()
-        }];
         let name = tls.server_name.as_deref().unwrap_or(host);
         let name = ServerName::try_from(name.to_string()).map_err(|e| {
             format!("tls.server_name {name:?} is not a DNS name or an IP address: {e}")
         })?;
         Ok(Link {
             protocol,
-            tls: Some((TlsConnector::from(Arc::new(config)), name)),
+            tls: Some((connector.clone(), name)),
         })
     }
 
@@ -116,6 +93,39 @@ impl Link {
         }
         handshake(self.protocol, tls, addr).await
     }
+}
+
+/// The TLS connector of a pool with `protocol` and `tls`. Reads the CA
+/// file: a bad one is refused here, at start or reload, not at the first
+/// request.
+pub(crate) fn tls_connector(
+    protocol: UpstreamProtocol,
+    tls: &UpstreamTls,
+) -> Result<TlsConnector, String> {
+    let certs = crate::listener::load_certs(&tls.ca).map_err(|e| match e {
+        crate::ProxyError::Tls { reason, .. } => {
+            format!("tls.ca {}: {reason}", tls.ca.display())
+        }
+        other => other.to_string(),
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| format!("tls.ca {}: not a CA certificate: {e}", tls.ca.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if protocol.is_h2() {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 async fn handshake<T, B>(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use switchyard_config::{HealthConfig, PoolConfig, UpstreamProtocol, UpstreamTls};
 
 use crate::body::RequestBody;
-use crate::connect::{Link, Sender};
+use crate::connect::{tls_connector, Link, Sender};
 use crate::{Colour, ProxyError};
 
 /// Longest wait for a pooled connection to become ready for its next request.
@@ -292,6 +292,8 @@ impl Pool {
     ) -> Result<(Pool, Vec<Arc<Upstream>>), ProxyError> {
         let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
         let mut fresh = Vec::new();
+        // Made (the CA file read) once, for the first new upstream that needs it.
+        let mut connector = None;
         for u in &cfg.upstreams {
             let name = u.to_string();
             let addr = resolve(&u.host, u.port).map_err(|reason| ProxyError::Upstream {
@@ -314,14 +316,21 @@ impl Pool {
             match reused {
                 Some(old) => upstreams.push(old),
                 None => {
-                    let link =
-                        Link::new(cfg.protocol, cfg.tls.as_ref(), &u.host).map_err(|reason| {
-                            ProxyError::Upstream {
-                                colour,
-                                upstream: name.clone(),
-                                reason,
+                    let fail = |reason| ProxyError::Upstream {
+                        colour,
+                        upstream: name.clone(),
+                        reason,
+                    };
+                    let tls = match &cfg.tls {
+                        None => None,
+                        Some(t) => {
+                            if connector.is_none() {
+                                connector = Some(tls_connector(cfg.protocol, t).map_err(fail)?);
                             }
-                        })?;
+                            connector.as_ref().map(|c| (t, c))
+                        }
+                    };
+                    let link = Link::new(cfg.protocol, tls, &u.host).map_err(fail)?;
                     let up = Arc::new(Upstream::new(name, addr, cfg, link));
                     fresh.push(up.clone());
                     upstreams.push(up);

@@ -161,7 +161,41 @@ pub(crate) fn clashes(c: &Config, text: &str, origin: &str) -> Vec<ConfigError> 
         }
     }
     out.extend(pool_mismatches(c, text, origin));
+    out.extend(database_mismatches(c, text, origin));
     out
+}
+
+/// `[database]` URLs that parse one by one but name different engines:
+/// switchyard clones and replicates between two servers of one kind.
+fn database_mismatches(c: &Config, text: &str, origin: &str) -> Vec<ConfigError> {
+    let Some(db) = &c.database else {
+        return Vec::new();
+    };
+    let engine = db.engine();
+    let others = [
+        ("green", Some(db.green.as_str())),
+        ("blue_from_green", db.blue_from_green.as_deref()),
+        ("green_from_blue", db.green_from_blue.as_deref()),
+    ];
+    others
+        .into_iter()
+        .filter_map(|(key, url)| {
+            let other = DatabaseEngine::of(url?)?;
+            (other != engine).then(|| ConfigError::Invalid {
+                location: Location {
+                    file: origin.to_string(),
+                    line: line_in_section(text, "[database]", key),
+                    column: 1,
+                },
+                message: format!(
+                    "[database] {key} is a {} URL but blue is {}: both sides must run the same engine \
+                     (switchyard clones and replicates between two servers of one kind)",
+                    other.name(),
+                    engine.name()
+                ),
+            })
+        })
+        .collect()
 }
 
 /// The line of `key` in the section `[header]` (or, failing that, of the

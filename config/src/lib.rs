@@ -39,7 +39,10 @@ impl Config {
     /// (usually the file path). Paths are left as written.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| check::error_of(text, origin, &e))?;
-        Ok(config)
+        match check::clashes(&config, text, origin).into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(config),
+        }
     }
 
     /// Reads and validates the file at `path`, reporting every error it
@@ -63,7 +66,7 @@ impl Config {
 
     /// [`Config::parse`], reporting every error (see [`Config::load_all`]).
     pub fn parse_all(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>> {
-        match Config::parse(text, origin) {
+        match toml::from_str::<Config>(text).map_err(|e| check::error_of(text, origin, &e)) {
             Ok(c) => {
                 let clashes = check::clashes(&c, text, origin);
                 if clashes.is_empty() {

@@ -4,7 +4,7 @@
 
 use crate::values;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -646,13 +646,15 @@ impl Default for StateConfig {
     }
 }
 
-/// `[database]`: the PostgreSQL pair switchyard prepares and keeps in sync.
+/// `[database]`: the pair of databases (PostgreSQL, or MySQL/MariaDB)
+/// switchyard prepares and keeps in sync. The engine follows from the URLs
+/// ([`DatabaseConfig::engine`]); both must name the same one.
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    #[serde(deserialize_with = "pg_url")]
+    #[serde(deserialize_with = "db_url")]
     pub blue: String,
-    #[serde(deserialize_with = "pg_url")]
+    #[serde(deserialize_with = "db_url")]
     pub green: String,
     #[serde(default = "default_migrations", deserialize_with = "path")]
     pub migrations: PathBuf,
@@ -682,11 +684,11 @@ pub struct DatabaseConfig {
     pub reverse: bool,
     /// How green's server reaches blue for its subscription, when it differs
     /// from `blue` (another host name inside a private network, say).
-    #[serde(default, deserialize_with = "opt_pg_url")]
+    #[serde(default, deserialize_with = "opt_db_url")]
     pub blue_from_green: Option<String>,
     /// How blue's server reaches green for reverse sync, when it differs
     /// from `green`.
-    #[serde(default, deserialize_with = "opt_pg_url")]
+    #[serde(default, deserialize_with = "opt_db_url")]
     pub green_from_blue: Option<String>,
     /// Whether `switchyard run` prepares green by itself when a rollout
     /// starts (preflight, clone, migrate, verify, replicate), or leaves it to
@@ -747,8 +749,8 @@ fn default_true() -> bool {
     true
 }
 
-fn opt_pg_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    pg_url(d).map(Some)
+fn opt_db_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    db_url(d).map(Some)
 }
 
 /// `[database] writes`: where requests with unsafe methods go before cutover.
@@ -796,6 +798,12 @@ impl DatabaseConfig {
             roles: RolesMode::default(),
             placeholders: Default::default(),
         }
+    }
+
+    /// The engine both databases run (from blue's URL; `check` makes sure
+    /// green's, and the `*_from_*` URLs, name the same one).
+    pub fn engine(&self) -> DatabaseEngine {
+        DatabaseEngine::of(&self.blue).unwrap_or(DatabaseEngine::Postgres)
     }
 
     /// The URL green's server uses to reach blue.
@@ -851,15 +859,63 @@ pub fn redact_url(url: &str) -> String {
     url.to_string()
 }
 
-fn pg_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+fn db_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = values::non_empty_string(d)?;
-    if !(s.starts_with("postgres://") || s.starts_with("postgresql://") || s.contains('=')) {
+    if DatabaseEngine::of(&s).is_none() {
         return Err(de::Error::custom(format!(
-            "{:?} is not a PostgreSQL connection string: expected \"postgres://user@host:5432/db\" or \"host=... dbname=...\"",
+            "{:?} is not a database URL switchyard knows: expected a PostgreSQL connection string \
+             (\"postgres://user@host:5432/db\" or \"host=... dbname=...\") or a MySQL/MariaDB URL \
+             (\"mysql://user:password@host:3306/db\" or \"mariadb://...\")",
             redact_url(&s)
         )));
     }
+    if DatabaseEngine::of(&s) == Some(DatabaseEngine::MySql) {
+        let path = s.split_once("://").map(|(_, r)| r).unwrap_or("");
+        let db = path.split_once('/').map(|(_, d)| d).unwrap_or("");
+        let db = db.split(['?', '#']).next().unwrap_or("");
+        if db.is_empty() {
+            return Err(de::Error::custom(format!(
+                "{:?} names no database: switchyard works on one database (schema) per side; \
+                 add it to the URL's path, as in \"mysql://user@host:3306/app\"",
+                redact_url(&s)
+            )));
+        }
+    }
     Ok(s)
+}
+
+/// Which database server a `[database]` URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseEngine {
+    /// `postgres://`, `postgresql://` or a `key=value` connection string.
+    Postgres,
+    /// `mysql://` or `mariadb://` (MySQL 8 and MariaDB 10.6 or newer).
+    #[serde(rename = "mysql")]
+    MySql,
+}
+
+impl DatabaseEngine {
+    /// The engine a URL names, or `None` for a URL of neither.
+    pub fn of(url: &str) -> Option<DatabaseEngine> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(DatabaseEngine::Postgres)
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Some(DatabaseEngine::MySql)
+        } else if !url.contains("://") && url.contains('=') {
+            Some(DatabaseEngine::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// The engine's name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatabaseEngine::Postgres => "PostgreSQL",
+            DatabaseEngine::MySql => "MySQL/MariaDB",
+        }
+    }
 }
 
 fn default_migrations() -> PathBuf {

@@ -156,10 +156,56 @@ fn database_keys_are_validated_where_they_are_written() {
     let e = err(&format!("{base}writes = \"sometimes\"\n"));
     assert!(e.starts_with("sy.toml:10:"), "{e}");
     assert!(e.contains("stable") && e.contains("weighted"), "{e}");
-    let e = err(&format!("{base}blue_from_green = \"mysql://x\"\n"));
-    assert!(e.contains("not a PostgreSQL connection string"), "{e}");
+    let e = err(&format!("{base}blue_from_green = \"mongodb://x\"\n"));
+    assert!(e.contains("not a database URL switchyard knows"), "{e}");
+    // A MySQL URL parses, but not beside a PostgreSQL blue.
+    let e = err(&format!("{base}blue_from_green = \"mysql://x@h/app\"\n"));
+    assert!(e.starts_with("sy.toml:10:"), "{e}");
+    assert!(
+        e.contains("blue_from_green is a MySQL/MariaDB URL but blue is PostgreSQL"),
+        "{e}"
+    );
     let e = err(&format!("{base}read_your_writes = \"a while\"\n"));
     assert!(e.contains("duration"), "{e}");
+}
+
+#[test]
+fn mysql_and_mariadb_urls_choose_the_mysql_engine_and_must_match_on_both_sides() {
+    use switchyard_config::DatabaseEngine;
+    let head = "[admin]\ntoken = \"x\"\n[pools.blue]\nupstreams=[\"a:1\"]\n[pools.green]\nupstreams=[\"b:2\"]\n[database]\n";
+    let c = Config::parse(
+        &format!("{head}blue = \"mysql://root@h:3306/app\"\ngreen = \"mariadb://root@g/app\"\n"),
+        "sy.toml",
+    )
+    .unwrap();
+    assert_eq!(c.database.unwrap().engine(), DatabaseEngine::MySql);
+    assert_eq!(
+        DatabaseEngine::of("host=/tmp dbname=app"),
+        Some(DatabaseEngine::Postgres)
+    );
+    assert_eq!(DatabaseEngine::of("sqlite://x=1"), None);
+
+    let e = Config::parse(
+        &format!("{head}blue = \"mysql://root@h/app\"\ngreen = \"postgres://g@h/app\"\n"),
+        "sy.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("sy.toml:9:"), "{e}");
+    assert!(
+        e.contains("green is a PostgreSQL URL but blue is MySQL/MariaDB"),
+        "{e}"
+    );
+    // One database per side: a server URL without one is refused where it is written.
+    let e = Config::parse(
+        &format!("{head}blue = \"mysql://root:secret@h:3306\"\ngreen = \"mysql://root@g/app\"\n"),
+        "sy.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("sy.toml:8:"), "{e}");
+    assert!(e.contains("names no database"), "{e}");
+    assert!(!e.contains("secret"), "the password is redacted: {e}");
 }
 
 #[test]

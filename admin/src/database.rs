@@ -479,6 +479,7 @@ mod tests {
                 wal_status: None,
                 objects: Vec::new(),
                 unreachable: Vec::new(),
+                transactions_behind: None,
             }),
         })
     }

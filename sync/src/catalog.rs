@@ -34,6 +34,10 @@ pub enum ObjectKind {
     MaterializedView,
     Sequence,
     Function,
+    /// A stored procedure (MySQL/MariaDB).
+    Procedure,
+    /// A scheduled event (MySQL/MariaDB).
+    Event,
     Type,
     Owner,
     Grants,
@@ -56,6 +60,8 @@ impl ObjectKind {
             ObjectKind::MaterializedView => "materialized view",
             ObjectKind::Sequence => "sequence",
             ObjectKind::Function => "function",
+            ObjectKind::Procedure => "procedure",
+            ObjectKind::Event => "event",
             ObjectKind::Type => "type",
             ObjectKind::Owner => "owner of",
             ObjectKind::Grants => "grants on",

@@ -84,6 +84,9 @@ pub async fn switch(
     from: Direction,
     deadline: Instant,
 ) -> Result<SwitchReport, SwitchError> {
+    if db.engine() == switchyard_config::DatabaseEngine::MySql {
+        return crate::mysql::replica::switch(db, from, deadline).await;
+    }
     let old = from.source();
     let failed = |source: SyncError| SwitchError::Failed {
         source_side: old,
@@ -363,6 +366,11 @@ impl Undo {
 /// Removes the old direction's objects after a switch: its subscription on
 /// the new primary, its slot and publication on the old primary.
 pub async fn finish(db: &DatabaseConfig, from: Direction) -> Result<(), SyncError> {
+    if db.engine() == switchyard_config::DatabaseEngine::MySql {
+        // The old direction's replica was removed by the switch itself.
+        let _ = from;
+        return Ok(());
+    }
     let n = names(db, from);
     let old = from.source();
     let new_primary = pg::connect_owner(from.target(), url_of(db, from.target())).await?;

@@ -67,6 +67,7 @@ pub mod cutover;
 pub mod ephemeral;
 pub mod error;
 pub mod migrate;
+pub mod mysql;
 pub mod pg;
 pub mod preflight;
 pub mod prepare;
@@ -141,6 +142,9 @@ pub struct ExitReport {
 
 /// Runs one sync command against the `[database]` configuration.
 pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitReport, SyncError> {
+    if db.engine() == switchyard_config::DatabaseEngine::MySql {
+        return run_mysql(db, cmd, out).await;
+    }
     if matches!(
         cmd,
         Command::Clone { .. } | Command::Migrate { dry_run: false }
@@ -152,27 +156,7 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
     let (code, summary, text) = match cmd {
         Command::Preflight => {
             let r = preflight::preflight(db).await?;
-            let mut t = format!(
-                "blue: PostgreSQL {}, green: PostgreSQL {}\n",
-                r.blue_version.as_deref().unwrap_or("?"),
-                r.green_version.as_deref().unwrap_or("?")
-            );
-            for f in &r.findings {
-                let sev = serde_json::to_value(f.severity).expect("severity");
-                t.push_str(&format!(
-                    "{:<8} [{}] {}\n         hint: {}\n",
-                    sev.as_str().unwrap_or(""),
-                    f.check,
-                    f.message,
-                    f.hint
-                ));
-            }
-            t.push_str(if r.passed {
-                "preflight passed\n"
-            } else {
-                "preflight found blockers\n"
-            });
-            (i32::from(!r.passed), json(&r), t)
+            (i32::from(!r.passed), json(&r), render_preflight(&r, "PostgreSQL "))
         }
         Command::Clone {
             jobs: j,
@@ -357,25 +341,7 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
         }
         Command::Cleanup => {
             let r = replicate::cleanup(db).await?;
-            let mut t = String::new();
-            for o in &r.removed {
-                t.push_str(&format!(
-                    "removed {} {:?} {} ({})\n",
-                    o.side,
-                    o.kind,
-                    o.name,
-                    o.direction.arrow()
-                ));
-            }
-            for u in &r.unreachable {
-                t.push_str(&format!("could not reach {u}: its objects may remain; run cleanup again once it is up\n"));
-            }
-            if r.removed.is_empty() && r.unreachable.is_empty() {
-                t.push_str(
-                    "nothing to clean up: no switchyard publication, slot or subscription exists\n",
-                );
-            }
-            (i32::from(!r.unreachable.is_empty()), json(&r), t)
+            (i32::from(!r.unreachable.is_empty()), json(&r), render_cleanup(&r))
         }
     };
     match out {
@@ -384,6 +350,218 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
         Output::Quiet => {}
     }
     Ok(ExitReport { code, summary })
+}
+
+/// [`run`] on MySQL/MariaDB: the same commands, reports and exit codes.
+async fn run_mysql(
+    db: &DatabaseConfig,
+    cmd: Command,
+    out: Output,
+) -> Result<ExitReport, SyncError> {
+    if matches!(
+        cmd,
+        Command::Clone { .. } | Command::Migrate { dry_run: false }
+    ) {
+        mysql::ensure_distinct(db).await?;
+    }
+    let (code, summary, text) = match cmd {
+        Command::Preflight => {
+            let r = mysql::preflight::preflight(db).await?;
+            (i32::from(!r.passed), json(&r), render_preflight(&r, ""))
+        }
+        Command::Clone {
+            jobs: j,
+            replace,
+            verify,
+        } => {
+            let jobs = if j == 0 { db.jobs.max(1) } else { j };
+            let (r, holder) = mysql::clone::clone(db, jobs, replace, out).await?;
+            let mut t = format!(
+                "cloned {} tables, {} rows, {} bytes, {} indexes, {} foreign keys, {} other objects in {:.1}s                  (blue at GTID {:?}, {}; commits held {:.0} ms)\n",
+                r.tables.len(),
+                r.rows,
+                r.bytes,
+                r.indexes,
+                r.foreign_keys,
+                r.objects,
+                r.seconds,
+                r.position.gtid,
+                r.position.blue_time,
+                r.lock_ms
+            );
+            if !r.events_disabled.is_empty() {
+                t.push_str(&format!(
+                    "events created disabled on green (enable them after promotion): {}\n",
+                    r.events_disabled.join(", ")
+                ));
+            }
+            let mut summary = serde_json::json!({ "clone": r });
+            let mut code = 0;
+            let mut holder = holder;
+            if verify {
+                let v = mysql::verify::verify(db, holder.as_mut()).await;
+                if let Some(h) = holder.take() {
+                    h.release().await;
+                }
+                let v = v?;
+                t.push_str(&v.render());
+                code = i32::from(!v.passed);
+                summary["verify"] = json(&v);
+            }
+            if let Some(h) = holder {
+                h.release().await;
+            }
+            (code, summary, t)
+        }
+        Command::Migrate { dry_run } => {
+            let r = mysql::migrate::migrate(&db.migrations, &db.green, dry_run, Some(&db.placeholders))
+                .await?;
+            let verb = if dry_run { "would apply" } else { "applied" };
+            let mut t: String = r.applied.iter().map(|s| format!("{verb} {s}\n")).collect();
+            if r.applied.is_empty() {
+                t.push_str("nothing to migrate\n");
+            }
+            t.push_str(&format!(
+                "schema version: {}\n",
+                r.schema_version.as_deref().unwrap_or("none")
+            ));
+            (0, json(&r), t)
+        }
+        Command::Validate => {
+            let problems = mysql::migrate::validate(&db.migrations, &db.green).await?;
+            let t = if problems.is_empty() {
+                "migrations are valid\n".to_string()
+            } else {
+                problems.iter().map(|p| format!("{p}\n")).collect()
+            };
+            (
+                i32::from(!problems.is_empty()),
+                serde_json::json!({ "valid": problems.is_empty(), "problems": problems }),
+                t,
+            )
+        }
+        Command::Info => {
+            let rows = mysql::migrate::info(&db.migrations, &db.green).await?;
+            let t: String = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{:<10} {:<40} {:<10} {}\n",
+                        r.version.as_deref().unwrap_or("R"),
+                        r.description,
+                        r.state,
+                        r.installed_on.as_deref().unwrap_or("")
+                    )
+                })
+                .collect();
+            (0, json(&rows), t)
+        }
+        Command::Baseline { .. } | Command::Repair => {
+            return Err(SyncError::Other(
+                "`migrate baseline` and `migrate repair` are not built for MySQL/MariaDB yet: \
+                 edit flyway_schema_history on green by hand (Flyway's own `baseline`/`repair` work on it too)"
+                    .into(),
+            ))
+        }
+        Command::Verify { .. } => {
+            let v = mysql::verify::verify(db, None).await?;
+            (i32::from(!v.passed), json(&v), v.render())
+        }
+        Command::Status => {
+            let g = mysql::state::gate_status(db).await?;
+            let mut t = format!(
+                "schema version: {} (newest migration: {})\nverified: {} ({})\n",
+                g.schema_version.as_deref().unwrap_or("none"),
+                g.latest_migration.as_deref().unwrap_or("none"),
+                g.verified,
+                g.reason
+            );
+            if let Some(c) = &g.clone {
+                t.push_str(&format!(
+                    "last clone: {} at {} (blue as of {}, GTID {})\n",
+                    c.state,
+                    c.at,
+                    c.blue_time.as_deref().unwrap_or("?"),
+                    c.consistent_lsn.as_deref().unwrap_or("?")
+                ));
+            }
+            if let Some(r) = &g.replication {
+                t.push_str(&replicate::render_status(r));
+                if let Some(n) = r.transactions_behind {
+                    t.push_str(&format!("  transactions behind: {n}\n"));
+                }
+            }
+            (0, json(&g), t)
+        }
+        Command::Replicate => {
+            let r = mysql::replica::subscribe(db).await?;
+            let t = if r.already_running {
+                "green already replicates blue (connection 'switchyard')\n".to_string()
+            } else {
+                format!(
+                    "green now replicates blue from GTID {:?} (connection '{}')\n",
+                    r.from_gtid, r.connection
+                )
+            };
+            (0, json(&r), t)
+        }
+        Command::Cleanup => {
+            let r = mysql::replica::cleanup(db).await?;
+            (i32::from(!r.unreachable.is_empty()), json(&r), render_cleanup(&r))
+        }
+    };
+    match out {
+        Output::Terminal => print!("{text}"),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
+        Output::Quiet => {}
+    }
+    Ok(ExitReport { code, summary })
+}
+
+fn render_preflight(r: &preflight::PreflightReport, engine: &str) -> String {
+    let mut t = format!(
+        "blue: {engine}{}, green: {engine}{}\n",
+        r.blue_version.as_deref().unwrap_or("?"),
+        r.green_version.as_deref().unwrap_or("?")
+    );
+    for f in &r.findings {
+        let sev = serde_json::to_value(f.severity).expect("severity");
+        t.push_str(&format!(
+            "{:<8} [{}] {}\n         hint: {}\n",
+            sev.as_str().unwrap_or(""),
+            f.check,
+            f.message,
+            f.hint
+        ));
+    }
+    t.push_str(if r.passed {
+        "preflight passed\n"
+    } else {
+        "preflight found blockers\n"
+    });
+    t
+}
+
+fn render_cleanup(r: &replicate::CleanupReport) -> String {
+    let mut t = String::new();
+    for o in &r.removed {
+        t.push_str(&format!(
+            "removed {} {:?} {} ({})\n",
+            o.side,
+            o.kind,
+            o.name,
+            o.direction.arrow()
+        ));
+    }
+    for u in &r.unreachable {
+        t.push_str(&format!(
+            "could not reach {u}: its objects may remain; run cleanup again once it is up\n"
+        ));
+    }
+    if r.removed.is_empty() && r.unreachable.is_empty() {
+        t.push_str("nothing to clean up: switchyard has no replication set up on either side\n");
+    }
+    t
 }
 
 fn json<T: Serialize>(v: &T) -> serde_json::Value {

@@ -81,6 +81,9 @@ pub struct PrepareError {
 
 /// Runs the workflow. See the module documentation.
 pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), PrepareError> {
+    if db.engine() == switchyard_config::DatabaseEngine::MySql {
+        return crate::mysql::prepare::run(db, observer).await;
+    }
     let fail = |step: Step, error: SyncError| {
         observer.step(step, StepState::Failed, &error.to_string());
         PrepareError { step, error }

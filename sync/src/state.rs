@@ -163,6 +163,9 @@ pub struct CloneRecord {
 /// its server process building an index otherwise), marks a running clone
 /// as failed, and says what was running.
 pub async fn interrupted(db: &DatabaseConfig, signal: &str) -> Result<String, SyncError> {
+    if db.engine() == switchyard_config::DatabaseEngine::MySql {
+        return crate::mysql::state::interrupted(db, signal).await;
+    }
     let green = pg::connect(Side::Green, &db.green).await?;
     let _ = green
         .query(
@@ -335,6 +338,9 @@ impl GateStatus {
 
 /// Reads the gate's inputs from green.
 pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
+    if db.engine() == switchyard_config::DatabaseEngine::MySql {
+        return crate::mysql::state::gate_status(db).await;
+    }
     let green = pg::connect(Side::Green, &db.green).await?;
     let history = migrate::read_history(&green).await?;
     let schema_version = migrate::current_version(&history);
@@ -375,16 +381,41 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
             ))
         }
     };
-    let Some(row) = row else {
+    let last = row.map(|row| LastVerification {
+        passed: row.get(0),
+        schema_version: row.get(1),
+        at: row.get(2),
+        after_last_clone: row.get(3),
+    });
+    judge(&mut status, last);
+    Ok(status)
+}
+
+/// The newest verification recorded in green, as the gate reads it.
+#[derive(Debug, Clone)]
+pub struct LastVerification {
+    pub passed: bool,
+    /// Green's schema version when it ran.
+    pub schema_version: Option<String>,
+    /// When it finished (UTC, ISO 8601).
+    pub at: Option<String>,
+    /// It finished after the newest clone (so it looked at this copy).
+    pub after_last_clone: bool,
+}
+
+/// Decides `verified` and `reason` from what was read (the same rules for
+/// every engine): the last clone complete, a passed verification after it,
+/// at green's schema version, which is the newest migration.
+pub fn judge(status: &mut GateStatus, last: Option<LastVerification>) {
+    let Some(last) = last else {
         status.reason = "green was never verified: run `switchyard sync verify`".into();
-        return Ok(status);
+        return;
     };
-    let verified_after_clone: bool = row.get(3);
-    let passed: bool = row.get(0);
-    let at: Option<String> = row.get(1);
-    status.verified_version = at.clone();
-    status.verified_at = row.get(2);
-    let verified_version = at.as_deref().and_then(migrate::Version::parse);
+    status.verified_version = last.schema_version.clone();
+    status.verified_at = last.at;
+    let verified_version = last.schema_version.as_deref().and_then(migrate::Version::parse);
+    let schema_version = status.schema_version.as_deref().and_then(migrate::Version::parse);
+    let latest = status.latest_migration.as_deref().and_then(migrate::Version::parse);
     if let Some(c) = status
         .clone
         .as_ref()
@@ -396,7 +427,7 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
             c.phase.as_deref().unwrap_or("?"),
             c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
         );
-    } else if !verified_after_clone {
+    } else if !last.after_last_clone {
         status.reason =
             "green was cloned again after its last verification: run `switchyard sync verify`"
                 .into();
@@ -412,14 +443,13 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
             opt(&status.verified_version),
             opt(&status.schema_version)
         );
-    } else if !passed {
+    } else if !last.passed {
         status.reason =
             "the last verification found differences: see `switchyard sync status`".into();
     } else {
         status.verified = true;
         status.reason = format!("verified at schema version {}", opt(&status.schema_version));
     }
-    Ok(status)
 }
 
 fn opt(v: &Option<String>) -> &str {

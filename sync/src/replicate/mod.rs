@@ -569,6 +569,10 @@ pub struct ReplicationStatus {
     pub objects: Vec<ReplicationObject>,
     /// Sides that could not be read, with the error.
     pub unreachable: Vec<String>,
+    /// MySQL/MariaDB: transactions of the source the replica has not
+    /// executed yet (from the GTID positions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transactions_behind: Option<u64>,
 }
 
 /// One publication, slot or subscription switchyard owns.
@@ -589,6 +593,9 @@ pub enum ObjectKind {
     Publication,
     Slot,
     Subscription,
+    /// MySQL/MariaDB: the named replication connection (`CHANGE MASTER
+    /// 'switchyard' TO …`) on the side that is a replica.
+    Replica,
 }
 
 async fn objects_on(
@@ -659,6 +666,9 @@ async fn objects_on(
 /// Reads replication state from both sides. A side that cannot be reached
 /// is listed in `unreachable` rather than failing the whole reading.
 pub async fn status(db: &DatabaseConfig) -> ReplicationStatus {
+    if db.engine() == switchyard_config::DatabaseEngine::MySql {
+        return crate::mysql::replica::status(db).await;
+    }
     let mut st = ReplicationStatus {
         state: ReplicationState::None,
         direction: None,
@@ -668,6 +678,7 @@ pub async fn status(db: &DatabaseConfig) -> ReplicationStatus {
         wal_status: None,
         objects: Vec::new(),
         unreachable: Vec::new(),
+        transactions_behind: None,
     };
     let (blue, green) = tokio::join!(
         pg::connect(Side::Blue, &db.blue),
@@ -779,6 +790,9 @@ pub async fn wait_caught_up(
     dir: Direction,
     within: Duration,
 ) -> Result<CatchUp, SyncError> {
+    if db.engine() == switchyard_config::DatabaseEngine::MySql {
+        return crate::mysql::replica::wait_caught_up(db, dir, within).await;
+    }
     let side = dir.source();
     let source = pg::connect(side, url_of(db, side)).await?;
     wait_caught_up_on(&source, db, dir, within).await
@@ -847,6 +861,9 @@ pub struct CleanupReport {
 /// both sides, whatever state they are in (idempotent; safe after a crash).
 /// Subscriptions go first so that no worker holds a slot while it is dropped.
 pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
+    if db.engine() == switchyard_config::DatabaseEngine::MySql {
+        return crate::mysql::replica::cleanup(db).await;
+    }
     let mut report = CleanupReport::default();
     let (blue, green) = tokio::join!(
         pg::connect_owner(Side::Blue, &db.blue),

@@ -156,7 +156,11 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
     let (code, summary, text) = match cmd {
         Command::Preflight => {
             let r = preflight::preflight(db).await?;
-            (i32::from(!r.passed), json(&r), render_preflight(&r, "PostgreSQL "))
+            (
+                i32::from(!r.passed),
+                json(&r),
+                render_preflight(&r, "PostgreSQL "),
+            )
         }
         Command::Clone {
             jobs: j,
@@ -341,7 +345,11 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
         }
         Command::Cleanup => {
             let r = replicate::cleanup(db).await?;
-            (i32::from(!r.unreachable.is_empty()), json(&r), render_cleanup(&r))
+            (
+                i32::from(!r.unreachable.is_empty()),
+                json(&r),
+                render_cleanup(&r),
+            )
         }
     };
     match out {

@@ -413,9 +413,18 @@ pub fn judge(status: &mut GateStatus, last: Option<LastVerification>) {
     };
     status.verified_version = last.schema_version.clone();
     status.verified_at = last.at;
-    let verified_version = last.schema_version.as_deref().and_then(migrate::Version::parse);
-    let schema_version = status.schema_version.as_deref().and_then(migrate::Version::parse);
-    let latest = status.latest_migration.as_deref().and_then(migrate::Version::parse);
+    let verified_version = last
+        .schema_version
+        .as_deref()
+        .and_then(migrate::Version::parse);
+    let schema_version = status
+        .schema_version
+        .as_deref()
+        .and_then(migrate::Version::parse);
+    let latest = status
+        .latest_migration
+        .as_deref()
+        .and_then(migrate::Version::parse);
     if let Some(c) = status
         .clone
         .as_ref()

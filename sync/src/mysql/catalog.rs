@@ -213,8 +213,7 @@ pub fn split_create_table(create: &str) -> SplitTable {
                 || def.starts_with("SPATIAL KEY "))
         {
             out.indexes.push(def.to_string());
-        } else if is_definition && def.starts_with("CONSTRAINT ") && def.contains(" FOREIGN KEY ")
-        {
+        } else if is_definition && def.starts_with("CONSTRAINT ") && def.contains(" FOREIGN KEY ") {
             out.foreign_keys.push(def.to_string());
         } else if i + 1 == lines.len() {
             kept.push(strip_auto_increment(line));
@@ -274,12 +273,19 @@ pub async fn objects(s: &mut Session) -> Result<Vec<Object>, SyncError> {
     for (kind, name, definer) in names {
         let rows = s
             .rows(
-                &format!("reading the definition of {} {name}", kind.keyword().to_lowercase()),
+                &format!(
+                    "reading the definition of {} {name}",
+                    kind.keyword().to_lowercase()
+                ),
                 &format!("SHOW CREATE {} {}", kind.keyword(), ident(&name)),
             )
             .await?;
-        // The statement's column: 2nd for views, 3rd for routines, triggers and events.
-        let col = if kind == ObjectKind::View { 1 } else { 2 };
+        // The statement's column: 2nd for views, 3rd for routines and triggers, 4th for events.
+        let col = match kind {
+            ObjectKind::View => 1,
+            ObjectKind::Event => 3,
+            _ => 2,
+        };
         let create = rows.first().map(|r| text(r, col)).unwrap_or_default();
         out.push(Object {
             kind,

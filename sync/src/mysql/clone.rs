@@ -101,25 +101,35 @@ struct Snapshot {
 
 /// Takes the snapshot: lock, start every worker's transaction, read the
 /// positions, unlock (always, even when a step fails).
-async fn snapshot(db: &DatabaseConfig, control: &mut Session, jobs: usize) -> Result<Snapshot, SyncError> {
+async fn snapshot(
+    db: &DatabaseConfig,
+    control: &mut Session,
+    jobs: usize,
+) -> Result<Snapshot, SyncError> {
     let mut workers = Vec::with_capacity(jobs);
     for _ in 0..jobs {
         let mut w = connect(Side::Blue, &db.blue).await?;
         // Raw bytes as stored: each column's own character set, no conversion.
         w.exec(
             "preparing a copy session",
-            "SET SESSION character_set_results = binary, \
-             SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "SET SESSION character_set_results = binary; \
+             SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
         )
         .await?;
         workers.push(w);
     }
     let (lock, unlock) = match control.flavor {
-        Flavor::MariaDb => ("BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT", "BACKUP STAGE END"),
+        Flavor::MariaDb => (
+            "BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT",
+            "BACKUP STAGE END",
+        ),
         Flavor::MySql => ("FLUSH TABLES WITH READ LOCK", "UNLOCK TABLES"),
     };
     control
-        .exec("setting the lock timeout", "SET SESSION lock_wait_timeout = 30")
+        .exec(
+            "setting the lock timeout",
+            "SET SESSION lock_wait_timeout = 30",
+        )
         .await?;
     let started = Instant::now();
     control
@@ -238,8 +248,10 @@ pub async fn clone(
             .await?;
         let r = rows.first();
         (
-            r.and_then(|r| r.get::<String, _>(0)).unwrap_or_else(|| "utf8mb4".into()),
-            r.and_then(|r| r.get::<String, _>(1)).unwrap_or_else(|| "utf8mb4_general_ci".into()),
+            r.and_then(|r| r.get::<String, _>(0))
+                .unwrap_or_else(|| "utf8mb4".into()),
+            r.and_then(|r| r.get::<String, _>(1))
+                .unwrap_or_else(|| "utf8mb4_general_ci".into()),
         )
     };
     let gdb = ident(&green.database);
@@ -271,7 +283,14 @@ pub async fn clone(
             Ok((report, holder))
         }
         Err((phase, e)) => {
-            let _ = state::mark_clone(&mut green, id, CloneState::Failed, phase, Some(&e.to_string())).await;
+            let _ = state::mark_clone(
+                &mut green,
+                id,
+                CloneState::Failed,
+                phase,
+                Some(&e.to_string()),
+            )
+            .await;
             Err(e)
         }
     }
@@ -292,11 +311,18 @@ async fn copy_everything(
     // Tables with their primary keys only; the rest after the data.
     let mut splits = Vec::with_capacity(tables.len());
     green
-        .exec("preparing green", "SET SESSION foreign_key_checks = 0, SESSION unique_checks = 0")
+        .exec(
+            "preparing green",
+            "SET SESSION foreign_key_checks = 0, SESSION unique_checks = 0",
+        )
         .await
         .map_err(phase("schema"))?;
     for t in &tables {
-        let split = catalog::split_create_table(&catalog::create_table(blue, &t.name).await.map_err(phase("schema"))?);
+        let split = catalog::split_create_table(
+            &catalog::create_table(blue, &t.name)
+                .await
+                .map_err(phase("schema"))?,
+        );
         green
             .exec(&format!("creating table {}", t.name), &split.create)
             .await
@@ -313,7 +339,9 @@ async fn copy_everything(
     let queue = Arc::new(Mutex::new(tables));
     let mut workers = Vec::new();
     for reader in snap.workers {
-        let mut writer = connect(Side::Green, &db.green).await.map_err(phase("copy"))?;
+        let mut writer = connect(Side::Green, &db.green)
+            .await
+            .map_err(phase("copy"))?;
         writer
             .exec(
                 "preparing a load session",
@@ -321,19 +349,30 @@ async fn copy_everything(
             )
             .await
             .map_err(phase("copy"))?;
-        let (queue, splits, counters, progress) =
-            (queue.clone(), splits.clone(), counters.clone(), progress.clone());
+        let (queue, splits, counters, progress) = (
+            queue.clone(),
+            splits.clone(),
+            counters.clone(),
+            progress.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut reader = reader;
             let mut done = Vec::new();
             let mut indexes = 0;
             loop {
-                let Some(table) = queue.lock().expect("queue").pop() else { break };
+                let Some(table) = queue.lock().expect("queue").pop() else {
+                    break;
+                };
                 let bar = progress.table(&table.name, table.data_bytes, table.estimated_rows);
                 let copied = copy_table(&mut reader, &mut writer, &table, &bar).await?;
                 bar.done(copied.rows);
-                let split = &splits.iter().find(|(n, _)| *n == table.name).expect("split").1;
-                let mut alter: Vec<String> = split.indexes.iter().map(|i| format!("ADD {i}")).collect();
+                let split = &splits
+                    .iter()
+                    .find(|(n, _)| *n == table.name)
+                    .expect("split")
+                    .1;
+                let mut alter: Vec<String> =
+                    split.indexes.iter().map(|i| format!("ADD {i}")).collect();
                 indexes += split.indexes.len();
                 if let Some((_, n)) = counters.iter().find(|(n, _)| *n == table.name) {
                     alter.push(format!("AUTO_INCREMENT = {n}"));
@@ -392,7 +431,11 @@ async fn copy_everything(
             continue;
         }
         foreign_keys += split.foreign_keys.len();
-        let adds: Vec<String> = split.foreign_keys.iter().map(|f| format!("ADD {f}")).collect();
+        let adds: Vec<String> = split
+            .foreign_keys
+            .iter()
+            .map(|f| format!("ADD {f}"))
+            .collect();
         green
             .exec(
                 &format!("adding the foreign keys of table {table}"),
@@ -405,12 +448,18 @@ async fn copy_everything(
     let objects = catalog::objects(blue).await.map_err(phase("objects"))?;
     let mut events_disabled = Vec::new();
     // Views may read other views: create them until no more can be.
-    let mut views: Vec<_> = objects.iter().filter(|o| o.kind == ObjectKind::View).collect();
+    let mut views: Vec<_> = objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::View)
+        .collect();
     while !views.is_empty() {
         let mut left = Vec::new();
         let mut last_error = None;
         for v in views.iter().copied() {
-            if let Err(e) = green.exec(&format!("creating view {}", v.name), &v.create).await {
+            if let Err(e) = green
+                .exec(&format!("creating view {}", v.name), &v.create)
+                .await
+            {
                 last_error = Some(e);
                 left.push(v);
             }
@@ -422,7 +471,10 @@ async fn copy_everything(
     }
     for o in objects.iter().filter(|o| o.kind != ObjectKind::View) {
         green
-            .exec(&format!("creating {} {}", o.kind.keyword().to_lowercase(), o.name), &o.create)
+            .exec(
+                &format!("creating {} {}", o.kind.keyword().to_lowercase(), o.name),
+                &o.create,
+            )
             .await
             .map_err(phase("objects"))?;
         if o.kind == ObjectKind::Event {
@@ -437,20 +489,23 @@ async fn copy_everything(
         }
     }
     copies.sort_by(|a, b| a.table.cmp(&b.table));
-    Ok((CloneReport {
-        engine: "mysql",
-        rows: copies.iter().map(|c| c.rows).sum(),
-        bytes: copies.iter().map(|c| c.bytes).sum(),
-        tables: copies,
-        indexes,
-        foreign_keys,
-        objects: objects.len(),
-        events_disabled,
-        position: snap.position,
-        lock_ms: snap.lock_ms,
-        jobs,
-        seconds: 0.0,
-    }, holder.map(SnapshotHolder)))
+    Ok((
+        CloneReport {
+            engine: "mysql",
+            rows: copies.iter().map(|c| c.rows).sum(),
+            bytes: copies.iter().map(|c| c.bytes).sum(),
+            tables: copies,
+            indexes,
+            foreign_keys,
+            objects: objects.len(),
+            events_disabled,
+            position: snap.position,
+            lock_ms: snap.lock_ms,
+            jobs,
+            seconds: 0.0,
+        },
+        holder.map(SnapshotHolder),
+    ))
 }
 
 /// Streams one table from a snapshot session into green.
@@ -464,14 +519,42 @@ async fn copy_table(
     let columns: Vec<_> = table.stored_columns().collect();
     let select = format!(
         "SELECT {} FROM {}",
-        columns.iter().map(|c| c.select_expr()).collect::<Vec<_>>().join(", "),
+        columns
+            .iter()
+            .map(|c| c.select_expr())
+            .collect::<Vec<_>>()
+            .join(", "),
         ident(&table.name)
     );
+    // BIT arrives as its number, which LOAD DATA would store as text: it
+    // goes through a variable and a cast.
+    let targets: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.data_type == "bit" {
+                format!("@sy_{i}")
+            } else {
+                ident(&c.name)
+            }
+        })
+        .collect();
+    let sets: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.data_type == "bit")
+        .map(|(i, c)| format!("{} = CAST(@sy_{i} AS UNSIGNED)", ident(&c.name)))
+        .collect();
     let load = format!(
         "LOAD DATA LOCAL INFILE 'switchyard-stream' INTO TABLE {} CHARACTER SET binary \
-         FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
+         FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({}){}",
         ident(&table.name),
-        columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>().join(", ")
+        targets.join(", "),
+        if sets.is_empty() {
+            String::new()
+        } else {
+            format!(" SET {}", sets.join(", "))
+        }
     );
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     writer.conn.set_infile_handler(async move {

@@ -41,7 +41,9 @@ pub async fn read_history(green: &mut Session) -> Result<Vec<Applied>, SyncError
         .await;
     let rows = match rows {
         Ok(r) => r,
-        Err(SyncError::Query { message, .. }) if message.contains("error 1146") => return Ok(Vec::new()),
+        Err(SyncError::Query { message, .. }) if message.contains("error 1146") => {
+            return Ok(Vec::new())
+        }
         Err(e) => return Err(e),
     };
     Ok(rows
@@ -61,12 +63,17 @@ pub async fn read_history(green: &mut Session) -> Result<Vec<Applied>, SyncError
 }
 
 /// What migrations changed in green: (kind, name, script).
-pub async fn changed_objects(green: &mut Session) -> Result<Vec<(ObjectKind, String, String)>, SyncError> {
+pub async fn changed_objects(
+    green: &mut Session,
+) -> Result<Vec<(ObjectKind, String, String)>, SyncError> {
     let sql = format!(
         "SELECT kind, name, script FROM switchyard.migration_changes WHERE db = {} ORDER BY id",
         literal(&green.database)
     );
-    let rows = match green.rows("reading switchyard.migration_changes", &sql).await {
+    let rows = match green
+        .rows("reading switchyard.migration_changes", &sql)
+        .await
+    {
         Ok(r) => r,
         Err(SyncError::Query { message, .. })
             if message.contains("error 1146") || message.contains("error 1049") =>
@@ -93,7 +100,9 @@ pub async fn changed_objects(green: &mut Session) -> Result<Vec<(ObjectKind, Str
 }
 
 /// Every definition in green: (kind, name) → normalised statement.
-async fn definitions(green: &mut Session) -> Result<BTreeMap<(&'static str, String), String>, SyncError> {
+async fn definitions(
+    green: &mut Session,
+) -> Result<BTreeMap<(&'static str, String), String>, SyncError> {
     let mut out = BTreeMap::new();
     for t in catalog::tables(green).await? {
         if t.name == HISTORY_TABLE {
@@ -131,7 +140,10 @@ pub fn split(sql: &str) -> Vec<(usize, String)> {
         line_no += 1;
         if in_quote.is_none() && !in_block_comment && current.trim().is_empty() {
             let t = line.trim();
-            if let Some(d) = t.strip_prefix("DELIMITER ").or_else(|| t.strip_prefix("delimiter ")) {
+            if let Some(d) = t
+                .strip_prefix("DELIMITER ")
+                .or_else(|| t.strip_prefix("delimiter "))
+            {
                 delimiter = d.trim().to_string();
                 continue;
             }
@@ -160,7 +172,11 @@ pub fn split(sql: &str) -> Vec<(usize, String)> {
             } else if c == '\'' || c == '"' || c == '`' {
                 in_quote = Some(c);
                 current.push(c);
-            } else if c == '#' || (c == '-' && chars.get(i + 1) == Some(&'-') && chars.get(i + 2).is_none_or(|n| n.is_whitespace())) {
+            } else if c == '#'
+                || (c == '-'
+                    && chars.get(i + 1) == Some(&'-')
+                    && chars.get(i + 2).is_none_or(|n| n.is_whitespace()))
+            {
                 // A comment to the end of the line.
                 current.extend(&chars[i..]);
                 break;
@@ -266,7 +282,10 @@ pub async fn migrate(
     // One migrator at a time per database.
     let lock_name = literal(&format!("switchyard-migrate-{}", green.database));
     let got = green
-        .text("waiting for the migration lock", &format!("SELECT GET_LOCK({lock_name}, 60)"))
+        .text(
+            "waiting for the migration lock",
+            &format!("SELECT GET_LOCK({lock_name}, 60)"),
+        )
         .await?;
     if got.as_deref() != Some("1") {
         return Err(SyncError::Other(format!(
@@ -308,7 +327,11 @@ pub async fn migrate(
         }
         let millis = started.elapsed().as_millis() as i64;
         let after = definitions(&mut green).await?;
-        for key in before.keys().chain(after.keys()).collect::<std::collections::BTreeSet<_>>() {
+        for key in before
+            .keys()
+            .chain(after.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
             if before.get(key) != after.get(key) {
                 let sql = format!(
                     "INSERT INTO switchyard.migration_changes (db, script, kind, name) VALUES ({}, {}, {}, {})",
@@ -317,7 +340,9 @@ pub async fn migrate(
                     literal(key.0),
                     literal(&key.1)
                 );
-                green.exec("recording what the migration changed", &sql).await?;
+                green
+                    .exec("recording what the migration changed", &sql)
+                    .await?;
             }
         }
         record(&mut green, m, millis, true).await?;
@@ -325,7 +350,10 @@ pub async fn migrate(
     }
     let history = read_history(&mut green).await?;
     let _ = green
-        .exec("releasing the migration lock", &format!("DO RELEASE_LOCK({lock_name})"))
+        .exec(
+            "releasing the migration lock",
+            &format!("DO RELEASE_LOCK({lock_name})"),
+        )
         .await;
     green.close().await;
     Ok(MigrateReport {
@@ -383,7 +411,10 @@ mod tests {
         let texts: Vec<&str> = s.iter().map(|(_, t)| t.as_str()).collect();
         assert_eq!(
             texts,
-            ["CREATE PROCEDURE p() BEGIN SELECT 1; SELECT 2; END", "SELECT 3"]
+            [
+                "CREATE PROCEDURE p() BEGIN SELECT 1; SELECT 2; END",
+                "SELECT 3"
+            ]
         );
         assert_eq!(s[0].0, 2);
         assert_eq!(s[1].0, 4);

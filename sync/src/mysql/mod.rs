@@ -19,6 +19,7 @@
 
 pub mod catalog;
 pub mod clone;
+pub mod ephemeral;
 pub mod migrate;
 pub mod preflight;
 pub mod prepare;
@@ -77,7 +78,9 @@ pub async fn connect(side: Side, url: &str) -> Result<Session, SyncError> {
         .db_name()
         .map(str::to_string)
         .ok_or_else(|| connect_error("the URL names no database".into()))?;
-    let mut conn = Conn::new(opts).await.map_err(|e| connect_error(e.to_string()))?;
+    let mut conn = Conn::new(opts)
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
     conn.query_drop(
         "SET NAMES utf8mb4, time_zone = '+00:00', \
          sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', \
@@ -155,7 +158,9 @@ impl Session {
 /// A server error as a [`SyncError::Query`], keeping the server's code.
 pub(crate) fn query_error(side: Side, context: &str, e: &mysql_async::Error) -> SyncError {
     let message = match e {
-        mysql_async::Error::Server(s) => format!("{} (error {}, SQLSTATE {})", s.message, s.code, s.state),
+        mysql_async::Error::Server(s) => {
+            format!("{} (error {}, SQLSTATE {})", s.message, s.code, s.state)
+        }
         other => other.to_string(),
     };
     SyncError::Query {

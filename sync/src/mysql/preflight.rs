@@ -87,7 +87,10 @@ fn has_global(grants: &[String], any: &[&str]) -> bool {
 }
 
 fn version_ok(s: &Session) -> bool {
-    let mut parts = s.version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = s
+        .version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     match s.flavor {
         Flavor::MariaDb => (major, minor) >= (10, 6),
@@ -108,7 +111,10 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
             f.add(
                 Blocker,
                 "version",
-                format!("{} runs {}, older than switchyard supports", s.side, s.version),
+                format!(
+                    "{} runs {}, older than switchyard supports",
+                    s.side, s.version
+                ),
                 "switchyard needs MariaDB 10.6 or newer, or MySQL 8.0 or newer",
             );
         }
@@ -117,7 +123,10 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
         f.add(
             Blocker,
             "version",
-            format!("blue runs {} and green {}: one is MariaDB, the other MySQL", blue.version, green.version),
+            format!(
+                "blue runs {} and green {}: one is MariaDB, the other MySQL",
+                blue.version, green.version
+            ),
             "clone and replicate between two servers of the same kind",
         );
     }
@@ -147,7 +156,10 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
                 f.add(
                     Blocker,
                     "binlog",
-                    format!("{side} has binlog_format = {}: row events are needed to replicate exactly", s.binlog_format),
+                    format!(
+                        "{side} has binlog_format = {}: row events are needed to replicate exactly",
+                        s.binlog_format
+                    ),
                     "SET GLOBAL binlog_format = 'ROW' (and in the server's config)",
                 );
             }
@@ -194,7 +206,14 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
             );
         }
         let green_grants = grants(&mut green).await?;
-        if !has_global(&green_grants, &["SUPER", "REPLICATION SLAVE ADMIN", "REPLICATION_SLAVE_ADMIN"]) {
+        if !has_global(
+            &green_grants,
+            &[
+                "SUPER",
+                "REPLICATION SLAVE ADMIN",
+                "REPLICATION_SLAVE_ADMIN",
+            ],
+        ) {
             f.add(
                 Blocker,
                 "privileges",
@@ -213,9 +232,10 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
         );
     }
     if !has_global(&blue_grants, &["SELECT"])
-        && !blue_grants
-            .iter()
-            .any(|g| g.contains(&format!(" ON `{}`.* ", blue.database.to_ascii_uppercase())) && (g.contains("SELECT") || g.starts_with("GRANT ALL")))
+        && !blue_grants.iter().any(|g| {
+            g.contains(&format!(" ON `{}`.* ", blue.database.to_ascii_uppercase()))
+                && (g.contains("SELECT") || g.starts_with("GRANT ALL"))
+        })
     {
         f.add(
             Blocker,
@@ -277,7 +297,9 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
     let mut missing = Vec::new();
     for o in &objects {
         let Some(definer) = &o.definer else { continue };
-        let Some((user, host)) = definer.rsplit_once('@') else { continue };
+        let Some((user, host)) = definer.rsplit_once('@') else {
+            continue;
+        };
         let exists = green
             .text(
                 "looking up a definer on green",
@@ -290,7 +312,11 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
             .await;
         match exists {
             Ok(Some(n)) if n != "0" => {}
-            Ok(_) => missing.push(format!("{} {} (definer {definer})", o.kind.keyword().to_lowercase(), o.name)),
+            Ok(_) => missing.push(format!(
+                "{} {} (definer {definer})",
+                o.kind.keyword().to_lowercase(),
+                o.name
+            )),
             Err(_) => {
                 f.add(
                     Warning,
@@ -325,11 +351,16 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
         .await?;
     let mut lacking = Vec::new();
     for r in used {
-        let Some(c) = r.get::<String, _>(0) else { continue };
+        let Some(c) = r.get::<String, _>(0) else {
+            continue;
+        };
         let n = green
             .text(
                 "looking up a collation on green",
-                &format!("SELECT COUNT(*) FROM information_schema.COLLATIONS WHERE COLLATION_NAME = {}", literal(&c)),
+                &format!(
+                    "SELECT COUNT(*) FROM information_schema.COLLATIONS WHERE COLLATION_NAME = {}",
+                    literal(&c)
+                ),
             )
             .await?;
         if n.as_deref() == Some("0") {
@@ -340,13 +371,25 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
         f.add(
             Blocker,
             "collation",
-            format!("green's server lacks collations blue's data uses: {}", lacking.join(", ")),
+            format!(
+                "green's server lacks collations blue's data uses: {}",
+                lacking.join(", ")
+            ),
             "run a green server version that has them (the same as blue's)",
         );
     }
     let charsets = (
-        blue.text("reading the server character set", "SELECT CONCAT(@@character_set_server, '/', @@collation_server)").await?,
-        green.text("reading the server character set", "SELECT CONCAT(@@character_set_server, '/', @@collation_server)").await?,
+        blue.text(
+            "reading the server character set",
+            "SELECT CONCAT(@@character_set_server, '/', @@collation_server)",
+        )
+        .await?,
+        green
+            .text(
+                "reading the server character set",
+                "SELECT CONCAT(@@character_set_server, '/', @@collation_server)",
+            )
+            .await?,
     );
     if charsets.0 != charsets.1 {
         f.add(
@@ -380,9 +423,21 @@ mod tests {
     #[test]
     fn global_privileges_are_read_from_show_grants() {
         let g = |s: &str| vec![s.to_ascii_uppercase()];
-        assert!(has_global(&g("GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"), &["RELOAD"]));
-        assert!(has_global(&g("GRANT RELOAD, REPLICATION SLAVE ON *.* TO `sy`@`%`"), &["REPLICATION SLAVE"]));
-        assert!(!has_global(&g("GRANT SELECT ON `app`.* TO `sy`@`%`"), &["SELECT"]));
-        assert!(!has_global(&g("GRANT REPLICATION SLAVE ADMIN ON *.* TO `sy`@`%`"), &["REPLICATION SLAVE"]));
+        assert!(has_global(
+            &g("GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"),
+            &["RELOAD"]
+        ));
+        assert!(has_global(
+            &g("GRANT RELOAD, REPLICATION SLAVE ON *.* TO `sy`@`%`"),
+            &["REPLICATION SLAVE"]
+        ));
+        assert!(!has_global(
+            &g("GRANT SELECT ON `app`.* TO `sy`@`%`"),
+            &["SELECT"]
+        ));
+        assert!(!has_global(
+            &g("GRANT REPLICATION SLAVE ADMIN ON *.* TO `sy`@`%`"),
+            &["REPLICATION SLAVE"]
+        ));
     }
 }

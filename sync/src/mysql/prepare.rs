@@ -76,7 +76,9 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
     } else {
         let replace = contents.is_some() && last.is_some();
         if replace {
-            replica::cleanup(db).await.map_err(|e| fail(Step::Clone, e))?;
+            replica::cleanup(db)
+                .await
+                .map_err(|e| fail(Step::Clone, e))?;
         }
         let (r, h) = clone::clone(db, db.jobs.max(1), replace, Output::Quiet)
             .await
@@ -84,7 +86,12 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
         observer.step(
             Step::Clone,
             StepState::Done,
-            &format!("{} tables, {} rows in {:.1}s", r.tables.len(), r.rows, r.seconds),
+            &format!(
+                "{} tables, {} rows in {:.1}s",
+                r.tables.len(),
+                r.rows,
+                r.seconds
+            ),
         );
         holder = h;
     }
@@ -120,7 +127,11 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
 
     let needs_verify = match holder.as_mut() {
         Some(h) => {
-            observer.step(Step::Verify, StepState::Running, "against the clone's snapshot");
+            observer.step(
+                Step::Verify,
+                StepState::Running,
+                "against the clone's snapshot",
+            );
             let v = verify::verify(db, Some(h)).await;
             let v = match v {
                 Ok(v) => v,
@@ -137,11 +148,17 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
                 }
                 return Err(fail(Step::Verify, SyncError::Other(v.render())));
             }
-            observer.step(Step::Verify, StepState::Done, &format!("{} tables equal", v.tables.len()));
+            observer.step(
+                Step::Verify,
+                StepState::Done,
+                &format!("{} tables equal", v.tables.len()),
+            );
             false
         }
         None => {
-            let g = state::gate_status(db).await.map_err(|e| fail(Step::Verify, e))?;
+            let g = state::gate_status(db)
+                .await
+                .map_err(|e| fail(Step::Verify, e))?;
             if g.verified {
                 observer.step(Step::Verify, StepState::Skipped, &g.reason);
                 false
@@ -188,7 +205,11 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
         if !v.passed {
             return Err(fail(Step::Verify, SyncError::Other(v.render())));
         }
-        observer.step(Step::Verify, StepState::Done, &format!("{} tables equal", v.tables.len()));
+        observer.step(
+            Step::Verify,
+            StepState::Done,
+            &format!("{} tables equal", v.tables.len()),
+        );
     }
     Ok(())
 }

@@ -42,12 +42,8 @@ fn source_url(db: &DatabaseConfig, dir: Direction) -> &str {
 /// `CHANGE MASTER 'switchyard' TO …` for a source URL.
 fn change_master(url: &str) -> Result<String, SyncError> {
     let u = url.replacen("mariadb://", "mysql://", 1);
-    let opts = mysql_async::Opts::from_url(&u).map_err(|e| {
-        SyncError::Other(format!(
-            "{}: {e}",
-            switchyard_config::redact_url(url)
-        ))
-    })?;
+    let opts = mysql_async::Opts::from_url(&u)
+        .map_err(|e| SyncError::Other(format!("{}: {e}", switchyard_config::redact_url(url))))?;
     Ok(format!(
         "CHANGE MASTER '{CONNECTION}' TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, \
          MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
@@ -156,10 +152,16 @@ async fn start_replica(
     let change = change_master(source_url(db, dir))?;
     let database = replica.database.clone();
     let _ = replica
-        .exec("stopping an old replication connection", &format!("STOP SLAVE '{CONNECTION}'"))
+        .exec(
+            "stopping an old replication connection",
+            &format!("STOP SLAVE '{CONNECTION}'"),
+        )
         .await;
     let _ = replica
-        .exec("removing an old replication connection", &format!("RESET SLAVE '{CONNECTION}' ALL"))
+        .exec(
+            "removing an old replication connection",
+            &format!("RESET SLAVE '{CONNECTION}' ALL"),
+        )
         .await;
     replica
         .exec(
@@ -168,16 +170,25 @@ async fn start_replica(
         )
         .await?;
     replica
-        .exec(&format!("creating the replication connection from {}", dir.source()), &change)
+        .exec(
+            &format!("creating the replication connection from {}", dir.source()),
+            &change,
+        )
         .await?;
     replica
         .exec(
             "limiting replication to the cloned database",
-            &format!("SET GLOBAL {CONNECTION}.replicate_do_db = {}", literal(&database)),
+            &format!(
+                "SET GLOBAL {CONNECTION}.replicate_do_db = {}",
+                literal(&database)
+            ),
         )
         .await?;
     replica
-        .exec("starting replication", &format!("START SLAVE '{CONNECTION}'"))
+        .exec(
+            "starting replication",
+            &format!("START SLAVE '{CONNECTION}'"),
+        )
         .await
 }
 
@@ -206,15 +217,21 @@ pub fn transactions_behind(source: &str, replica: &str) -> u64 {
 }
 
 async fn gtid_pos(s: &mut Session) -> Result<String, SyncError> {
-    Ok(s.text("reading the GTID position", "SELECT @@GLOBAL.gtid_binlog_pos")
-        .await?
-        .unwrap_or_default())
+    Ok(s.text(
+        "reading the GTID position",
+        "SELECT @@GLOBAL.gtid_binlog_pos",
+    )
+    .await?
+    .unwrap_or_default())
 }
 
 async fn replica_pos(s: &mut Session) -> Result<String, SyncError> {
-    Ok(s.text("reading the replica's GTID position", "SELECT @@GLOBAL.gtid_slave_pos")
-        .await?
-        .unwrap_or_default())
+    Ok(s.text(
+        "reading the replica's GTID position",
+        "SELECT @@GLOBAL.gtid_slave_pos",
+    )
+    .await?
+    .unwrap_or_default())
 }
 
 /// Replication as `status` shows it.
@@ -285,7 +302,11 @@ pub async fn status(db: &DatabaseConfig) -> ReplicationStatus {
                 st.transactions_behind = Some(behind);
                 if st.state == ReplicationState::Streaming {
                     // Seconds_Behind_Master is 0 while idle; with nothing behind it is exactly 0.
-                    st.lag_seconds = Some(if behind == 0 { 0.0 } else { r.seconds_behind.unwrap_or(0.0).max(0.001) });
+                    st.lag_seconds = Some(if behind == 0 {
+                        0.0
+                    } else {
+                        r.seconds_behind.unwrap_or(0.0).max(0.001)
+                    });
                 }
             }
         }
@@ -360,8 +381,11 @@ pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
             }
         };
         if replica_row(&mut s).await?.is_some() {
-            s.exec("stopping replication", &format!("STOP SLAVE '{CONNECTION}'"))
-                .await?;
+            s.exec(
+                "stopping replication",
+                &format!("STOP SLAVE '{CONNECTION}'"),
+            )
+            .await?;
             s.exec(
                 "removing the replication connection",
                 &format!("RESET SLAVE '{CONNECTION}' ALL"),
@@ -427,7 +451,10 @@ pub async fn switch(
     steps.push(("catch up".to_string(), catch_up_ms));
     // The point of no return: the new primary stops following the old one.
     new_primary
-        .exec("stopping replication", &format!("STOP SLAVE '{CONNECTION}'"))
+        .exec(
+            "stopping replication",
+            &format!("STOP SLAVE '{CONNECTION}'"),
+        )
         .await
         .map_err(failed)?;
     new_primary
@@ -437,7 +464,10 @@ pub async fn switch(
         )
         .await
         .map_err(failed)?;
-    steps.push(("stop replica".to_string(), started.elapsed().as_millis() as u64));
+    steps.push((
+        "stop replica".to_string(),
+        started.elapsed().as_millis() as u64,
+    ));
     let green = if from.target() == Side::Green {
         &mut new_primary
     } else {
@@ -456,7 +486,10 @@ pub async fn switch(
             // The switch has committed; the operator must set up the way back.
             tracing::error!(error = %e, "cutover committed but reverse replication could not start");
         }
-        steps.push(("reverse replica".to_string(), started.elapsed().as_millis() as u64));
+        steps.push((
+            "reverse replica".to_string(),
+            started.elapsed().as_millis() as u64,
+        ));
     }
     old_primary.close().await;
     new_primary.close().await;
@@ -488,8 +521,14 @@ mod tests {
     #[test]
     fn the_replication_connection_comes_from_the_url_and_quotes_the_password() {
         let c = change_master("mariadb://repl:it's@10.0.0.5:3307/app").unwrap();
-        assert!(c.contains("MASTER_HOST = '10.0.0.5', MASTER_PORT = 3307"), "{c}");
-        assert!(c.contains("MASTER_USER = 'repl', MASTER_PASSWORD = 'it''s'"), "{c}");
+        assert!(
+            c.contains("MASTER_HOST = '10.0.0.5', MASTER_PORT = 3307"),
+            "{c}"
+        );
+        assert!(
+            c.contains("MASTER_USER = 'repl', MASTER_PASSWORD = 'it''s'"),
+            "{c}"
+        );
         assert!(c.starts_with("CHANGE MASTER 'switchyard' TO"), "{c}");
     }
 }

@@ -6,8 +6,8 @@
 
 use super::{literal, Session};
 use crate::error::SyncError;
-use crate::state::{CloneRecord, CloneState, GateStatus, LastVerification};
 use crate::migrate;
+use crate::state::{CloneRecord, CloneState, GateStatus, LastVerification};
 use switchyard_config::DatabaseConfig;
 
 const SCHEMA: &str = "CREATE DATABASE IF NOT EXISTS switchyard; \

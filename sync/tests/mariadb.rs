@@ -352,8 +352,7 @@ async fn an_awkward_database_is_cloned_exactly_and_verify_names_each_changed_row
         Output::Quiet,
     )
     .await
-    .err()
-    .expect("a non-empty green is refused");
+    .expect_err("a non-empty green is refused");
     assert!(e.to_string().contains("not empty"), "{e}");
     let c = clone(&db, true, true).await;
     assert_eq!(c["verify"]["passed"], true, "{c:#}");
@@ -564,8 +563,7 @@ async fn migrations_follow_flyway_and_a_failed_one_is_reported_statement_by_stat
     .unwrap();
     let e = run(&db, Command::Migrate { dry_run: false }, Output::Quiet)
         .await
-        .err()
-        .expect("V3 fails");
+        .expect_err("V3 fails");
     let e = e.to_string();
     assert!(e.contains("V3__half.sql:3"), "{e}");
     assert!(
@@ -706,8 +704,7 @@ async fn green_replicates_blue_then_cutover_reverses_it_and_cleanup_leaves_nothi
         Output::Quiet,
     )
     .await
-    .err()
-    .expect("the primary is not replaced");
+    .expect_err("the primary is not replaced");
     assert!(e.to_string().contains("has been the primary"), "{e}");
 
     let r = run(&db, Command::Cleanup, Output::Quiet).await.unwrap();

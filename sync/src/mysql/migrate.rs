@@ -302,8 +302,7 @@ pub async fn migrate(
         let before = definitions(&mut green).await?;
         let started = Instant::now();
         let statements = split(&sql);
-        let mut done = 0;
-        for (line, stmt) in &statements {
+        for (done, (line, stmt)) in statements.iter().enumerate() {
             if let Err(e) = green.exec(&format!("{}:{line}", m.script), stmt).await {
                 let millis = started.elapsed().as_millis() as i64;
                 let _ = record(&mut green, m, millis, false).await;
@@ -323,7 +322,6 @@ pub async fn migrate(
                     ),
                 });
             }
-            done += 1;
         }
         let millis = started.elapsed().as_millis() as i64;
         let after = definitions(&mut green).await?;

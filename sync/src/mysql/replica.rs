@@ -78,7 +78,7 @@ async fn replica_row(s: &mut Session) -> Result<Option<ReplicaRow>, SyncError> {
     let rows = s
         .rows(
             "reading switchyard's replication connection",
-            &format!("SHOW ALL SLAVES STATUS"),
+            "SHOW ALL SLAVES STATUS",
         )
         .await?;
     for r in rows {

@@ -25,6 +25,11 @@ use tokio::net::TcpListener;
 
 use crate::support::Client;
 
+/// The table the application uses, on MariaDB.
+pub const MYSQL_SCHEMA: &str = "CREATE TABLE orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, item VARCHAR(200) NOT NULL, \
+     qty INT NOT NULL DEFAULT 1, created TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB; \
+     INSERT INTO orders (item) SELECT CONCAT('seed ', seq) FROM seq_1_to_2000;";
+
 /// The table the application uses.
 pub const SCHEMA: &str = "CREATE TABLE orders (id bigserial PRIMARY KEY, item text NOT NULL, \
      qty int NOT NULL DEFAULT 1, created timestamptz NOT NULL DEFAULT now());
@@ -35,6 +40,32 @@ struct App {
     url: String,
     pool: Vec<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
     next: AtomicUsize,
+    /// Set when the database is MySQL/MariaDB.
+    mysql: Option<mysql_async::Pool>,
+}
+
+/// The two queries the application makes, on MySQL/MariaDB.
+async fn mysql_insert(pool: &mysql_async::Pool, item: &str) -> Result<i64, String> {
+    use mysql_async::prelude::Queryable;
+    let mut c = pool
+        .get_conn()
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    c.exec_drop("INSERT INTO orders (item) VALUES (?)", (item,))
+        .await
+        .map_err(|e| format!("insert: {e}"))?;
+    Ok(c.last_insert_id().unwrap_or(0) as i64)
+}
+
+async fn mysql_select(pool: &mysql_async::Pool, id: i64) -> Result<Option<String>, String> {
+    use mysql_async::prelude::Queryable;
+    let mut c = pool
+        .get_conn()
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    c.exec_first("SELECT item FROM orders WHERE id = ?", (id,))
+        .await
+        .map_err(|e| format!("select: {e}"))
 }
 
 impl App {
@@ -70,6 +101,10 @@ impl OrdersApp {
             url: url.to_string(),
             pool: (0..4).map(|_| tokio::sync::Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            mysql: url.starts_with("mariadb://").then(|| {
+                let url = url.replacen("mariadb://", "mysql://", 1);
+                mysql_async::Pool::new(mysql_async::Opts::from_url(&url).unwrap())
+            }),
         });
         let task = tokio::spawn(async move {
             loop {
@@ -117,6 +152,21 @@ async fn handle(
     let r = match (parts.method.as_str(), path.as_str()) {
         ("GET", "/healthz") => answer(&app, StatusCode::OK, "ok".into()),
         ("GET", "/") => answer(&app, StatusCode::OK, app.colour.clone()),
+        ("POST", "/orders") if app.mysql.is_some() => {
+            let item = String::from_utf8_lossy(&body).into_owned();
+            match mysql_insert(app.mysql.as_ref().unwrap(), &item).await {
+                Ok(id) => answer(&app, StatusCode::CREATED, id.to_string()),
+                Err(e) => answer(&app, StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+        ("GET", p) if p.starts_with("/orders/") && app.mysql.is_some() => {
+            let id: i64 = p["/orders/".len()..].parse().unwrap_or(-1);
+            match mysql_select(app.mysql.as_ref().unwrap(), id).await {
+                Ok(Some(item)) => answer(&app, StatusCode::OK, item),
+                Ok(None) => answer(&app, StatusCode::NOT_FOUND, "no such order".into()),
+                Err(e) => answer(&app, StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
         ("POST", "/orders") => {
             let item = String::from_utf8_lossy(&body).into_owned();
             match app.client().await {

@@ -500,6 +500,38 @@ async fn preflight_names_what_would_go_wrong_before_anything_changes() {
         ["blue has binlog_row_image = MINIMAL: replication needs every column of each changed row"]
     );
 
+    // A blue user with SELECT only cannot hold commits, read the binlog position, or feed a replica.
+    sql(&db.blue, "CREATE USER 'limited'@'127.0.0.1'; GRANT SELECT, SHOW VIEW ON preflight.* TO 'limited'@'127.0.0.1'").await;
+    let full_blue = db.blue.clone();
+    db.blue = db.blue.replacen("root@", "limited@", 1);
+    let r = run(&db, Command::Preflight, Output::Quiet).await.unwrap();
+    db.blue = full_blue;
+    let privileges: Vec<String> = r.summary["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "privileges" && f["severity"] == "blocker")
+        .map(|f| {
+            f["message"]
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        privileges,
+        [
+            "blue's user lacks REPLICATION SLAVE",
+            "blue's user lacks RELOAD",
+            "blue's user lacks REPLICATION CLIENT (BINLOG MONITOR on MariaDB)"
+        ],
+        "{:#}",
+        r.summary
+    );
+
     // Once fixed, preflight passes.
     sql(&db.blue, "ALTER TABLE heap ENGINE=InnoDB; DROP VIEW v").await;
     db.mode = SyncMode::Snapshot;

@@ -309,12 +309,15 @@ pub fn normalised(create: &str) -> String {
         s.replace_range(start..start + end, "");
     }
     // An event's ENABLE/DISABLE state: clone creates events disabled on green.
-    s.replace(" DISABLE ON SLAVE", "")
-        .replace(" DISABLE", "")
-        .replace(" ENABLE", "")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    if s.contains(" EVENT ") {
+        let head_end = s.find(" DO ").unwrap_or(s.len());
+        let head = s[..head_end]
+            .replace(" DISABLE ON SLAVE", "")
+            .replace(" DISABLE", "")
+            .replace(" ENABLE", "");
+        s = format!("{head}{}", &s[head_end..]);
+    }
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -361,6 +364,23 @@ mod tests {
         assert_eq!(
             normalised(") ENGINE=InnoDB AUTO_INCREMENT=9 DEFAULT"),
             ") ENGINE=InnoDB DEFAULT"
+        );
+        // An event's state is not its definition; its body is.
+        assert_eq!(
+            normalised(
+                "CREATE EVENT `e` ON SCHEDULE EVERY 1 DAY ENABLE DO UPDATE t SET s = ' ENABLE'"
+            ),
+            normalised(
+                "CREATE EVENT `e` ON SCHEDULE EVERY 1 DAY DISABLE DO UPDATE t SET s = ' ENABLE'"
+            )
+        );
+        assert_ne!(
+            normalised("CREATE EVENT `e` ON SCHEDULE EVERY 1 DAY DO UPDATE t SET s = ' ENABLE'"),
+            normalised("CREATE EVENT `e` ON SCHEDULE EVERY 1 DAY DO UPDATE t SET s = ''")
+        );
+        assert_ne!(
+            normalised("CREATE VIEW `v` AS select ' ENABLE'"),
+            normalised("CREATE VIEW `v` AS select ''")
         );
     }
 }

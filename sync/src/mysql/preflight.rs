@@ -231,6 +231,19 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
             "GRANT RELOAD ON *.* TO blue's user",
         );
     }
+    if b.log_bin
+        && !has_global(
+            &blue_grants,
+            &["REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"],
+        )
+    {
+        f.add(
+            Blocker,
+            "privileges",
+            "blue's user lacks REPLICATION CLIENT (BINLOG MONITOR on MariaDB): clone records blue's binary log position with SHOW MASTER STATUS, and status reads it".into(),
+            "GRANT BINLOG MONITOR ON *.* (MariaDB 10.5+; REPLICATION CLIENT on MySQL) TO blue's user",
+        );
+    }
     if !has_global(&blue_grants, &["SELECT"])
         && !blue_grants.iter().any(|g| {
             g.contains(&format!(" ON `{}`.* ", blue.database.to_ascii_uppercase()))

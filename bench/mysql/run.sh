@@ -72,6 +72,7 @@ for t in sbtest1 sbtest2; do
     INSERT INTO $t (k, c, pad) SELECT FLOOR(RAND(seq) * $HALF), CONCAT(MD5(seq), '-', MD5(seq * 7), '-', MD5(seq * 13)),
       CONCAT(MD5(seq * 3), '-', LEFT(MD5(seq * 5), 27)) FROM seq_1_to_$HALF;"
 done
+$B bench -e "ANALYZE TABLE sbtest1, sbtest2" >/dev/null
 SIZE=$($B -N -e "SELECT CONCAT(ROUND(SUM(DATA_LENGTH + INDEX_LENGTH) / 1048576), ' MiB') FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'bench'")
 
 fresh_green() { $G -e "DROP DATABASE IF EXISTS bench; CREATE DATABASE bench"; }

@@ -41,10 +41,11 @@ fn hash_expr(c: &Column) -> String {
     }
 }
 
-/// `MD5` of a row: every column (NULLs marked, so `NULL` and `''` differ).
-fn row_hash(columns: &[&Column]) -> String {
+/// A row as the text its checksums are taken of: every column, NULLs
+/// marked (so `NULL` and `''` differ).
+fn row_text(columns: &[&Column]) -> String {
     if columns.is_empty() {
-        return "MD5('')".into();
+        return "''".into();
     }
     let values: Vec<String> = columns.iter().map(|c| hash_expr(c)).collect();
     let nulls: Vec<String> = columns
@@ -52,10 +53,40 @@ fn row_hash(columns: &[&Column]) -> String {
         .map(|c| format!("ISNULL({})", ident(&c.name)))
         .collect();
     format!(
-        "MD5(CONCAT_WS('#', {}, CONCAT({})))",
+        "CONCAT_WS('#', {}, CONCAT({}))",
         values.join(", "),
         nulls.join(", ")
     )
+}
+
+/// `MD5` of a row, for naming the rows of a chunk that differs.
+fn row_hash(columns: &[&Column]) -> String {
+    format!("MD5({})", row_text(columns))
+}
+
+/// A chunk's checksum, summed (not XORed, so two equal rows do not cancel)
+/// as exact integers: CRC32 per row as pt-table-checksum takes it, and a
+/// second, independent 32 bits where the server has CRC32C (MariaDB 10.8+),
+/// else 60 bits of MD5.
+fn chunk_sum_sql(s: &Session, columns: &[&Column], table: &str, filter: &str) -> String {
+    let second = if s.flavor == super::Flavor::MariaDb && has_crc32c(&s.version) {
+        "SUM(CRC32C(sy_row))"
+    } else {
+        "SUM(CAST(CONV(LEFT(MD5(sy_row), 15), 16, 10) AS UNSIGNED))"
+    };
+    format!(
+        "SELECT COUNT(*), CAST(IFNULL(SUM(CRC32(sy_row)), 0) AS CHAR), CAST(IFNULL({second}, 0) AS CHAR) \
+           FROM (SELECT {} AS sy_row FROM {} {filter}) AS sy_rows",
+        row_text(columns),
+        ident(table)
+    )
+}
+
+fn has_crc32c(version: &str) -> bool {
+    let mut p = version
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    (p.next().unwrap_or(0), p.next().unwrap_or(0)) >= (10, 8)
 }
 
 /// A key as SQL literals, from the text the boundary query returned.
@@ -105,13 +136,7 @@ struct Sum {
 
 async fn chunk_sum(s: &mut Session, plan: &Plan, filter: &str) -> Result<Sum, SyncError> {
     let cols: Vec<&Column> = plan.columns.iter().collect();
-    let sql = format!(
-        "SELECT COUNT(*), CAST(IFNULL(SUM(CONV(SUBSTRING(h, 1, 15), 16, 10)), 0) AS CHAR), \
-                CAST(IFNULL(SUM(CONV(SUBSTRING(h, 16, 15), 16, 10)), 0) AS CHAR) \
-           FROM (SELECT {} AS h FROM {} {filter}) AS sy_rows",
-        row_hash(&cols),
-        ident(&plan.table)
-    );
+    let sql = chunk_sum_sql(s, &cols, &plan.table, filter);
     let rows = s
         .rows(&format!("checksumming table {}", plan.table), &sql)
         .await?;
@@ -529,5 +554,11 @@ mod tests {
             h,
             "MD5(CONCAT_WS('#', `a`, CAST(`b` AS DOUBLE), CONCAT(ISNULL(`a`), ISNULL(`b`))))"
         );
+    }
+
+    #[test]
+    fn crc32c_is_used_where_the_server_has_it() {
+        assert!(has_crc32c("10.11.6-MariaDB-log"));
+        assert!(!has_crc32c("10.6.18-MariaDB"));
     }
 }

@@ -101,7 +101,7 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
             _ = term.recv() => ("SIGTERM", 143),
         };
         let (name, code) = signalled;
-        let after = match switchyard_sync::state::interrupted(&db, name).await {
+        let after = match switchyard_sync::gate::interrupted(&db, name).await {
             Ok(s) => s,
             Err(e) => format!("green could not be reached to record it ({e}): treat it as incomplete and run `switchyard sync clone --replace`"),
         };

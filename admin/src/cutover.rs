@@ -19,7 +19,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 use switchyard_config::{DatabaseConfig, SyncMode, WritePolicy};
 use switchyard_proxy::Colour;
-use switchyard_sync::replicate::Direction;
+use switchyard_sync::replication::Direction;
 
 use crate::database::CutoverRecord;
 use crate::model::events::{self, EventKind};
@@ -94,7 +94,7 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
         if db.mode != SyncMode::Replicate {
             return Ok(None);
         }
-        switchyard_sync::cutover::switch(&db, direction_from(stable), deadline)
+        switchyard_sync::replication::switch(&db, direction_from(stable), deadline)
             .await
             .map(Some)
             .map_err(|e| e.to_string())
@@ -155,7 +155,7 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
                     .ok()
                     .and_then(|g| g.iter().find(|g| g.as_database().is_some()).cloned());
                 tokio::spawn(async move {
-                    if let Err(e) = switchyard_sync::cutover::finish(&db, report.from).await {
+                    if let Err(e) = switchyard_sync::replication::finish(&db, report.from).await {
                         tracing::warn!(error = %e, "removing the old replication objects failed: run `switchyard sync cleanup` once you are done with reverse sync, or retry");
                     }
                     if let Some(d) = gate.as_deref().and_then(|g| g.as_database()) {

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use switchyard_config::{DatabaseConfig, SyncMode, WritePolicy};
 use switchyard_proxy::{Colour, DataPlane};
-use switchyard_sync::prepare::{Step, StepState};
-use switchyard_sync::replicate::{self, CatchUp, ReplicationState};
+use switchyard_sync::replication::{self, CatchUp, ReplicationState};
+use switchyard_sync::workflow::{Step, StepState};
 use switchyard_sync::GateStatus;
 
 use crate::gates::{Gate, GateContext, GateFuture, GateResult};
@@ -52,7 +52,7 @@ pub(crate) fn clean_up_after_abort(inner: &Arc<crate::Inner>, db: &DatabaseConfi
         let mut unreachable = Vec::new();
         for pause in [Duration::from_millis(200), Duration::from_secs(2)] {
             tokio::time::sleep(pause).await;
-            match replicate::cleanup(&db).await {
+            match replication::cleanup(&db).await {
                 Ok(r) => {
                     removed.extend(r.removed);
                     unreachable = r.unreachable;
@@ -204,7 +204,7 @@ impl DatabaseGate {
     fn judge(
         &self,
         status: &Result<GateStatus, String>,
-        expected: Option<replicate::Direction>,
+        expected: Option<replication::Direction>,
     ) -> GateResult {
         let s = match status {
             Ok(s) => s,
@@ -272,8 +272,8 @@ impl DatabaseGate {
         let _ = writeln!(out, "# HELP switchyard_database_verified 1 when green is verified at its current schema version.\n# TYPE switchyard_database_verified gauge\nswitchyard_database_verified {}", u8::from(s.verified));
         if let Some(r) = &s.replication {
             let dir = r.direction.map(|d| match d {
-                replicate::Direction::Forward => "blue_to_green",
-                replicate::Direction::Reverse => "green_to_blue",
+                replication::Direction::Forward => "blue_to_green",
+                replication::Direction::Reverse => "green_to_blue",
             });
             let _ = writeln!(out, "# HELP switchyard_replication_streaming 1 when the replica's subscription is connected and streaming.\n# TYPE switchyard_replication_streaming gauge\nswitchyard_replication_streaming {}", u8::from(r.state == ReplicationState::Streaming));
             if let (Some(d), Some(b)) = (dir, r.lag_bytes) {
@@ -304,7 +304,7 @@ impl Gate for DatabaseGate {
             }
             // Measured, not estimated: did the replica apply everything the
             // primary had written when we asked, within max_lag?
-            match replicate::wait_caught_up(&self.db, expected, self.db.max_lag).await {
+            match replication::wait_caught_up(&self.db, expected, self.db.max_lag).await {
                 Ok(CatchUp::CaughtUp { .. }) => GateResult::Pass,
                 Ok(CatchUp::Behind { lsn, lag_bytes, .. }) => GateResult::Hold(format!(
                     "replication lag is above max_lag {}: {} had not applied {}'s WAL up to {lsn} after {} ({} bytes behind)",
@@ -431,7 +431,7 @@ mod tests {
     use super::*;
 
     fn judge(g: &DatabaseGate, s: &Result<GateStatus, String>) -> GateResult {
-        g.judge(s, Some(replicate::Direction::Forward))
+        g.judge(s, Some(replication::Direction::Forward))
     }
 
     fn gate(mode: SyncMode) -> DatabaseGate {
@@ -447,7 +447,7 @@ mod tests {
     fn with_state(
         mut s: Result<GateStatus, String>,
         state: ReplicationState,
-        dir: Option<replicate::Direction>,
+        dir: Option<replication::Direction>,
     ) -> Result<GateStatus, String> {
         if let Ok(g) = &mut s {
             let r = g.replication.as_mut().expect("replication");
@@ -470,9 +470,9 @@ mod tests {
             verified_version: verified.then(|| "1".into()),
             verified_at: None,
             clone: None,
-            replication: lag.map(|l| switchyard_sync::replicate::ReplicationStatus {
-                state: switchyard_sync::replicate::ReplicationState::Streaming,
-                direction: Some(switchyard_sync::replicate::Direction::Forward),
+            replication: lag.map(|l| switchyard_sync::replication::ReplicationStatus {
+                state: switchyard_sync::replication::ReplicationState::Streaming,
+                direction: Some(switchyard_sync::replication::Direction::Forward),
                 lag_bytes: Some(0),
                 lag_seconds: Some(l.as_secs_f64()),
                 retained_wal_bytes: None,
@@ -512,7 +512,7 @@ mod tests {
             &with_state(
                 ok(),
                 ReplicationState::Stopped,
-                Some(replicate::Direction::Forward)
+                Some(replication::Direction::Forward)
             )
         ))
         .contains("not streaming (it is stopped"));
@@ -521,7 +521,7 @@ mod tests {
             &with_state(
                 ok(),
                 ReplicationState::Streaming,
-                Some(replicate::Direction::Reverse)
+                Some(replication::Direction::Reverse)
             )
         ))
         .contains("running the other way"));

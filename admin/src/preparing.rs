@@ -8,7 +8,7 @@
 use serde_json::json;
 use std::sync::{Arc, Weak};
 use switchyard_config::DatabaseConfig;
-use switchyard_sync::prepare::{self, Observer, Step, StepState};
+use switchyard_sync::workflow::{Observer, Step, StepState};
 
 use crate::database::StepStatus;
 use crate::model::events::EventKind;
@@ -114,7 +114,7 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
         inner: weak.clone(),
         started_ms,
     };
-    let result = prepare::run(&db, &reporter).await;
+    let result = switchyard_sync::workflow::prepare(&db, &reporter).await;
     let Some(inner) = weak.upgrade() else { return };
     match result {
         Ok(()) => {

@@ -259,9 +259,9 @@ impl From<switchyard_config::SyncMode> for SyncMode {
     }
 }
 
-impl From<switchyard_sync::state::CloneState> for CloneState {
-    fn from(c: switchyard_sync::state::CloneState) -> CloneState {
-        use switchyard_sync::state::CloneState as S;
+impl From<switchyard_sync::gate::CloneState> for CloneState {
+    fn from(c: switchyard_sync::gate::CloneState) -> CloneState {
+        use switchyard_sync::gate::CloneState as S;
         match c {
             S::Running => CloneState::Running,
             S::Failed => CloneState::Failed,
@@ -270,9 +270,9 @@ impl From<switchyard_sync::state::CloneState> for CloneState {
     }
 }
 
-impl From<switchyard_sync::replicate::ReplicationState> for ReplicationState {
-    fn from(r: switchyard_sync::replicate::ReplicationState) -> ReplicationState {
-        use switchyard_sync::replicate::ReplicationState as S;
+impl From<switchyard_sync::replication::ReplicationState> for ReplicationState {
+    fn from(r: switchyard_sync::replication::ReplicationState) -> ReplicationState {
+        use switchyard_sync::replication::ReplicationState as S;
         match r {
             S::None => ReplicationState::None,
             S::Streaming => ReplicationState::Streaming,
@@ -282,9 +282,9 @@ impl From<switchyard_sync::replicate::ReplicationState> for ReplicationState {
     }
 }
 
-impl From<switchyard_sync::prepare::Step> for PrepareStep {
-    fn from(p: switchyard_sync::prepare::Step) -> PrepareStep {
-        use switchyard_sync::prepare::Step as S;
+impl From<switchyard_sync::workflow::Step> for PrepareStep {
+    fn from(p: switchyard_sync::workflow::Step) -> PrepareStep {
+        use switchyard_sync::workflow::Step as S;
         match p {
             S::Preflight => PrepareStep::Preflight,
             S::Clone => PrepareStep::Clone,
@@ -295,9 +295,9 @@ impl From<switchyard_sync::prepare::Step> for PrepareStep {
     }
 }
 
-impl From<switchyard_sync::prepare::StepState> for StepState {
-    fn from(p: switchyard_sync::prepare::StepState) -> StepState {
-        use switchyard_sync::prepare::StepState as S;
+impl From<switchyard_sync::workflow::StepState> for StepState {
+    fn from(p: switchyard_sync::workflow::StepState) -> StepState {
+        use switchyard_sync::workflow::StepState as S;
         match p {
             S::Pending => StepState::Pending,
             S::Running => StepState::Running,

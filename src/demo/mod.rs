@@ -280,7 +280,7 @@ level = "warn"
             ok = false;
         }
         // Nothing of switchyard's stays in either database.
-        if let Ok(r) = switchyard_sync::replicate::cleanup(cfg).await {
+        if let Ok(r) = switchyard_sync::replication::cleanup(cfg).await {
             if !r.removed.is_empty() {
                 println!(
                     "(switchyard sync cleanup removed {} replication objects)",

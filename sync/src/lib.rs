@@ -1,18 +1,30 @@
 //! # switchyard-sync
 //!
-//! Everything switchyard does to PostgreSQL: `preflight` (what would go wrong),
-//! `clone` (snapshot blue and restore it into green, streaming parallel `COPY`s
-//! with no intermediate file), `migrate` (Flyway-compatible migrations with
-//! Flyway's history table and checksums), `verify` (per-table counts and
-//! in-database checksums, bisecting on the primary key to name differing rows),
-//! and the records in green's `switchyard` schema that the control plane's gates
-//! read, `replicate` (a publication and slot on blue, green subscribed from
-//! the clone's exact snapshot), `cutover` (the database half of moving the
-//! primary, with reverse replication), `prepare` (the whole workflow the
-//! controller runs when a rollout starts) and `cleanup`. Blue is only read,
-//! in read-only transactions, except for switchyard's own publication and
-//! slot (and, after cutover, the reverse subscription). This crate knows
-//! nothing about HTTP.
+//! Everything switchyard does to the databases behind blue and green, for
+//! two engines behind one interface; the engine follows from the URLs
+//! ([`switchyard_config::DatabaseEngine`]).
+//!
+//! ## Layout
+//!
+//! - The interface, the same for every engine: [`run`] (every `switchyard
+//!   sync` command), [`gate`] (what the database gate reads and the rule
+//!   that judges it), [`workflow`] (the rollout's steps and
+//!   [`workflow::prepare`]), [`replication`] (direction, state and lag,
+//!   catch-up, cleanup, the cutover's [`replication::switch`]), and the
+//!   reports: [`findings`] (preflight), [`verdict`] (verify), [`flyway`]
+//!   (the migration files, versions, checksums and history rows).
+//! - [`postgres`]: the PostgreSQL engine (`preflight`, `clone` with
+//!   parallel binary `COPY`, Flyway-compatible `migrate`, `verify` bisecting
+//!   on the primary key, logical `replicate`, `cutover` with reverse
+//!   replication, `prepare`). Its modules are also at the crate root
+//!   (`switchyard_sync::replicate`, …), where they have always been.
+//! - [`mysql`]: the MySQL/MariaDB engine, the same steps with the server's
+//!   own tools (consistent snapshot under `BACKUP STAGE`, `LOAD DATA LOCAL
+//!   INFILE` streams, chunked checksums, GTID replicas).
+//!
+//! Blue is only read, in read-only transactions, except for switchyard's
+//! own replication objects (a publication and slot on PostgreSQL; after a
+//! cutover, the way back). This crate knows nothing about HTTP.
 //!
 //! ## Wiring (for the binary)
 //!
@@ -60,27 +72,26 @@
 
 #![forbid(unsafe_code)]
 
-pub mod catalog;
-pub mod clone;
-pub mod compat;
-pub mod cutover;
-pub mod ephemeral;
 pub mod error;
-pub mod migrate;
+pub mod findings;
+pub mod flyway;
+pub mod gate;
 pub mod mysql;
-pub mod pg;
-pub mod preflight;
-pub mod prepare;
+pub mod postgres;
 pub mod progress;
-pub mod replicate;
-pub mod roles;
-pub mod state;
-pub mod tls;
-pub mod verify;
-mod workers;
+pub mod replication;
+pub mod verdict;
+pub mod workflow;
+
+// The PostgreSQL engine's modules, at the paths they have always had.
+pub(crate) use postgres::workers;
+pub use postgres::{
+    catalog, clone, compat, cutover, ephemeral, migrate, pg, preflight, prepare, replicate, roles,
+    state, tls, verify,
+};
 
 pub use error::{Side, SyncError};
-pub use state::{gate_status, GateStatus};
+pub use gate::{gate_status, GateStatus};
 
 use serde::Serialize;
 use switchyard_config::DatabaseConfig;
@@ -279,23 +290,7 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
         }
         Command::Repair => {
             let r = migrate::repair(&db.migrations, &db.green).await?;
-            let mut t = String::new();
-            for s in &r.removed_failed {
-                t.push_str(&format!(
-                    "removed the failed row of {s}: it will run again on the next migrate\n"
-                ));
-            }
-            for s in &r.realigned {
-                t.push_str(&format!(
-                    "realigned the recorded checksum of {s} with the file on disk\n"
-                ));
-            }
-            if t.is_empty() {
-                t.push_str("nothing to repair: no failed rows, every checksum matches its file\n");
-            } else {
-                t.push_str("repair done: run `switchyard sync migrate validate` to check\n");
-            }
-            (0, json(&r), t)
+            (0, json(&r), render_repair(&r))
         }
         Command::Verify { jobs: j } => {
             let v = verify::verify(db, jobs(j), None, out).await?;
@@ -422,8 +417,9 @@ async fn run_mysql(
             (code, summary, t)
         }
         Command::Migrate { dry_run } => {
-            let r = mysql::migrate::migrate(&db.migrations, &db.green, dry_run, Some(&db.placeholders))
-                .await?;
+            let r =
+                mysql::migrate::migrate(&db.migrations, &db.green, dry_run, Some(&db.placeholders))
+                    .await?;
             let verb = if dry_run { "would apply" } else { "applied" };
             let mut t: String = r.applied.iter().map(|s| format!("{verb} {s}\n")).collect();
             if r.applied.is_empty() {
@@ -464,12 +460,20 @@ async fn run_mysql(
                 .collect();
             (0, json(&rows), t)
         }
-        Command::Baseline { .. } | Command::Repair => {
-            return Err(SyncError::Other(
-                "`migrate baseline` and `migrate repair` are not built for MySQL/MariaDB yet: \
-                 edit flyway_schema_history on green by hand (Flyway's own `baseline`/`repair` work on it too)"
-                    .into(),
-            ))
+        Command::Baseline {
+            version,
+            description,
+        } => {
+            let r = mysql::migrate::baseline(&db.green, &version, &description).await?;
+            let t = format!(
+                "green is now at baseline version {} ({}): migrations up to it will not run\n",
+                r.version, r.description
+            );
+            (0, json(&r), t)
+        }
+        Command::Repair => {
+            let r = mysql::migrate::repair(&db.migrations, &db.green).await?;
+            (0, json(&r), render_repair(&r))
         }
         Command::Verify { .. } => {
             let v = mysql::verify::verify(db, None).await?;
@@ -515,7 +519,11 @@ async fn run_mysql(
         }
         Command::Cleanup => {
             let r = mysql::replica::cleanup(db).await?;
-            (i32::from(!r.unreachable.is_empty()), json(&r), render_cleanup(&r))
+            (
+                i32::from(!r.unreachable.is_empty()),
+                json(&r),
+                render_cleanup(&r),
+            )
         }
     };
     match out {
@@ -547,6 +555,26 @@ fn render_preflight(r: &preflight::PreflightReport, engine: &str) -> String {
     } else {
         "preflight found blockers\n"
     });
+    t
+}
+
+fn render_repair(r: &migrate::RepairReport) -> String {
+    let mut t = String::new();
+    for s in &r.removed_failed {
+        t.push_str(&format!(
+            "removed the failed row of {s}: it will run again on the next migrate\n"
+        ));
+    }
+    for s in &r.realigned {
+        t.push_str(&format!(
+            "realigned the recorded checksum of {s} with the file on disk\n"
+        ));
+    }
+    if t.is_empty() {
+        t.push_str("nothing to repair: no failed rows, every checksum matches its file\n");
+    } else {
+        t.push_str("repair done: run `switchyard sync migrate validate` to check\n");
+    }
     t
 }
 

@@ -610,6 +610,66 @@ async fn migrations_follow_flyway_and_a_failed_one_is_reported_statement_by_stat
     // Validate now reports the failed migration.
     let r = run(&db, Command::Validate, Output::Quiet).await.unwrap();
     assert_eq!(r.code, 1, "{:#}", r.summary);
+
+    // Undo by hand, fix the script, repair, migrate: as with Flyway.
+    sql(&db.green, "ALTER TABLE items DROP COLUMN stock").await;
+    std::fs::write(
+        dir.path().join("V3__half.sql"),
+        "ALTER TABLE items ADD COLUMN stock INT NULL;\nALTER TABLE items ADD COLUMN never INT;\n",
+    )
+    .unwrap();
+    let r = run(&db, Command::Repair, Output::Quiet).await.unwrap();
+    assert_eq!(
+        r.summary["removed_failed"],
+        serde_json::json!(["V3__half.sql"]),
+        "{:#}",
+        r.summary
+    );
+    let r = run(&db, Command::Migrate { dry_run: false }, Output::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(r.summary["applied"], serde_json::json!(["V3__half.sql"]));
+    let r = run(&db, Command::Validate, Output::Quiet).await.unwrap();
+    assert_eq!(r.code, 0, "{:#}", r.summary);
+
+    // Baseline: a database with its schema already in place starts at a version.
+    let mut fresh = pair(b, g, "baselined").await;
+    fresh.migrations = dir.path().to_path_buf();
+    let r = run(
+        &fresh,
+        Command::Baseline {
+            version: "2".into(),
+            description: "<< Flyway Baseline >>".into(),
+        },
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.summary["version"], "2");
+    sql(
+        &fresh.green,
+        "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(20), price DECIMAL(8,2))",
+    )
+    .await;
+    let r = run(&fresh, Command::Migrate { dry_run: true }, Output::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.summary["applied"],
+        serde_json::json!(["V3__half.sql"]),
+        "only what follows the baseline"
+    );
+    let e = run(
+        &fresh,
+        Command::Baseline {
+            version: "1".into(),
+            description: "again".into(),
+        },
+        Output::Quiet,
+    )
+    .await
+    .expect_err("a second baseline is refused");
+    assert!(e.to_string().contains("never been migrated"), "{e}");
 }
 
 /// Waits until `probe` holds (bounded).
@@ -650,7 +710,7 @@ async fn green_replicates_blue_then_cutover_reverses_it_and_cleanup_leaves_nothi
     let r = run(&db, Command::Replicate, Output::Quiet).await.unwrap();
     assert_eq!(r.summary["already_running"], false, "{:#}", r.summary);
     sql(&db.blue, "UPDATE accounts SET balance = balance + 10 WHERE id <= 100; DELETE FROM accounts WHERE id = 4999").await;
-    let caught = switchyard_sync::replicate::wait_caught_up(
+    let caught = switchyard_sync::replication::wait_caught_up(
         &db,
         switchyard_sync::replicate::Direction::Forward,
         Duration::from_secs(30),
@@ -684,7 +744,7 @@ async fn green_replicates_blue_then_cutover_reverses_it_and_cleanup_leaves_nothi
 
     // Replication stopped on green shows as stopped, not streaming.
     sql(&db.green, "STOP SLAVE 'switchyard'").await;
-    let repl = switchyard_sync::replicate::status(&db).await;
+    let repl = switchyard_sync::replication::status(&db).await;
     assert_eq!(
         repl.state,
         switchyard_sync::replicate::ReplicationState::Stopped
@@ -694,7 +754,7 @@ async fn green_replicates_blue_then_cutover_reverses_it_and_cleanup_leaves_nothi
 
     // Cutover: green becomes the primary and blue replicates it back.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let report = switchyard_sync::cutover::switch(
+    let report = switchyard_sync::replication::switch(
         &db,
         switchyard_sync::replicate::Direction::Forward,
         deadline,
@@ -720,7 +780,7 @@ async fn green_replicates_blue_then_cutover_reverses_it_and_cleanup_leaves_nothi
             == Some("1")
     })
     .await;
-    let repl = switchyard_sync::replicate::status(&db).await;
+    let repl = switchyard_sync::replication::status(&db).await;
     assert_eq!(
         repl.direction,
         Some(switchyard_sync::replicate::Direction::Reverse)
@@ -753,4 +813,64 @@ async fn green_replicates_blue_then_cutover_reverses_it_and_cleanup_leaves_nothi
         r.summary["removed"].as_array().unwrap().is_empty(),
         "cleanup is idempotent"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_on_the_database_are_copied_to_users_green_has_and_verify_compares_them() {
+    let (b, g) = shared();
+    let db = pair(b, g, "granted").await;
+    assert_eq!(db.roles, switchyard_config::RolesMode::Copy);
+    sql(
+        &db.blue,
+        "CREATE TABLE items (id INT PRIMARY KEY); \
+                   CREATE USER 'shop_app'@'%'; CREATE USER 'shop_ghost'@'%'; \
+                   GRANT SELECT, INSERT ON granted.* TO 'shop_app'@'%'; \
+                   GRANT SELECT ON granted.items TO 'shop_ghost'@'%'",
+    )
+    .await;
+    sql(&db.green, "CREATE USER 'shop_app'@'%'").await;
+    let r = run(&db, Command::Preflight, Output::Quiet).await.unwrap();
+    let warned: Vec<&str> = r.summary["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "grants")
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        warned,
+        ["users with privileges on blue's database do not exist on green: 'shop_ghost'@'%'"]
+    );
+    let c = clone(&db, false, true).await;
+    assert_eq!(c["clone"]["grants"], 1, "{c:#}");
+    assert_eq!(
+        c["clone"]["grantees_missing"],
+        serde_json::json!(["'shop_ghost'@'%'"])
+    );
+    assert_eq!(
+        one(&db.green, "SELECT GROUP_CONCAT(PRIVILEGE_TYPE ORDER BY PRIVILEGE_TYPE) FROM information_schema.SCHEMA_PRIVILEGES WHERE TABLE_SCHEMA = 'granted' AND GRANTEE = \"'shop_app'@'%'\"").await.as_deref(),
+        Some("INSERT,SELECT")
+    );
+    // The missing user's grant is a difference verify reports.
+    assert_eq!(c["verify"]["passed"], false, "{c:#}");
+    let schema = c["verify"]["schema"].as_array().unwrap();
+    assert_eq!(schema.len(), 1, "{c:#}");
+    assert_eq!(schema[0]["kind"], "grants");
+    assert_eq!(schema[0]["name"], "'shop_ghost'@'%'");
+    assert_eq!(schema[0]["problem"], "missing_on_green");
+
+    // Once the user exists and has its grant, a changed grant still shows.
+    sql(&db.green, "CREATE USER 'shop_ghost'@'%'; GRANT SELECT ON granted.items TO 'shop_ghost'@'%'; REVOKE INSERT ON granted.* FROM 'shop_app'@'%'").await;
+    let (code, v) = verify(&db).await;
+    assert_eq!(code, 1, "{v:#}");
+    let names: Vec<&str> = v["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["'shop_app'@'%'"], "{v:#}");
+    sql(&db.green, "GRANT INSERT ON granted.* TO 'shop_app'@'%'").await;
+    let (code, v) = verify(&db).await;
+    assert_eq!(code, 0, "{v:#}");
 }

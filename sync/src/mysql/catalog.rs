@@ -298,6 +298,71 @@ pub async fn objects(s: &mut Session) -> Result<Vec<Object>, SyncError> {
     Ok(out)
 }
 
+/// One privilege a user holds on the database or one of its tables.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Grant {
+    /// `'user'@'host'`, as `information_schema` spells it.
+    pub grantee: String,
+    /// `None` for the whole database (`db.*`).
+    pub table: Option<String>,
+    pub privilege: String,
+    pub grantable: bool,
+}
+
+/// The privileges users hold on the session's database and its tables.
+pub async fn grants(s: &mut Session) -> Result<Vec<Grant>, SyncError> {
+    let db = literal(&s.database);
+    let rows = s
+        .rows(
+            "listing privileges on the database",
+            &format!(
+                "SELECT GRANTEE, NULL, PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema.SCHEMA_PRIVILEGES WHERE TABLE_SCHEMA = {db} \
+                 UNION ALL SELECT GRANTEE, TABLE_NAME, PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema.TABLE_PRIVILEGES WHERE TABLE_SCHEMA = {db}"
+            ),
+        )
+        .await?;
+    let mut out: Vec<Grant> = rows
+        .iter()
+        .map(|r| Grant {
+            grantee: text(r, 0),
+            table: r.get::<Option<String>, _>(1).flatten(),
+            privilege: text(r, 2),
+            grantable: text(r, 3) == "YES",
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// `GRANT` statements giving `grants` on `database` (one per grantee and
+/// object).
+pub fn grant_statements(database: &str, grants: &[Grant]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut groups: std::collections::BTreeMap<(&str, Option<&str>, bool), Vec<&str>> =
+        Default::default();
+    for g in grants {
+        groups
+            .entry((g.grantee.as_str(), g.table.as_deref(), g.grantable))
+            .or_default()
+            .push(g.privilege.as_str());
+    }
+    for ((grantee, table, grantable), privileges) in groups {
+        let on = match table {
+            Some(t) => format!("{}.{}", ident(database), ident(t)),
+            None => format!("{}.*", ident(database)),
+        };
+        out.push((
+            grantee.to_string(),
+            format!(
+                "GRANT {} ON {on} TO {grantee}{}",
+                privileges.join(", "),
+                if grantable { " WITH GRANT OPTION" } else { "" }
+            ),
+        ));
+    }
+    out
+}
+
 /// A definition with what legitimately differs between two servers taken
 /// out: the `AUTO_INCREMENT=` counter, and the `DEFINER=` clause (the same
 /// user may be spelled with another host on green).

@@ -19,8 +19,8 @@ use super::catalog::{self, ObjectKind, Table};
 use super::state::{self, LogPosition};
 use super::{connect, ident, literal, query_error, Flavor, Session};
 use crate::error::{Side, SyncError};
+use crate::gate::CloneState;
 use crate::progress::Progress;
-use crate::state::CloneState;
 use crate::Output;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -54,6 +54,10 @@ pub struct CloneReport {
     pub objects: usize,
     /// Events are created disabled on green: enable them after promotion.
     pub events_disabled: Vec<String>,
+    /// `GRANT`s on the database and its tables given on green
+    /// (`roles = "copy"`), and the users they name that green lacks.
+    pub grants: usize,
+    pub grantees_missing: Vec<String>,
     /// Where blue's log stood at the snapshot (replication starts there).
     pub position: LogPosition,
     /// How long commits on blue were held while the snapshot was taken.
@@ -488,9 +492,27 @@ async fn copy_everything(
             events_disabled.push(o.name.clone());
         }
     }
+    let (mut grants, mut grantees_missing) = (0, Vec::new());
+    if db.roles == switchyard_config::RolesMode::Copy {
+        let wanted = catalog::grants(blue).await.map_err(phase("grants"))?;
+        for (grantee, stmt) in catalog::grant_statements(&green.database, &wanted) {
+            match green.exec(&format!("granting to {grantee}"), &stmt).await {
+                Ok(()) => grants += 1,
+                // 1133: no such user on green.
+                Err(SyncError::Query { message, .. }) if message.contains("error 1133") => {
+                    if !grantees_missing.contains(&grantee) {
+                        grantees_missing.push(grantee);
+                    }
+                }
+                Err(e) => return Err(("grants", e)),
+            }
+        }
+    }
     copies.sort_by(|a, b| a.table.cmp(&b.table));
     Ok((
         CloneReport {
+            grants,
+            grantees_missing,
             engine: "mysql",
             rows: copies.iter().map(|c| c.rows).sum(),
             bytes: copies.iter().map(|c| c.bytes).sum(),

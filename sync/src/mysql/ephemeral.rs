@@ -142,6 +142,7 @@ impl EphemeralMariaDb {
             .arg(format!("--datadir={}", d.join("data").display()))
             .arg(format!("--socket={}", d.join("sock").display()))
             .arg(format!("--pid-file={}", d.join("pid").display()))
+            .arg(format!("--tmpdir={}", d.display()))
             .arg(format!("--log-error={}", d.join("server.log").display()))
             .arg(format!(
                 "--log-bin={}",

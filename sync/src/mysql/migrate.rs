@@ -11,12 +11,12 @@
 
 use super::catalog;
 use super::{connect, ident, literal, Session};
-use crate::catalog::ObjectKind;
 use crate::error::{Side, SyncError};
-use crate::migrate::{
+use crate::flyway::{
     current_version, pending, scan, validate_against, Applied, MigrateReport, Migration,
     HISTORY_TABLE,
 };
+use crate::verdict::ObjectKind;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -280,23 +280,12 @@ pub async fn migrate(
         });
     }
     // One migrator at a time per database.
-    let lock_name = literal(&format!("switchyard-migrate-{}", green.database));
-    let got = green
-        .text(
-            "waiting for the migration lock",
-            &format!("SELECT GET_LOCK({lock_name}, 60)"),
-        )
-        .await?;
-    if got.as_deref() != Some("1") {
-        return Err(SyncError::Other(format!(
-            "another migration holds the lock {lock_name} on green for over 60 s; wait for it to finish and run migrate again"
-        )));
-    }
+    let lock_name = lock(&mut green).await?;
     ensure_history(&mut green).await?;
     let mut applied = Vec::new();
     for m in todo {
         let sql = match placeholders {
-            Some(p) => crate::migrate::substitute(&m.sql, p, &m.path)?,
+            Some(p) => crate::flyway::substitute(&m.sql, p, &m.path)?,
             None => m.sql.clone(),
         };
         let before = definitions(&mut green).await?;
@@ -362,6 +351,133 @@ pub async fn migrate(
     })
 }
 
+/// Takes the per-database migration lock (60 s at most).
+async fn lock(green: &mut Session) -> Result<String, SyncError> {
+    let name = literal(&format!("switchyard-migrate-{}", green.database));
+    let got = green
+        .text(
+            "waiting for the migration lock",
+            &format!("SELECT GET_LOCK({name}, 60)"),
+        )
+        .await?;
+    if got.as_deref() != Some("1") {
+        return Err(SyncError::Other(format!(
+            "another migration holds the lock {name} on green for over 60 s; wait for it to finish and run migrate again"
+        )));
+    }
+    Ok(name)
+}
+
+/// `migrate baseline`: marks a green that already has its schema as being
+/// at `version`; refused when the history has rows (as Flyway does).
+pub async fn baseline(
+    green_url: &str,
+    version: &str,
+    description: &str,
+) -> Result<crate::flyway::BaselineReport, SyncError> {
+    let v = crate::flyway::Version::parse(version).ok_or_else(|| {
+        SyncError::Other(format!(
+            "{version:?} is not a version: use digits separated by dots, e.g. 1 or 2024.01"
+        ))
+    })?;
+    let mut green = connect(Side::Green, green_url).await?;
+    let name = lock(&mut green).await?;
+    let result = async {
+        ensure_history(&mut green).await?;
+        let history = read_history(&mut green).await?;
+        if let Some(first) = history.first() {
+            return Err(SyncError::Other(format!(
+                "green's {HISTORY_TABLE} already has {} rows (the first: {}): baseline is for a database that has never been migrated",
+                history.len(),
+                first.script
+            )));
+        }
+        green
+            .exec(
+                "recording the baseline",
+                &format!(
+                    "INSERT INTO {} (installed_rank, version, description, type, script, checksum, installed_by, execution_time, success) \
+                     VALUES (1, {}, {}, 'BASELINE', {}, NULL, SUBSTRING_INDEX(CURRENT_USER(), '@', 1), 0, 1)",
+                    ident(HISTORY_TABLE),
+                    literal(&v.to_string()),
+                    literal(description),
+                    literal(description)
+                ),
+            )
+            .await?;
+        Ok(crate::flyway::BaselineReport {
+            version: v.to_string(),
+            description: description.to_string(),
+        })
+    }
+    .await;
+    let _ = green
+        .exec(
+            "releasing the migration lock",
+            &format!("DO RELEASE_LOCK({name})"),
+        )
+        .await;
+    green.close().await;
+    result
+}
+
+/// `migrate repair`: removes failed migrations' rows (after they were
+/// finished or undone by hand) and realigns recorded checksums with the files.
+pub async fn repair(dir: &Path, green_url: &str) -> Result<crate::flyway::RepairReport, SyncError> {
+    let migrations = scan(dir)?;
+    let mut green = connect(Side::Green, green_url).await?;
+    let name = lock(&mut green).await?;
+    let result = async {
+        let history = read_history(&mut green).await?;
+        let mut report = crate::flyway::RepairReport::default();
+        let t = ident(HISTORY_TABLE);
+        for a in &history {
+            if !a.success {
+                report.removed_failed.push(a.script.clone());
+                green
+                    .exec(
+                        "repairing the history",
+                        &format!("DELETE FROM {t} WHERE installed_rank = {}", a.installed_rank),
+                    )
+                    .await?;
+                continue;
+            }
+            if a.kind != "SQL" {
+                continue;
+            }
+            let file = a
+                .version
+                .as_deref()
+                .and_then(crate::flyway::Version::parse)
+                .and_then(|v| migrations.iter().find(|m| m.version.as_ref() == Some(&v)));
+            if let Some(m) = file.filter(|m| Some(m.checksum) != a.checksum) {
+                report.realigned.push(a.script.clone());
+                green
+                    .exec(
+                        "repairing the history",
+                        &format!(
+                            "UPDATE {t} SET checksum = {}, description = {} WHERE installed_rank = {}",
+                            m.checksum,
+                            literal(&m.description),
+                            a.installed_rank
+                        ),
+                    )
+                    .await?;
+            }
+        }
+        Ok(report)
+    }
+    .await;
+    let _ = green
+        .exec(
+            "releasing the migration lock",
+            &format!("DO RELEASE_LOCK({name})"),
+        )
+        .await;
+    green.close().await;
+    result
+}
+
 /// `migrate validate`: applied migrations against the files.
 pub async fn validate(dir: &Path, green_url: &str) -> Result<Vec<String>, SyncError> {
     let migrations = scan(dir)?;
@@ -372,12 +488,12 @@ pub async fn validate(dir: &Path, green_url: &str) -> Result<Vec<String>, SyncEr
 }
 
 /// `migrate info`.
-pub async fn info(dir: &Path, green_url: &str) -> Result<Vec<crate::migrate::InfoRow>, SyncError> {
+pub async fn info(dir: &Path, green_url: &str) -> Result<Vec<crate::flyway::InfoRow>, SyncError> {
     let migrations = scan(dir)?;
     let mut green = connect(Side::Green, green_url).await?;
     let history = read_history(&mut green).await?;
     green.close().await;
-    Ok(crate::migrate::info_rows(&migrations, &history))
+    Ok(crate::flyway::info_rows(&migrations, &history))
 }
 
 #[cfg(test)]

@@ -81,13 +81,6 @@ pub async fn connect(side: Side, url: &str) -> Result<Session, SyncError> {
     let mut conn = Conn::new(opts)
         .await
         .map_err(|e| connect_error(e.to_string()))?;
-    conn.query_drop(
-        "SET NAMES utf8mb4, time_zone = '+00:00', \
-         sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', \
-         SESSION group_concat_max_len = 1048576",
-    )
-    .await
-    .map_err(|e| connect_error(e.to_string()))?;
     let version: String = conn
         .query_first("SELECT VERSION()")
         .await
@@ -98,6 +91,18 @@ pub async fn connect(side: Side, url: &str) -> Result<Session, SyncError> {
     } else {
         Flavor::MySql
     };
+    // MariaDB's GRANT creates a missing user (with no password) unless
+    // NO_AUTO_CREATE_USER is set; MySQL 8 never does, and rejects the name.
+    let sql_mode = match flavor {
+        Flavor::MariaDb => "NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION,NO_AUTO_CREATE_USER",
+        Flavor::MySql => "NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION",
+    };
+    conn.query_drop(format!(
+        "SET NAMES utf8mb4, time_zone = '+00:00', sql_mode = '{sql_mode}', \
+         SESSION group_concat_max_len = 1048576"
+    ))
+    .await
+    .map_err(|e| connect_error(e.to_string()))?;
     Ok(Session {
         side,
         conn,

@@ -9,7 +9,7 @@
 use super::catalog;
 use super::{connect, literal, Flavor, Session};
 use crate::error::{Side, SyncError};
-use crate::preflight::{Finding, PreflightReport, Severity};
+use crate::findings::{Finding, PreflightReport, Severity};
 use switchyard_config::{DatabaseConfig, SyncMode};
 
 struct Findings(Vec<Finding>);
@@ -348,6 +348,39 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
             format!("definers missing on green: {}", missing.join(", ")),
             "create those users on green's server (CREATE USER …) before cloning; objects would otherwise fail when used",
         );
+    }
+
+    // With roles = "copy", clone gives green the same GRANTs: their users must exist there.
+    if db.roles == switchyard_config::RolesMode::Copy {
+        let mut lacking = Vec::new();
+        for g in catalog::grants(&mut blue).await? {
+            let Some((user, host)) = g.grantee.rsplit_once('@') else {
+                continue;
+            };
+            let (user, host) = (user.trim_matches('\''), host.trim_matches('\''));
+            let n = green
+                .text(
+                    "looking up a user on green",
+                    &format!(
+                        "SELECT COUNT(*) FROM mysql.user WHERE User = {} AND Host = {}",
+                        literal(user),
+                        literal(host)
+                    ),
+                )
+                .await
+                .unwrap_or(Some("1".into()));
+            if n.as_deref() == Some("0") && !lacking.contains(&g.grantee) {
+                lacking.push(g.grantee.clone());
+            }
+        }
+        if !lacking.is_empty() {
+            f.add(
+                Warning,
+                "grants",
+                format!("users with privileges on blue's database do not exist on green: {}", lacking.join(", ")),
+                "create them on green's server before cloning so their GRANTs are copied (verify compares them), or set [database] roles = \"skip\"",
+            );
+        }
     }
 
     // Collations blue's columns use must exist on green.

@@ -5,8 +5,8 @@
 
 use super::{clone, connect, migrate, preflight, replica, state, verify};
 use crate::error::{Side, SyncError};
-use crate::prepare::{Observer, PrepareError, Step, StepState};
-use crate::replicate::{ObjectKind, ReplicationState};
+use crate::replication::{ObjectKind, ReplicationState};
+use crate::workflow::{Observer, PrepareError, Step, StepState};
 use crate::Output;
 use switchyard_config::{DatabaseConfig, SyncMode};
 
@@ -26,7 +26,7 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
         let blockers: Vec<String> = report
             .findings
             .iter()
-            .filter(|f| f.severity == crate::preflight::Severity::Blocker)
+            .filter(|f| f.severity == crate::findings::Severity::Blocker)
             .map(|f| format!("{} ({})", f.message, f.hint))
             .collect();
         return Err(fail(
@@ -64,7 +64,7 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
         .objects
         .iter()
         .any(|o| o.kind == ObjectKind::Replica && o.side == Side::Green);
-    let usable = matches!(&last, Some(c) if c.state == crate::state::CloneState::Complete)
+    let usable = matches!(&last, Some(c) if c.state == crate::gate::CloneState::Complete)
         && (!replicate_mode || has_replica);
     let mut holder = None;
     if usable {

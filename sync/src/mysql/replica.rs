@@ -11,12 +11,12 @@
 //! nothing an operator set up.
 
 use super::{connect, literal, Flavor, Session};
-use crate::cutover::{SwitchError, SwitchReport};
 use crate::error::{Side, SyncError};
-use crate::replicate::{
+use crate::replication::{
     CatchUp, CleanupReport, Direction, ObjectKind, ReplicationObject, ReplicationState,
     ReplicationStatus,
 };
+use crate::replication::{SwitchError, SwitchReport};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use switchyard_config::DatabaseConfig;
@@ -129,7 +129,7 @@ pub async fn subscribe(db: &DatabaseConfig) -> Result<ReplicateReport, SyncError
         }
     }
     let clone = super::state::last_clone(&mut green).await?;
-    let Some(clone) = clone.filter(|c| c.state == crate::state::CloneState::Complete) else {
+    let Some(clone) = clone.filter(|c| c.state == crate::gate::CloneState::Complete) else {
         return Err(SyncError::NotCloned);
     };
     let gtid = clone.consistent_lsn.clone().unwrap_or_default();
@@ -408,7 +408,7 @@ pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
     Ok(report)
 }
 
-/// Moves the primary (see [`crate::cutover::switch`]): waits for the new
+/// Moves the primary (see [`crate::replication::switch`]): waits for the new
 /// primary to execute the old one's GTID position, stops its replica,
 /// records the cutover in green, and (with `reverse`) makes the old
 /// primary a replica of the new one from the new one's position.

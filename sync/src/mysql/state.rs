@@ -2,12 +2,12 @@
 //! database with `clones`, `verifications` and `cutovers`, one row per
 //! event, keyed by the green database they are about (one server may hold
 //! several). The same records the PostgreSQL engine keeps in green's
-//! `switchyard` schema, read by the same gate ([`crate::state::judge`]).
+//! `switchyard` schema, read by the same gate ([`crate::gate::judge`]).
 
 use super::{literal, Session};
 use crate::error::SyncError;
-use crate::migrate;
-use crate::state::{CloneRecord, CloneState, GateStatus, LastVerification};
+use crate::flyway as migrate;
+use crate::gate::{CloneRecord, CloneState, GateStatus, LastVerification};
 use switchyard_config::DatabaseConfig;
 
 const SCHEMA: &str = "CREATE DATABASE IF NOT EXISTS switchyard; \
@@ -156,7 +156,7 @@ pub async fn finish_clone(
 /// Records a verification's result, which the gate reads.
 pub async fn record_verification(
     green: &mut Session,
-    report: &crate::verify::VerifyReport,
+    report: &crate::verdict::VerifyReport,
 ) -> Result<(), SyncError> {
     ensure_schema(green).await?;
     let json = serde_json::to_string(report).expect("report serialises");
@@ -201,7 +201,7 @@ pub async fn primary_since(green: &mut Session) -> Result<Option<String>, SyncEr
     }
 }
 
-/// Reads the gate's inputs from green (see [`crate::state::gate_status`]).
+/// Reads the gate's inputs from green (see [`crate::gate::gate_status`]).
 pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
     let mut green = super::connect(crate::Side::Green, &db.green).await?;
     let history = super::migrate::read_history(&mut green).await?;
@@ -247,7 +247,7 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
         at: r.get::<Option<String>, _>(2).flatten(),
         after_last_clone: r.get::<i64, _>(3).unwrap_or(0) != 0,
     });
-    crate::state::judge(&mut status, last);
+    crate::gate::judge(&mut status, last);
     Ok(status)
 }
 

@@ -12,9 +12,9 @@
 
 use super::catalog::{self, Column, Table};
 use super::{connect, ident, literal, Session};
-use crate::catalog::{ObjectKind, Problem, SchemaDifference};
 use crate::error::{Side, SyncError};
-use crate::verify::{Difference, TableVerdict, VerifyReport};
+use crate::verdict::{Difference, TableVerdict, VerifyReport};
+use crate::verdict::{ObjectKind, Problem, SchemaDifference};
 use std::collections::BTreeMap;
 use switchyard_config::DatabaseConfig;
 
@@ -374,7 +374,7 @@ pub async fn verify(
             attempt += 1;
             let _ = super::replica::wait_caught_up(
                 db,
-                crate::replicate::Direction::Forward,
+                crate::replication::Direction::Forward,
                 db.max_lag.max(std::time::Duration::from_secs(1)),
             )
             .await;
@@ -400,7 +400,7 @@ pub async fn verify(
     }
     // Migrate's own history on green is not a difference.
     for g in green_tables.iter().filter(|g| {
-        !blue_tables.iter().any(|t| t.name == g.name) && g.name != crate::migrate::HISTORY_TABLE
+        !blue_tables.iter().any(|t| t.name == g.name) && g.name != crate::flyway::HISTORY_TABLE
     }) {
         schema.push(SchemaDifference {
             kind: ObjectKind::Table,
@@ -456,15 +456,52 @@ pub async fn verify(
             expected: expected(kind, &g.name),
         });
     }
+    if db.roles == switchyard_config::RolesMode::Copy {
+        let (bg, gg) = (
+            catalog::grants(blue).await?,
+            catalog::grants(&mut green).await?,
+        );
+        let mut grantees: Vec<&str> = bg
+            .iter()
+            .chain(gg.iter())
+            .map(|g| g.grantee.as_str())
+            .collect();
+        grantees.sort_unstable();
+        grantees.dedup();
+        for who in grantees {
+            let show = |v: &[catalog::Grant]| -> Option<String> {
+                let mine: Vec<String> = v
+                    .iter()
+                    .filter(|g| g.grantee == who)
+                    .map(|g| format!("{} ON {}", g.privilege, g.table.as_deref().unwrap_or("*")))
+                    .collect();
+                (!mine.is_empty()).then(|| mine.join(", "))
+            };
+            let (b, g) = (show(&bg), show(&gg));
+            if b != g {
+                schema.push(SchemaDifference {
+                    kind: ObjectKind::Grants,
+                    name: who.to_string(),
+                    problem: match (&b, &g) {
+                        (Some(_), None) => Problem::MissingOnGreen,
+                        (None, Some(_)) => Problem::OnlyOnGreen,
+                        _ => Problem::Differs,
+                    },
+                    blue: b,
+                    green: g,
+                    expected: None,
+                });
+            }
+        }
+    }
     if go.iter().any(|o| o.kind == catalog::ObjectKind::Event) {
         notes.push("events are compared by definition; clone leaves them disabled on green".into());
     }
 
     let history = super::migrate::read_history(&mut green).await?;
-    let schema_version = crate::migrate::current_version(&history).map(|v| v.to_string());
+    let schema_version = crate::flyway::current_version(&history).map(|v| v.to_string());
     let latest_migration = if db.migrations.is_dir() {
-        crate::migrate::latest_version(&crate::migrate::scan(&db.migrations)?)
-            .map(|v| v.to_string())
+        crate::flyway::latest_version(&crate::flyway::scan(&db.migrations)?).map(|v| v.to_string())
     } else {
         None
     };
@@ -487,7 +524,7 @@ pub async fn verify(
 /// Whether green replicates blue right now (switchyard's connection running).
 async fn replicating(db: &DatabaseConfig) -> bool {
     db.mode == switchyard_config::SyncMode::Replicate
-        && super::replica::status(db).await.state == crate::replicate::ReplicationState::Streaming
+        && super::replica::status(db).await.state == crate::replication::ReplicationState::Streaming
 }
 
 /// What to compare in a table both sides have: the columns of both (a

@@ -4,38 +4,10 @@
 
 use crate::clone::green_contents;
 use crate::error::{Side, SyncError};
+pub use crate::findings::{Finding, PreflightReport, Severity};
 use crate::pg;
-use serde::Serialize;
 use switchyard_config::{DatabaseConfig, SyncMode};
 use tokio_postgres::Client;
-
-/// How bad a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Blocker,
-}
-
-/// One thing preflight noticed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    pub severity: Severity,
-    /// Short name of the check, e.g. `primary-key`.
-    pub check: String,
-    pub message: String,
-    pub hint: String,
-}
-
-/// The outcome of preflight.
-#[derive(Debug, Clone, Serialize)]
-pub struct PreflightReport {
-    pub passed: bool,
-    pub blue_version: Option<String>,
-    pub green_version: Option<String>,
-    pub findings: Vec<Finding>,
-}
 
 struct Findings(Vec<Finding>);
 

@@ -16,8 +16,8 @@
 use crate::error::{Side, SyncError};
 use crate::pg::{self, snapshot_session, SnapshotHolder, Table};
 use crate::progress::Progress;
+pub use crate::verdict::{Difference, TableVerdict, VerifyReport};
 use crate::{catalog, migrate, replicate, state, workers, Output};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use switchyard_config::DatabaseConfig;
@@ -30,97 +30,6 @@ const MAX_DIFFS: usize = 10;
 /// While replicating, collect up to this many differing keys per table, so
 /// that rows that were only behind can all be re-checked.
 const RECHECK_KEYS: usize = 5000;
-
-/// One differing row.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Difference {
-    /// The primary key, e.g. `id=42` or `(tenant, id)=(3, 42)`.
-    pub key: String,
-    /// `changed`, `missing_in_green` or `extra_in_green`.
-    pub kind: String,
-    /// The key's values as text, in key order (for re-checking).
-    #[serde(skip)]
-    pub values: Vec<String>,
-}
-
-/// The verdict for one table.
-#[derive(Debug, Clone, Serialize)]
-pub struct TableVerdict {
-    pub table: String,
-    /// `equal`, `differs` or `missing_in_green`.
-    pub status: String,
-    pub blue_rows: i64,
-    pub green_rows: Option<i64>,
-    /// The first differing keys (tables with a primary key only).
-    pub differences: Vec<Difference>,
-    pub note: Option<String>,
-}
-
-/// The outcome of `verify`.
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    pub passed: bool,
-    pub tables: Vec<TableVerdict>,
-    /// Objects that differ (indexes, constraints, triggers, ...); those a
-    /// migration made on purpose carry `expected` and do not fail verify.
-    pub schema: Vec<catalog::SchemaDifference>,
-    /// Things worth knowing that do not fail verify.
-    pub notes: Vec<String>,
-    pub schema_version: Option<String>,
-    pub latest_migration: Option<String>,
-    /// Problems other than table contents (schema version, migrations).
-    pub problems: Vec<String>,
-}
-
-impl VerifyReport {
-    pub fn mismatched(&self) -> usize {
-        self.tables.iter().filter(|t| t.status != "equal").count()
-    }
-
-    /// The human-readable report: each differing table with its first differing keys.
-    pub fn render(&self) -> String {
-        let v = self;
-        let mut t = String::new();
-        for tv in &v.tables {
-            if tv.status == "equal" {
-                continue;
-            }
-            t.push_str(&format!(
-                "{}: {} (blue {} rows, green {})\n",
-                tv.table,
-                tv.status,
-                tv.blue_rows,
-                tv.green_rows
-                    .map(|n| format!("{n} rows"))
-                    .unwrap_or_else(|| "missing".into())
-            ));
-            for d in &tv.differences {
-                t.push_str(&format!("  {} {}\n", d.key, d.kind));
-            }
-            if let Some(n) = &tv.note {
-                t.push_str(&format!("  {n}\n"));
-            }
-        }
-        for d in &v.schema {
-            t.push_str(&format!("{d}\n"));
-        }
-        for p in &v.problems {
-            t.push_str(&format!("{p}\n"));
-        }
-        for n in &v.notes {
-            t.push_str(&format!("note: {n}\n"));
-        }
-        t.push_str(&format!(
-            "verify {}: {} tables, {} differ; {} schema objects differ ({} of them expected from migrations)\n",
-            if v.passed { "passed" } else { "FAILED" },
-            v.tables.len(),
-            v.mismatched(),
-            v.schema.len(),
-            v.schema.iter().filter(|d| d.expected.is_some()).count()
-        ));
-        t
-    }
-}
 
 /// Compares every table of blue with green. `blue_snapshot` is the clone's
 /// snapshot when verifying right after a clone; otherwise one is taken now.

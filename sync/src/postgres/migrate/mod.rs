@@ -17,18 +17,13 @@
 //! and what was kept.
 
 mod history;
-mod plan;
-mod source;
-mod sql;
 
+pub use crate::flyway::*;
 pub use history::*;
-pub use plan::*;
-pub use source::*;
-pub use sql::*;
 
 use crate::error::{Side, SyncError};
+pub use crate::flyway::{BaselineReport, MigrateReport, RepairReport};
 use crate::pg;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -36,19 +31,6 @@ use tokio_postgres::Client;
 
 /// Advisory lock key shared by every switchyard migrate runner.
 const LOCK_KEY: i64 = 0x5357_5943_4d49_4752; // "SWYCMIGR"
-/// The history table's name (Flyway's default).
-pub const HISTORY_TABLE: &str = "flyway_schema_history";
-
-/// The outcome of `migrate`.
-#[derive(Debug, Clone, Serialize)]
-pub struct MigrateReport {
-    pub dry_run: bool,
-    /// Scripts applied (or that would be, in a dry run), in order.
-    pub applied: Vec<String>,
-    /// Callbacks that ran.
-    pub callbacks: Vec<String>,
-    pub schema_version: Option<String>,
-}
 
 /// How [`migrate`] runs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -415,13 +397,6 @@ pub async fn info(dir: &Path, green_url: &str) -> Result<Vec<InfoRow>, SyncError
     Ok(info_rows(&migrations, &history))
 }
 
-/// What `baseline` did.
-#[derive(Debug, Clone, Serialize)]
-pub struct BaselineReport {
-    pub version: String,
-    pub description: String,
-}
-
 /// Marks a database that already has its schema (created by hand, or by
 /// an older tool) as being at `version`: migrations up to it are not run.
 /// Refuses a database whose history already has rows, as Flyway does.
@@ -468,15 +443,6 @@ pub async fn baseline(
     .await;
     unlock(&client).await;
     result
-}
-
-/// What `repair` changed.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct RepairReport {
-    /// Failed migrations whose rows were removed.
-    pub removed_failed: Vec<String>,
-    /// Applied migrations whose recorded checksum was set to the file's.
-    pub realigned: Vec<String>,
 }
 
 /// Flyway's `repair`: removes the rows of failed migrations (after they were

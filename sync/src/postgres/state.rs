@@ -3,9 +3,8 @@
 //! switchyard's is ever written to blue by these steps.
 
 use crate::error::{Side, SyncError};
+pub use crate::gate::{judge, CloneRecord, CloneState, GateStatus, LastVerification};
 use crate::{migrate, pg};
-use serde::Serialize;
-use std::time::Duration;
 use switchyard_config::DatabaseConfig;
 use tokio_postgres::Client;
 
@@ -97,75 +96,11 @@ fn not_recorded_yet(e: &tokio_postgres::Error) -> bool {
     )
 }
 
-/// Where a clone recorded in green stands (`switchyard.clones.state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CloneState {
-    /// Being copied now, or interrupted so hard it could not be marked.
-    Running,
-    /// Stopped with an error: green is not a copy of blue.
-    Failed,
-    /// Every table, index and object was copied.
-    Complete,
-}
-
-impl CloneState {
-    /// The value in the `state` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloneState::Running => "running",
-            CloneState::Failed => "failed",
-            CloneState::Complete => "complete",
-        }
-    }
-
-    fn from_column(s: &str) -> Result<CloneState, SyncError> {
-        Ok(match s {
-            "running" => CloneState::Running,
-            "failed" => CloneState::Failed,
-            "complete" => CloneState::Complete,
-            other => {
-                return Err(SyncError::Other(format!(
-                    "green's switchyard.clones has a clone in state {other:?}, which this version does not know \
-                     (written by a newer switchyard?); green is not trusted: run `switchyard sync clone --replace`"
-                )))
-            }
-        })
-    }
-}
-
-impl std::fmt::Display for CloneState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-/// A clone as recorded in green.
-#[derive(Debug, Clone, Serialize)]
-pub struct CloneRecord {
-    pub id: i64,
-    pub state: CloneState,
-    /// The phase it was in (or failed in).
-    pub phase: Option<String>,
-    pub error: Option<String>,
-    /// The replication slot whose snapshot was copied (replicate mode).
-    pub slot: Option<String>,
-    /// The LSN the copied snapshot corresponds to.
-    pub consistent_lsn: Option<String>,
-    /// Blue's clock when the snapshot was taken (UTC, ISO 8601).
-    pub blue_time: Option<String>,
-    /// When the record was last written.
-    pub at: String,
-}
-
 /// After a sync step was interrupted (SIGINT, SIGTERM): ends switchyard's
 /// own sessions and client programs on green (a killed `pg_restore` leaves
 /// its server process building an index otherwise), marks a running clone
 /// as failed, and says what was running.
 pub async fn interrupted(db: &DatabaseConfig, signal: &str) -> Result<String, SyncError> {
-    if db.engine() == switchyard_config::DatabaseEngine::MySql {
-        return crate::mysql::state::interrupted(db, signal).await;
-    }
     let green = pg::connect(Side::Green, &db.green).await?;
     let _ = green
         .query(
@@ -304,43 +239,8 @@ pub async fn record_verification(
     Ok(())
 }
 
-/// What the control plane's database gate needs to know.
-#[derive(Debug, Clone, Serialize)]
-pub struct GateStatus {
-    /// Verification passed at green's current schema version, and that version
-    /// is the newest migration on disk.
-    pub verified: bool,
-    /// Why `verified` is false (or a summary when true).
-    pub reason: String,
-    /// Green's schema version (highest applied migration).
-    pub schema_version: Option<String>,
-    /// Newest versioned migration in the migrations directory.
-    pub latest_migration: Option<String>,
-    /// Schema version at which the last verification ran.
-    pub verified_version: Option<String>,
-    /// When the last verification finished (UTC, ISO 8601).
-    pub verified_at: Option<String>,
-    /// The last clone into green.
-    pub clone: Option<CloneRecord>,
-    /// Replication between the two (replicate mode only).
-    pub replication: Option<crate::replicate::ReplicationStatus>,
-}
-
-impl GateStatus {
-    /// Replication lag in seconds, when replication is streaming.
-    pub fn replication_lag(&self) -> Option<Duration> {
-        self.replication
-            .as_ref()
-            .and_then(|r| r.lag_seconds)
-            .map(Duration::from_secs_f64)
-    }
-}
-
 /// Reads the gate's inputs from green.
 pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
-    if db.engine() == switchyard_config::DatabaseEngine::MySql {
-        return crate::mysql::state::gate_status(db).await;
-    }
     let green = pg::connect(Side::Green, &db.green).await?;
     let history = migrate::read_history(&green).await?;
     let schema_version = migrate::current_version(&history);
@@ -389,78 +289,4 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
     });
     judge(&mut status, last);
     Ok(status)
-}
-
-/// The newest verification recorded in green, as the gate reads it.
-#[derive(Debug, Clone)]
-pub struct LastVerification {
-    pub passed: bool,
-    /// Green's schema version when it ran.
-    pub schema_version: Option<String>,
-    /// When it finished (UTC, ISO 8601).
-    pub at: Option<String>,
-    /// It finished after the newest clone (so it looked at this copy).
-    pub after_last_clone: bool,
-}
-
-/// Decides `verified` and `reason` from what was read (the same rules for
-/// every engine): the last clone complete, a passed verification after it,
-/// at green's schema version, which is the newest migration.
-pub fn judge(status: &mut GateStatus, last: Option<LastVerification>) {
-    let Some(last) = last else {
-        status.reason = "green was never verified: run `switchyard sync verify`".into();
-        return;
-    };
-    status.verified_version = last.schema_version.clone();
-    status.verified_at = last.at;
-    let verified_version = last
-        .schema_version
-        .as_deref()
-        .and_then(migrate::Version::parse);
-    let schema_version = status
-        .schema_version
-        .as_deref()
-        .and_then(migrate::Version::parse);
-    let latest = status
-        .latest_migration
-        .as_deref()
-        .and_then(migrate::Version::parse);
-    if let Some(c) = status
-        .clone
-        .as_ref()
-        .filter(|c| c.state != CloneState::Complete)
-    {
-        status.reason = format!(
-            "green's last clone is {} (phase {}{}): it is not a copy of blue; run `switchyard sync clone --replace`",
-            c.state,
-            c.phase.as_deref().unwrap_or("?"),
-            c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
-        );
-    } else if !last.after_last_clone {
-        status.reason =
-            "green was cloned again after its last verification: run `switchyard sync verify`"
-                .into();
-    } else if latest.is_some() && schema_version != latest {
-        status.reason = format!(
-            "green is at schema version {} but the newest migration is {}: run `switchyard sync migrate`",
-            opt(&status.schema_version),
-            opt(&status.latest_migration)
-        );
-    } else if verified_version != schema_version {
-        status.reason = format!(
-            "the last verification ran at schema version {} but green is now at {}: run `switchyard sync verify`",
-            opt(&status.verified_version),
-            opt(&status.schema_version)
-        );
-    } else if !last.passed {
-        status.reason =
-            "the last verification found differences: see `switchyard sync status`".into();
-    } else {
-        status.verified = true;
-        status.reason = format!("verified at schema version {}", opt(&status.schema_version));
-    }
-}
-
-fn opt(v: &Option<String>) -> &str {
-    v.as_deref().unwrap_or("none")
 }

@@ -2,25 +2,10 @@
 //! current version it records.
 
 use crate::error::{Side, SyncError};
-use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::{Version, HISTORY_TABLE};
-
-/// One row of `flyway_schema_history`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Applied {
-    pub installed_rank: i32,
-    pub version: Option<String>,
-    pub description: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub script: String,
-    pub checksum: Option<i32>,
-    pub installed_on: String,
-    pub execution_time: i32,
-    pub success: bool,
-}
+use super::HISTORY_TABLE;
+use crate::flyway::Applied;
 
 /// Finds the history table: in green's current schema first, then anywhere.
 pub async fn history_table(client: &Client) -> Result<Option<String>, SyncError> {
@@ -67,13 +52,4 @@ pub async fn read_history(client: &Client) -> Result<Vec<Applied>, SyncError> {
             success: r.get(8),
         })
         .collect())
-}
-
-/// The highest successfully applied version in the history.
-pub fn current_version(history: &[Applied]) -> Option<Version> {
-    history
-        .iter()
-        .filter(|a| a.success)
-        .filter_map(|a| a.version.as_deref().and_then(Version::parse))
-        .max()
 }

@@ -19,7 +19,6 @@
 //! direction's subscription, slot and publication; it runs after the writes
 //! are released, since nothing depends on it.
 
-use serde::Serialize;
 use std::time::{Duration, Instant};
 use switchyard_config::DatabaseConfig;
 use tokio_postgres::Client;
@@ -28,53 +27,7 @@ use crate::error::{Side, SyncError};
 use crate::pg;
 use crate::replicate::parts::*;
 use crate::replicate::{names, wait_caught_up_on, CatchUp, Direction};
-
-/// What a completed switch did.
-#[derive(Debug, Clone, Serialize)]
-pub struct SwitchReport {
-    /// The direction replication ran before the switch.
-    pub from: Direction,
-    /// The side that is the primary now.
-    pub primary: Side,
-    /// The WAL position of the old primary the new one replayed.
-    pub caught_up_lsn: String,
-    /// Time spent waiting for the new primary to catch up.
-    pub catch_up_ms: u64,
-    /// Sequences copied to the new primary.
-    pub sequences: usize,
-    /// Whether the old primary now subscribes to the new one.
-    pub reverse: bool,
-    /// Tables and columns the new primary has that the old one lacks, so
-    /// they are not replicated back (from migrations).
-    pub not_replicated: Vec<String>,
-    /// Time per step, in milliseconds.
-    pub steps: Vec<(String, u64)>,
-    /// The switch had already committed (switchyard stopped right after it):
-    /// nothing was done this time.
-    pub already_done: bool,
-}
-
-/// Why a switch did not happen. In every case the old primary is still the
-/// primary and nothing was changed that matters: release the writes to it.
-#[derive(Debug, thiserror::Error)]
-pub enum SwitchError {
-    /// The new primary did not catch up before the deadline.
-    #[error("{target} had not replayed {source_side}'s WAL up to {lsn} after {waited_ms} ms ({behind}); writes stay on {source_side}")]
-    Timeout {
-        source_side: Side,
-        target: Side,
-        lsn: String,
-        waited_ms: u64,
-        behind: String,
-    },
-    /// A step failed; what was done was undone.
-    #[error("cutover failed and was undone, {source_side} stays the primary: {source}")]
-    Failed {
-        source_side: Side,
-        #[source]
-        source: SyncError,
-    },
-}
+pub use crate::replication::{SwitchError, SwitchReport};
 
 /// Moves the primary from `from.source()` to `from.target()` (see the
 /// module documentation). `deadline` bounds the whole switch; steps that
@@ -84,9 +37,6 @@ pub async fn switch(
     from: Direction,
     deadline: Instant,
 ) -> Result<SwitchReport, SwitchError> {
-    if db.engine() == switchyard_config::DatabaseEngine::MySql {
-        return crate::mysql::replica::switch(db, from, deadline).await;
-    }
     let old = from.source();
     let failed = |source: SyncError| SwitchError::Failed {
         source_side: old,
@@ -366,11 +316,6 @@ impl Undo {
 /// Removes the old direction's objects after a switch: its subscription on
 /// the new primary, its slot and publication on the old primary.
 pub async fn finish(db: &DatabaseConfig, from: Direction) -> Result<(), SyncError> {
-    if db.engine() == switchyard_config::DatabaseEngine::MySql {
-        // The old direction's replica was removed by the switch itself.
-        let _ = from;
-        return Ok(());
-    }
     let n = names(db, from);
     let old = from.source();
     let new_primary = pg::connect_owner(from.target(), url_of(db, from.target())).await?;

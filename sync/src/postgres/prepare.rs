@@ -11,79 +11,15 @@
 //! snapshot (still held), before replication starts; otherwise it runs
 //! against live blue while replicating (see [`crate::verify`]).
 
-use serde::Serialize;
 use switchyard_config::{DatabaseConfig, SyncMode};
 
 use crate::error::{Side, SyncError};
 use crate::replicate::{self, Direction, ObjectKind};
+pub use crate::workflow::{Observer, PrepareError, Step, StepState};
 use crate::{clone, compat, migrate, pg, preflight, state, verify, Output};
-
-/// One step of the workflow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Step {
-    Preflight,
-    Clone,
-    Migrate,
-    Verify,
-    Replicate,
-}
-
-impl Step {
-    /// Every step, in order (`replicate` only in replicate mode).
-    pub const ALL: [Step; 5] = [
-        Step::Preflight,
-        Step::Clone,
-        Step::Migrate,
-        Step::Verify,
-        Step::Replicate,
-    ];
-
-    /// The name used in events and status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Preflight => "preflight",
-            Step::Clone => "clone",
-            Step::Migrate => "migrate",
-            Step::Verify => "verify",
-            Step::Replicate => "replicate",
-        }
-    }
-}
-
-/// Where a step stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StepState {
-    Pending,
-    Running,
-    Done,
-    /// Already done and valid.
-    Skipped,
-    Failed,
-}
-
-/// Receives the workflow's progress (the controller turns it into events
-/// and status).
-pub trait Observer: Send + Sync {
-    /// Called when `step` enters `state`; `detail` says what happened.
-    fn step(&self, step: Step, state: StepState, detail: &str);
-}
-
-/// A failed step and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{} failed: {error}", step.as_str())]
-pub struct PrepareError {
-    pub step: Step,
-    #[source]
-    pub error: SyncError,
-}
 
 /// Runs the workflow. See the module documentation.
 pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), PrepareError> {
-    if db.engine() == switchyard_config::DatabaseEngine::MySql {
-        return crate::mysql::prepare::run(db, observer).await;
-    }
     let fail = |step: Step, error: SyncError| {
         observer.step(step, StepState::Failed, &error.to_string());
         PrepareError { step, error }

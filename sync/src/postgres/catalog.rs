@@ -11,72 +11,12 @@
 //! verify can tell a difference a migration made on purpose from one that
 //! means green is not what blue was.
 
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Client;
 
 use crate::error::{Side, SyncError};
 use crate::pg;
-
-/// What kind of object a fingerprint entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ObjectKind {
-    Schema,
-    Extension,
-    Table,
-    Column,
-    Constraint,
-    Index,
-    Trigger,
-    Policy,
-    View,
-    MaterializedView,
-    Sequence,
-    Function,
-    /// A stored procedure (MySQL/MariaDB).
-    Procedure,
-    /// A scheduled event (MySQL/MariaDB).
-    Event,
-    Type,
-    Owner,
-    Grants,
-    DefaultPrivileges,
-}
-
-impl ObjectKind {
-    /// The name used in messages, e.g. `materialized view`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ObjectKind::Schema => "schema",
-            ObjectKind::Extension => "extension",
-            ObjectKind::Table => "table",
-            ObjectKind::Column => "column",
-            ObjectKind::Constraint => "constraint",
-            ObjectKind::Index => "index",
-            ObjectKind::Trigger => "trigger",
-            ObjectKind::Policy => "policy",
-            ObjectKind::View => "view",
-            ObjectKind::MaterializedView => "materialized view",
-            ObjectKind::Sequence => "sequence",
-            ObjectKind::Function => "function",
-            ObjectKind::Procedure => "procedure",
-            ObjectKind::Event => "event",
-            ObjectKind::Type => "type",
-            ObjectKind::Owner => "owner of",
-            ObjectKind::Grants => "grants on",
-            ObjectKind::DefaultPrivileges => "default privileges",
-        }
-    }
-
-    /// The kind whose serialized name is `s` (as `migrate` records it).
-    fn parse(s: &str) -> Option<ObjectKind> {
-        ObjectKind::deserialize(
-            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s),
-        )
-        .ok()
-    }
-}
+pub use crate::verdict::{ObjectKind, Problem, SchemaDifference};
 
 /// Every user object of a database: (kind, name) → definition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -297,62 +237,6 @@ pub async fn fingerprint(
         }
     }
     Ok(Catalog(out))
-}
-
-/// How an object differs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Problem {
-    MissingOnGreen,
-    OnlyOnGreen,
-    Differs,
-}
-
-/// One object that is not the same on both sides.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SchemaDifference {
-    pub kind: ObjectKind,
-    pub name: String,
-    pub problem: Problem,
-    pub blue: Option<String>,
-    pub green: Option<String>,
-    /// The migration that made this difference on purpose, if one did.
-    pub expected: Option<String>,
-}
-
-impl std::fmt::Display for SchemaDifference {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match (self.kind, self.problem) {
-            (ObjectKind::Index, Problem::Differs)
-                if self
-                    .green
-                    .as_deref()
-                    .is_some_and(|g| g.ends_with("(INVALID)")) =>
-            {
-                "is invalid on green (a failed or interrupted build)".to_string()
-            }
-            (ObjectKind::MaterializedView, Problem::Differs)
-                if self
-                    .green
-                    .as_deref()
-                    .is_some_and(|g| g.ends_with("(NOT POPULATED)")) =>
-            {
-                "is not populated on green".to_string()
-            }
-            (_, Problem::MissingOnGreen) => "missing on green".to_string(),
-            (_, Problem::OnlyOnGreen) => "only on green".to_string(),
-            (_, Problem::Differs) => format!(
-                "differs: blue has {:?}, green has {:?}",
-                self.blue.as_deref().unwrap_or(""),
-                self.green.as_deref().unwrap_or("")
-            ),
-        };
-        write!(f, "{} {} {what}", self.kind.as_str(), self.name)?;
-        if let Some(m) = &self.expected {
-            write!(f, " (expected: made by migration {m})")?;
-        }
-        Ok(())
-    }
 }
 
 /// The objects that differ between `blue` and `green`, in kind and name order.

@@ -25,45 +25,11 @@ use tokio_postgres::Client;
 
 use crate::error::{Side, SyncError};
 use crate::pg;
+pub use crate::replication::{
+    render_status, CatchUp, CleanupReport, Direction, ObjectKind, ReplicationObject,
+    ReplicationState, ReplicationStatus,
+};
 use walsender::{CreatedSlot, WalSender};
-
-/// Which way changes flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Blue → green: blue's database is the primary (before cutover).
-    Forward,
-    /// Green → blue: green's database is the primary (after cutover).
-    Reverse,
-}
-
-impl Direction {
-    /// The side whose changes are published.
-    pub fn source(self) -> Side {
-        match self {
-            Direction::Forward => Side::Blue,
-            Direction::Reverse => Side::Green,
-        }
-    }
-    /// The side that subscribes.
-    pub fn target(self) -> Side {
-        self.source().other()
-    }
-    /// The other direction.
-    pub fn flipped(self) -> Direction {
-        match self {
-            Direction::Forward => Direction::Reverse,
-            Direction::Reverse => Direction::Forward,
-        }
-    }
-    /// `blue -> green` or `green -> blue`, for people.
-    pub fn arrow(self) -> &'static str {
-        match self {
-            Direction::Forward => "blue -> green",
-            Direction::Reverse => "green -> blue",
-        }
-    }
-}
 
 /// The names of switchyard's objects for one direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -532,72 +498,6 @@ pub(crate) async fn subscription_exists(
         .is_some())
 }
 
-/// Where replication stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplicationState {
-    /// No switchyard subscription exists.
-    None,
-    /// The target's subscription is connected and the source's slot active.
-    Streaming,
-    /// The subscription exists but is not connected (target or source
-    /// down, worker restarting, or disabled).
-    Stopped,
-    /// Objects of both directions exist (an interrupted cutover), or a slot
-    /// exists without its subscription: `switchyard sync cleanup` or a
-    /// cutover resolves it.
-    Inconsistent,
-}
-
-/// Replication as `status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReplicationStatus {
-    pub state: ReplicationState,
-    /// The direction of the active (or stopped) subscription.
-    pub direction: Option<Direction>,
-    /// Bytes of the source's WAL the target has not confirmed.
-    pub lag_bytes: Option<i64>,
-    /// Seconds the target is behind (0 when caught up; `None` when unknown,
-    /// e.g. the subscriber is not connected).
-    pub lag_seconds: Option<f64>,
-    /// WAL the source keeps for the slot (what an abandoned slot would fill
-    /// the disk with).
-    pub retained_wal_bytes: Option<i64>,
-    /// The slot's `wal_status` (`reserved`, `extended`, `unreserved`, `lost`).
-    pub wal_status: Option<String>,
-    /// Every switchyard object found, on both sides.
-    pub objects: Vec<ReplicationObject>,
-    /// Sides that could not be read, with the error.
-    pub unreachable: Vec<String>,
-    /// MySQL/MariaDB: transactions of the source the replica has not
-    /// executed yet (from the GTID positions).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub transactions_behind: Option<u64>,
-}
-
-/// One publication, slot or subscription switchyard owns.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ReplicationObject {
-    pub side: Side,
-    pub kind: ObjectKind,
-    pub name: String,
-    pub direction: Direction,
-    /// Slots: in use by a walsender; subscriptions: enabled with a running worker.
-    pub active: bool,
-}
-
-/// The kind of a replication object.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ObjectKind {
-    Publication,
-    Slot,
-    Subscription,
-    /// MySQL/MariaDB: the named replication connection (`CHANGE MASTER
-    /// 'switchyard' TO …`) on the side that is a replica.
-    Replica,
-}
-
 async fn objects_on(
     client: &Client,
     side: Side,
@@ -666,9 +566,6 @@ async fn objects_on(
 /// Reads replication state from both sides. A side that cannot be reached
 /// is listed in `unreachable` rather than failing the whole reading.
 pub async fn status(db: &DatabaseConfig) -> ReplicationStatus {
-    if db.engine() == switchyard_config::DatabaseEngine::MySql {
-        return crate::mysql::replica::status(db).await;
-    }
     let mut st = ReplicationStatus {
         state: ReplicationState::None,
         direction: None,
@@ -767,20 +664,6 @@ pub async fn status(db: &DatabaseConfig) -> ReplicationStatus {
     st
 }
 
-/// How a catch-up probe ended.
-#[derive(Debug, Clone)]
-pub enum CatchUp {
-    /// The target replayed everything the source had written when the probe
-    /// started, after `waited`.
-    CaughtUp { lsn: String, waited: Duration },
-    /// It had not within the time allowed.
-    Behind {
-        lsn: String,
-        confirmed: Option<String>,
-        lag_bytes: Option<i64>,
-    },
-}
-
 /// Reads the source's current WAL position, then waits (up to `within`)
 /// until the target's subscription has applied everything up to it. This is
 /// the definition of "lag ≤ `within`", measured rather than estimated, and
@@ -790,9 +673,6 @@ pub async fn wait_caught_up(
     dir: Direction,
     within: Duration,
 ) -> Result<CatchUp, SyncError> {
-    if db.engine() == switchyard_config::DatabaseEngine::MySql {
-        return crate::mysql::replica::wait_caught_up(db, dir, within).await;
-    }
     let side = dir.source();
     let source = pg::connect(side, url_of(db, side)).await?;
     wait_caught_up_on(&source, db, dir, within).await
@@ -848,22 +728,10 @@ pub async fn wait_caught_up_on(
     }
 }
 
-/// What [`cleanup`] removed.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct CleanupReport {
-    /// Objects dropped.
-    pub removed: Vec<ReplicationObject>,
-    /// Sides that could not be reached: their objects may remain.
-    pub unreachable: Vec<String>,
-}
-
 /// Removes every publication, slot and subscription switchyard created, on
 /// both sides, whatever state they are in (idempotent; safe after a crash).
 /// Subscriptions go first so that no worker holds a slot while it is dropped.
 pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
-    if db.engine() == switchyard_config::DatabaseEngine::MySql {
-        return crate::mysql::replica::cleanup(db).await;
-    }
     let mut report = CleanupReport::default();
     let (blue, green) = tokio::join!(
         pg::connect_owner(Side::Blue, &db.blue),
@@ -928,47 +796,4 @@ pub(crate) mod parts {
         create_publication, create_subscription, drop_publication, drop_slot, drop_subscription,
         publishable_tables, subscription_exists, url_of, PublishedTable,
     };
-}
-
-/// The replication part of `switchyard sync status`, for people.
-pub fn render_status(r: &ReplicationStatus) -> String {
-    let mut t = format!(
-        "replication: {}{}\n",
-        match r.state {
-            ReplicationState::None => "none",
-            ReplicationState::Streaming => "streaming",
-            ReplicationState::Stopped => "stopped",
-            ReplicationState::Inconsistent => "inconsistent (an interrupted cutover: run `switchyard sync cleanup` or let switchyard finish the cutover)",
-        },
-        r.direction
-            .map(|d| format!(" ({})", d.arrow()))
-            .unwrap_or_default()
-    );
-    if let Some(b) = r.lag_bytes {
-        t.push_str(&format!(
-            "  lag: {b} bytes, {}\n",
-            r.lag_seconds
-                .map(|s| format!("{s:.3}s"))
-                .unwrap_or_else(|| "unknown seconds (subscriber not connected)".into())
-        ));
-    }
-    if let Some(w) = r.retained_wal_bytes {
-        t.push_str(&format!(
-            "  WAL retained by the slot: {w} bytes ({})\n",
-            r.wal_status.as_deref().unwrap_or("?")
-        ));
-    }
-    for o in &r.objects {
-        t.push_str(&format!(
-            "  {} {:?} {}{}\n",
-            o.side,
-            o.kind,
-            o.name,
-            if o.active { "" } else { " (inactive)" }
-        ));
-    }
-    for u in &r.unreachable {
-        t.push_str(&format!("  unreachable: {u}\n"));
-    }
-    t
 }

@@ -1,0 +1,32 @@
+//! What `preflight` reports, for every engine: findings with a severity,
+//! the check's name, what is wrong and what to do.
+
+use serde::Serialize;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Blocker,
+}
+
+/// One thing preflight noticed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Short name of the check, e.g. `primary-key`.
+    pub check: String,
+    pub message: String,
+    pub hint: String,
+}
+
+/// The outcome of preflight.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreflightReport {
+    pub passed: bool,
+    pub blue_version: Option<String>,
+    pub green_version: Option<String>,
+    pub findings: Vec<Finding>,
+}

@@ -1,0 +1,196 @@
+//! What the control plane's database gate reads, the same for every
+//! engine: the last clone's record, the gate's inputs ([`GateStatus`]) and
+//! the rule that decides whether green is trusted ([`judge`]).
+
+use crate::error::SyncError;
+use crate::migrate;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Where a clone recorded in green stands (`switchyard.clones.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneState {
+    /// Being copied now, or interrupted so hard it could not be marked.
+    Running,
+    /// Stopped with an error: green is not a copy of blue.
+    Failed,
+    /// Every table, index and object was copied.
+    Complete,
+}
+
+impl CloneState {
+    /// The value in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloneState::Running => "running",
+            CloneState::Failed => "failed",
+            CloneState::Complete => "complete",
+        }
+    }
+
+    pub(crate) fn from_column(s: &str) -> Result<CloneState, SyncError> {
+        Ok(match s {
+            "running" => CloneState::Running,
+            "failed" => CloneState::Failed,
+            "complete" => CloneState::Complete,
+            other => {
+                return Err(SyncError::Other(format!(
+                    "green's switchyard.clones has a clone in state {other:?}, which this version does not know \
+                     (written by a newer switchyard?); green is not trusted: run `switchyard sync clone --replace`"
+                )))
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for CloneState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A clone as recorded in green.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneRecord {
+    pub id: i64,
+    pub state: CloneState,
+    /// The phase it was in (or failed in).
+    pub phase: Option<String>,
+    pub error: Option<String>,
+    /// The replication slot whose snapshot was copied (replicate mode).
+    pub slot: Option<String>,
+    /// The LSN the copied snapshot corresponds to.
+    pub consistent_lsn: Option<String>,
+    /// Blue's clock when the snapshot was taken (UTC, ISO 8601).
+    pub blue_time: Option<String>,
+    /// When the record was last written.
+    pub at: String,
+}
+
+/// What the control plane's database gate needs to know.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateStatus {
+    /// Verification passed at green's current schema version, and that version
+    /// is the newest migration on disk.
+    pub verified: bool,
+    /// Why `verified` is false (or a summary when true).
+    pub reason: String,
+    /// Green's schema version (highest applied migration).
+    pub schema_version: Option<String>,
+    /// Newest versioned migration in the migrations directory.
+    pub latest_migration: Option<String>,
+    /// Schema version at which the last verification ran.
+    pub verified_version: Option<String>,
+    /// When the last verification finished (UTC, ISO 8601).
+    pub verified_at: Option<String>,
+    /// The last clone into green.
+    pub clone: Option<CloneRecord>,
+    /// Replication between the two (replicate mode only).
+    pub replication: Option<crate::replicate::ReplicationStatus>,
+}
+
+impl GateStatus {
+    /// Replication lag in seconds, when replication is streaming.
+    pub fn replication_lag(&self) -> Option<Duration> {
+        self.replication
+            .as_ref()
+            .and_then(|r| r.lag_seconds)
+            .map(Duration::from_secs_f64)
+    }
+}
+
+/// The newest verification recorded in green, as the gate reads it.
+#[derive(Debug, Clone)]
+pub struct LastVerification {
+    pub passed: bool,
+    /// Green's schema version when it ran.
+    pub schema_version: Option<String>,
+    /// When it finished (UTC, ISO 8601).
+    pub at: Option<String>,
+    /// It finished after the newest clone (so it looked at this copy).
+    pub after_last_clone: bool,
+}
+
+/// Decides `verified` and `reason` from what was read (the same rules for
+/// every engine): the last clone complete, a passed verification after it,
+/// at green's schema version, which is the newest migration.
+pub fn judge(status: &mut GateStatus, last: Option<LastVerification>) {
+    let Some(last) = last else {
+        status.reason = "green was never verified: run `switchyard sync verify`".into();
+        return;
+    };
+    status.verified_version = last.schema_version.clone();
+    status.verified_at = last.at;
+    let verified_version = last
+        .schema_version
+        .as_deref()
+        .and_then(migrate::Version::parse);
+    let schema_version = status
+        .schema_version
+        .as_deref()
+        .and_then(migrate::Version::parse);
+    let latest = status
+        .latest_migration
+        .as_deref()
+        .and_then(migrate::Version::parse);
+    if let Some(c) = status
+        .clone
+        .as_ref()
+        .filter(|c| c.state != CloneState::Complete)
+    {
+        status.reason = format!(
+            "green's last clone is {} (phase {}{}): it is not a copy of blue; run `switchyard sync clone --replace`",
+            c.state,
+            c.phase.as_deref().unwrap_or("?"),
+            c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    } else if !last.after_last_clone {
+        status.reason =
+            "green was cloned again after its last verification: run `switchyard sync verify`"
+                .into();
+    } else if latest.is_some() && schema_version != latest {
+        status.reason = format!(
+            "green is at schema version {} but the newest migration is {}: run `switchyard sync migrate`",
+            opt(&status.schema_version),
+            opt(&status.latest_migration)
+        );
+    } else if verified_version != schema_version {
+        status.reason = format!(
+            "the last verification ran at schema version {} but green is now at {}: run `switchyard sync verify`",
+            opt(&status.verified_version),
+            opt(&status.schema_version)
+        );
+    } else if !last.passed {
+        status.reason =
+            "the last verification found differences: see `switchyard sync status`".into();
+    } else {
+        status.verified = true;
+        status.reason = format!("verified at schema version {}", opt(&status.schema_version));
+    }
+}
+
+fn opt(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("none")
+}
+
+use switchyard_config::{DatabaseConfig, DatabaseEngine};
+
+/// Reads the gate's inputs from green (and replication from both sides in
+/// replicate mode) and judges them.
+pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
+    match db.engine() {
+        DatabaseEngine::Postgres => crate::postgres::state::gate_status(db).await,
+        DatabaseEngine::MySql => crate::mysql::state::gate_status(db).await,
+    }
+}
+
+/// After a sync step was interrupted (SIGINT, SIGTERM): ends what was left
+/// running on green, marks a running clone as failed, and says what was
+/// running.
+pub async fn interrupted(db: &DatabaseConfig, signal: &str) -> Result<String, SyncError> {
+    match db.engine() {
+        DatabaseEngine::Postgres => crate::postgres::state::interrupted(db, signal).await,
+        DatabaseEngine::MySql => crate::mysql::state::interrupted(db, signal).await,
+    }
+}

@@ -1,0 +1,25 @@
+//! PostgreSQL: the first engine behind `switchyard sync`. `preflight`,
+//! `clone` (an exported snapshot, parallel binary `COPY` streams, `pg_dump`
+//! and `pg_restore` for the schema), `migrate`, `verify` (in-database
+//! checksums, bisected on the primary key), `replicate` (a publication and
+//! slot on blue, green subscribed from the clone's snapshot), `cutover`
+//! (with reverse replication), `prepare` (the rollout's workflow), and the
+//! records in green's `switchyard` schema (`state`). `pg` holds the
+//! sessions, `tls` libpq-style TLS, `roles` owners and grants, `compat` the
+//! replication-safety check of migrations, `catalog` the schema objects.
+
+pub mod catalog;
+pub mod clone;
+pub mod compat;
+pub mod cutover;
+pub mod ephemeral;
+pub mod migrate;
+pub mod pg;
+pub mod preflight;
+pub mod prepare;
+pub mod replicate;
+pub mod roles;
+pub mod state;
+pub mod tls;
+pub mod verify;
+pub(crate) mod workers;

@@ -144,7 +144,7 @@ OUT="$ROOT/bench/mysql/results-$(date +%F).md"
   echo
   echo "| verify | seconds | switchyard / this |"
   echo "|---|---|---|"
-  vrow "switchyard sync verify --jobs $JOBS (chunked MD5, both sides)" switchyard_verify
+  vrow "switchyard sync verify --jobs $JOBS (chunked CRC32+CRC32C, both sides)" switchyard_verify
   vrow "CHECKSUM TABLE on both sides at once" checksum_table
   vrow "pt-table-checksum (blue only, no replicas)" pt_table_checksum
 } | tee "$OUT"

@@ -874,3 +874,40 @@ async fn grants_on_the_database_are_copied_to_users_green_has_and_verify_compare
     let (code, v) = verify(&db).await;
     assert_eq!(code, 0, "{v:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_that_widens_columns_leaves_equal_values_equal_and_real_changes_found() {
+    let (b, g) = shared();
+    let mut db = pair(b, g, "widened").await;
+    sql(&db.blue, "CREATE TABLE prices (id INT PRIMARY KEY, amount DECIMAL(8,2), label VARCHAR(20) CHARACTER SET latin1, at DATETIME); \
+                   INSERT INTO prices VALUES (1, 1.50, 'café', '2024-01-01 10:00:00'), (2, -3.00, NULL, NULL), (3, 0, '', '2024-06-30 23:59:59')").await;
+    clone(&db, false, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("V1__widen.sql"),
+        "ALTER TABLE prices MODIFY amount DECIMAL(12,4), MODIFY label VARCHAR(40) CHARACTER SET utf8mb4, MODIFY at DATETIME(6);\n",
+    )
+    .unwrap();
+    db.migrations = dir.path().to_path_buf();
+    run(&db, Command::Migrate { dry_run: false }, Output::Quiet)
+        .await
+        .unwrap();
+    // Same values, wider types: equal, and the schema difference is the migration's.
+    let (code, v) = verify(&db).await;
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["schema"][0]["expected"], "V1__widen.sql", "{v:#}");
+    // A real change in a widened column is still found, by key.
+    sql(&db.green, "UPDATE prices SET amount = 1.5001 WHERE id = 1").await;
+    sql(&db.green, "UPDATE prices SET label = 'cafe' WHERE id = 3").await;
+    let (code, v) = verify(&db).await;
+    assert_eq!(code, 1, "{v:#}");
+    let mut d = differences(&v, "prices");
+    d.sort();
+    assert_eq!(
+        d,
+        [
+            ("id=1".to_string(), "changed".to_string()),
+            ("id=3".to_string(), "changed".to_string())
+        ]
+    );
+}

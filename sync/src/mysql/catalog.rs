@@ -17,6 +17,10 @@ pub struct Column {
     pub data_type: String,
     /// A generated (virtual or stored) column: computed, never copied.
     pub generated: bool,
+    /// `COLUMN_TYPE` and character set, e.g. `decimal(8,2)` or
+    /// `varchar(20) utf8mb4`: two sides with different ones need their
+    /// values normalised before they compare.
+    pub column_type: String,
 }
 
 impl Column {
@@ -138,7 +142,8 @@ pub async fn tables(s: &mut Session) -> Result<Vec<Table>, SyncError> {
             "listing columns",
             &format!(
                 "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, \
-                        IFNULL(GENERATION_EXPRESSION, '') <> '' OR EXTRA LIKE '%GENERATED%' \
+                        IFNULL(GENERATION_EXPRESSION, '') <> '' OR EXTRA LIKE '%GENERATED%', \
+                        CONCAT_WS(' ', COLUMN_TYPE, CHARACTER_SET_NAME) \
                    FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {db} \
                   ORDER BY TABLE_NAME, ORDINAL_POSITION"
             ),
@@ -150,6 +155,7 @@ pub async fn tables(s: &mut Session) -> Result<Vec<Table>, SyncError> {
             t.columns.push(Column {
                 name: text(r, 1),
                 data_type: text(r, 2).to_ascii_lowercase(),
+                column_type: text(r, 4).to_ascii_lowercase(),
                 generated: text(r, 3) == "1",
             });
         }

@@ -37,7 +37,42 @@ fn hash_expr(c: &Column) -> String {
     match c.data_type.as_str() {
         "bit" => format!("{i}+0"),
         "float" => format!("CAST({i} AS DOUBLE)"),
+        // A column whose type differs between the sides (a migration
+        // changed it): equal values must hash equal whatever the scale,
+        // width or character set.
+        NORMALISE_NUMBER => format!("CAST({i} AS DECIMAL(65,30))"),
+        NORMALISE_REAL => format!("CAST({i} AS DOUBLE)"),
+        NORMALISE_TEXT => format!("CONVERT({i} USING utf8mb4)"),
+        NORMALISE_TIME => format!("CAST({i} AS DATETIME(6))"),
         _ => i,
+    }
+}
+
+const NORMALISE_NUMBER: &str = "switchyard:number";
+const NORMALISE_REAL: &str = "switchyard:real";
+const NORMALISE_TEXT: &str = "switchyard:text";
+const NORMALISE_TIME: &str = "switchyard:time";
+
+/// How to compare a column whose type differs between blue and green, if
+/// the two types are of one family; `None` compares the stored values.
+fn normalised_as(blue: &Column, green: &Column) -> Option<&'static str> {
+    if blue.column_type == green.column_type {
+        return None;
+    }
+    let family = |t: &str| match t {
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "decimal"
+        | "numeric" => 1,
+        "float" | "double" | "real" => 2,
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set" => 3,
+        "datetime" | "timestamp" => 4,
+        _ => 0,
+    };
+    match (family(&blue.data_type), family(&green.data_type)) {
+        (1, 1) => Some(NORMALISE_NUMBER),
+        (2, 2) | (1, 2) | (2, 1) => Some(NORMALISE_REAL),
+        (3, 3) => Some(NORMALISE_TEXT),
+        (4, 4) => Some(NORMALISE_TIME),
+        _ => None,
     }
 }
 
@@ -535,8 +570,14 @@ fn plan_for(blue: &Table, green: &Table) -> Plan {
     let columns: Vec<Column> = blue
         .columns
         .iter()
-        .filter(|c| green.column(&c.name).is_some())
-        .cloned()
+        .filter_map(|c| {
+            let g = green.column(&c.name)?;
+            let mut c = c.clone();
+            if let Some(n) = normalised_as(&c, g) {
+                c.data_type = n.to_string();
+            }
+            Some(c)
+        })
         .collect();
     let key = if blue.primary_key == green.primary_key {
         blue.primary_key
@@ -562,7 +603,43 @@ mod tests {
             name: name.into(),
             data_type: t.into(),
             generated: false,
+            column_type: t.into(),
         }
+    }
+
+    #[test]
+    fn a_column_of_another_type_on_green_is_compared_by_value() {
+        let typed = |t: &str, ct: &str| Column {
+            column_type: ct.into(),
+            ..col("x", t)
+        };
+        assert_eq!(
+            normalised_as(
+                &typed("decimal", "decimal(8,2)"),
+                &typed("decimal", "decimal(12,4)")
+            ),
+            Some(NORMALISE_NUMBER)
+        );
+        assert_eq!(
+            normalised_as(
+                &typed("varchar", "varchar(20) latin1"),
+                &typed("varchar", "varchar(20) utf8mb4")
+            ),
+            Some(NORMALISE_TEXT)
+        );
+        assert_eq!(
+            normalised_as(&typed("int", "int(11)"), &typed("int", "int(11)")),
+            None
+        );
+        // Types of different families keep their stored values: they differ.
+        assert_eq!(
+            normalised_as(
+                &typed("int", "int(11)"),
+                &typed("varchar", "varchar(9) utf8mb4")
+            ),
+            None
+        );
+        assert!(hash_expr(&col("x", NORMALISE_NUMBER)).contains("DECIMAL(65,30)"));
     }
 
     #[test]

@@ -16,10 +16,14 @@ use switchyard_sync::mysql::ephemeral::EphemeralMariaDb;
 use switchyard_sync::{run, Command, Output};
 
 /// Blue and green servers shared by the tests that only clone and verify
-/// (each in its own databases).
+/// (each in its own databases), in different time zones: a `TIMESTAMP`
+/// is an instant, whatever zone each server shows it in.
 fn shared() -> &'static (EphemeralMariaDb, EphemeralMariaDb) {
     static S: OnceLock<(EphemeralMariaDb, EphemeralMariaDb)> = OnceLock::new();
-    S.get_or_init(|| (start(), start()))
+    S.get_or_init(|| {
+        let zoned = |tz| EphemeralMariaDb::start_in(tz).unwrap_or_else(|e| panic!("{e}"));
+        (zoned("-07:00"), zoned("+05:30"))
+    })
 }
 
 fn start() -> EphemeralMariaDb {
@@ -216,6 +220,22 @@ async fn an_awkward_database_is_cloned_exactly_and_verify_names_each_changed_row
     ] {
         assert_eq!(one(&db.green, q).await.as_deref(), Some(want), "{q}");
     }
+    // Each server shows the same instant in its own zone.
+    let local = |url: &str| {
+        let url = url.replacen("mariadb://", "mysql://", 1);
+        async move {
+            let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+                .await
+                .unwrap();
+            c.query_first::<String, _>("SELECT CAST(seen AS CHAR) FROM orders WHERE id = 1")
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    assert_eq!(local(&db.blue).await, "2024-03-30 18:30:00.123");
+    assert_eq!(local(&db.green).await, "2024-03-31 07:00:00.123");
+
     // The trigger came along, after the data (the cloned row kept its NULL-free note).
     sql(
         &db.green,
@@ -910,4 +930,46 @@ async fn a_migration_that_widens_columns_leaves_equal_values_equal_and_real_chan
             ("id=3".to_string(), "changed".to_string())
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_green_that_refuses_the_load_fails_the_clone_with_its_reason_and_marks_it_failed() {
+    // Servers of its own: local_infile is server-wide.
+    let (b, g) = (start(), start());
+    let db = pair(&b, &g, "refused").await;
+    // More rows than the stream buffers, so a reader nobody drains would wait forever.
+    sql(
+        &db.blue,
+        "CREATE TABLE big (id INT PRIMARY KEY, pad CHAR(200)) ENGINE=InnoDB; \
+                   INSERT INTO big SELECT seq, REPEAT('x', 200) FROM seq_1_to_40000",
+    )
+    .await;
+    sql(&db.green, "SET GLOBAL local_infile = 0").await;
+    let r = run(&db, Command::Preflight, Output::Quiet).await.unwrap();
+    assert_eq!(r.code, 1, "preflight says so first: {:#}", r.summary);
+    let e = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(
+            &db,
+            Command::Clone {
+                jobs: 2,
+                replace: false,
+                verify: false,
+            },
+            Output::Quiet,
+        ),
+    )
+    .await
+    .expect("the clone ends instead of hanging")
+    .expect_err("green refuses the load");
+    let e = e.to_string();
+    assert!(
+        e.contains("copying table big") && e.contains("LOAD DATA"),
+        "{e}"
+    );
+    let st = switchyard_sync::gate_status(&db).await.unwrap();
+    let c = st.clone.expect("the clone is recorded");
+    assert_eq!(c.state, switchyard_sync::gate::CloneState::Failed);
+    assert_eq!(c.phase.as_deref(), Some("copy"));
+    assert!(!st.verified, "{}", st.reason);
 }

@@ -627,14 +627,18 @@ async fn copy_table(
     };
     let write = async {
         let side = writer.side;
+        let loaded = writer.conn.query_drop(load.as_str()).await;
+        // A load refused before the server asked for the data leaves the
+        // handler, and with it the stream's receiver, on the connection:
+        // replace it, so the reader's next send fails instead of waiting
+        // for room forever.
         writer
             .conn
-            .query_drop(load.as_str())
-            .await
-            .map_err(|e| SyncError::Copy {
-                table: table.name.clone(),
-                message: query_error(side, "LOAD DATA", &e).to_string(),
-            })?;
+            .set_infile_handler(async { Ok(futures_util::stream::empty().boxed()) });
+        loaded.map_err(|e| SyncError::Copy {
+            table: table.name.clone(),
+            message: query_error(side, "LOAD DATA", &e).to_string(),
+        })?;
         let warnings = writer.conn.get_warnings();
         if warnings > 0 {
             let shown = writer

@@ -57,6 +57,7 @@ pub struct EphemeralMariaDb {
     child: Mutex<Option<Child>>,
     server: PathBuf,
     as_mysql: bool,
+    time_zone: String,
 }
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
@@ -64,6 +65,12 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 impl EphemeralMariaDb {
     /// Starts a server; blocks until it accepts connections.
     pub fn start() -> Result<EphemeralMariaDb, EphemeralError> {
+        Self::start_in("SYSTEM")
+    }
+
+    /// Starts a server whose `default_time_zone` is `tz` (e.g. `+05:30`):
+    /// its clients see `TIMESTAMP`s in that zone unless they set their own.
+    pub fn start_in(tz: &str) -> Result<EphemeralMariaDb, EphemeralError> {
         let (server, install) = find_server().ok_or_else(|| {
             failed(
                 "starting MariaDB",
@@ -123,6 +130,7 @@ impl EphemeralMariaDb {
             child: Mutex::new(None),
             server,
             as_mysql,
+            time_zone: tz.to_string(),
         };
         db.spawn()?;
         db.watchdog();
@@ -143,6 +151,7 @@ impl EphemeralMariaDb {
             .arg(format!("--socket={}", d.join("sock").display()))
             .arg(format!("--pid-file={}", d.join("pid").display()))
             .arg(format!("--tmpdir={}", d.display()))
+            .arg(format!("--default-time-zone={}", self.time_zone))
             .arg(format!("--log-error={}", d.join("server.log").display()))
             .arg(format!(
                 "--log-bin={}",

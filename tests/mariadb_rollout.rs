@@ -111,6 +111,11 @@ cutover_timeout = "5s"
     );
     let s = sy.status().await;
     assert_eq!(s["database"]["writer"], "green", "{s:#}");
+    let metrics = sy.admin(Method::GET, "/metrics", "").await.text();
+    assert!(
+        metrics.contains("switchyard_replication_lag_transactions{direction="),
+        "lag in transactions is a metric: {metrics}"
+    );
     for step in ["preflight", "clone", "verify", "replicate"] {
         assert!(
             history.contains(&format!("\"step\":\"{step}\"")),
@@ -120,6 +125,14 @@ cutover_timeout = "5s"
     assert!(history.contains("cutover_completed"), "{history}");
     assert_eq!(replicas(&green_url).await, 0, "green follows nobody now");
     assert_eq!(replicas(&blue_url).await, 1, "blue follows green");
+
+    // The status reads the way back, green -> blue, with its lag in transactions.
+    let back = eventually(10, async || {
+        let r = &sy.status().await["database"]["replication"];
+        r["direction"] == "green -> blue" && r["lag_transactions"].is_u64()
+    })
+    .await;
+    assert!(back, "{:#}", sy.status().await);
 
     // Writes keep landing, on green now.
     tokio::time::sleep(Duration::from_secs(1)).await;

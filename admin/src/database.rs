@@ -279,6 +279,9 @@ impl DatabaseGate {
             if let (Some(d), Some(b)) = (dir, r.lag_bytes) {
                 let _ = writeln!(out, "# HELP switchyard_replication_lag_bytes WAL bytes the replica has not applied yet.\n# TYPE switchyard_replication_lag_bytes gauge\nswitchyard_replication_lag_bytes{{direction=\"{d}\"}} {b}");
             }
+            if let (Some(d), Some(n)) = (dir, r.transactions_behind) {
+                let _ = writeln!(out, "# HELP switchyard_replication_lag_transactions Transactions of the primary the replica has not executed yet (MySQL/MariaDB).\n# TYPE switchyard_replication_lag_transactions gauge\nswitchyard_replication_lag_transactions{{direction=\"{d}\"}} {n}");
+            }
             if let (Some(d), Some(l)) = (dir, r.lag_seconds) {
                 let _ = writeln!(out, "# HELP switchyard_replication_lag_seconds How far the replica is behind the primary.\n# TYPE switchyard_replication_lag_seconds gauge\nswitchyard_replication_lag_seconds{{direction=\"{d}\"}} {l}");
             }
@@ -307,7 +310,7 @@ impl Gate for DatabaseGate {
             match replication::wait_caught_up(&self.db, expected, self.db.max_lag).await {
                 Ok(CatchUp::CaughtUp { .. }) => GateResult::Pass,
                 Ok(CatchUp::Behind { lsn, lag_bytes, .. }) => GateResult::Hold(format!(
-                    "replication lag is above max_lag {}: {} had not applied {}'s WAL up to {lsn} after {} ({} bytes behind)",
+                    "replication lag is above max_lag {}: {} had not applied {}'s log up to {lsn} after {} ({} bytes behind)",
                     switchyard_config::format_duration(self.db.max_lag),
                     expected.target(),
                     expected.source(),
@@ -393,6 +396,7 @@ impl DatabaseGate {
                     direction: r.direction.map(|d| d.arrow().to_string()),
                     lag_bytes: r.lag_bytes,
                     lag_seconds: r.lag_seconds,
+                    lag_transactions: r.transactions_behind,
                     retained_wal_bytes: r.retained_wal_bytes,
                     wal_status: r.wal_status.clone(),
                     unreachable: r.unreachable.clone(),

@@ -357,6 +357,10 @@ pub struct ReplicationView {
     pub direction: Option<String>,
     pub lag_bytes: Option<i64>,
     pub lag_seconds: Option<f64>,
+    /// MySQL/MariaDB: transactions of the primary the replica has not
+    /// executed yet (from the GTID positions).
+    #[serde(default)]
+    pub lag_transactions: Option<u64>,
     /// WAL the primary keeps for switchyard's slot.
     pub retained_wal_bytes: Option<i64>,
     pub wal_status: Option<String>,

@@ -499,9 +499,6 @@ async fn run_mysql(
             }
             if let Some(r) = &g.replication {
                 t.push_str(&replicate::render_status(r));
-                if let Some(n) = r.transactions_behind {
-                    t.push_str(&format!("  transactions behind: {n}\n"));
-                }
             }
             (0, json(&g), t)
         }

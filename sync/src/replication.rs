@@ -194,13 +194,15 @@ pub fn render_status(r: &ReplicationStatus) -> String {
             .map(|d| format!(" ({})", d.arrow()))
             .unwrap_or_default()
     );
+    let seconds = || {
+        r.lag_seconds
+            .map(|s| format!("{s:.3}s"))
+            .unwrap_or_else(|| "unknown seconds (replica not connected)".into())
+    };
     if let Some(b) = r.lag_bytes {
-        t.push_str(&format!(
-            "  lag: {b} bytes, {}\n",
-            r.lag_seconds
-                .map(|s| format!("{s:.3}s"))
-                .unwrap_or_else(|| "unknown seconds (subscriber not connected)".into())
-        ));
+        t.push_str(&format!("  lag: {b} bytes, {}\n", seconds()));
+    } else if let Some(n) = r.transactions_behind {
+        t.push_str(&format!("  lag: {n} transactions, {}\n", seconds()));
     }
     if let Some(w) = r.retained_wal_bytes {
         t.push_str(&format!(

@@ -819,6 +819,50 @@ async fn green_replicates_blue_then_cutover_reverses_it_and_cleanup_leaves_nothi
     .expect_err("the primary is not replaced");
     assert!(e.to_string().contains("has been the primary"), "{e}");
 
+    // And back (a rollback after promotion): blue is the primary again, green follows it,
+    // and nothing written on green while it was the primary is lost.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let report = switchyard_sync::replication::switch(
+        &db,
+        switchyard_sync::replicate::Direction::Reverse,
+        deadline,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.primary, switchyard_sync::Side::Blue);
+    assert_eq!(replicas(&db.blue).await, 0, "blue follows nobody");
+    assert_eq!(replicas(&db.green).await, 1, "green follows blue again");
+    assert_eq!(
+        one(
+            &db.blue,
+            "SELECT COUNT(*) FROM accounts WHERE owner = 'after-cutover'"
+        )
+        .await
+        .as_deref(),
+        Some("1")
+    );
+    sql(
+        &db.blue,
+        "INSERT INTO accounts (owner, balance) VALUES ('after-rollback', 3)",
+    )
+    .await;
+    let green = db.green.clone();
+    eventually("the write on blue to reach green", async || {
+        one(
+            &green,
+            "SELECT COUNT(*) FROM accounts WHERE owner = 'after-rollback'",
+        )
+        .await
+        .as_deref()
+            == Some("1")
+    })
+    .await;
+    let (code, v) = verify(&db).await;
+    assert_eq!(
+        code, 0,
+        "after the round trip both sides hold the same rows: {v:#}"
+    );
+
     let r = run(&db, Command::Cleanup, Output::Quiet).await.unwrap();
     assert_eq!(
         r.summary["removed"].as_array().unwrap().len(),

@@ -30,3 +30,23 @@ pub struct PreflightReport {
     pub green_version: Option<String>,
     pub findings: Vec<Finding>,
 }
+
+impl PreflightReport {
+    /// The blockers as one error for the rollout's workflow (message and
+    /// hint of each), or `None` when preflight passed.
+    pub fn blocked(&self) -> Option<crate::SyncError> {
+        if self.passed {
+            return None;
+        }
+        let blockers: Vec<String> = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Blocker)
+            .map(|f| format!("{} ({})", f.message, f.hint))
+            .collect();
+        Some(crate::SyncError::Other(format!(
+            "blockers: {}",
+            blockers.join("; ")
+        )))
+    }
+}

@@ -230,63 +230,22 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
                 },
             )
             .await?;
-            let verb = if dry_run { "would apply" } else { "applied" };
-            let mut t = String::new();
-            for s in &r.callbacks {
-                t.push_str(&format!("ran callback {s}\n"));
-            }
-            for s in &r.applied {
-                t.push_str(&format!("{verb} {s}\n"));
-            }
-            if r.applied.is_empty() {
-                t.push_str("nothing to migrate\n");
-            }
-            t.push_str(&format!(
-                "schema version: {}\n",
-                r.schema_version.as_deref().unwrap_or("none")
-            ));
-            (0, json(&r), t)
+            (0, json(&r), render_migrate(&r))
         }
         Command::Validate => {
             let problems = migrate::validate(&db.migrations, &db.green).await?;
-            let t = if problems.is_empty() {
-                "migrations are valid\n".to_string()
-            } else {
-                problems.iter().map(|p| format!("{p}\n")).collect()
-            };
-            (
-                i32::from(!problems.is_empty()),
-                serde_json::json!({ "valid": problems.is_empty(), "problems": problems }),
-                t,
-            )
+            render_validate(problems)
         }
         Command::Info => {
             let rows = migrate::info(&db.migrations, &db.green).await?;
-            let mut t = format!(
-                "{:<10} {:<40} {:<10} {}\n",
-                "version", "description", "state", "installed on"
-            );
-            for r in &rows {
-                t.push_str(&format!(
-                    "{:<10} {:<40} {:<10} {}\n",
-                    r.version.as_deref().unwrap_or("R"),
-                    r.description,
-                    r.state,
-                    r.installed_on.as_deref().unwrap_or("")
-                ));
-            }
-            (0, json(&rows), t)
+            (0, json(&rows), render_info(&rows))
         }
         Command::Baseline {
             version,
             description,
         } => {
             let r = migrate::baseline(&db.green, &version, &description).await?;
-            let t = format!(
-                "green is now at baseline version {} ({}): migrations up to it will not run\n",
-                r.version, r.description
-            );
-            (0, json(&r), t)
+            (0, json(&r), render_baseline(&r))
         }
         Command::Repair => {
             let r = migrate::repair(&db.migrations, &db.green).await?;
@@ -420,56 +379,22 @@ async fn run_mysql(
             let r =
                 mysql::migrate::migrate(&db.migrations, &db.green, dry_run, Some(&db.placeholders))
                     .await?;
-            let verb = if dry_run { "would apply" } else { "applied" };
-            let mut t: String = r.applied.iter().map(|s| format!("{verb} {s}\n")).collect();
-            if r.applied.is_empty() {
-                t.push_str("nothing to migrate\n");
-            }
-            t.push_str(&format!(
-                "schema version: {}\n",
-                r.schema_version.as_deref().unwrap_or("none")
-            ));
-            (0, json(&r), t)
+            (0, json(&r), render_migrate(&r))
         }
         Command::Validate => {
             let problems = mysql::migrate::validate(&db.migrations, &db.green).await?;
-            let t = if problems.is_empty() {
-                "migrations are valid\n".to_string()
-            } else {
-                problems.iter().map(|p| format!("{p}\n")).collect()
-            };
-            (
-                i32::from(!problems.is_empty()),
-                serde_json::json!({ "valid": problems.is_empty(), "problems": problems }),
-                t,
-            )
+            render_validate(problems)
         }
         Command::Info => {
             let rows = mysql::migrate::info(&db.migrations, &db.green).await?;
-            let t: String = rows
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{:<10} {:<40} {:<10} {}\n",
-                        r.version.as_deref().unwrap_or("R"),
-                        r.description,
-                        r.state,
-                        r.installed_on.as_deref().unwrap_or("")
-                    )
-                })
-                .collect();
-            (0, json(&rows), t)
+            (0, json(&rows), render_info(&rows))
         }
         Command::Baseline {
             version,
             description,
         } => {
             let r = mysql::migrate::baseline(&db.green, &version, &description).await?;
-            let t = format!(
-                "green is now at baseline version {} ({}): migrations up to it will not run\n",
-                r.version, r.description
-            );
-            (0, json(&r), t)
+            (0, json(&r), render_baseline(&r))
         }
         Command::Repair => {
             let r = mysql::migrate::repair(&db.migrations, &db.green).await?;
@@ -553,6 +478,62 @@ fn render_preflight(r: &preflight::PreflightReport, engine: &str) -> String {
         "preflight found blockers\n"
     });
     t
+}
+
+fn render_migrate(r: &migrate::MigrateReport) -> String {
+    let verb = if r.dry_run { "would apply" } else { "applied" };
+    let mut t = String::new();
+    for s in &r.callbacks {
+        t.push_str(&format!("ran callback {s}\n"));
+    }
+    for s in &r.applied {
+        t.push_str(&format!("{verb} {s}\n"));
+    }
+    if r.applied.is_empty() {
+        t.push_str("nothing to migrate\n");
+    }
+    t.push_str(&format!(
+        "schema version: {}\n",
+        r.schema_version.as_deref().unwrap_or("none")
+    ));
+    t
+}
+
+fn render_validate(problems: Vec<String>) -> (i32, serde_json::Value, String) {
+    let t = if problems.is_empty() {
+        "migrations are valid\n".to_string()
+    } else {
+        problems.iter().map(|p| format!("{p}\n")).collect()
+    };
+    (
+        i32::from(!problems.is_empty()),
+        serde_json::json!({ "valid": problems.is_empty(), "problems": problems }),
+        t,
+    )
+}
+
+fn render_info(rows: &[migrate::InfoRow]) -> String {
+    let mut t = format!(
+        "{:<10} {:<40} {:<10} {}\n",
+        "version", "description", "state", "installed on"
+    );
+    for r in rows {
+        t.push_str(&format!(
+            "{:<10} {:<40} {:<10} {}\n",
+            r.version.as_deref().unwrap_or("R"),
+            r.description,
+            r.state,
+            r.installed_on.as_deref().unwrap_or("")
+        ));
+    }
+    t
+}
+
+fn render_baseline(r: &migrate::BaselineReport) -> String {
+    format!(
+        "green is now at baseline version {} ({}): migrations up to it will not run\n",
+        r.version, r.description
+    )
 }
 
 fn render_repair(r: &migrate::RepairReport) -> String {

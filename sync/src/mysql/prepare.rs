@@ -22,17 +22,8 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
     let report = preflight::preflight(db)
         .await
         .map_err(|e| fail(Step::Preflight, e))?;
-    if !report.passed {
-        let blockers: Vec<String> = report
-            .findings
-            .iter()
-            .filter(|f| f.severity == crate::findings::Severity::Blocker)
-            .map(|f| format!("{} ({})", f.message, f.hint))
-            .collect();
-        return Err(fail(
-            Step::Preflight,
-            SyncError::Other(format!("blockers: {}", blockers.join("; "))),
-        ));
+    if let Some(blocked) = report.blocked() {
+        return Err(fail(Step::Preflight, blocked));
     }
     observer.step(Step::Preflight, StepState::Done, "no blockers");
 

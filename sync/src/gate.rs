@@ -91,6 +91,26 @@ pub struct GateStatus {
 }
 
 impl GateStatus {
+    /// The inputs read from green, not judged yet (see [`judge`]):
+    /// green's migration history, the newest migration on disk, the last
+    /// clone.
+    pub fn unjudged(
+        history: &[crate::flyway::Applied],
+        newest: Option<crate::flyway::Version>,
+        clone: Option<CloneRecord>,
+    ) -> GateStatus {
+        GateStatus {
+            verified: false,
+            reason: String::new(),
+            schema_version: crate::flyway::current_version(history).map(|v| v.to_string()),
+            latest_migration: newest.map(|v| v.to_string()),
+            verified_version: None,
+            verified_at: None,
+            clone,
+            replication: None,
+        }
+    }
+
     /// Replication lag in seconds, when replication is streaming.
     pub fn replication_lag(&self) -> Option<Duration> {
         self.replication

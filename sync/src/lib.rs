@@ -80,6 +80,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod progress;
 pub mod replication;
+mod scratch;
 pub mod verdict;
 pub mod workflow;
 
@@ -257,29 +258,7 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
         }
         Command::Status => {
             let g = gate_status(db).await?;
-            let mut t = format!(
-                "schema version: {} (newest migration: {})\nverified: {} ({})\n",
-                g.schema_version.as_deref().unwrap_or("none"),
-                g.latest_migration.as_deref().unwrap_or("none"),
-                g.verified,
-                g.reason
-            );
-            if let Some(c) = &g.clone {
-                t.push_str(&format!(
-                    "last clone: {} at {} (blue as of {}{})\n",
-                    c.state,
-                    c.at,
-                    c.blue_time.as_deref().unwrap_or("?"),
-                    c.consistent_lsn
-                        .as_deref()
-                        .map(|l| format!(", WAL {l}"))
-                        .unwrap_or_default()
-                ));
-            }
-            if let Some(r) = &g.replication {
-                t.push_str(&replicate::render_status(r));
-            }
-            (0, json(&g), t)
+            (0, json(&g), render_gate(&g, "WAL"))
         }
         Command::Replicate => {
             let r = replicate::subscribe(db).await?;
@@ -306,12 +285,7 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
             )
         }
     };
-    match out {
-        Output::Terminal => print!("{text}"),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
-        Output::Quiet => {}
-    }
-    Ok(ExitReport { code, summary })
+    Ok(emit(out, code, summary, &text))
 }
 
 /// [`run`] on MySQL/MariaDB: the same commands, reports and exit codes.
@@ -406,26 +380,7 @@ async fn run_mysql(
         }
         Command::Status => {
             let g = mysql::state::gate_status(db).await?;
-            let mut t = format!(
-                "schema version: {} (newest migration: {})\nverified: {} ({})\n",
-                g.schema_version.as_deref().unwrap_or("none"),
-                g.latest_migration.as_deref().unwrap_or("none"),
-                g.verified,
-                g.reason
-            );
-            if let Some(c) = &g.clone {
-                t.push_str(&format!(
-                    "last clone: {} at {} (blue as of {}, GTID {})\n",
-                    c.state,
-                    c.at,
-                    c.blue_time.as_deref().unwrap_or("?"),
-                    c.consistent_lsn.as_deref().unwrap_or("?")
-                ));
-            }
-            if let Some(r) = &g.replication {
-                t.push_str(&replicate::render_status(r));
-            }
-            (0, json(&g), t)
+            (0, json(&g), render_gate(&g, "GTID"))
         }
         Command::Replicate => {
             let r = mysql::replica::subscribe(db).await?;
@@ -448,12 +403,46 @@ async fn run_mysql(
             )
         }
     };
+    Ok(emit(out, code, summary, &text))
+}
+
+/// Prints a command's result the way `out` asks, and makes its report.
+fn emit(out: Output, code: i32, summary: serde_json::Value, text: &str) -> ExitReport {
     match out {
         Output::Terminal => print!("{text}"),
         Output::Json => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
         Output::Quiet => {}
     }
-    Ok(ExitReport { code, summary })
+    ExitReport { code, summary }
+}
+
+/// `status`: the gate's reading; `position` names the engine's log
+/// position of the clone (`WAL`, `GTID`).
+fn render_gate(g: &GateStatus, position: &str) -> String {
+    let mut t = format!(
+        "schema version: {} (newest migration: {})\nverified: {} ({})\n",
+        g.schema_version.as_deref().unwrap_or("none"),
+        g.latest_migration.as_deref().unwrap_or("none"),
+        g.verified,
+        g.reason
+    );
+    if let Some(c) = &g.clone {
+        t.push_str(&format!(
+            "last clone: {} at {} (blue as of {}{})\n",
+            c.state,
+            c.at,
+            c.blue_time.as_deref().unwrap_or("?"),
+            c.consistent_lsn
+                .as_deref()
+                .filter(|l| !l.is_empty())
+                .map(|l| format!(", {position} {l}"))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(r) = &g.replication {
+        t.push_str(&replication::render_status(r));
+    }
+    t
 }
 
 fn render_preflight(r: &preflight::PreflightReport, engine: &str) -> String {

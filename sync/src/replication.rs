@@ -227,6 +227,24 @@ pub fn render_status(r: &ReplicationStatus) -> String {
 
 use switchyard_config::{DatabaseConfig, DatabaseEngine};
 
+/// The URL switchyard uses for `side`'s database.
+pub fn url_of(db: &DatabaseConfig, side: Side) -> &str {
+    match side {
+        Side::Blue => &db.blue,
+        Side::Green => &db.green,
+    }
+}
+
+/// How the target's server reaches the source in direction `dir` (for a
+/// subscription or a replica): `blue_from_green` / `green_from_blue` when
+/// set.
+pub fn source_url(db: &DatabaseConfig, dir: Direction) -> &str {
+    match dir {
+        Direction::Forward => db.blue_for_green(),
+        Direction::Reverse => db.green_for_blue(),
+    }
+}
+
 /// Replication between blue and green, read from both sides (a side that
 /// cannot be reached is listed in `unreachable`).
 pub async fn status(db: &DatabaseConfig) -> ReplicationStatus {

@@ -67,3 +67,12 @@ pub struct RepairReport {
     /// Applied migrations whose recorded checksum was set to the file's.
     pub realigned: Vec<String>,
 }
+
+/// The newest versioned migration in `dir`, or `None` when there is no
+/// such directory (a deployment without migrations) or no versioned file.
+pub fn newest_on_disk(dir: &std::path::Path) -> Result<Option<Version>, crate::SyncError> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    Ok(latest_version(&scan(dir)?))
+}

@@ -12,14 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::ephemeral::EphemeralError;
-
-fn failed(what: impl Into<String>, message: impl Into<String>) -> EphemeralError {
-    EphemeralError::Failed {
-        what: what.into(),
-        message: message.into(),
-    }
-}
+use crate::scratch::{failed, free_port, is_root, server_dir, EphemeralError};
 
 /// Where `mariadbd` and `mariadb-install-db` are, if installed.
 pub fn find_server() -> Option<(PathBuf, PathBuf)> {
@@ -39,14 +32,6 @@ pub fn find_server() -> Option<(PathBuf, PathBuf)> {
         &["/usr/bin", "/usr/local/bin", "/usr/sbin"],
     )?;
     Some((server, install))
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 /// One running throwaway MariaDB server.
@@ -78,24 +63,7 @@ impl EphemeralMariaDb {
             )
         })?;
         let as_mysql = is_root();
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-mariadb-")
-            .tempdir()
-            .map_err(|e| failed("creating a temporary directory", e.to_string()))?
-            .keep();
-        if as_mysql {
-            let st = Command::new("chown")
-                .args(["-R", "mysql:mysql"])
-                .arg(&dir)
-                .status()
-                .map_err(|e| failed("chown", e.to_string()))?;
-            if !st.success() {
-                return Err(failed(
-                    "chown mysql",
-                    "failed: is there a `mysql` system user?",
-                ));
-            }
-        }
+        let dir = server_dir("switchyard-mariadb-", as_mysql.then_some("mysql"))?;
         let mut install_cmd = if as_mysql {
             let mut c = Command::new("runuser");
             c.args(["-u", "mysql", "--"]).arg(&install);
@@ -116,10 +84,7 @@ impl EphemeralMariaDb {
                 String::from_utf8_lossy(&out.stderr).into_owned(),
             ));
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| failed("finding a free port", e.to_string()))?;
+        let port = free_port()?;
         // Distinct per server in this process, and unlikely to collide across processes.
         let server_id =
             (std::process::id() % 100_000) * 10 + NEXT_ID.fetch_add(1, Ordering::Relaxed);

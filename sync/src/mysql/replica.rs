@@ -13,31 +13,15 @@
 use super::{connect, literal, Flavor, Session};
 use crate::error::{Side, SyncError};
 use crate::replication::{
-    CatchUp, CleanupReport, Direction, ObjectKind, ReplicationObject, ReplicationState,
-    ReplicationStatus,
+    source_url, url_of, CatchUp, CleanupReport, Direction, ObjectKind, ReplicationObject,
+    ReplicationState, ReplicationStatus, SwitchError, SwitchReport,
 };
-use crate::replication::{SwitchError, SwitchReport};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use switchyard_config::DatabaseConfig;
 
 /// The name of switchyard's replication connection on a replica.
 pub const CONNECTION: &str = "switchyard";
-
-fn url_of(db: &DatabaseConfig, side: Side) -> &str {
-    match side {
-        Side::Blue => &db.blue,
-        Side::Green => &db.green,
-    }
-}
-
-/// How the replica's server reaches its source.
-fn source_url(db: &DatabaseConfig, dir: Direction) -> &str {
-    match dir {
-        Direction::Forward => db.blue_for_green(),
-        Direction::Reverse => db.green_for_blue(),
-    }
-}
 
 /// `CHANGE MASTER 'switchyard' TO …` for a source URL.
 fn change_master(url: &str) -> Result<String, SyncError> {

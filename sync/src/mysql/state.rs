@@ -205,22 +205,9 @@ pub async fn primary_since(green: &mut Session) -> Result<Option<String>, SyncEr
 pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
     let mut green = super::connect(crate::Side::Green, &db.green).await?;
     let history = super::migrate::read_history(&mut green).await?;
-    let schema_version = migrate::current_version(&history);
-    let latest = if db.migrations.is_dir() {
-        migrate::latest_version(&migrate::scan(&db.migrations)?)
-    } else {
-        None
-    };
-    let mut status = GateStatus {
-        verified: false,
-        reason: String::new(),
-        schema_version: schema_version.as_ref().map(|v| v.to_string()),
-        latest_migration: latest.as_ref().map(|v| v.to_string()),
-        verified_version: None,
-        verified_at: None,
-        clone: last_clone(&mut green).await?,
-        replication: None,
-    };
+    let newest = migrate::newest_on_disk(&db.migrations)?;
+    let clone = last_clone(&mut green).await?;
+    let mut status = GateStatus::unjudged(&history, newest, clone);
     let dbname = literal(&green.database);
     let rows = green
         .rows(

@@ -535,11 +535,7 @@ pub async fn verify(
 
     let history = super::migrate::read_history(&mut green).await?;
     let schema_version = crate::flyway::current_version(&history).map(|v| v.to_string());
-    let latest_migration = if db.migrations.is_dir() {
-        crate::flyway::latest_version(&crate::flyway::scan(&db.migrations)?).map(|v| v.to_string())
-    } else {
-        None
-    };
+    let latest_migration = crate::flyway::newest_on_disk(&db.migrations)?.map(|v| v.to_string());
     let passed =
         tables.iter().all(|t| t.status == "equal") && schema.iter().all(|d| d.expected.is_some());
     let report = VerifyReport {

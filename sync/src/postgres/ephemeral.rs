@@ -13,21 +13,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Why a throwaway cluster could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum EphemeralError {
-    #[error("no PostgreSQL server programs found: install PostgreSQL (initdb, pg_ctl) or set SWITCHYARD_PG_BINDIR")]
-    NotFound,
-    #[error("{what}: {message}")]
-    Failed { what: String, message: String },
-}
-
-fn failed(what: impl Into<String>, message: impl Into<String>) -> EphemeralError {
-    EphemeralError::Failed {
-        what: what.into(),
-        message: message.into(),
-    }
-}
+pub use crate::scratch::EphemeralError;
+use crate::scratch::{failed, free_port, is_root, server_dir};
 
 /// One running throwaway cluster.
 pub struct EphemeralCluster {
@@ -46,21 +33,6 @@ pub fn find_bindir() -> Option<PathBuf> {
     let out = Command::new("pg_config").arg("--bindir").output().ok()?;
     let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     dir.join("initdb").is_file().then_some(dir)
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-fn free_port() -> Result<u16, EphemeralError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| failed("finding a free port", e.to_string()))
 }
 
 impl EphemeralCluster {
@@ -88,24 +60,7 @@ impl EphemeralCluster {
             return Err(EphemeralError::NotFound);
         }
         let as_postgres = is_root();
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-pg-")
-            .tempdir()
-            .map_err(|e| failed("creating a temporary directory", e.to_string()))?
-            .keep();
-        if as_postgres {
-            let st = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .map_err(|e| failed("chown", e.to_string()))?;
-            if !st.success() {
-                return Err(failed(
-                    format!("chown postgres {}", dir.display()),
-                    "failed: is there a `postgres` system user?",
-                ));
-            }
-        }
+        let dir = server_dir("switchyard-pg-", as_postgres.then_some("postgres"))?;
         let cluster = EphemeralCluster {
             dir: dir.clone(),
             port: free_port()?,

@@ -243,22 +243,8 @@ pub async fn record_verification(
 pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
     let green = pg::connect(Side::Green, &db.green).await?;
     let history = migrate::read_history(&green).await?;
-    let schema_version = migrate::current_version(&history);
-    let latest = if db.migrations.is_dir() {
-        migrate::latest_version(&migrate::scan(&db.migrations)?)
-    } else {
-        None
-    };
-    let mut status = GateStatus {
-        verified: false,
-        reason: String::new(),
-        schema_version: schema_version.as_ref().map(|v| v.to_string()),
-        latest_migration: latest.as_ref().map(|v| v.to_string()),
-        verified_version: None,
-        verified_at: None,
-        clone: last_clone(&green).await?,
-        replication: None,
-    };
+    let newest = migrate::newest_on_disk(&db.migrations)?;
+    let mut status = GateStatus::unjudged(&history, newest, last_clone(&green).await?);
     if db.mode == switchyard_config::SyncMode::Replicate {
         status.replication = Some(crate::replicate::status(db).await);
     }

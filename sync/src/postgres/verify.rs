@@ -233,11 +233,7 @@ pub async fn verify(
     let green = green_now;
     let history = migrate::read_history(&green).await?;
     let schema_version = migrate::current_version(&history);
-    let latest = if db.migrations.is_dir() {
-        migrate::latest_version(&migrate::scan(&db.migrations)?)
-    } else {
-        None
-    };
+    let latest = migrate::newest_on_disk(&db.migrations)?;
     if latest.is_some() && latest != schema_version {
         problems.push(format!(
             "green's schema version is {} but the newest migration in {} is {}: run `switchyard sync migrate`",
@@ -654,13 +650,6 @@ fn format_key(key: &[(String, String)], values: &[String]) -> String {
     }
 }
 
-fn side_url(db: &DatabaseConfig, side: Side) -> &str {
-    match side {
-        Side::Blue => &db.blue,
-        Side::Green => &db.green,
-    }
-}
-
 /// How long verify waits for the replica to replay a position.
 const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Re-check rounds for rows that differ while replication runs.
@@ -684,7 +673,7 @@ async fn wait_replayed(db: &DatabaseConfig, dir: replicate::Direction) -> Result
 /// A session outside any snapshot, with the normalised settings the row
 /// hashes depend on.
 async fn live_session(db: &DatabaseConfig, side: Side) -> Result<Client, SyncError> {
-    let c = pg::connect(side, side_url(db, side)).await?;
+    let c = pg::connect(side, crate::replication::url_of(db, side)).await?;
     pg::exec(
         &c,
         side,
@@ -702,9 +691,11 @@ async fn ordered_snapshots(
     db: &DatabaseConfig,
     dir: replicate::Direction,
 ) -> Result<(SnapshotHolder, SnapshotHolder), SyncError> {
-    let first = SnapshotHolder::open(dir.source(), side_url(db, dir.source())).await?;
+    let first =
+        SnapshotHolder::open(dir.source(), crate::replication::url_of(db, dir.source())).await?;
     wait_replayed(db, dir).await?;
-    let second = SnapshotHolder::open(dir.target(), side_url(db, dir.target())).await?;
+    let second =
+        SnapshotHolder::open(dir.target(), crate::replication::url_of(db, dir.target())).await?;
     Ok(match dir.source() {
         Side::Blue => (first, second),
         Side::Green => (second, first),

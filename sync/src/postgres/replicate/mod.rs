@@ -25,6 +25,7 @@ use tokio_postgres::Client;
 
 use crate::error::{Side, SyncError};
 use crate::pg;
+pub(crate) use crate::replication::url_of;
 pub use crate::replication::{
     render_status, CatchUp, CleanupReport, Direction, ObjectKind, ReplicationObject,
     ReplicationState, ReplicationStatus,
@@ -89,21 +90,6 @@ fn endpoint(url: &str) -> String {
             )
         }
         Err(_) => switchyard_config::redact_url(url),
-    }
-}
-
-pub(crate) fn url_of(db: &DatabaseConfig, side: Side) -> &str {
-    match side {
-        Side::Blue => &db.blue,
-        Side::Green => &db.green,
-    }
-}
-
-/// How the target's server reaches the source: the URL for the subscription.
-fn source_url_for_target(db: &DatabaseConfig, dir: Direction) -> &str {
-    match dir {
-        Direction::Forward => db.blue_for_green(),
-        Direction::Reverse => db.green_for_blue(),
     }
 }
 
@@ -399,7 +385,7 @@ pub async fn create_subscription(
 ) -> Result<(), SyncError> {
     let n = names(db, dir);
     let side = dir.target();
-    let conninfo = subscription_conninfo(dir.source(), source_url_for_target(db, dir))?;
+    let conninfo = subscription_conninfo(dir.source(), crate::replication::source_url(db, dir))?;
     let version = pg::server_version(target, side).await?;
     // PostgreSQL 16 can skip changes that were themselves replicated, which
     // makes a loop impossible even for a moment; 15 relies on the order of

@@ -977,6 +977,48 @@ async fn a_migration_that_widens_columns_leaves_equal_values_equal_and_real_chan
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_moved_from_one_column_into_the_next_is_a_difference() {
+    // pt-table-checksum's row text, CONCAT_WS('#', a, b), is the same for
+    // ('a#', 'b') and ('a', '#b'): a row whose text shifted across a column
+    // boundary would pass. Each value's length is hashed with it.
+    let (b, g) = shared();
+    let db = pair(b, g, "shifted").await;
+    sql(&db.blue, "CREATE TABLE keyed (id INT PRIMARY KEY, a VARCHAR(10), b VARCHAR(10), c VARCHAR(10)); \
+                   INSERT INTO keyed VALUES (1, 'a#', 'b', 'x'), (2, 'p', '#q', ''), (3, 'same', 'same', NULL); \
+                   CREATE TABLE unkeyed (a VARCHAR(10), b VARCHAR(10)); \
+                   INSERT INTO unkeyed VALUES ('a#', 'b'), ('c', 'd')").await;
+    let c = clone(&db, false, true).await;
+    assert_eq!(c["verify"]["passed"], true, "{c:#}");
+
+    sql(
+        &db.green,
+        "UPDATE keyed SET a = 'a', b = '#b' WHERE id = 1; \
+                    UPDATE keyed SET a = 'p#', b = 'q' WHERE id = 2; \
+                    UPDATE unkeyed SET a = 'a', b = '#b' WHERE a = 'a#'",
+    )
+    .await;
+    let (code, v) = verify(&db).await;
+    assert_eq!(code, 1, "{v:#}");
+    let mut d = differences(&v, "keyed");
+    d.sort();
+    assert_eq!(
+        d,
+        [
+            ("id=1".to_string(), "changed".to_string()),
+            ("id=2".to_string(), "changed".to_string())
+        ],
+        "{v:#}"
+    );
+    let unkeyed = v["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "unkeyed")
+        .unwrap();
+    assert_ne!(unkeyed["status"], "equal", "{v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_green_that_refuses_the_load_fails_the_clone_with_its_reason_and_marks_it_failed() {
     // Servers of its own: local_infile is server-wide.
     let (b, g) = (start(), start());

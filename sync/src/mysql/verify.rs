@@ -76,21 +76,24 @@ fn normalised_as(blue: &Column, green: &Column) -> Option<&'static str> {
     }
 }
 
-/// A row as the text its checksums are taken of: every column, NULLs
-/// marked (so `NULL` and `''` differ).
+/// A row as the text its checksums are taken of: every column, then every
+/// value's length in bytes, -1 for NULL. The lengths fix where one value
+/// ends and the next begins, so text moved across a column boundary
+/// (`('a#', 'b')` and `('a', '#b')`, the same under pt-table-checksum's
+/// `CONCAT_WS('#', …)`) differs, and so do `NULL` and `''`.
 fn row_text(columns: &[&Column]) -> String {
     if columns.is_empty() {
         return "''".into();
     }
     let values: Vec<String> = columns.iter().map(|c| hash_expr(c)).collect();
-    let nulls: Vec<String> = columns
+    let lengths: Vec<String> = values
         .iter()
-        .map(|c| format!("ISNULL({})", ident(&c.name)))
+        .map(|v| format!("IFNULL(LENGTH({v}), -1)"))
         .collect();
     format!(
-        "CONCAT_WS('#', {}, CONCAT({}))",
+        "CONCAT_WS('#', {}, CONCAT_WS(',', {}))",
         values.join(", "),
-        nulls.join(", ")
+        lengths.join(", ")
     )
 }
 
@@ -662,7 +665,7 @@ mod tests {
         let h = row_hash(&[&a, &b]);
         assert_eq!(
             h,
-            "MD5(CONCAT_WS('#', `a`, CAST(`b` AS DOUBLE), CONCAT(ISNULL(`a`), ISNULL(`b`))))"
+            "MD5(CONCAT_WS('#', `a`, CAST(`b` AS DOUBLE), CONCAT_WS(',', IFNULL(LENGTH(`a`), -1), IFNULL(LENGTH(CAST(`b` AS DOUBLE)), -1))))"
         );
     }
 

@@ -1019,6 +1019,42 @@ async fn text_moved_from_one_column_into_the_next_is_a_difference() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spatial_and_json_columns_are_cloned_exactly_and_a_moved_point_is_found() {
+    let (b, g) = shared();
+    let db = pair(b, g, "places").await;
+    sql(&db.blue, "CREATE TABLE places (id INT PRIMARY KEY, at POINT NOT NULL, area GEOMETRY NULL, doc JSON, SPATIAL INDEX (at)); \
+                   INSERT INTO places VALUES \
+                     (1, ST_GeomFromText('POINT(13.4 52.5)', 4326), ST_GeomFromText('POLYGON((0 0, 1 0, 1 1, 0 0))'), '{\"b\": [1, 2.5, null], \"a\": \"grüße\"}'), \
+                     (2, ST_GeomFromText('POINT(-0.0001 0)'), NULL, NULL), \
+                     (3, POINT(1, 2), ST_GeomFromText('GEOMETRYCOLLECTION(POINT(1 1), LINESTRING(0 0, 2 2))'), '[]')").await;
+    let c = clone(&db, false, true).await;
+    assert_eq!(c["verify"]["passed"], true, "{c:#}");
+    for (q, want) in [
+        ("SELECT ST_AsText(at) FROM places WHERE id = 1", "POINT(13.4 52.5)"),
+        ("SELECT ST_SRID(at) FROM places WHERE id = 1", "4326"),
+        ("SELECT ST_AsText(area) FROM places WHERE id = 3", "GEOMETRYCOLLECTION(POINT(1 1),LINESTRING(0 0,2 2))"),
+        ("SELECT ST_AsText(at) FROM places WHERE id = 2", "POINT(-0.0001 0)"),
+        ("SELECT JSON_EXTRACT(doc, '$.a') FROM places WHERE id = 1", "\"grüße\""),
+        ("SELECT COUNT(*) FROM places WHERE MBRContains(ST_GeomFromText('POLYGON((0 0, 20 0, 20 60, 0 60, 0 0))'), at)", "2"),
+        ("SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = 'places' AND INDEX_TYPE = 'SPATIAL'", "1"),
+    ] {
+        assert_eq!(one(&db.green, q).await.as_deref(), Some(want), "{q}");
+    }
+    sql(
+        &db.green,
+        "UPDATE places SET at = POINT(1, 2.000001) WHERE id = 3",
+    )
+    .await;
+    let (code, v) = verify(&db).await;
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(
+        differences(&v, "places"),
+        [("id=3".to_string(), "changed".to_string())],
+        "{v:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_green_that_refuses_the_load_fails_the_clone_with_its_reason_and_marks_it_failed() {
     // Servers of its own: local_infile is server-wide.
     let (b, g) = (start(), start());

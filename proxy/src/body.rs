@@ -286,8 +286,56 @@ enum Kind {
     Full(Option<Bytes>),
 }
 
+/// Where an upstream's response body arrives from: hyper's client, or
+/// switchyard's own HTTP/1.1 client ([`crate::h1`]).
+pub(crate) enum UpstreamStream {
+    Hyper(Incoming),
+    H1(crate::h1::H1Body),
+}
+
+impl From<Incoming> for UpstreamStream {
+    fn from(b: Incoming) -> UpstreamStream {
+        UpstreamStream::Hyper(b)
+    }
+}
+
+impl From<crate::h1::H1Body> for UpstreamStream {
+    fn from(b: crate::h1::H1Body) -> UpstreamStream {
+        UpstreamStream::H1(b)
+    }
+}
+
+impl Body for UpstreamStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamStream::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamStream::H1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamStream::Hyper(b) => b.is_end_stream(),
+            UpstreamStream::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamStream::Hyper(b) => b.size_hint(),
+            UpstreamStream::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 struct UpstreamBody {
-    body: Incoming,
+    body: UpstreamStream,
     /// The connection the body arrives on, returned to the pool once the
     /// body has been read to its end.
     conn: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
@@ -333,7 +381,7 @@ impl ProxyBody {
     /// `trailers_judged` (HTTP/2 upstreams), a gRPC failure status in the
     /// trailers makes it a server error.
     pub(crate) fn upstream(
-        body: Incoming,
+        body: impl Into<UpstreamStream>,
         conn: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
         tally: Option<(Tally, Outcome)>,
         client_fault: Option<Arc<FaultCell>>,
@@ -341,7 +389,7 @@ impl ProxyBody {
         trailers_judged: bool,
     ) -> ProxyBody {
         let mut up = UpstreamBody {
-            body,
+            body: body.into(),
             conn,
             tally,
             client_fault,
@@ -467,7 +515,7 @@ fn poll_kind(
                 }
                 Poll::Ready(Some(Err(e))) => {
                     up.broken();
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Pending => {
                     if up.deadline.passed(cx) {

@@ -19,6 +19,7 @@ use crate::body::{ClientBody, ClientBodyError, ClientFault, ProxyBody, RequestBo
 use crate::conn::{ActiveGuard, Activity};
 use crate::connect::{connect_tcp, Sender};
 use crate::grpc;
+use crate::h1;
 use crate::headers::{add_forwarded, is_h2c_upgrade, is_upgrade, strip_hop_by_hop};
 use crate::pool::{Checkout, ConnectError, Upstream};
 use crate::recent_writes::RecentWrites;
@@ -473,7 +474,7 @@ async fn forward(
     routing: &Routing,
     colour: Colour,
     mut req: Request<RequestBody>,
-    mut tally: Option<Tally>,
+    tally: Option<Tally>,
     started: Instant,
 ) -> Forwarded {
     let pool = &routing.pools[colour.index()];
@@ -495,10 +496,23 @@ async fn forward(
                 return Err((failure, Some(req), tally));
             }
         };
-        let Checkout { mut tx, reused } = match up
-            .checkout(routing.settings.connect_timeout, routing.settings.ejection)
+        // Bodiless requests to plain HTTP/1.1 upstreams go over the own
+        // client (no connection task); the rest over hyper's.
+        let own = up.owns_h1() && req.body().is_end_stream();
+        let checkout = if own {
+            up.checkout_h1(
+                routing.settings.connect_timeout,
+                routing.settings.ejection,
+                !is_idempotent(req.method()),
+            )
             .await
-        {
+            .map(|(c, reused)| (Conn::Own(c), reused))
+        } else {
+            up.checkout(routing.settings.connect_timeout, routing.settings.ejection)
+                .await
+                .map(|Checkout { tx, reused }| (Conn::Hyper(tx), reused))
+        };
+        let (conn, reused) = match checkout {
             Ok(c) => c,
             Err(e) => {
                 // Nothing was sent: any method may go to another upstream.
@@ -511,6 +525,53 @@ async fn forward(
                 avoid = Some(up);
                 continue;
             }
+        };
+        let mut tx = match conn {
+            Conn::Own(c) => {
+                if req.uri().authority().is_some() {
+                    to_h1_target(&mut req);
+                }
+                up.begin();
+                let sent =
+                    tokio::time::timeout(routing.settings.upstream_timeout, c.send(&req, &up))
+                        .await;
+                up.end();
+                match sent {
+                    Err(_) => {
+                        tracing::warn!(colour = %colour, upstream = %up.name, timeout = ?routing.settings.upstream_timeout, "upstream did not answer in time");
+                        return Err((Failure::Timeout, None, tally));
+                    }
+                    Ok(Ok((parts, body))) => {
+                        let resp = upstream_response(
+                            routing, colour, &up, parts, body, None, tally, None, started, false,
+                        );
+                        return Ok(resp);
+                    }
+                    Ok(Err(e)) => {
+                        // As below: a request that never reached the
+                        // upstream whole, or a bodiless idempotent one that
+                        // went unanswered on a reused connection, is sent
+                        // again on a fresh one.
+                        let again = reused
+                            && stale_retries < 3
+                            && match e {
+                                h1::SendError::Write(_) => true,
+                                h1::SendError::ClosedBeforeResponse => is_idempotent(req.method()),
+                                h1::SendError::Response(_) => false,
+                            };
+                        if !again {
+                            tracing::warn!(colour = %colour, upstream = %up.name, error = %e, "upstream failed before answering");
+                            return Err((Failure::Send(e.to_string()), None, tally));
+                        }
+                        tracing::debug!(upstream = %up.name, "resending on a fresh connection after a stale keep-alive one");
+                        stale_retries += 1;
+                        attempts_left += 1;
+                        avoid = None;
+                        continue;
+                    }
+                }
+            }
+            Conn::Hyper(tx) => tx,
         };
         // An upstream may close an idle keep-alive connection just as a
         // request is written to it. A bodiless idempotent request that got
@@ -537,43 +598,25 @@ async fn forward(
                 return Err((Failure::Timeout, None, tally));
             }
             Ok(Ok(resp)) => {
-                // An answer readmits an upstream ejected for connect failures.
-                up.connect_succeeded();
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers, false);
-                // Over HTTP/2 a gRPC failure may come as a trailers-only
-                // response: HTTP 200 with `grpc-status` in the headers.
-                let outcome = if parts.status.is_server_error()
-                    || (h2 && grpc::is_server_failure(&parts.headers))
-                {
-                    Outcome::ServerError
-                } else {
-                    Outcome::Ok
-                };
-                parts.version = Version::HTTP_11;
-                if let Some(t) = tally.as_mut() {
-                    t.set_latency(started.elapsed());
-                }
-                if routing.settings.access_log {
-                    parts.extensions.insert(Served {
-                        colour,
-                        upstream: Some(up.clone()),
-                    });
-                }
+                let (parts, body) = resp.into_parts();
                 let conn = match tx {
-                    Sender::H1(tx) => Some((tx, up)),
+                    Sender::H1(tx) => Some(tx),
                     // Shared by every request: nothing to give back.
                     Sender::H2(_) => None,
                 };
-                let body = ProxyBody::upstream(
+                let resp = upstream_response(
+                    routing,
+                    colour,
+                    &up,
+                    parts,
                     body,
                     conn,
-                    tally.map(|t| (t, outcome)),
+                    tally,
                     client_fault_cell,
-                    routing.settings.upstream_read_timeout,
+                    started,
                     h2,
                 );
-                return Ok(Response::from_parts(parts, body));
+                return Ok(resp);
             }
             Ok(Err(mut e)) => {
                 let back = e.take_message();
@@ -604,6 +647,62 @@ async fn forward(
             }
         }
     }
+}
+
+/// A connection checked out for one request.
+enum Conn {
+    /// Switchyard's own HTTP/1.1 client, for a bodiless request.
+    Own(Box<h1::H1Conn>),
+    Hyper(Sender<RequestBody>),
+}
+
+/// The client's response from an upstream's: hop-by-hop fields dropped,
+/// the outcome judged from the head (and, over HTTP/2, gRPC's status), the
+/// body streamed with its tally and, for hyper's HTTP/1.1, the connection
+/// to give back when it ends.
+#[allow(clippy::too_many_arguments)]
+fn upstream_response(
+    routing: &Routing,
+    colour: Colour,
+    up: &Arc<Upstream>,
+    mut parts: http::response::Parts,
+    body: impl Into<crate::body::UpstreamStream>,
+    conn: Option<http1::SendRequest<RequestBody>>,
+    mut tally: Option<Tally>,
+    client_fault_cell: Option<Arc<crate::body::FaultCell>>,
+    started: Instant,
+    h2: bool,
+) -> Response<ProxyBody> {
+    // An answer readmits an upstream ejected for connect failures.
+    up.connect_succeeded();
+    strip_hop_by_hop(&mut parts.headers, false);
+    // Over HTTP/2 a gRPC failure may come as a trailers-only response:
+    // HTTP 200 with `grpc-status` in the headers.
+    let outcome =
+        if parts.status.is_server_error() || (h2 && grpc::is_server_failure(&parts.headers)) {
+            Outcome::ServerError
+        } else {
+            Outcome::Ok
+        };
+    parts.version = Version::HTTP_11;
+    if let Some(t) = tally.as_mut() {
+        t.set_latency(started.elapsed());
+    }
+    if routing.settings.access_log {
+        parts.extensions.insert(Served {
+            colour,
+            upstream: Some(up.clone()),
+        });
+    }
+    let body = ProxyBody::upstream(
+        body,
+        conn.map(|tx| (tx, up.clone())),
+        tally.map(|t| (t, outcome)),
+        client_fault_cell,
+        routing.settings.upstream_read_timeout,
+        h2,
+    );
+    Response::from_parts(parts, body)
 }
 
 fn is_idempotent(m: &Method) -> bool {

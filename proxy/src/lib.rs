@@ -17,6 +17,7 @@ pub mod conn;
 mod connect;
 mod forward;
 mod grpc;
+mod h1;
 mod headers;
 mod health;
 mod listener;

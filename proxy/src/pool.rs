@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use switchyard_config::{HealthConfig, PoolConfig, UpstreamProtocol, UpstreamTls};
 
 use crate::body::RequestBody;
-use crate::connect::{tls_connector, Link, Sender};
+use crate::connect::{connect_tcp, tls_connector, Link, Sender};
+use crate::h1::H1Conn;
 use crate::{Colour, ProxyError};
 
 /// Longest wait for a pooled connection to become ready for its next request.
@@ -41,6 +42,8 @@ pub struct Upstream {
     pub(crate) fails: AtomicU32,
     pub(crate) passes: AtomicU32,
     idle: ArrayQueue<SendRequest<RequestBody>>,
+    /// Idle connections of switchyard's own HTTP/1.1 client ([`crate::h1`]).
+    idle_h1: ArrayQueue<Box<H1Conn>>,
     in_flight: AtomicUsize,
     /// Connect failures in a row (passive ejection).
     connect_failures: AtomicU32,
@@ -110,6 +113,7 @@ impl Upstream {
             fails: AtomicU32::new(0),
             passes: AtomicU32::new(0),
             idle: ArrayQueue::new(IDLE_PER_UPSTREAM),
+            idle_h1: ArrayQueue::new(IDLE_PER_UPSTREAM),
             in_flight: AtomicUsize::new(0),
             connect_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -261,6 +265,44 @@ impl Upstream {
             return None;
         }
         Some(Sender::H2((**tx).clone()))
+    }
+
+    /// Whether bodiless requests go over switchyard's own HTTP/1.1 client
+    /// ([`crate::h1`]): plain-TCP `http1` pools.
+    pub(crate) fn owns_h1(&self) -> bool {
+        self.link.protocol == UpstreamProtocol::Http1 && !self.link.is_tls()
+    }
+
+    /// An idle connection of the own HTTP/1.1 client, or a new one; the
+    /// flag says whether it carried requests before. `careful`: the
+    /// request must not be repeated, so an idle connection is checked for
+    /// a close first whatever its age.
+    pub(crate) async fn checkout_h1(
+        &self,
+        connect_timeout: Duration,
+        ejection: Ejection,
+        careful: bool,
+    ) -> Result<(Box<H1Conn>, bool), ConnectError> {
+        while let Some(mut c) = self.idle_h1.pop() {
+            if c.usable(careful) {
+                return Ok((c, true));
+            }
+        }
+        match Box::pin(connect_tcp(self.addr, connect_timeout)).await {
+            Ok(io) => {
+                self.connect_succeeded();
+                Ok((Box::new(H1Conn::new(io)), false))
+            }
+            Err(e) => {
+                self.connect_failed(ejection);
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns an own-client connection whose response was read to its end.
+    pub(crate) fn checkin_h1(&self, c: Box<H1Conn>) {
+        let _ = self.idle_h1.push(c);
     }
 
     /// Returns a connection whose response has been read to the end.

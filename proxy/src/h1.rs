@@ -1,0 +1,744 @@
+//! The upstream side of HTTP/1.1, owned: a bodiless request written and its
+//! response parsed straight on the request's own task, with no connection
+//! task and no channel between them (hyper's client dispatch costs two
+//! cross-task wake-ups per request; see `bench/README.md`).
+//!
+//! Used for plain-TCP `protocol = "http1"` pools and requests without a
+//! body, which is most of them (GET, HEAD, DELETE, bodiless POST). Requests
+//! with a body, TLS upstreams and upgrades go through hyper's client.
+//!
+//! Parsing is strict where the upstream's framing would otherwise be
+//! ambiguous, because a proxy that reads a response differently from the
+//! next hop is how response splitting works:
+//!
+//! * the head: `httparse` with obs-fold, a space before the colon and a
+//!   malformed status line all refused, at most [`MAX_HEADERS`] fields and
+//!   [`MAX_HEAD`] bytes;
+//! * `Content-Length`: digits only, and every copy (repeated fields, comma
+//!   lists) the same value;
+//! * `Transfer-Encoding`: exactly `chunked` and never beside a
+//!   `Content-Length`; any other coding (`gzip`, `chunked, gzip`) is refused
+//!   rather than read as "until the close" (nginx does the same);
+//! * chunks: 1 to 16 hex digits, extensions of visible characters only,
+//!   CRLF line ends, the CRLF after each chunk's data checked, trailers
+//!   parsed as headers;
+//! * bytes the upstream sends beyond its response, or while idle, mean the
+//!   connection is never reused.
+//!
+//! A refused head is a [`Malformed`] error: a 502 for the client, counted
+//! against the upstream. A body that breaks off is an error frame.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::pool::Upstream;
+
+/// Most header fields a response head may have.
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Largest response head (status line and fields), in bytes.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size line (with extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+/// Read size when the buffer needs room.
+const READ_CHUNK: usize = 16 * 1024;
+/// An idle connection older than this is checked for a close before reuse.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+/// A keep-alive HTTP/1.1 connection to one upstream.
+pub(crate) struct H1Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    read: BytesMut,
+    /// The request head being written (its allocation is kept).
+    write: Vec<u8>,
+    /// When it last went back to the idle stack.
+    idle_since: Instant,
+}
+
+/// The response head arrived but frames its message ambiguously or
+/// malformedly; the message says how.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Malformed(pub &'static str);
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Writing the request failed: it never reached the upstream whole, so
+    /// it may be sent again whatever its method.
+    Write(std::io::Error),
+    /// The connection closed (or reset) before any byte of a response: on
+    /// a reused connection, the upstream's keep-alive close racing the
+    /// request; idempotent requests may be sent again.
+    ClosedBeforeResponse,
+    /// A read failed mid-head, or the head was refused.
+    Response(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Write(e) => write!(f, "writing the request failed: {e}"),
+            SendError::ClosedBeforeResponse => {
+                f.write_str("the connection closed before a response")
+            }
+            SendError::Response(e) => f.write_str(e),
+        }
+    }
+}
+
+impl H1Conn {
+    pub(crate) fn new(io: TcpStream) -> H1Conn {
+        H1Conn {
+            io,
+            read: BytesMut::new(),
+            write: Vec::new(),
+            idle_since: Instant::now(),
+        }
+    }
+
+    /// Whether an idle connection may carry the next request. A connection
+    /// idle for a while (or any, for a request that must not be repeated)
+    /// is checked without blocking: a close from the upstream, or bytes it
+    /// sent unasked, retire it.
+    pub(crate) fn usable(&mut self, careful: bool) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        if !careful && self.idle_since.elapsed() < PROBE_AFTER {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Writes `req`'s head (it has no body) and reads the response head,
+    /// skipping interim (1xx) responses. The body comes with the head as an
+    /// [`H1Body`], which gives the connection back to `up` once the body has
+    /// been read to its end and the upstream allows reuse.
+    pub(crate) async fn send<B>(
+        mut self: Box<Self>,
+        req: &Request<B>,
+        up: &Arc<Upstream>,
+    ) -> Result<(http::response::Parts, H1Body), SendError> {
+        encode_head(&mut self.write, req);
+        self.io
+            .write_all(&self.write)
+            .await
+            .map_err(SendError::Write)?;
+        let head_only = req.method() == Method::HEAD;
+        let mut got_any = false;
+        loop {
+            match parse_head(&mut self.read, head_only) {
+                Ok(Some(Parsed::Interim)) => {
+                    got_any = true;
+                    continue;
+                }
+                Ok(Some(Parsed::Final(parts, framing, keep_alive))) => {
+                    let body = H1Body::new(self, framing, keep_alive, up.clone());
+                    return Ok((parts, body));
+                }
+                Ok(None) => {}
+                Err(m) => return Err(SendError::Response(m.0.to_string())),
+            }
+            if self.read.len() >= MAX_HEAD {
+                return Err(SendError::Response(format!(
+                    "the response head is larger than {MAX_HEAD} bytes"
+                )));
+            }
+            got_any |= !self.read.is_empty();
+            self.read.reserve(READ_CHUNK);
+            match tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.read).await {
+                Ok(0) if !got_any => return Err(SendError::ClosedBeforeResponse),
+                Ok(0) => {
+                    return Err(SendError::Response(
+                        "the connection closed in the middle of the response head".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if !got_any && is_reset(&e) => return Err(SendError::ClosedBeforeResponse),
+                Err(e) => return Err(SendError::Response(format!("reading the response: {e}"))),
+            }
+        }
+    }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+    )
+}
+
+/// The request line and fields of a bodiless request. `Transfer-Encoding`
+/// never goes out (there is no body to encode).
+fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Neither: the body ends when the upstream closes.
+    UntilClose,
+}
+
+enum Parsed {
+    /// A 1xx other than 101, consumed.
+    Interim,
+    Final(http::response::Parts, Framing, bool),
+}
+
+/// Parses a response head from the front of `buf`, consuming it when
+/// complete. `Ok(None)`: more bytes are needed.
+fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Malformed> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match httparse::ParserConfig::default().parse_response(&mut resp, buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Malformed("the response has more than 100 header fields"))
+        }
+        Err(httparse::Error::Status) => {
+            return Err(Malformed("the response's status line is malformed"))
+        }
+        Err(httparse::Error::Version) => {
+            return Err(Malformed("the response is not HTTP/1.0 or HTTP/1.1"))
+        }
+        Err(_) => {
+            return Err(Malformed(
+                "a response header field is malformed (folded, or a space before its colon)",
+            ))
+        }
+    };
+    let code = resp.code.unwrap_or(0);
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where each field is, so that the values can be slices of the head
+    // (no copy) once it is split off the buffer.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = resp.headers.len();
+    for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
+        *span = (
+            f.name.as_ptr() as usize - base,
+            f.name.len(),
+            f.value.as_ptr() as usize - base,
+            f.value.len(),
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    if (100..200).contains(&code) {
+        if code == 101 {
+            return Err(Malformed(
+                "the upstream switched protocols for a request that asked for no upgrade",
+            ));
+        }
+        return Ok(Some(Parsed::Interim));
+    }
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| Malformed("the response's status code is out of range"))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(no, nl, vo, vl) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[no..no + nl])
+            .map_err(|_| Malformed("a response header field name is not a token"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vo..vo + vl))
+            .map_err(|_| Malformed("a response header field value has a control character"))?;
+        headers.append(name, value);
+    }
+    let framing = framing(&headers, status, head_only)?;
+    let keep_alive = framing != Framing::UntilClose && keeps_alive(&headers, version);
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Parsed::Final(parts, framing, keep_alive)))
+}
+
+/// The body's framing, or why it is ambiguous (RFC 9112 §6.3).
+fn framing(headers: &HeaderMap, status: StatusCode, head_only: bool) -> Result<Framing, Malformed> {
+    let te = headers.get_all(header::TRANSFER_ENCODING);
+    let has_te = te.iter().next().is_some();
+    let length = content_length(headers)?;
+    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Empty);
+    }
+    if has_te {
+        if length.is_some() {
+            return Err(Malformed(
+                "the response has both Transfer-Encoding and Content-Length",
+            ));
+        }
+        let mut codings = te
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|c| c.trim_ascii())
+            .filter(|c| !c.is_empty());
+        return match (codings.next(), codings.next()) {
+            (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
+            _ => Err(Malformed(
+                "the response has a transfer coding other than chunked",
+            )),
+        };
+    }
+    Ok(match length {
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+/// The response's `Content-Length`: every copy, in repeated fields or comma
+/// lists, must be the same string of digits.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Malformed> {
+    let mut found: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(Malformed("the response's Content-Length is not a number"));
+            }
+            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if found.is_some_and(|f| f != n) {
+                return Err(Malformed(
+                    "the response has Content-Length values that differ",
+                ));
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the upstream lets the connection carry another request.
+fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for v in headers.get_all(header::CONNECTION) {
+        for token in v.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    !close && (version == Version::HTTP_11 || keep)
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+/// A response body read from an [`H1Conn`] by whoever polls it.
+pub(crate) struct H1Body {
+    conn: Option<Box<H1Conn>>,
+    state: State,
+    keep_alive: bool,
+    up: Arc<Upstream>,
+    /// A body that was already whole in the buffer with its head.
+    whole: Option<Bytes>,
+}
+
+impl H1Body {
+    fn new(conn: Box<H1Conn>, framing: Framing, keep_alive: bool, up: Arc<Upstream>) -> H1Body {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunk::Size),
+            Framing::UntilClose => State::UntilClose,
+        };
+        let mut body = H1Body {
+            conn: Some(conn),
+            state,
+            keep_alive,
+            up,
+            whole: None,
+        };
+        // The common case: a small response that arrived with its head.
+        // Taken now, and the connection goes back before the client has
+        // even seen the head.
+        if let (State::Length(n), Some(c)) = (body.state, body.conn.as_mut()) {
+            if c.read.len() as u64 >= n {
+                body.whole = Some(c.read.split_to(n as usize).freeze());
+                body.state = State::Done;
+            }
+        }
+        if body.state == State::Done {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body is complete: the connection goes back to the idle stack if
+    /// the upstream allows it and sent nothing beyond the response.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(mut c) = self.conn.take() {
+            if self.keep_alive && c.read.is_empty() {
+                c.idle_since = Instant::now();
+                self.up.checkin_h1(c);
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
+        self.state = State::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(why.into())))
+    }
+}
+
+/// Reads more bytes into the connection's buffer: `Ok(0)` at the close.
+fn poll_fill(c: &mut H1Conn, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    c.read.reserve(READ_CHUNK);
+    tokio_util::io::poll_read_buf(Pin::new(&mut c.io), cx, &mut c.read)
+}
+
+/// A chunk-size line at the front of `buf`: `(line length, size)`, `None`
+/// if it is not all there yet.
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Malformed> {
+    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+        if buf.len() > MAX_CHUNK_LINE {
+            return Err(Malformed("a chunk-size line is too long"));
+        }
+        return Ok(None);
+    };
+    if end > MAX_CHUNK_LINE {
+        return Err(Malformed("a chunk-size line is too long"));
+    }
+    let Some(line) = buf[..end].strip_suffix(b"\r") else {
+        return Err(Malformed("a chunk-size line does not end in CRLF"));
+    };
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(Malformed("a chunk size is not hexadecimal"));
+    }
+    if digits > 16 {
+        return Err(Malformed("a chunk size is larger than 64 bits"));
+    }
+    let size = line[..digits].iter().fold(0u64, |n, d| {
+        n * 16 + u64::from((*d as char).to_digit(16).unwrap_or(0))
+    });
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() {
+        // Extensions: ignored, but only visible characters and whitespace.
+        if rest[0] != b';'
+            || !rest
+                .iter()
+                .all(|b| *b == b'\t' || (b' '..=b'~').contains(b))
+        {
+            return Err(Malformed(
+                "a chunk size is followed by something other than an extension",
+            ));
+        }
+    }
+    Ok(Some((end + 1, size)))
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(b) = this.whole.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        loop {
+            let Some(c) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(left) => {
+                    if !c.read.is_empty() {
+                        let n = (c.read.len() as u64).min(left) as usize;
+                        let data = c.read.split_to(n).freeze();
+                        let left = left - n as u64;
+                        if left == 0 {
+                            this.finish();
+                        } else {
+                            this.state = State::Length(left);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::UntilClose => {
+                    if !c.read.is_empty() {
+                        let data = c.read.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Chunked(Chunk::Size) => match chunk_size(&c.read) {
+                    Err(m) => return this.fail(m.0.into()),
+                    Ok(Some((line, 0))) => {
+                        c.read.advance(line);
+                        this.state = State::Chunked(Chunk::Trailers);
+                        continue;
+                    }
+                    Ok(Some((line, size))) => {
+                        c.read.advance(line);
+                        this.state = State::Chunked(Chunk::Data(size));
+                        continue;
+                    }
+                    Ok(None) => {}
+                },
+                State::Chunked(Chunk::Data(left)) => {
+                    if !c.read.is_empty() {
+                        let n = (c.read.len() as u64).min(left) as usize;
+                        let data = c.read.split_to(n).freeze();
+                        let left = left - n as u64;
+                        this.state = State::Chunked(if left == 0 {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(left)
+                        });
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Chunked(Chunk::DataEnd) => {
+                    if c.read.len() >= 2 {
+                        if &c.read[..2] != b"\r\n" {
+                            return this.fail("a chunk is longer than its size".into());
+                        }
+                        c.read.advance(2);
+                        this.state = State::Chunked(Chunk::Size);
+                        continue;
+                    }
+                }
+                State::Chunked(Chunk::Trailers) => match trailers(&mut c.read) {
+                    Err(m) => return this.fail(m.0.into()),
+                    Ok(Some(t)) => {
+                        this.finish();
+                        return Poll::Ready(t.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(None) => {}
+                },
+            }
+            // More bytes needed.
+            let c = this.conn.as_mut().expect("checked above");
+            if c.read.len() >= MAX_HEAD {
+                return this.fail("the chunk trailers are too large".into());
+            }
+            match poll_fill(c, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if this.state == State::UntilClose {
+                        this.state = State::Done;
+                        this.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    return this.fail("the upstream closed the connection mid-body".into());
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return this.fail(format!("reading the response body: {e}")),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.whole.is_none() && self.state == State::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.whole, self.state) {
+            (Some(b), _) => SizeHint::with_exact(b.len() as u64),
+            (None, State::Length(n)) => SizeHint::with_exact(n),
+            (None, State::Done) => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The trailer section after the last chunk, consumed when complete:
+/// `Some(None)` when it is empty.
+fn trailers(buf: &mut BytesMut) -> Result<Option<Option<HeaderMap>>, Malformed> {
+    if buf.starts_with(b"\r\n") {
+        buf.advance(2);
+        return Ok(Some(None));
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (len, map) = match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete((len, fields))) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for f in fields {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| Malformed("a trailer field name is not a token"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| Malformed("a trailer field value has a control character"))?;
+                map.append(name, value);
+            }
+            (len, map)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Malformed("the chunk trailers are malformed")),
+    };
+    buf.advance(len);
+    Ok(Some(Some(map)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8]) -> Result<Option<(StatusCode, Framing, bool)>, &'static str> {
+        let mut buf = BytesMut::from(bytes);
+        match parse_head(&mut buf, false) {
+            Ok(Some(Parsed::Final(p, f, k))) => Ok(Some((p.status, f, k))),
+            Ok(Some(Parsed::Interim)) => Err("interim"),
+            Ok(None) => Ok(None),
+            Err(m) => Err(m.0),
+        }
+    }
+
+    #[test]
+    fn framing_is_read_exactly_or_refused() {
+        let ok = |b: &[u8]| head(b).unwrap().unwrap();
+        assert_eq!(
+            ok(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            (StatusCode::OK, Framing::Length(5), true)
+        );
+        assert_eq!(
+            ok(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n").1,
+            Framing::Length(5)
+        );
+        assert_eq!(
+            ok(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n").1,
+            Framing::Chunked
+        );
+        assert_eq!(
+            ok(b"HTTP/1.0 200 OK\r\n\r\n"),
+            (StatusCode::OK, Framing::UntilClose, false)
+        );
+        assert!(!ok(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").2);
+        assert!(ok(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n").2);
+        assert!(
+            !ok(b"HTTP/1.1 200 OK\r\nconnection: upgrade, Close\r\ncontent-length: 1\r\n\r\n").2
+        );
+        assert_eq!(ok(b"HTTP/1.1 204 No Content\r\n\r\n").1, Framing::Empty);
+        assert_eq!(head(b"HTTP/1.1 200 OK\r\ncontent-le"), Ok(None));
+        for (bad, why) in [
+            (&b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"[..], "differ"),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n", "differ"),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", "not a number"),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n", "not a number"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", "other than chunked"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n", "other than chunked"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n", "both"),
+            (b"HTTP/1.1 200 OK\r\nx: a\r\n b\r\n\r\n", "folded"),
+            (b"HTTP/1.1 200 OK\r\nx : a\r\n\r\n", "folded"),
+            (b"HTTP/1.1 20 OK\r\n\r\n", "status line"),
+            (b"HTTP/2.0 200 OK\r\n\r\n", "not HTTP/1"),
+            (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "switched"),
+        ] {
+            let e = head(bad).unwrap_err();
+            assert!(e.contains(why), "{}: {e}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(head(b"HTTP/1.1 100 Continue\r\n\r\n"), Err("interim"));
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_clean_extensions() {
+        assert_eq!(chunk_size(b"1f\r\n").unwrap(), Some((4, 31)));
+        assert_eq!(chunk_size(b"5;a=b\r\n").unwrap(), Some((7, 5)));
+        assert_eq!(chunk_size(b"5 ; a=\"b;c\"\r\n").unwrap(), Some((13, 5)));
+        assert_eq!(
+            chunk_size(b"ffffffffffffffff\r\n").unwrap(),
+            Some((18, u64::MAX))
+        );
+        assert_eq!(chunk_size(b"5").unwrap(), None);
+        for bad in [
+            &b"fffffffffffffffff\r\n"[..],
+            b"\r\n",
+            b"zz\r\n",
+            b"-5\r\n",
+            b"5\n",
+            b"5;a\x01\r\n",
+            b"5 6\r\n",
+            b"0x5\r\n",
+        ] {
+            assert!(
+                chunk_size(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(chunk_size(&[b'a'; 5000]).is_err());
+    }
+
+    #[test]
+    fn a_bodiless_request_head_is_written_as_is_without_transfer_encoding() {
+        let req = Request::builder()
+            .method("DELETE")
+            .uri("/a?b=1")
+            .header("host", "app")
+            .header("x-two", "1")
+            .header("x-two", "2")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        let mut out = Vec::new();
+        encode_head(&mut out, &req);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "DELETE /a?b=1 HTTP/1.1\r\nhost: app\r\nx-two: 1\r\nx-two: 2\r\n\r\n"
+        );
+    }
+}

@@ -49,6 +49,9 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4096;
 /// Read size when the buffer needs room.
 const READ_CHUNK: usize = 16 * 1024;
+/// Largest read of a body whose length is known: fewer reads and fewer
+/// frames for large responses.
+const MAX_READ: usize = 256 * 1024;
 /// An idle connection older than this is checked for a close before reuse.
 const PROBE_AFTER: Duration = Duration::from_secs(1);
 
@@ -442,9 +445,11 @@ impl H1Body {
     }
 }
 
-/// Reads more bytes into the connection's buffer: `Ok(0)` at the close.
-fn poll_fill(c: &mut H1Conn, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-    c.read.reserve(READ_CHUNK);
+/// Reads more bytes into the connection's buffer, with room for `want`
+/// (within [`READ_CHUNK`] and [`MAX_READ`]): `Ok(0)` at the close.
+fn poll_fill(c: &mut H1Conn, want: u64, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    c.read
+        .reserve(want.clamp(READ_CHUNK as u64, MAX_READ as u64) as usize);
     tokio_util::io::poll_read_buf(Pin::new(&mut c.io), cx, &mut c.read)
 }
 
@@ -577,7 +582,11 @@ impl Body for H1Body {
             if c.read.len() >= MAX_HEAD {
                 return this.fail("the chunk trailers are too large".into());
             }
-            match poll_fill(c, cx) {
+            let want = match this.state {
+                State::Length(left) | State::Chunked(Chunk::Data(left)) => left,
+                _ => 0,
+            };
+            match poll_fill(c, want, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     if this.state == State::UntilClose {

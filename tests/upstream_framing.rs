@@ -19,14 +19,23 @@ use support::{eventually, Backend, Switchyard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// What an upstream does after its answer.
+#[derive(Clone)]
+enum Then {
+    KeepOpen,
+    Close,
+    /// Sends these bytes unasked a moment later, and keeps the connection.
+    Later(&'static [u8]),
+}
+
 /// An upstream answering each request by its path with fixed bytes, on
-/// keep-alive connections; `close` paths close the connection after.
+/// keep-alive connections, then doing what [`Then`] says.
 struct RawUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
 }
 
-async fn raw_upstream(answers: HashMap<&'static str, (Vec<u8>, bool)>) -> RawUpstream {
+async fn raw_upstream(answers: HashMap<&'static str, (Vec<u8>, Then)>) -> RawUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -55,16 +64,25 @@ async fn raw_upstream(answers: HashMap<&'static str, (Vec<u8>, bool)>) -> RawUps
                     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                     buf.drain(..end);
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let (bytes, close) = answers.get(path.as_str()).cloned().unwrap_or((
+                    let (bytes, then) = answers.get(path.as_str()).cloned().unwrap_or((
                         b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
-                        false,
+                        Then::KeepOpen,
                     ));
                     if s.write_all(&bytes).await.is_err() {
                         return;
                     }
-                    if close {
-                        let _ = s.shutdown().await;
-                        return;
+                    match then {
+                        Then::KeepOpen => {}
+                        Then::Close => {
+                            let _ = s.shutdown().await;
+                            return;
+                        }
+                        Then::Later(more) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if s.write_all(more).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
             });
@@ -108,10 +126,11 @@ async fn transport_failures(sy: &Switchyard) -> u64 {
         .unwrap()
 }
 
-fn answers() -> HashMap<&'static str, (Vec<u8>, bool)> {
-    let mut a: HashMap<&'static str, (Vec<u8>, bool)> = HashMap::new();
+fn answers() -> HashMap<&'static str, (Vec<u8>, Then)> {
+    let mut a: HashMap<&'static str, (Vec<u8>, Then)> = HashMap::new();
     let mut add = |path, bytes: &[u8], close| {
-        a.insert(path, (bytes.to_vec(), close));
+        let then = if close { Then::Close } else { Then::KeepOpen };
+        a.insert(path, (bytes.to_vec(), then));
     };
     add(
         "/plain",
@@ -207,6 +226,19 @@ fn answers() -> HashMap<&'static str, (Vec<u8>, bool)> {
         .concat(),
         false,
     );
+    // After the response, unasked, while the connection sits idle: the
+    // next request on it must not read this as its answer.
+    a.insert(
+        "/late-408",
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain".to_vec(),
+            Then::Later(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n"),
+        ),
+    );
+    let mut add = |path, bytes: &[u8], close| {
+        let then = if close { Then::Close } else { Then::KeepOpen };
+        a.insert(path, (bytes.to_vec(), then));
+    };
     // Beyond the response: a second response nobody asked for.
     add("/extra", b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplainHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled", false);
     a
@@ -329,6 +361,20 @@ async fn odd_but_exact_responses_come_through_and_connections_are_reused_only_wh
         assert_eq!((r.status, r.text().as_str()), (200, "plain"));
     }
     assert_eq!(blue.connections.load(Ordering::SeqCst) - before, 3);
+
+    // Bytes an upstream sends on an idle connection never answer the next
+    // request on it.
+    for _ in 0..5 {
+        let r = sy.client.get(&sy.url("/late-408")).await.unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "plain"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = sy.client.get(&sy.url("/plain")).await.unwrap();
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "plain"),
+            "the upstream's unasked 408 was served"
+        );
+    }
 
     // Bytes beyond a response never answer the next request.
     for _ in 0..10 {

@@ -500,13 +500,9 @@ async fn forward(
         // client (no connection task); the rest over hyper's.
         let own = up.owns_h1() && req.body().is_end_stream();
         let checkout = if own {
-            up.checkout_h1(
-                routing.settings.connect_timeout,
-                routing.settings.ejection,
-                !is_idempotent(req.method()),
-            )
-            .await
-            .map(|(c, reused)| (Conn::Own(c), reused))
+            up.checkout_h1(routing.settings.connect_timeout, routing.settings.ejection)
+                .await
+                .map(|(c, reused)| (Conn::Own(c), reused))
         } else {
             up.checkout(routing.settings.connect_timeout, routing.settings.ejection)
                 .await

@@ -18,7 +18,9 @@
 //!   lists) the same value;
 //! * `Transfer-Encoding`: exactly `chunked` and never beside a
 //!   `Content-Length`; any other coding (`gzip`, `chunked, gzip`) is refused
-//!   rather than read as "until the close" (nginx does the same);
+//!   rather than read as "until the close" (HAProxy 2.6 refuses it too;
+//!   nginx 1.22 passes it on, and a response with both, and two differing
+//!   lengths, tried on 2026-12-02);
 //! * chunks: 1 to 16 hex digits, extensions of visible characters only,
 //!   CRLF line ends, the CRLF after each chunk's data checked, trailers
 //!   parsed as headers;
@@ -35,7 +37,6 @@ use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -52,8 +53,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Largest read of a body whose length is known: fewer reads and fewer
 /// frames for large responses.
 const MAX_READ: usize = 256 * 1024;
-/// An idle connection older than this is checked for a close before reuse.
-const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 /// A keep-alive HTTP/1.1 connection to one upstream.
 pub(crate) struct H1Conn {
@@ -62,8 +61,6 @@ pub(crate) struct H1Conn {
     read: BytesMut,
     /// The request head being written (its allocation is kept).
     write: Vec<u8>,
-    /// When it last went back to the idle stack.
-    idle_since: Instant,
 }
 
 /// The response head arrived but frames its message ambiguously or
@@ -104,20 +101,17 @@ impl H1Conn {
             io,
             read: BytesMut::new(),
             write: Vec::new(),
-            idle_since: Instant::now(),
         }
     }
 
-    /// Whether an idle connection may carry the next request. A connection
-    /// idle for a while (or any, for a request that must not be repeated)
-    /// is checked without blocking: a close from the upstream, or bytes it
-    /// sent unasked, retire it.
-    pub(crate) fn usable(&mut self, careful: bool) -> bool {
+    /// Whether an idle connection may carry the next request: not if the
+    /// upstream closed it or sent bytes unasked (a late `408`, say, which
+    /// would otherwise be read as the answer to the next request). Costs no
+    /// system call when the reactor saw nothing since the last read drained
+    /// the socket (tokio clears readiness on a short read).
+    pub(crate) fn usable(&mut self) -> bool {
         if !self.read.is_empty() {
             return false;
-        }
-        if !careful && self.idle_since.elapsed() < PROBE_AFTER {
-            return true;
         }
         let mut probe = [0u8; 1];
         matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
@@ -432,7 +426,9 @@ impl H1Body {
         self.state = State::Done;
         if let Some(mut c) = self.conn.take() {
             if self.keep_alive && c.read.is_empty() {
-                c.idle_since = Instant::now();
+                // An idle connection holds no read buffer (the response's
+                // head and body may still share this one anyway).
+                c.read = BytesMut::new();
                 self.up.checkin_h1(c);
             }
         }

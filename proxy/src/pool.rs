@@ -274,17 +274,14 @@ impl Upstream {
     }
 
     /// An idle connection of the own HTTP/1.1 client, or a new one; the
-    /// flag says whether it carried requests before. `careful`: the
-    /// request must not be repeated, so an idle connection is checked for
-    /// a close first whatever its age.
+    /// flag says whether it carried requests before.
     pub(crate) async fn checkout_h1(
         &self,
         connect_timeout: Duration,
         ejection: Ejection,
-        careful: bool,
     ) -> Result<(Box<H1Conn>, bool), ConnectError> {
         while let Some(mut c) = self.idle_h1.pop() {
-            if c.usable(careful) {
+            if c.usable() {
                 return Ok((c, true));
             }
         }

@@ -75,6 +75,11 @@ impl EphemeralMariaDb {
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            // Passed on to the bootstrap server: its temporary tables in
+            // this server's own directory, not in /tmp beside every other
+            // bootstrap running at the same time (one failed with "Could
+            // not remove temporary table '/tmp/#sql-temptable-…'").
+            .arg(format!("--tmpdir={}", dir.display()))
             .current_dir(&dir)
             .output()
             .map_err(|e| failed("running mariadb-install-db", e.to_string()))?;

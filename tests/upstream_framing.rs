@@ -26,6 +26,9 @@ enum Then {
     Close,
     /// Sends these bytes unasked a moment later, and keeps the connection.
     Later(&'static [u8]),
+    /// Closes its side a moment later, as a keep-alive timeout would, and
+    /// waits for the proxy to close its side too.
+    CloseLater,
 }
 
 /// An upstream answering each request by its path with fixed bytes, on
@@ -33,6 +36,8 @@ enum Then {
 struct RawUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// Connections it closed on which the proxy then closed its side.
+    closed_back: Arc<AtomicUsize>,
 }
 
 async fn raw_upstream(answers: HashMap<&'static str, (Vec<u8>, Then)>) -> RawUpstream {
@@ -40,6 +45,8 @@ async fn raw_upstream(answers: HashMap<&'static str, (Vec<u8>, Then)>) -> RawUps
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let count = connections.clone();
+    let closed_back = Arc::new(AtomicUsize::new(0));
+    let closed = closed_back.clone();
     let answers = Arc::new(answers);
     tokio::spawn(async move {
         loop {
@@ -48,6 +55,7 @@ async fn raw_upstream(answers: HashMap<&'static str, (Vec<u8>, Then)>) -> RawUps
             };
             count.fetch_add(1, Ordering::SeqCst);
             let answers = answers.clone();
+            let closed = closed.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -77,6 +85,17 @@ async fn raw_upstream(answers: HashMap<&'static str, (Vec<u8>, Then)>) -> RawUps
                             let _ = s.shutdown().await;
                             return;
                         }
+                        Then::CloseLater => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let _ = s.shutdown().await;
+                            let mut rest = [0u8; 64];
+                            let eof =
+                                tokio::time::timeout(Duration::from_secs(10), s.read(&mut rest));
+                            if let Ok(Ok(0)) = eof.await {
+                                closed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            return;
+                        }
                         Then::Later(more) => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             if s.write_all(more).await.is_err() {
@@ -88,7 +107,11 @@ async fn raw_upstream(answers: HashMap<&'static str, (Vec<u8>, Then)>) -> RawUps
             });
         }
     });
-    RawUpstream { addr, connections }
+    RawUpstream {
+        addr,
+        connections,
+        closed_back,
+    }
 }
 
 /// Sends raw bytes on a new connection; reads until the server closes it or
@@ -233,6 +256,17 @@ fn answers() -> HashMap<&'static str, (Vec<u8>, Then)> {
         (
             b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain".to_vec(),
             Then::Later(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n"),
+        ),
+    );
+    let mut add = |path, bytes: &[u8], close| {
+        let then = if close { Then::Close } else { Then::KeepOpen };
+        a.insert(path, (bytes.to_vec(), then));
+    };
+    a.insert(
+        "/then-close",
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain".to_vec(),
+            Then::CloseLater,
         ),
     );
     let mut add = |path, bytes: &[u8], close| {
@@ -387,4 +421,26 @@ async fn odd_but_exact_responses_come_through_and_connections_are_reused_only_wh
             "the smuggled response was served"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_upstream_closes_is_closed_here_too() {
+    // No task watches an idle connection of the own client: a sweep must
+    // find the upstream's close, or the socket sits in CLOSE_WAIT holding a
+    // descriptor until the next request.
+    let blue = raw_upstream(answers()).await;
+    let green = Backend::start("green").await;
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .start();
+    let r = sy.client.get(&sy.url("/then-close")).await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "plain"));
+    assert!(
+        eventually(8, async || blue.closed_back.load(Ordering::SeqCst) == 1).await,
+        "switchyard kept the idle connection the upstream had closed"
+    );
+    // And the next request is served on a new connection.
+    let r = sy.client.get(&sy.url("/plain")).await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "plain"));
 }

@@ -184,6 +184,10 @@ pub struct UpstreamStatus {
     pub in_flight: usize,
 }
 
+/// How often idle upstream connections closed by their upstream are closed
+/// here too ([`pool::Upstream::sweep_idle`]).
+const SWEEP_IDLE: Duration = Duration::from_secs(1);
+
 impl DataPlane {
     /// Builds the data plane from a validated config, with green at
     /// `green_bp`. Must be called inside a Tokio runtime: it starts the
@@ -203,11 +207,19 @@ impl DataPlane {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(slot);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let sweep_every = (SWEEP_IDLE.as_millis() / slot.as_millis().max(1)).max(1);
+            let mut ticks = 0u128;
             loop {
                 tick.tick().await;
-                match weak.upgrade() {
-                    Some(s) => s.stats.rotate(),
-                    None => return,
+                let Some(s) = weak.upgrade() else {
+                    return;
+                };
+                s.stats.rotate();
+                ticks += 1;
+                if ticks % sweep_every == 0 {
+                    for pool in &s.routing.load().pools {
+                        pool.upstreams.iter().for_each(|u| u.sweep_idle());
+                    }
                 }
             }
         });

@@ -302,6 +302,20 @@ impl Upstream {
         let _ = self.idle_h1.push(c);
     }
 
+    /// Closes the idle own-client connections the upstream has closed (or
+    /// sent bytes on): no task watches them, so without this they would
+    /// hold a descriptor in CLOSE_WAIT until the next request found them.
+    pub(crate) fn sweep_idle(&self) {
+        for _ in 0..self.idle_h1.len() {
+            let Some(mut c) = self.idle_h1.pop() else {
+                return;
+            };
+            if c.usable() {
+                let _ = self.idle_h1.push(c);
+            }
+        }
+    }
+
     /// Returns a connection whose response has been read to the end.
     pub(crate) fn checkin(&self, tx: SendRequest<RequestBody>) {
         if !tx.is_closed() {

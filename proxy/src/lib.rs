@@ -216,7 +216,7 @@ impl DataPlane {
                 };
                 s.stats.rotate();
                 ticks += 1;
-                if ticks % sweep_every == 0 {
+                if ticks.is_multiple_of(sweep_every) {
                     for pool in &s.routing.load().pools {
                         pool.upstreams.iter().for_each(|u| u.sweep_idle());
                     }

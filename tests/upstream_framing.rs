@@ -258,10 +258,6 @@ fn answers() -> HashMap<&'static str, (Vec<u8>, Then)> {
             Then::Later(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n"),
         ),
     );
-    let mut add = |path, bytes: &[u8], close| {
-        let then = if close { Then::Close } else { Then::KeepOpen };
-        a.insert(path, (bytes.to_vec(), then));
-    };
     a.insert(
         "/then-close",
         (

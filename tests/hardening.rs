@@ -12,31 +12,11 @@ use http::Method;
 use load::Load;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::client::{exchange, read_until_close};
 use support::switchyard::TOKEN;
 use support::{eventually, Backend, Switchyard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Sends raw bytes and reads until the server closes the connection, for
-/// at most `secs`. Returns what was read and whether the server closed.
-async fn exchange(addr: SocketAddr, request: &[u8], secs: u64) -> (String, bool) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    read_until_close(&mut s, secs).await
-}
-
-async fn read_until_close(s: &mut TcpStream, secs: u64) -> (String, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-}
 
 /// The status code of a raw HTTP/1.1 response.
 fn status_of(resp: &str) -> u16 {
@@ -48,18 +28,7 @@ fn status_of(resp: &str) -> u16 {
 
 /// A counter of `/metrics` for a colour.
 async fn metric(sy: &Switchyard, name: &str, colour: &str) -> u64 {
-    let m = sy
-        .client
-        .get(&sy.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text();
-    let prefix = format!("{name}{{colour=\"{colour}\"}} ");
-    m.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{m}"))
-        .parse()
-        .unwrap()
+    sy.colour_metric(name, colour).await
 }
 
 /// An upstream that answers every request with the head of a 100-byte

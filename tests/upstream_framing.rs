@@ -15,9 +15,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::client::exchange;
 use support::{eventually, Backend, Switchyard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// What an upstream does after its answer.
 #[derive(Clone)]
@@ -114,39 +115,13 @@ async fn raw_upstream(answers: HashMap<&'static str, (Vec<u8>, Then)>) -> RawUps
     }
 }
 
-/// Sends raw bytes on a new connection; reads until the server closes it or
-/// `secs` pass. Returns what was read and whether the server closed.
-async fn exchange(addr: SocketAddr, request: &[u8], secs: u64) -> (String, bool) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n").into_bytes()
 }
 
 async fn transport_failures(sy: &Switchyard) -> u64 {
-    let m = sy
-        .client
-        .get(&sy.admin_url("/metrics"))
+    sy.colour_metric("switchyard_transport_failures_total", "blue")
         .await
-        .unwrap()
-        .text();
-    m.lines()
-        .find_map(|l| l.strip_prefix("switchyard_transport_failures_total{colour=\"blue\"} "))
-        .unwrap_or_else(|| panic!("no transport failures metric in:\n{m}"))
-        .parse()
-        .unwrap()
 }
 
 fn answers() -> HashMap<&'static str, (Vec<u8>, Then)> {
@@ -274,14 +249,21 @@ fn answers() -> HashMap<&'static str, (Vec<u8>, Then)> {
     a
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_that_frames_its_responses_ambiguously_is_refused_and_blamed() {
+/// The raw upstream as blue (green a well-behaved backend, at weight 0)
+/// behind a real switchyard.
+async fn behind_switchyard() -> (RawUpstream, Backend, Switchyard) {
     let blue = raw_upstream(answers()).await;
     let green = Backend::start("green").await;
     let sy = Switchyard::builder()
         .blue(blue.addr)
         .green(green.addr)
         .start();
+    (blue, green, sy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_frames_its_responses_ambiguously_is_refused_and_blamed() {
+    let (_blue, _green, sy) = behind_switchyard().await;
 
     for path in [
         "/two-lengths",
@@ -334,12 +316,7 @@ async fn an_upstream_that_frames_its_responses_ambiguously_is_refused_and_blamed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_but_exact_responses_come_through_and_connections_are_reused_only_when_clean() {
-    let blue = raw_upstream(answers()).await;
-    let green = Backend::start("green").await;
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .start();
+    let (blue, _green, sy) = behind_switchyard().await;
 
     for (path, body) in [
         ("/extensions", "plain"),
@@ -424,12 +401,7 @@ async fn an_idle_connection_the_upstream_closes_is_closed_here_too() {
     // No task watches an idle connection of the own client: a sweep must
     // find the upstream's close, or the socket sits in CLOSE_WAIT holding a
     // descriptor until the next request.
-    let blue = raw_upstream(answers()).await;
-    let green = Backend::start("green").await;
-    let sy = Switchyard::builder()
-        .blue(blue.addr)
-        .green(green.addr)
-        .start();
+    let (blue, _green, sy) = behind_switchyard().await;
     let r = sy.client.get(&sy.url("/then-close")).await.unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "plain"));
     assert!(

@@ -162,3 +162,29 @@ fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'sta
         .collect::<Result<Vec<_>, _>>()
         .unwrap()
 }
+
+/// Sends raw bytes on a new connection and reads until the server closes
+/// it, for at most `secs`: what was read, and whether the server closed.
+/// For what a well-behaved client never sends.
+pub async fn exchange(addr: std::net::SocketAddr, request: &[u8], secs: u64) -> (String, bool) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_until_close(&mut s, secs).await
+}
+
+/// Reads until the peer closes, for at most `secs`: what was read, and
+/// whether the peer closed.
+pub async fn read_until_close(s: &mut tokio::net::TcpStream, secs: u64) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}

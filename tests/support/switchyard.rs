@@ -407,6 +407,22 @@ impl Switchyard {
         text
     }
 
+    /// A per-colour counter of `/metrics` (`name{colour="…"}`).
+    pub async fn colour_metric(&self, name: &str, colour: &str) -> u64 {
+        let m = self
+            .client
+            .get(&self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text();
+        let prefix = format!("{name}{{colour=\"{colour}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{m}"))
+            .parse()
+            .unwrap()
+    }
+
     pub async fn status(&self) -> serde_json::Value {
         let r = self.admin(http::Method::GET, "/api/v1/status", "").await;
         assert_eq!(r.status, 200, "{}", r.text());

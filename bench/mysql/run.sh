@@ -18,6 +18,13 @@ ROWS=${ROWS:-2000000}
 RUNS=${RUNS:-2}
 JOBS=${JOBS:-2}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# The servers and the peers, from Debian's packages, on a machine that lacks them.
+if ! command -v mariadbd >/dev/null 2>&1 || ! command -v mydumper >/dev/null 2>&1 \
+   || ! command -v pt-table-checksum >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server mydumper percona-toolkit
+  pkill -x mariadbd >/dev/null 2>&1 || true
+fi
 WORK=$(mktemp -d /tmp/switchyard-mybench-XXXXXX)
 chmod 755 "$WORK"
 as_mysql() { if [ "$(id -u)" = 0 ]; then runuser -u mysql -- "$@"; else "$@"; fi; }

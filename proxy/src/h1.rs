@@ -61,6 +61,8 @@ pub(crate) struct H1Conn {
     read: BytesMut,
     /// The request head being written (its allocation is kept).
     write: Vec<u8>,
+    /// When it last went idle, in [`crate::pool::clock_ms`] milliseconds.
+    pub(crate) idle_since_ms: u64,
 }
 
 /// The response head arrived but frames its message ambiguously or
@@ -101,6 +103,7 @@ impl H1Conn {
             io,
             read: BytesMut::new(),
             write: Vec::new(),
+            idle_since_ms: 0,
         }
     }
 
@@ -429,6 +432,7 @@ impl H1Body {
                 // An idle connection holds no read buffer (the response's
                 // head and body may still share this one anyway).
                 c.read = BytesMut::new();
+                c.idle_since_ms = crate::pool::clock_ms();
                 self.up.checkin_h1(c);
             }
         }

@@ -23,6 +23,11 @@ const READY_WAIT: Duration = Duration::from_millis(50);
 /// Idle connections kept per upstream.
 const IDLE_PER_UPSTREAM: usize = 512;
 
+/// How long an idle connection of the own HTTP/1.1 client is kept: nginx's
+/// default upstream `keepalive_timeout`. Firewalls and load balancers that
+/// forget idle flows do so after minutes (AWS NLB: 350 s).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
 /// One upstream server.
 pub struct Upstream {
     /// `host:port` as configured.
@@ -303,14 +308,22 @@ impl Upstream {
     }
 
     /// Closes the idle own-client connections the upstream has closed (or
-    /// sent bytes on): no task watches them, so without this they would
-    /// hold a descriptor in CLOSE_WAIT until the next request found them.
+    /// sent bytes on), and those idle for longer than [`KEEPALIVE_IDLE`]:
+    /// no task watches them, so without this a closed one would hold a
+    /// descriptor in CLOSE_WAIT until the next request found it, and one a
+    /// middlebox forgot would hang the request that reuses it.
     pub(crate) fn sweep_idle(&self) {
+        self.sweep_idle_older_than(KEEPALIVE_IDLE);
+    }
+
+    fn sweep_idle_older_than(&self, max_idle: Duration) {
+        let now = clock_ms();
+        let max_ms = max_idle.as_millis() as u64;
         for _ in 0..self.idle_h1.len() {
             let Some(mut c) = self.idle_h1.pop() else {
                 return;
             };
-            if c.usable() {
+            if now.saturating_sub(c.idle_since_ms) < max_ms && c.usable() {
                 let _ = self.idle_h1.push(c);
             }
         }
@@ -448,4 +461,50 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .next()
         .ok_or_else(|| format!("{host} resolved to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn pool() -> Pool {
+        let cfg = switchyard_config::Config::parse(
+            "[pools.blue]\nupstreams = [\"127.0.0.1:1\"]\n[pools.green]\nupstreams = [\"127.0.0.1:2\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"x\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        Pool::build(Colour::Blue, &cfg.pools.blue, None).unwrap().0
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_idle_connections_past_the_keepalive_and_keeps_fresh_ones() {
+        let pool = pool();
+        let up = &pool.upstreams[0];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut far_ends = Vec::new();
+        for _ in 0..2 {
+            let near = tokio::net::TcpStream::connect(addr).await.unwrap();
+            far_ends.push(listener.accept().await.unwrap().0);
+            let mut c = Box::new(H1Conn::new(near));
+            c.idle_since_ms = clock_ms();
+            up.checkin_h1(c);
+        }
+        // Fresh and open: kept.
+        up.sweep_idle();
+        assert_eq!(up.idle_h1.len(), 2);
+        // Past the keep-alive: closed, and the upstream sees the close.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        up.sweep_idle_older_than(Duration::from_millis(10));
+        assert_eq!(up.idle_h1.len(), 0);
+        for mut far in far_ends {
+            let mut b = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(5), far.read(&mut b))
+                .await
+                .expect("the upstream sees the close")
+                .unwrap();
+            assert_eq!(n, 0);
+        }
+    }
 }

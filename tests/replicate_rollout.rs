@@ -149,20 +149,51 @@ async fn traffic_and_database_move_to_green_and_back_with_no_failed_request_and_
         t.acked.iter().any(|(_, c)| c == "green"),
         "writes reach green after cutover"
     );
-    assert!(
-        eventually(30, async || {
-            let t = load.tally();
-            let ids: Vec<i64> = t
-                .acked
-                .iter()
-                .filter(|(_, c)| c == "green")
-                .map(|(i, _)| *i)
-                .collect();
-            ids_on(pair.blue(), &ids).await == ids.len() as i64
-        })
-        .await,
-        "green's writes reached blue"
-    );
+    // A bound for a loaded machine (five stories with two clusters each at
+    // once); what never arrives fails with the missing ids and what blue's
+    // subscription says.
+    let green_ids = || {
+        load.tally()
+            .acked
+            .iter()
+            .filter(|(_, c)| c == "green")
+            .map(|(i, _)| *i)
+            .collect::<Vec<i64>>()
+    };
+    if !eventually(90, async || {
+        let ids = green_ids();
+        ids_on(pair.blue(), &ids).await == ids.len() as i64
+    })
+    .await
+    {
+        let ids = green_ids();
+        let blue = pg::connect(pair.blue()).await;
+        let present: Vec<i64> = blue
+            .query("SELECT id FROM orders WHERE id = ANY($1)", &[&ids])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let missing: Vec<&i64> = ids.iter().filter(|i| !present.contains(i)).collect();
+        let subs: Vec<String> = blue
+            .query(
+                "SELECT format('%s pid=%s received=%s latest_end=%s errors=%s/%s', s.subname, s.pid, s.received_lsn, s.latest_end_lsn, st.apply_error_count, st.sync_error_count) \
+                 FROM pg_stat_subscription s LEFT JOIN pg_stat_subscription_stats st USING (subid)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        panic!(
+            "green's writes did not reach blue: {} of {} missing ({missing:?}); blue's subscriptions: {subs:?}; status: {:#}",
+            missing.len(),
+            ids.len(),
+            sy.status().await["database"]
+        );
+    }
     // The status's database reading follows within moments (it is taken
     // again once the cutover removed the old direction's objects).
     assert!(

@@ -34,14 +34,28 @@ pub struct App {
 }
 
 impl App {
-    /// Starts release `version` of the `colour` shop on a free port, using
-    /// the database at `url` if any.
+    /// Starts release `version` of the `colour` shop on a free port other
+    /// than those in `taken` (the proxy's and the admin API's, not bound
+    /// yet: the kernel may hand out the same port), using the database at
+    /// `url` if any.
     pub async fn start(
         colour: &'static str,
         version: &'static str,
         url: Option<String>,
+        taken: &[SocketAddr],
     ) -> anyhow::Result<App> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut held = Vec::new();
+        let listener = loop {
+            let l = TcpListener::bind("127.0.0.1:0").await?;
+            let port = l.local_addr()?.port();
+            if taken.iter().any(|t| t.port() == port) && held.len() < 16 {
+                // Kept open until a port not taken is found.
+                held.push(l);
+                continue;
+            }
+            break l;
+        };
+        drop(held);
         let addr = listener.local_addr()?;
         let shop = Arc::new(Shop {
             colour,

@@ -105,11 +105,19 @@ async fn run(
             }
         }
     };
-    let blue = App::start("blue", "v1", databases.as_ref().map(|d| d.blue_url.clone())).await?;
+    let taken = [listen, admin];
+    let blue = App::start(
+        "blue",
+        "v1",
+        databases.as_ref().map(|d| d.blue_url.clone()),
+        &taken,
+    )
+    .await?;
     let green = App::start(
         "green",
         "v2",
         databases.as_ref().map(|d| d.green_url.clone()),
+        &taken,
     )
     .await?;
     println!(
@@ -167,7 +175,15 @@ level = "warn"
         let path = path.clone();
         async move { crate::run::serve(config, &path).await }
     });
-    wait_for(admin).await?;
+    if let Err(e) = wait_for(admin, &server).await {
+        // Its own reason (a port taken, say) beats "did not start".
+        if server.is_finished() {
+            if let Ok(Err(why)) = server.await {
+                return Err(why.context("switchyard did not start"));
+            }
+        }
+        return Err(e);
+    }
     let printer = tokio::spawn(print_events(admin));
     let traffic = Traffic::start(listen, 2, 2);
 
@@ -404,10 +420,16 @@ enum Ending {
     Interrupted,
 }
 
-async fn wait_for(addr: SocketAddr) -> anyhow::Result<()> {
+async fn wait_for(
+    addr: SocketAddr,
+    server: &tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());
+        }
+        if server.is_finished() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -6,7 +6,9 @@ use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::http2;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -211,19 +213,31 @@ impl Upstream {
                 });
             }
         }
-        // Boxed: opening a connection is the rare path (keep-alive), and its
-        // future (TCP, TLS, the handshake) would otherwise be part of every
-        // request's future, copied with it.
-        match Box::pin(self.link.connect(self.addr, connect_timeout)).await {
-            Ok(tx) => {
-                self.connect_succeeded();
-                Ok(Checkout { tx, reused: false })
-            }
-            Err(e) => {
-                self.connect_failed(ejection);
-                Err(e)
-            }
+        let tx = self
+            .open(
+                Box::pin(self.link.connect(self.addr, connect_timeout)),
+                ejection,
+            )
+            .await?;
+        Ok(Checkout { tx, reused: false })
+    }
+
+    /// Awaits a new connection's `connect` (boxed by the caller: opening a
+    /// connection is the rare path under keep-alive, and its future — TCP,
+    /// TLS, the handshake — would otherwise be part of every request's
+    /// future, copied with it) and records the outcome for passive
+    /// ejection.
+    async fn open<T>(
+        &self,
+        connect: Pin<Box<impl Future<Output = Result<T, ConnectError>>>>,
+        ejection: Ejection,
+    ) -> Result<T, ConnectError> {
+        let opened = connect.await;
+        match &opened {
+            Ok(_) => self.connect_succeeded(),
+            Err(_) => self.connect_failed(ejection),
         }
+        opened
     }
 
     /// The shared HTTP/2 connection, opened (once) if there is none or the
@@ -240,27 +254,16 @@ impl Upstream {
         if let Some(tx) = self.live_h2() {
             return Ok(Checkout { tx, reused: true });
         }
-        // Boxed: opening a connection is the rare path (keep-alive), and its
-        // future (TCP, TLS, the handshake) would otherwise be part of every
-        // request's future, copied with it.
-        match Box::pin(self.link.connect(self.addr, connect_timeout)).await {
-            Ok(Sender::H2(tx)) => {
-                self.connect_succeeded();
-                self.h2.store(Some(Arc::new(tx.clone())));
-                Ok(Checkout {
-                    tx: Sender::H2(tx),
-                    reused: false,
-                })
-            }
-            Ok(other) => Ok(Checkout {
-                tx: other,
-                reused: false,
-            }),
-            Err(e) => {
-                self.connect_failed(ejection);
-                Err(e)
-            }
+        let tx = self
+            .open(
+                Box::pin(self.link.connect(self.addr, connect_timeout)),
+                ejection,
+            )
+            .await?;
+        if let Sender::H2(h2) = &tx {
+            self.h2.store(Some(Arc::new(h2.clone())));
         }
+        Ok(Checkout { tx, reused: false })
     }
 
     fn live_h2(&self) -> Option<Sender<RequestBody>> {
@@ -290,16 +293,10 @@ impl Upstream {
                 return Ok((c, true));
             }
         }
-        match Box::pin(connect_tcp(self.addr, connect_timeout)).await {
-            Ok(io) => {
-                self.connect_succeeded();
-                Ok((Box::new(H1Conn::new(io)), false))
-            }
-            Err(e) => {
-                self.connect_failed(ejection);
-                Err(e)
-            }
-        }
+        let io = self
+            .open(Box::pin(connect_tcp(self.addr, connect_timeout)), ejection)
+            .await?;
+        Ok((Box::new(H1Conn::new(io)), false))
     }
 
     /// Returns an own-client connection whose response was read to its end.

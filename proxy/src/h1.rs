@@ -413,7 +413,7 @@ impl H1Body {
         // even seen the head.
         if let (State::Length(n), Some(c)) = (body.state, body.conn.as_mut()) {
             if c.read.len() as u64 >= n {
-                body.whole = Some(c.read.split_to(n as usize).freeze());
+                body.whole = Some(take(&mut c.read, n).0);
                 body.state = State::Done;
             }
         }
@@ -445,6 +445,13 @@ impl H1Body {
     }
 }
 
+/// Up to `left` bytes of a body from the front of `read`, and how many are
+/// left after them.
+fn take(read: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let n = (read.len() as u64).min(left) as usize;
+    (read.split_to(n).freeze(), left - n as u64)
+}
+
 /// Reads more bytes into the connection's buffer, with room for `want`
 /// (within [`READ_CHUNK`] and [`MAX_READ`]): `Ok(0)` at the close.
 fn poll_fill(c: &mut H1Conn, want: u64, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
@@ -456,15 +463,16 @@ fn poll_fill(c: &mut H1Conn, want: u64, cx: &mut Context<'_>) -> Poll<std::io::R
 /// A chunk-size line at the front of `buf`: `(line length, size)`, `None`
 /// if it is not all there yet.
 fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Malformed> {
-    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+    let Some(end) = buf
+        .iter()
+        .take(MAX_CHUNK_LINE + 1)
+        .position(|b| *b == b'\n')
+    else {
         if buf.len() > MAX_CHUNK_LINE {
             return Err(Malformed("a chunk-size line is too long"));
         }
         return Ok(None);
     };
-    if end > MAX_CHUNK_LINE {
-        return Err(Malformed("a chunk-size line is too long"));
-    }
     let Some(line) = buf[..end].strip_suffix(b"\r") else {
         return Err(Malformed("a chunk-size line does not end in CRLF"));
     };
@@ -514,9 +522,7 @@ impl Body for H1Body {
                 State::Done => return Poll::Ready(None),
                 State::Length(left) => {
                     if !c.read.is_empty() {
-                        let n = (c.read.len() as u64).min(left) as usize;
-                        let data = c.read.split_to(n).freeze();
-                        let left = left - n as u64;
+                        let (data, left) = take(&mut c.read, left);
                         if left == 0 {
                             this.finish();
                         } else {
@@ -547,9 +553,7 @@ impl Body for H1Body {
                 },
                 State::Chunked(Chunk::Data(left)) => {
                     if !c.read.is_empty() {
-                        let n = (c.read.len() as u64).min(left) as usize;
-                        let data = c.read.split_to(n).freeze();
-                        let left = left - n as u64;
+                        let (data, left) = take(&mut c.read, left);
                         this.state = State::Chunked(if left == 0 {
                             Chunk::DataEnd
                         } else {

@@ -26,11 +26,6 @@ fn status_of(resp: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// A counter of `/metrics` for a colour.
-async fn metric(sy: &Switchyard, name: &str, colour: &str) -> u64 {
-    sy.colour_metric(name, colour).await
-}
-
 /// An upstream that answers every request with the head of a 100-byte
 /// response and 4 bytes of it, then either closes (a crash mid-response)
 /// or stalls with the connection open for up to a minute.
@@ -246,11 +241,15 @@ async fn a_client_sending_garbage_cannot_roll_back_a_healthy_green() {
     assert!(statuses.contains(&400), "{statuses:?}");
     assert!(statuses.contains(&408), "{statuses:?}");
     assert_eq!(
-        metric(&sy, "switchyard_transport_failures_total", "green").await,
+        sy.colour_metric("switchyard_transport_failures_total", "green")
+            .await,
         0
     );
-    let client_errors = metric(&sy, "switchyard_client_errors_total", "green").await
-        + metric(&sy, "switchyard_client_errors_total", "blue").await;
+    let client_errors = sy
+        .colour_metric("switchyard_client_errors_total", "green")
+        .await
+        + sy.colour_metric("switchyard_client_errors_total", "blue")
+            .await;
     assert!(
         client_errors >= 30,
         "client errors are counted apart: {client_errors}"
@@ -282,12 +281,9 @@ async fn an_upstream_that_stalls_after_its_headers_is_cut_off_and_counted_agains
     );
     assert!(!r.contains(&"x".repeat(100)));
     assert!(
-        eventually(5, async || metric(
-            &sy,
-            "switchyard_transport_failures_total",
-            "blue"
-        )
-        .await
+        eventually(5, async || sy
+            .colour_metric("switchyard_transport_failures_total", "blue")
+            .await
             == 1)
         .await,
         "a cut-off response is the upstream's failure"
@@ -326,7 +322,11 @@ async fn a_green_that_dies_mid_body_is_rolled_back() {
     let s = sy.status().await;
     let reason = s["rollout"]["reason"].as_str().unwrap();
     assert!(reason.contains("rolled back"), "{reason}");
-    assert!(metric(&sy, "switchyard_transport_failures_total", "green").await > 0);
+    assert!(
+        sy.colour_metric("switchyard_transport_failures_total", "green")
+            .await
+            > 0
+    );
 }
 
 // Finding 7: a dead colour gives 100% 502 with the upstream's address in
@@ -351,8 +351,12 @@ async fn a_refused_connect_on_the_candidate_is_served_by_the_stable_colour() {
         );
     }
     // The candidate's failures are still counted against it.
-    assert!(metric(&sy, "switchyard_transport_failures_total", "green").await >= 1);
-    assert!(metric(&sy, "switchyard_fallback_total", "green").await >= 1);
+    assert!(
+        sy.colour_metric("switchyard_transport_failures_total", "green")
+            .await
+            >= 1
+    );
+    assert!(sy.colour_metric("switchyard_fallback_total", "green").await >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,7 +395,7 @@ async fn a_dead_colour_answers_502_without_addresses_unless_fallback_sends_it_to
         let r = sy.client.get(&sy.url("/")).await.unwrap();
         assert_eq!((r.status, r.text().as_str()), (200, "green"));
     }
-    assert!(metric(&sy, "switchyard_fallback_total", "blue").await >= 20);
+    assert!(sy.colour_metric("switchyard_fallback_total", "blue").await >= 20);
     // Operators hear of it once, as an event.
     let fell_back = eventually(5, async || {
         let h = sy.admin(Method::GET, "/api/v1/history", "").await.json();
@@ -505,10 +509,14 @@ async fn loose_requests_are_refused_and_the_upstream_is_not_blamed() {
     // None of it counts against the upstream.
     for c in ["blue", "green"] {
         assert_eq!(
-            metric(&sy, "switchyard_transport_failures_total", c).await,
+            sy.colour_metric("switchyard_transport_failures_total", c)
+                .await,
             0
         );
-        assert_eq!(metric(&sy, "switchyard_upstream_5xx_total", c).await, 0);
+        assert_eq!(
+            sy.colour_metric("switchyard_upstream_5xx_total", c).await,
+            0
+        );
     }
     assert_eq!(sy.client.get(&sy.url("/")).await.unwrap().status, 200);
 }
@@ -529,12 +537,7 @@ async fn metrics_hide_upstream_addresses_unless_asked() {
     );
     let (blue, _green, sy) =
         support::deployment(|b| b.admin_extra("metrics_addresses = true")).await;
-    let m = sy
-        .client
-        .get(&sy.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text();
+    let m = sy.metrics().await;
     assert!(m.contains(&format!("upstream=\"{}\"", blue.addr)), "{m}");
 }
 

@@ -80,12 +80,7 @@ async fn metrics_pass_promtool_and_carry_what_alerts_need() {
         .await,
         "replication lag appears once measured"
     );
-    let text = sy
-        .client
-        .get(&sy.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text();
+    let text = sy.metrics().await;
     let (ok, report) = promtool(&text);
     assert!(ok, "promtool check metrics failed:\n{report}\n---\n{text}");
     for needed in [

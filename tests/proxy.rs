@@ -462,12 +462,7 @@ async fn a_connect_failure_is_retried_on_another_upstream() {
         "{}",
         sy.client.get(&sy.url("/")).await.unwrap().text()
     );
-    let m = sy
-        .client
-        .get(&sy.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text();
+    let m = sy.metrics().await;
     let failures: u64 = m
         .lines()
         .find_map(|l| l.strip_prefix("switchyard_transport_failures_total{colour=\"blue\"} "))

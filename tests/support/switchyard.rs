@@ -407,14 +407,18 @@ impl Switchyard {
         text
     }
 
-    /// A per-colour counter of `/metrics` (`name{colour="…"}`).
-    pub async fn colour_metric(&self, name: &str, colour: &str) -> u64 {
-        let m = self
-            .client
+    /// The `/metrics` exposition, as text.
+    pub async fn metrics(&self) -> String {
+        self.client
             .get(&self.admin_url("/metrics"))
             .await
             .unwrap()
-            .text();
+            .text()
+    }
+
+    /// A per-colour counter of `/metrics` (`name{colour="…"}`).
+    pub async fn colour_metric(&self, name: &str, colour: &str) -> u64 {
+        let m = self.metrics().await;
         let prefix = format!("{name}{{colour=\"{colour}\"}} ");
         m.lines()
             .find_map(|l| l.strip_prefix(&prefix))

@@ -455,7 +455,16 @@ async fn kill_9_mid_replication_and_mid_cutover_leaves_a_writer_and_nothing_behi
         "the cutover holds writes"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = green_now(&pair).await;
     let sy = sy.restart();
+    // The killed process's statements end with it, even one still waiting
+    // for the lock: left running, it would commit behind the back of the
+    // restarted process that is recovering the same cutover.
+    assert!(
+        eventually(10, async || orphans(&pair, &killed_at).await.is_empty()).await,
+        "the killed process's statements still run on the servers: {:?}",
+        orphans(&pair, &killed_at).await
+    );
     let killed = load.stop().await;
     // Requests held by the killed process died with their connections;
     // none of them reached a database, none was answered with an error.
@@ -530,6 +539,37 @@ async fn kill_9_mid_replication_and_mid_cutover_leaves_a_writer_and_nothing_behi
         switchyard_objects(pair.blue()).await,
         switchyard_objects(pair.green()).await
     );
+}
+
+/// The time on green's server, as text.
+async fn green_now(pair: &pg::Pair) -> String {
+    pg::connect(pair.green())
+        .await
+        .query_one("SELECT now()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Switchyard's sessions on either server that started before `before`
+/// (a time from [`green_now`]; both clusters run on this machine), with the
+/// statement each runs.
+async fn orphans(pair: &pg::Pair, before: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for url in [pair.blue(), pair.green()] {
+        let rows = pg::connect(url)
+            .await
+            .query(
+                "SELECT coalesce(state, '?') || ': ' || query FROM pg_stat_activity
+                  WHERE application_name LIKE 'switchyard%'
+                    AND backend_start < $1::text::timestamptz",
+                &[&before],
+            )
+            .await
+            .unwrap();
+        found.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    found
 }
 
 /// Cutover under a steady write load through the proxy, both ways

@@ -252,20 +252,89 @@ async fn ctrl_c_during_a_clone_stops_its_programs_removes_its_files_and_marks_gr
         programs.is_empty(),
         "client programs left running: {programs:?}"
     );
-    let sessions: i64 = green
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-               AND application_name LIKE 'switchyard%' AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(sessions, 0, "switchyard's sessions on green were ended");
+    // The session that ended the others closes as the process exits.
+    let sessions = async || -> i64 {
+        green
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND application_name LIKE 'switchyard%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert!(
+        support::eventually(10, async || sessions().await == 0).await,
+        "switchyard's sessions on green were ended: {} left",
+        sessions().await
+    );
     let r = sync(&config, &["verify"]);
     assert_eq!(
         r.code, 1,
         "verify refuses the incomplete green: {}{}",
         r.stdout, r.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_sync_command_ends_its_statements_on_the_server() {
+    let pair = pg::Pair::new("cli_kill_9").await;
+    pg::sql(
+        pair.blue(),
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\ntoken = \"t\"\n\
+             [database]\nblue = \"{}\"\ngreen = \"{}\"\nmode = \"snapshot\"\n",
+            pair.blue(),
+            pair.green()
+        ),
+    )
+    .unwrap();
+    let r = sync(&config, &["clone"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+
+    // An application holds a lock on green's table; verify waits for it.
+    let locker = pg::lock_table(pair.green(), "t").await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["sync", "-c"])
+        .arg(&config)
+        .arg("verify")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tag = format!("switchyard-sync-{}", child.id());
+    let green = pg::connect(pair.green()).await;
+    let sessions = async |waiting: bool| -> i64 {
+        green
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                   AND (NOT $2 OR wait_event_type = 'Lock')",
+                &[&tag, &waiting],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert!(
+        support::eventually(30, async || sessions(true).await > 0).await,
+        "verify waits for the application's lock"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its statement ends with it, while the lock is still held: left
+    // running, it would go on after the process that owned it is gone.
+    assert!(
+        support::eventually(10, async || sessions(false).await == 0).await,
+        "the killed command's sessions still run on green: {}",
+        sessions(false).await
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
 }

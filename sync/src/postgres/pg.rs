@@ -171,7 +171,29 @@ async fn open(side: Side, url: &str, read_only: bool) -> Result<Client, SyncErro
             client
         }
     };
+    end_with_this_process(&client, side).await?;
     Ok(client)
+}
+
+/// Has the server end a session's statement within a second of this
+/// process going away. Without it, a statement waiting for a lock when
+/// switchyard is killed (say `CREATE PUBLICATION` behind an application's
+/// `LOCK TABLE` during a cutover) waits on, then commits minutes later,
+/// behind the back of the restarted process that is recovering the
+/// cutover. PostgreSQL before 14 has no such setting; it is skipped there.
+async fn end_with_this_process(client: &Client, side: Side) -> Result<(), SyncError> {
+    match client
+        .batch_execute("SET client_connection_check_interval = '1s'")
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => Ok(()),
+        Err(e) => Err(SyncError::query(
+            side,
+            "setting client_connection_check_interval",
+            &e,
+        )),
+    }
 }
 
 async fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(

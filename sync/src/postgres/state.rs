@@ -102,14 +102,25 @@ fn not_recorded_yet(e: &tokio_postgres::Error) -> bool {
 /// as failed, and says what was running.
 pub async fn interrupted(db: &DatabaseConfig, signal: &str) -> Result<String, SyncError> {
     let green = pg::connect(Side::Green, &db.green).await?;
+    let ours = "FROM pg_stat_activity WHERE datname = current_database() \
+                AND pid <> pg_backend_pid() AND application_name LIKE $1::text || '%'";
+    let tag = crate::pg::tag_sessions();
     let _ = green
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-              WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                AND application_name LIKE $1::text || '%'",
-            &[&crate::pg::tag_sessions()],
-        )
+        .query(&format!("SELECT pg_terminate_backend(pid) {ours}"), &[&tag])
         .await;
+    // pg_terminate_backend only signals; wait (briefly) until they are gone,
+    // so "ended" is true when this process says so and exits.
+    for _ in 0..50 {
+        match green
+            .query_one(&format!("SELECT count(*) {ours}"), &[&tag])
+            .await
+        {
+            Ok(r) if r.get::<_, i64>(0) > 0 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            _ => break,
+        }
+    }
     let marked = green
         .query_opt(
             "UPDATE switchyard.clones SET state = 'failed', error = $1, finished_at = now() \

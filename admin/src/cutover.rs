@@ -111,19 +111,37 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
             }
             let held_ms = started.elapsed().as_millis() as u64;
             let held_requests = dp.write_gate().held_total - held_before;
-            // Persist the new primary before a single write reaches it.
-            let r = inner.transition("controller", |s| {
-                if s.rollout.phase != Phase::Cutover || s.rollout.step_started_ms != started_ms {
-                    return Err(Conflict("no longer in cutover".into()));
-                }
-                let mut c = rollout::finish_cutover(s);
-                c.extra.held_ms = Some(held_ms);
-                c.extra.held_requests = Some(held_requests);
-                Ok(c)
-            });
+            let record = CutoverRecord {
+                at: events::rfc3339(events::now_ms()),
+                completed: true,
+                held_ms,
+                held_requests,
+                reason: None,
+            };
+            // Persist the new primary before a single write reaches it;
+            // release the writes before a status can show it.
+            let r = inner.transition_then(
+                "controller",
+                |s| {
+                    if s.rollout.phase != Phase::Cutover || s.rollout.step_started_ms != started_ms
+                    {
+                        return Err(Conflict("no longer in cutover".into()));
+                    }
+                    let mut c = rollout::finish_cutover(s);
+                    c.extra.held_ms = Some(held_ms);
+                    c.extra.held_requests = Some(held_requests);
+                    Ok(c)
+                },
+                || {
+                    inner.db.lock().last_cutover = Some(record.clone());
+                    dp.release_writes();
+                },
+            );
+            // Not recorded (or no longer in cutover): the writes go on anyway.
             dp.release_writes();
             if let Err(e) = r {
                 tracing::error!(error = %e, "the database switched, but the new state could not be recorded");
+                inner.db.lock().last_cutover = Some(record);
             }
             let _ = inner.transition("controller", |_| {
                 let mut c = Change::new(
@@ -136,13 +154,6 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
                 c.extra.held_requests = Some(held_requests);
                 c.extra.detail = report.as_ref().map(|r| json!(r));
                 Ok(c)
-            });
-            inner.db.lock().last_cutover = Some(CutoverRecord {
-                at: events::rfc3339(events::now_ms()),
-                completed: true,
-                held_ms,
-                held_requests,
-                reason: None,
             });
             tracing::info!(held_ms, held_requests, writer = %candidate, "cutover completed");
             if let Some(report) = report {

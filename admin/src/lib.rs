@@ -144,6 +144,19 @@ impl Inner {
         actor: &str,
         f: impl FnOnce(&mut PersistedState) -> Result<Change, Conflict>,
     ) -> Result<PersistedState, TransitionError> {
+        self.transition_then(actor, f, || {})
+    }
+
+    /// [`transition`](Self::transition), running `persisted` once the new
+    /// state is on disk and before anyone can read it: a cutover releases
+    /// the held writes there, so no status shows the new primary with
+    /// writes still held. Not run when the state could not be persisted.
+    pub(crate) fn transition_then(
+        &self,
+        actor: &str,
+        f: impl FnOnce(&mut PersistedState) -> Result<Change, Conflict>,
+        persisted: impl FnOnce(),
+    ) -> Result<PersistedState, TransitionError> {
         let mut guard = self.store.lock();
         if let Some(why) = self
             .frozen
@@ -186,6 +199,7 @@ impl Inner {
             self.hub.publish(event);
             return Err(e.into());
         }
+        persisted();
         if !urgent {
             self.dp.set_green_bp(next.green.bp());
         }

@@ -17,17 +17,10 @@ fn sync(config: &std::path::Path, args: &[&str]) {
     assert!(r.code == 0, "switchyard sync {args:?}: {}", r.output());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_waits_for_greens_database_to_be_verified() {
-    let pair = pg::Pair::new("gate_story").await;
-    pg::sql(
-        pair.blue(),
-        "CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL);
-         INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 500) g;",
-    )
-    .await;
-    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let sy = Switchyard::builder()
+/// A switchyard in front of the two releases, with green's database in
+/// snapshot mode, prepared by the operator.
+fn switchyard(pair: &pg::Pair, blue: &Backend, green: &Backend) -> Switchyard {
+    Switchyard::builder()
         .blue(blue.addr)
         .green(green.addr)
         .extra(&format!(
@@ -52,7 +45,20 @@ prepare = "manual"
             pair.green(),
             pair.migrations.path().display()
         ))
-        .start();
+        .start()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_waits_for_greens_database_to_be_verified() {
+    let pair = pg::Pair::new("gate_story").await;
+    pg::sql(
+        pair.blue(),
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL);
+         INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 500) g;",
+    )
+    .await;
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = switchyard(&pair, &blue, &green);
     let _load = Load::start(sy.url("/"), 2, 200_000, Duration::from_secs(90));
 
     let r = sy.admin(Method::POST, "/api/v1/rollout/start", "").await;
@@ -87,4 +93,68 @@ prepare = "manual"
     assert_eq!(s["database"]["gate"], "pass", "{s}");
     assert_eq!(s["database"]["verified"], true, "{s}");
     assert!(green.requests() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_snapshot_goes_stale_when_blue_takes_a_write_and_the_rollout_waits() {
+    let pair = pg::Pair::new("gate_stale").await;
+    pg::sql(
+        pair.blue(),
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL);
+         INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 500) g;",
+    )
+    .await;
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sy = switchyard(&pair, &blue, &green);
+    sync(&sy.config_path, &["clone", "--verify"]);
+    // Production carries on: blue takes a write green's copy does not have.
+    pg::sql(pair.blue(), "UPDATE accounts SET balance = 0 WHERE id = 7").await;
+    let _load = Load::start(sy.url("/"), 2, 200_000, Duration::from_secs(90));
+
+    let r = sy.admin(Method::POST, "/api/v1/rollout/start", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let held = eventually(30, async || {
+        let s = sy.status().await;
+        s["database"]["gate"] == "hold"
+            && s["database"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("green is stale") && r.contains("1 row change"))
+    })
+    .await;
+    let s = sy.status().await;
+    assert!(held, "{s}");
+    assert_eq!(
+        s["weights"]["green"], 0.0,
+        "no traffic to a stale copy: {s}"
+    );
+
+    // An operator who promotes anyway is stopped at the cutover: writes
+    // stay with blue's database and the rollout pauses, saying why.
+    let r = sy.admin(Method::POST, "/api/v1/rollout/promote", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let paused = eventually(30, async || {
+        sy.status().await["rollout"]["state"] == "paused"
+    })
+    .await;
+    let s = sy.status().await;
+    assert!(paused, "{s}");
+    assert!(
+        s["rollout"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("green's copy is stale")),
+        "{s}"
+    );
+    assert_eq!(s["database"]["writer"], "blue", "{s}");
+
+    // A fresh copy (and its verification) lets the rollout go on.
+    sync(&sy.config_path, &["clone", "--replace", "--verify"]);
+    let r = sy.admin(Method::POST, "/api/v1/rollout/resume", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let promoted = eventually(60, async || {
+        sy.status().await["rollout"]["state"] == "promoted"
+    })
+    .await;
+    let s = sy.status().await;
+    assert!(promoted, "{s}");
+    assert_eq!(s["database"]["verified"], true, "{s}");
 }

@@ -92,7 +92,17 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
             ));
         }
         if db.mode != SyncMode::Replicate {
-            return Ok(None);
+            // Nothing carries blue's writes to a snapshot: one that blue
+            // moved on from since the gate last looked must not take over.
+            let status = switchyard_sync::gate_status(&db)
+                .await
+                .map_err(|e| format!("cannot read green's state: {e}"))?;
+            return match status.blue_changed {
+                Some(why) => Err(format!(
+                    "green's copy is stale: {why}; run `switchyard sync clone --replace --verify`"
+                )),
+                None => Ok(None),
+            };
         }
         switchyard_sync::replication::switch(&db, direction_from(stable), deadline)
             .await

@@ -485,6 +485,7 @@ mod tests {
                 unreachable: Vec::new(),
                 transactions_behind: None,
             }),
+            blue_changed: None,
         })
     }
 

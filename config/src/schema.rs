@@ -702,6 +702,21 @@ pub struct DatabaseConfig {
     /// Flyway placeholders: `${name}` in migrations is replaced by the value.
     #[serde(default, deserialize_with = "placeholders")]
     pub placeholders: std::collections::BTreeMap<String, String>,
+    /// Snapshot mode: what the gate does once blue has taken writes since
+    /// green was cloned (green then lacks them, and a cutover loses them).
+    #[serde(default)]
+    pub stale_clone: StaleClonePolicy,
+}
+
+/// `[database] stale_clone`: a snapshot-mode green that blue has moved on from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaleClonePolicy {
+    /// The gate holds, saying what changed, until green is cloned again.
+    #[default]
+    Hold,
+    /// The gate ignores blue's writes (losing them at cutover is accepted).
+    Ignore,
 }
 
 fn placeholders<'de, D: Deserializer<'de>>(
@@ -797,6 +812,7 @@ impl DatabaseConfig {
             prepare: PrepareMode::default(),
             roles: RolesMode::default(),
             placeholders: Default::default(),
+            stale_clone: StaleClonePolicy::default(),
         }
     }
 
@@ -843,6 +859,7 @@ impl fmt::Debug for DatabaseConfig {
                 "placeholders",
                 &self.placeholders.keys().collect::<Vec<_>>(),
             )
+            .field("stale_clone", &self.stale_clone)
             .finish()
     }
 }

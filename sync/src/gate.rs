@@ -88,6 +88,9 @@ pub struct GateStatus {
     pub clone: Option<CloneRecord>,
     /// Replication between the two (replicate mode only).
     pub replication: Option<crate::replicate::ReplicationStatus>,
+    /// Snapshot mode: why green's copy is stale (blue took writes since the
+    /// clone), or `None` when it is not (or this is not checked).
+    pub blue_changed: Option<String>,
 }
 
 impl GateStatus {
@@ -108,6 +111,7 @@ impl GateStatus {
             verified_at: None,
             clone,
             replication: None,
+            blue_changed: None,
         }
     }
 
@@ -164,6 +168,12 @@ pub fn judge(status: &mut GateStatus, last: Option<LastVerification>) {
             c.state,
             c.phase.as_deref().unwrap_or("?"),
             c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    } else if let Some(why) = &status.blue_changed {
+        status.reason = format!(
+            "green is stale: {why}. Green lacks those writes and a cutover would lose them: \
+             run `switchyard sync clone --replace --verify` again, or use mode = \"replicate\" \
+             (or set stale_clone = \"ignore\" to accept losing them)"
         );
     } else if !last.after_last_clone {
         status.reason =

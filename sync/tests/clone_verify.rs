@@ -572,3 +572,101 @@ async fn preflight_reports_blockers_with_hints() {
     assert_eq!(report.code, 1);
     assert_eq!(report.summary["findings"][0]["check"], "connect");
 }
+
+/// Snapshot mode: a verified green stops passing the gate as soon as blue
+/// takes a write of any kind (the copy lacks it, and a cutover would lose
+/// it), and a fresh clone makes it pass again; reads, maintenance and
+/// other databases on blue's server leave it passing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_copy_goes_stale_when_blue_takes_any_write_and_only_then() {
+    let mut pair = Pair::new("stale").await;
+    sql(
+        pair.blue(),
+        "CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g; \
+         SELECT lo_from_bytea(0, 'blob'::bytea)",
+    )
+    .await;
+    let clone_again = async |pair: &Pair| {
+        let r = run(
+            &pair.config,
+            Command::Clone {
+                jobs: 1,
+                replace: true,
+                verify: true,
+            },
+            Output::Quiet,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.code, 0, "{:#}", r.summary);
+        let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+        assert!(gate.verified, "a fresh clone passes: {gate:?}");
+    };
+    let goes_stale = async |pair: &Pair, what: &str| {
+        let mut gate = None;
+        for _ in 0..200 {
+            let g = switchyard_sync::gate_status(&pair.config).await.unwrap();
+            if !g.verified {
+                gate = Some(g);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let gate = gate.unwrap_or_else(|| panic!("{what} on blue left green passing"));
+        assert!(
+            gate.reason.contains("green is stale") && gate.blue_changed.is_some(),
+            "{what}: {gate:?}"
+        );
+        gate.reason
+    };
+    clone_again(&pair).await;
+
+    // Reads, maintenance, a session's temporary table and another database
+    // on the same server are not writes to blue's data.
+    for harmless in [
+        "SELECT count(*) FROM t",
+        "VACUUM t",
+        "ANALYZE t",
+        "CREATE TEMP TABLE scratch AS SELECT * FROM t; INSERT INTO scratch VALUES (0, 'x')",
+    ] {
+        sql(pair.blue(), harmless).await;
+    }
+    let (other_db, _) = pair.blue().rsplit_once('/').unwrap();
+    sql(
+        &format!("{other_db}/postgres"),
+        "CREATE TABLE IF NOT EXISTS stale_story_elsewhere (id int); \
+         INSERT INTO stale_story_elsewhere VALUES (1)",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    assert!(gate.verified, "{gate:?}");
+
+    for (what, change) in [
+        ("an insert", "INSERT INTO t VALUES (1000, 'new')"),
+        ("an update", "UPDATE t SET v = 'changed' WHERE id = 1"),
+        ("a delete", "DELETE FROM t WHERE id = 2"),
+        (
+            "a large object write",
+            "SELECT lo_put(oid, 0, 'x'::bytea) FROM pg_largeobject_metadata",
+        ),
+        ("a new column", "ALTER TABLE t ADD COLUMN w int"),
+        ("a new table", "CREATE TABLE u (id int PRIMARY KEY)"),
+        ("a truncate", "TRUNCATE t"),
+    ] {
+        sql(pair.blue(), change).await;
+        let reason = goes_stale(&pair, what).await;
+        if what == "an insert" {
+            assert!(reason.contains("1 row change since the clone"), "{reason}");
+        }
+        clone_again(&pair).await;
+    }
+
+    // An operator who accepts losing blue's writes can say so.
+    sql(pair.blue(), "INSERT INTO t VALUES (2000, 'lost')").await;
+    goes_stale(&pair, "an insert").await;
+    pair.config.stale_clone = switchyard_config::StaleClonePolicy::Ignore;
+    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    assert!(gate.verified, "{gate:?}");
+}

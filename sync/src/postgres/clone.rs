@@ -84,7 +84,8 @@ pub async fn green_contents(green: &Client) -> Result<Option<String>, SyncError>
                           WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {f}), \
                         (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {f}), \
                         (SELECT string_agg(n.nspname, ', ') FROM pg_namespace n WHERE {f} AND n.nspname <> 'public'), \
-                        (SELECT string_agg(extname, ', ') FROM pg_extension WHERE extname <> 'plpgsql')",
+                        (SELECT string_agg(extname, ', ') FROM pg_extension WHERE extname <> 'plpgsql'), \
+                        (SELECT count(*) FROM pg_largeobject_metadata)",
                 f = pg::SYSTEM_SCHEMA_FILTER
             ),
             &[],
@@ -98,6 +99,7 @@ pub async fn green_contents(green: &Client) -> Result<Option<String>, SyncError>
         Option<String>,
         Option<String>,
     ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let large_objects: i64 = row.get(5);
     let mut what = Vec::new();
     if rels > 0 {
         let names = names.unwrap_or_default();
@@ -116,12 +118,15 @@ pub async fn green_contents(green: &Client) -> Result<Option<String>, SyncError>
     if let Some(e) = exts {
         what.push(format!("extensions {e}"));
     }
+    if large_objects > 0 {
+        what.push(format!("{large_objects} large objects"));
+    }
     Ok((!what.is_empty()).then(|| what.join("; ")))
 }
 
 /// Drops everything switchyard would create in green: user schemas (the
-/// `switchyard` schema included, so green becomes unverified), extensions, and
-/// the contents of `public`.
+/// `switchyard` schema included, so green becomes unverified), extensions,
+/// the contents of `public`, and large objects.
 async fn wipe_green(green: &Client) -> Result<(), SyncError> {
     let version = pg::server_version(green, Side::Green).await?;
     let owner = if version >= 140000 {
@@ -143,6 +148,7 @@ async fn wipe_green(green: &Client) -> Result<(), SyncError> {
                FOR r IN SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' LOOP \
                  EXECUTE format('DROP EXTENSION %I CASCADE', r.extname); \
                END LOOP; \
+               PERFORM lo_unlink(oid) FROM pg_largeobject_metadata; \
              END $$; \
              DROP SCHEMA IF EXISTS public CASCADE; \
              CREATE SCHEMA public AUTHORIZATION {owner}; \
@@ -180,6 +186,12 @@ pub async fn clone(
     if existing.is_some() {
         refuse_replacing_the_primary(db, &green).await?;
     }
+    // Where blue stands just before the snapshot: any write after it moves
+    // the mark, so the gate can tell when a snapshot-mode copy went stale.
+    let mark = {
+        let blue = pg::connect(Side::Blue, &db.blue).await?;
+        crate::postgres::blue_changes::read(&blue).await?
+    };
     let holder = if db.mode == SyncMode::Replicate {
         SnapshotHolder::from_slot(ForwardSlot::create(db).await?)
     } else {
@@ -205,6 +217,7 @@ pub async fn clone(
         output,
         &green,
         &holder,
+        &mark,
         dir.path(),
         &mut record,
     )
@@ -261,6 +274,7 @@ async fn clone_in(
     output: Output,
     green: &Client,
     holder: &SnapshotHolder,
+    mark: &crate::postgres::blue_changes::ChangeMark,
     dir: &std::path::Path,
     record: &mut Option<i64>,
 ) -> Result<CloneReport, SyncError> {
@@ -362,6 +376,7 @@ async fn clone_in(
             .map(|s| s.consistent_point.as_str())
             .unwrap_or(&snapshot_lsn),
         &blue_time,
+        mark,
     )
     .await?;
     *record = Some(id);

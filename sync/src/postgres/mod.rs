@@ -4,10 +4,12 @@
 //! checksums, bisected on the primary key), `replicate` (a publication and
 //! slot on blue, green subscribed from the clone's snapshot), `cutover`
 //! (with reverse replication), `prepare` (the rollout's workflow), and the
-//! records in green's `switchyard` schema (`state`). `pg` holds the
+//! records in green's `switchyard` schema (`state`), and whether blue took
+//! writes since a snapshot-mode clone (`blue_changes`). `pg` holds the
 //! sessions, `tls` libpq-style TLS, `roles` owners and grants, `compat` the
 //! replication-safety check of migrations, `catalog` the schema objects.
 
+pub mod blue_changes;
 pub mod catalog;
 pub mod clone;
 pub mod compat;

@@ -4,6 +4,7 @@
 
 use crate::error::{Side, SyncError};
 pub use crate::gate::{judge, CloneRecord, CloneState, GateStatus, LastVerification};
+use crate::postgres::blue_changes::ChangeMark;
 use crate::{migrate, pg};
 use switchyard_config::DatabaseConfig;
 use tokio_postgres::Client;
@@ -26,7 +27,8 @@ pub async fn ensure_schema(green: &Client) -> Result<(), SyncError> {
          ALTER TABLE switchyard.clones ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'complete', \
            ADD COLUMN IF NOT EXISTS phase text, ADD COLUMN IF NOT EXISTS error text, \
            ADD COLUMN IF NOT EXISTS slot text, ADD COLUMN IF NOT EXISTS consistent_lsn text, \
-           ADD COLUMN IF NOT EXISTS blue_time timestamptz; \
+           ADD COLUMN IF NOT EXISTS blue_time timestamptz, \
+           ADD COLUMN IF NOT EXISTS blue_rows int8, ADD COLUMN IF NOT EXISTS blue_tables text; \
          CREATE TABLE IF NOT EXISTS switchyard.migration_changes ( \
            id bigserial PRIMARY KEY, script text NOT NULL, kind text NOT NULL, name text NOT NULL, \
            UNIQUE (kind, name, script)); \
@@ -176,13 +178,14 @@ pub async fn start_clone(
     slot: Option<&str>,
     lsn: &str,
     blue_time: &str,
+    mark: &ChangeMark,
 ) -> Result<i64, SyncError> {
     ensure_schema(green).await?;
     Ok(green
         .query_one(
-            "INSERT INTO switchyard.clones (snapshot, tables, rows, bytes, report, state, phase, slot, consistent_lsn, blue_time) \
-             VALUES ($1, 0, 0, 0, '{}', 'running', 'schema', $2, $3, $4::text::timestamptz) RETURNING id",
-            &[&snapshot, &slot, &lsn, &blue_time],
+            "INSERT INTO switchyard.clones (snapshot, tables, rows, bytes, report, state, phase, slot, consistent_lsn, blue_time, blue_rows, blue_tables) \
+             VALUES ($1, 0, 0, 0, '{}', 'running', 'schema', $2, $3, $4::text::timestamptz, $5, $6) RETURNING id",
+            &[&snapshot, &slot, &lsn, &blue_time, &mark.rows, &mark.tables],
         )
         .await
         .map_err(|e| SyncError::query(Side::Green, "recording the clone", &e))?
@@ -258,6 +261,9 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
     let mut status = GateStatus::unjudged(&history, newest, last_clone(&green).await?);
     if db.mode == switchyard_config::SyncMode::Replicate {
         status.replication = Some(crate::replicate::status(db).await);
+    } else if db.stale_clone == switchyard_config::StaleClonePolicy::Hold && status.clone.is_some()
+    {
+        status.blue_changed = blue_changed(db, &green).await?;
     }
     let row = green
         .query_opt(
@@ -286,4 +292,26 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
     });
     judge(&mut status, last);
     Ok(status)
+}
+
+/// Snapshot mode: why green's copy is stale, if blue took writes since
+/// the newest clone (see [`crate::postgres::blue_changes`]).
+async fn blue_changed(db: &DatabaseConfig, green: &Client) -> Result<Option<String>, SyncError> {
+    let row = green
+        .query_one(
+            "SELECT blue_rows, blue_tables FROM switchyard.clones ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "reading switchyard.clones", &e))?;
+    let then = row.get::<_, Option<String>>(1).map(|tables| ChangeMark {
+        rows: row.get(0),
+        tables,
+    });
+    let blue = pg::connect(Side::Blue, &db.blue).await?;
+    let now = crate::postgres::blue_changes::read(&blue).await?;
+    Ok(crate::postgres::blue_changes::changed_since(
+        then.as_ref(),
+        &now,
+    ))
 }

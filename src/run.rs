@@ -6,10 +6,11 @@ use anyhow::Context;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use switchyard_admin::ControlPlane;
 use switchyard_config::Config;
-use switchyard_proxy::{DataPlane, Stop};
+use switchyard_proxy::{DataPlane, ServedCert, Stop};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -220,12 +221,17 @@ async fn serve_inheriting(config: Config, path: &Path, inherited: Inherited) -> 
             Err(_) => Stop::Drain,
         }
     };
+    let certs = Certs {
+        proxy: listeners.tls_cert(),
+        admin: admin_listener.tls_cert(),
+    };
     tokio::spawn(signals(
         stop_tx,
         path.to_path_buf(),
         config.clone(),
         cp.clone(),
         Sockets(sockets),
+        certs,
     ));
     let drain = config.proxy.drain_timeout;
     let proxy = listeners.serve_until(dp, stopped(stop_rx.clone()), drain);
@@ -257,12 +263,19 @@ async fn serve_inheriting(config: Config, path: &Path, inherited: Inherited) -> 
 type Successor<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32, String>> + Send + 'a>>;
 
+/// The certificates the TLS listeners serve, replaced on reload.
+struct Certs {
+    proxy: Option<Arc<ServedCert>>,
+    admin: Option<Arc<ServedCert>>,
+}
+
 async fn signals(
     stop: watch::Sender<Option<Stop>>,
     path: std::path::PathBuf,
     mut running: Config,
     cp: ControlPlane,
     sockets: Sockets,
+    certs: Certs,
 ) {
     let (mut term, mut int, mut hup, mut usr2) = match (
         signal(SignalKind::terminate()),
@@ -282,7 +295,7 @@ async fn signals(
             _ = term.recv() => break Stop::Drain,
             _ = int.recv() => break Stop::Drain,
             _ = hup.recv() => {
-                running = reload(&path, running, &cp);
+                running = reload(&path, running, &cp, &certs);
             }
             _ = usr2.recv() => {
                 if successor.is_some() {
@@ -326,9 +339,43 @@ async fn signals(
     let _ = stop.send(Some(how));
 }
 
-/// Applies the config file again; a bad file changes nothing.
-fn reload(path: &Path, running: Config, cp: &ControlPlane) -> Config {
+/// Applies the config file again, certificates included (read from their
+/// files again even when the paths did not change: a renewal replaces the
+/// files in place); a bad file changes nothing.
+fn reload(path: &Path, running: Config, cp: &ControlPlane, certs: &Certs) -> Config {
     let next = match validate(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload rejected, still serving the previous configuration: {e}");
+            return running;
+        }
+    };
+    let read =
+        |served: &Option<Arc<ServedCert>>, files: Option<(&Path, &Path)>| match (served, files) {
+            (Some(served), Some((cert, key))) => served
+                .read(cert, key)
+                .map(|loaded| Some((served.clone(), loaded)))
+                .map_err(|e| format!("{}: {e}", path.display())),
+            _ => Ok(None),
+        };
+    let new_certs = read(
+        &certs.proxy,
+        next.proxy
+            .tls
+            .as_ref()
+            .map(|t| (t.cert.as_path(), t.key.as_path())),
+    )
+    .and_then(|p| {
+        let a = read(
+            &certs.admin,
+            next.admin
+                .tls
+                .as_ref()
+                .map(|t| (t.cert.as_path(), t.key.as_path())),
+        )?;
+        Ok([p, a])
+    });
+    let new_certs = match new_certs {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("reload rejected, still serving the previous configuration: {e}");
@@ -338,6 +385,10 @@ fn reload(path: &Path, running: Config, cp: &ControlPlane) -> Config {
     if let Err(e) = cp.data_plane().reload(&next) {
         tracing::error!("reload rejected, still serving the previous configuration: {e}");
         return running;
+    }
+    for (served, loaded) in new_certs.into_iter().flatten() {
+        tracing::info!(cert = %loaded.cert_path().display(), "TLS certificate reloaded: new connections get it");
+        served.install(loaded);
     }
     cp.reload(&next);
     if let Err(e) = crate::logging::reload(&next.log) {
@@ -373,11 +424,11 @@ fn reload(path: &Path, running: Config, cp: &ControlPlane) -> Config {
         );
     }
     let mut restart_only = Vec::new();
-    if next.proxy.tls != running.proxy.tls {
-        restart_only.push("[proxy] tls");
+    if next.proxy.tls.is_some() != running.proxy.tls.is_some() {
+        restart_only.push("[proxy] tls (added or removed)");
     }
-    if next.admin.tls != running.admin.tls {
-        restart_only.push("[admin] tls");
+    if next.admin.tls.is_some() != running.admin.tls.is_some() {
+        restart_only.push("[admin] tls (added or removed)");
     }
     if next.webhooks.ca_file != running.webhooks.ca_file {
         restart_only.push("[webhooks] ca_file");

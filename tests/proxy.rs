@@ -244,6 +244,82 @@ async fn https_end_to_end_with_http1_and_http2() {
     }
 }
 
+/// A certificate renewed in place (certbot's way) is served after
+/// `SIGHUP`, by the proxy's and the admin API's TLS listeners alike; a
+/// renewal that does not load leaves the served certificate alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_a_renewed_certificate_and_keeps_serving_when_the_new_files_are_bad() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let first = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let install = |dir: &std::path::Path, cert: &str, key: &str| {
+        for prefix in ["", "admin-"] {
+            std::fs::write(dir.join(format!("{prefix}cert.pem")), cert).unwrap();
+            std::fs::write(dir.join(format!("{prefix}key.pem")), key).unwrap();
+        }
+    };
+    install(
+        dir.path(),
+        &first.cert.pem(),
+        &first.key_pair.serialize_pem(),
+    );
+    let sy = Switchyard::builder()
+        .dir(dir)
+        .blue(blue.addr)
+        .green(green.addr)
+        .proxy_extra(r#"tls = { listen = "127.0.0.1:0", cert = "cert.pem", key = "key.pem" }"#)
+        .admin_extra(r#"tls = { cert = "admin-cert.pem", key = "admin-key.pem" }"#)
+        .start();
+    let (tls, admin) = (sy.tls.expect("TLS listener"), sy.admin);
+    // The status of a request over HTTPS trusting only `ca`'s certificate.
+    let status = async |addr, ca: &rcgen::CertifiedKey, path| {
+        support::client::https_get(addr, "localhost", &ca.cert.pem(), path, false)
+            .await
+            .map(|(r, _)| r.status)
+    };
+    let serves = async |ca: &rcgen::CertifiedKey| {
+        status(tls, ca, "/").await == Ok(200) && status(admin, ca, "/healthz").await == Ok(200)
+    };
+    assert!(serves(&first).await);
+    assert!(status(tls, &renewed, "/").await.is_err());
+    assert!(status(admin, &renewed, "/healthz").await.is_err());
+
+    // Renewed in place, then SIGHUP: new connections get the new one.
+    install(
+        sy.dir.path(),
+        &renewed.cert.pem(),
+        &renewed.key_pair.serialize_pem(),
+    );
+    sy.signal("HUP");
+    assert!(
+        eventually(10, async || serves(&renewed).await).await,
+        "{}",
+        sy.log()
+    );
+    assert!(status(tls, &first, "/").await.is_err());
+    assert!(status(admin, &first, "/healthz").await.is_err());
+
+    // A renewal gone wrong (the old certificate with the new key): the
+    // reload is rejected and the served certificate stays.
+    install(
+        sy.dir.path(),
+        &first.cert.pem(),
+        &renewed.key_pair.serialize_pem(),
+    );
+    sy.signal("HUP");
+    assert!(
+        eventually(10, async || sy
+            .log()
+            .contains("does not fit the certificate"))
+        .await,
+        "{}",
+        sy.log()
+    );
+    assert!(sy.log().contains("reload rejected"), "{}", sy.log());
+    assert!(serves(&renewed).await, "{}", sy.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_are_set_and_hop_by_hop_headers_dropped() {
     let (_blue, _green, sy) = support::deployment(|b| b).await;

@@ -36,6 +36,8 @@ pub struct AdminListener {
     backoff: AcceptBackoff,
     /// `[admin] tls`: connections are served once their handshake is done.
     tls: Option<TlsAcceptor>,
+    /// Its certificate, replaced on reload.
+    cert: Option<Arc<switchyard_proxy::ServedCert>>,
     handshakes: JoinSet<Option<(AdminStream, SocketAddr, OwnedSemaphorePermit)>>,
 }
 
@@ -121,9 +123,12 @@ pub async fn bind(config: &Config) -> Result<AdminListener, AdminError> {
     Ok(listen_on(config, listener, tls))
 }
 
-/// The rustls acceptor of `[admin] tls`, if set. Also what `switchyard
-/// check` runs to prove the certificate and key load.
-pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, AdminError> {
+/// The rustls acceptor of `[admin] tls`, if set, and the handle that
+/// replaces its certificate on reload. Also what `switchyard check` runs to
+/// prove the certificate and key load.
+pub fn acceptor(
+    config: &Config,
+) -> Result<Option<(TlsAcceptor, Arc<switchyard_proxy::ServedCert>)>, AdminError> {
     config
         .admin
         .tls
@@ -151,7 +156,15 @@ pub async fn adopt(
     Ok(listen_on(config, listener, tls))
 }
 
-fn listen_on(config: &Config, listener: TcpListener, tls: Option<TlsAcceptor>) -> AdminListener {
+fn listen_on(
+    config: &Config,
+    listener: TcpListener,
+    tls: Option<(TlsAcceptor, Arc<switchyard_proxy::ServedCert>)>,
+) -> AdminListener {
+    let (tls, cert) = match tls {
+        Some((a, c)) => (Some(a), Some(c)),
+        None => (None, None),
+    };
     if let Some(w) = exposure_warning(config) {
         tracing::warn!("{w}");
     }
@@ -165,6 +178,7 @@ fn listen_on(config: &Config, listener: TcpListener, tls: Option<TlsAcceptor>) -
         max_connections: config.admin.max_connections,
         backoff: AcceptBackoff::new("admin"),
         tls,
+        cert,
         handshakes: JoinSet::new(),
     }
 }
@@ -173,6 +187,11 @@ impl AdminListener {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The certificate of `[admin] tls`, to replace on reload.
+    pub fn tls_cert(&self) -> Option<Arc<switchyard_proxy::ServedCert>> {
+        self.cert.clone()
     }
 
     /// Whether the admin API is served over HTTPS (`[admin] tls`).

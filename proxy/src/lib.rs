@@ -12,6 +12,7 @@
 
 mod access;
 mod body;
+pub mod certs;
 mod colour;
 pub mod conn;
 mod connect;
@@ -29,6 +30,7 @@ pub mod stats;
 mod write_gate;
 
 pub use body::ProxyBody;
+pub use certs::ServedCert;
 pub use colour::Colour;
 pub use listener::{
     bind, bind_inheriting, tls_acceptor, tls_acceptor_for, Inherited, Listeners, Stop, PARK_AFTER,

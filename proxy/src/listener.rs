@@ -31,6 +31,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::certs::ServedCert;
+
 use crate::conn::{self, AcceptBackoff, ReadReady, TimedIo, Timeouts};
 use crate::forward::{self, ConnInfo};
 use crate::{DataPlane, ProxyError, Shared};
@@ -71,6 +73,8 @@ pub struct Inherited {
 pub struct Listeners {
     http: TcpListener,
     tls: Option<(TcpListener, TlsAcceptor)>,
+    /// The TLS listener's certificate, replaced on reload.
+    cert: Option<Arc<ServedCert>>,
     limits: Limits,
 }
 
@@ -97,19 +101,21 @@ pub async fn bind_inheriting(
         Some(l) => adopt_one(l, cfg.listen, cfg.backlog)?,
         None => bind_one(cfg.listen, cfg.backlog)?,
     };
-    let tls = match &cfg.tls {
+    let (tls, cert) = match &cfg.tls {
         Some(t) => {
             let listener = match inherited.tls {
                 Some(l) => adopt_one(l, t.listen, cfg.backlog)?,
                 None => bind_one(t.listen, cfg.backlog)?,
             };
-            Some((listener, tls_acceptor(t)?))
+            let (acceptor, cert) = tls_acceptor(t)?;
+            (Some((listener, acceptor)), Some(cert))
         }
-        None => None,
+        None => (None, None),
     };
     Ok(Listeners {
         http,
         tls,
+        cert,
         limits: Limits {
             timeouts: Timeouts {
                 header: cfg.header_timeout,
@@ -133,32 +139,31 @@ fn adopt_one(
     conn::adopt_tcp(l, backlog).map_err(|source| ProxyError::Bind { addr, source })
 }
 
-/// Loads the certificate chain and key of `[proxy.tls]` into a rustls acceptor.
-pub fn tls_acceptor(t: &TlsConfig) -> Result<TlsAcceptor, ProxyError> {
+/// Loads the certificate chain and key of `[proxy.tls]` into a rustls
+/// acceptor; the [`ServedCert`] replaces them on reload.
+pub fn tls_acceptor(t: &TlsConfig) -> Result<(TlsAcceptor, Arc<ServedCert>), ProxyError> {
     tls_acceptor_for(&t.cert, &t.key, &[b"h2", b"http/1.1"])
 }
 
 /// A rustls acceptor for the PEM certificate chain at `cert` and the key at
-/// `key`, offering `alpn`. Also used by the admin listener (`[admin] tls`).
+/// `key`, offering `alpn`, and the handle that replaces them on reload. Also
+/// used by the admin listener (`[admin] tls`).
 pub fn tls_acceptor_for(
     cert: &Path,
     key: &Path,
     alpn: &[&[u8]],
-) -> Result<TlsAcceptor, ProxyError> {
-    let certs = load_certs(cert)?;
-    let private = load_key(key)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+) -> Result<(TlsAcceptor, Arc<ServedCert>), ProxyError> {
+    let served = ServedCert::load(cert, key)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(served.provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err("certificate", cert, e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, private)
-        .map_err(|e| tls_err("key", key, format!("does not fit the certificate: {e}")))?;
+        .with_cert_resolver(served.clone());
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), served))
 }
 
-fn tls_err(what: &'static str, path: &Path, reason: String) -> ProxyError {
+pub(crate) fn tls_err(what: &'static str, path: &Path, reason: String) -> ProxyError {
     ProxyError::Tls {
         what,
         path: path.to_path_buf(),
@@ -184,7 +189,9 @@ pub(crate) fn load_certs(
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, ProxyError> {
+pub(crate) fn load_key(
+    path: &Path,
+) -> Result<rustls::pki_types::PrivateKeyDer<'static>, ProxyError> {
     let file = std::fs::File::open(path).map_err(|e| tls_err("key", path, e.to_string()))?;
     rustls_pemfile::private_key(&mut std::io::BufReader::new(file))
         .map_err(|e| tls_err("key", path, format!("is not valid PEM: {e}")))?
@@ -192,6 +199,11 @@ fn load_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, Pr
 }
 
 impl Listeners {
+    /// The TLS listener's certificate, to replace on reload.
+    pub fn tls_cert(&self) -> Option<Arc<ServedCert>> {
+        self.cert.clone()
+    }
+
     /// The plain HTTP address actually bound (useful with port 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http

@@ -547,3 +547,64 @@ async fn bench_grpc_backend() {
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let _ = tokio::time::timeout(Duration::from_secs(secs), serve).await;
 }
+
+/// The upstreams' certificates are re-issued by a new CA: the operator
+/// replaces the pool's CA file in place and sends `SIGHUP`; new upstream
+/// connections then trust the new CA (the unchanged config kept the old
+/// one before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_rotated_in_place_is_trusted_after_sighup() {
+    // An HTTPS server that closes every connection after one answer (so
+    // each request makes a new handshake), its certificate swappable.
+    let (first, first_ca) = support::tls::localhost_acceptor(&[b"http/1.1"]);
+    let (second, second_ca) = support::tls::localhost_acceptor(&[b"http/1.1"]);
+    let serving = std::sync::Arc::new(std::sync::Mutex::new(first));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let current = serving.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = current.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async move {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"tls ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &first_ca).unwrap();
+    let pool = format!(
+        "upstreams = [\"{upstream}\"]\ntls = {{ ca = \"ca.pem\", server_name = \"localhost\" }}\n"
+    );
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nsticky = \"none\"\n[pools.blue]\n{pool}[pools.green]\n{pool}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{}\"\n[state]\npath = \"state.json\"\n",
+        support::switchyard::TOKEN
+    );
+    let sy = Switchyard::builder().dir(dir).config(&text).start();
+    let answer = async || sy.client.get(&sy.url("/")).await.unwrap();
+    assert_eq!(answer().await.text(), "tls ok");
+
+    // Re-issued: the upstream's new certificate is not trusted yet.
+    *serving.lock().unwrap() = second;
+    let r = answer().await;
+    assert_eq!(r.status, 502, "{}", r.text());
+
+    std::fs::write(sy.dir.path().join("ca.pem"), &second_ca).unwrap();
+    sy.signal("HUP");
+    assert!(
+        eventually(10, async || answer().await.text() == "tls ok").await,
+        "{}",
+        sy.log()
+    );
+}

@@ -6,7 +6,7 @@
 use hyper::body::Body;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,23 +95,29 @@ impl Link {
     }
 }
 
-/// The TLS connector of a pool with `protocol` and `tls`. Reads the CA
-/// file: a bad one is refused here, at start or reload, not at the first
-/// request.
-pub(crate) fn tls_connector(
-    protocol: UpstreamProtocol,
-    tls: &UpstreamTls,
-) -> Result<TlsConnector, String> {
-    let certs = crate::listener::load_certs(&tls.ca).map_err(|e| match e {
+/// The CA certificates of a pool's `tls.ca` file, read at start and on
+/// every reload (a rotated CA at the same path is picked up): a bad file is
+/// refused here, not at the first request.
+pub(crate) fn read_ca(tls: &UpstreamTls) -> Result<Vec<CertificateDer<'static>>, String> {
+    crate::listener::load_certs(&tls.ca).map_err(|e| match e {
         crate::ProxyError::Tls { reason, .. } => {
             format!("tls.ca {}: {reason}", tls.ca.display())
         }
         other => other.to_string(),
-    })?;
+    })
+}
+
+/// The TLS connector of a pool with `protocol` and `tls`, trusting `ca`
+/// (from [`read_ca`]).
+pub(crate) fn tls_connector(
+    protocol: UpstreamProtocol,
+    tls: &UpstreamTls,
+    ca: &[CertificateDer<'static>],
+) -> Result<TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in certs {
+    for c in ca {
         roots
-            .add(c)
+            .add(c.clone())
             .map_err(|e| format!("tls.ca {}: not a CA certificate: {e}", tls.ca.display()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

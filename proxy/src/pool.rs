@@ -6,6 +6,7 @@ use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::http2;
+use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -36,9 +37,11 @@ pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     pub(crate) health: Option<HealthConfig>,
-    /// Protocol and TLS, as configured (compared on reload).
+    /// Protocol and TLS, as configured, and the CA certificates read from
+    /// `tls.ca` (all compared on reload).
     protocol: UpstreamProtocol,
     tls: Option<UpstreamTls>,
+    ca: Option<Arc<[CertificateDer<'static>]>>,
     pub(crate) link: Link,
     /// The shared HTTP/2 connection (`protocol = "h2c"` or `"h2"`).
     h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
@@ -106,13 +109,20 @@ pub enum ConnectError {
 }
 
 impl Upstream {
-    fn new(name: String, addr: SocketAddr, cfg: &PoolConfig, link: Link) -> Upstream {
+    fn new(
+        name: String,
+        addr: SocketAddr,
+        cfg: &PoolConfig,
+        ca: Option<Arc<[CertificateDer<'static>]>>,
+        link: Link,
+    ) -> Upstream {
         Upstream {
             name,
             addr,
             health: cfg.health.clone(),
             protocol: cfg.protocol,
             tls: cfg.tls.clone(),
+            ca,
             link,
             h2: ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
@@ -346,8 +356,9 @@ pub struct Pool {
 
 impl Pool {
     /// Builds a pool from its config, reusing upstream objects (their health
-    /// state and idle connections) from `previous` where address and health
-    /// settings are unchanged. Host names are resolved here, once.
+    /// state and idle connections) from `previous` where address, protocol,
+    /// TLS settings, the CA file's certificates and health settings are
+    /// unchanged. Host names are resolved, and the CA file read, here, once.
     pub fn build(
         colour: Colour,
         cfg: &PoolConfig,
@@ -355,7 +366,25 @@ impl Pool {
     ) -> Result<(Pool, Vec<Arc<Upstream>>), ProxyError> {
         let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
         let mut fresh = Vec::new();
-        // Made (the CA file read) once, for the first new upstream that needs it.
+        // Read again on every reload: a CA rotated at the same path counts
+        // as a change.
+        let ca: Option<Arc<[CertificateDer<'static>]>> = match &cfg.tls {
+            None => None,
+            Some(t) => Some(
+                crate::connect::read_ca(t)
+                    .map_err(|reason| ProxyError::Upstream {
+                        colour,
+                        upstream: cfg
+                            .upstreams
+                            .first()
+                            .map(|u| u.to_string())
+                            .unwrap_or_default(),
+                        reason,
+                    })?
+                    .into(),
+            ),
+        };
+        // Made once, for the first new upstream that needs it.
         let mut connector = None;
         for u in &cfg.upstreams {
             let name = u.to_string();
@@ -372,6 +401,7 @@ impl Pool {
                             && old.addr == addr
                             && old.protocol == cfg.protocol
                             && old.tls == cfg.tls
+                            && old.ca == ca
                             && old.health == cfg.health
                     })
                     .cloned()
@@ -388,13 +418,14 @@ impl Pool {
                         None => None,
                         Some(t) => {
                             if connector.is_none() {
-                                connector = Some(tls_connector(cfg.protocol, t).map_err(fail)?);
+                                let ca = ca.as_deref().unwrap_or_default();
+                                connector = Some(tls_connector(cfg.protocol, t, ca).map_err(fail)?);
                             }
                             connector.as_ref().map(|c| (t, c))
                         }
                     };
                     let link = Link::new(cfg.protocol, tls, &u.host).map_err(fail)?;
-                    let up = Arc::new(Upstream::new(name, addr, cfg, link));
+                    let up = Arc::new(Upstream::new(name, addr, cfg, ca.clone(), link));
                     fresh.push(up.clone());
                     upstreams.push(up);
                 }

@@ -8,6 +8,7 @@ mod ctl;
 mod demo;
 mod inherit;
 mod logging;
+mod notify;
 mod run;
 mod sync;
 mod upgrade;

@@ -182,6 +182,9 @@ async fn serve_inheriting(config: Config, path: &Path, inherited: Inherited) -> 
             .try_clone_socket()
             .context("cannot duplicate the admin socket")?,
     ));
+    // Handlers before anyone hears that we serve: a reload or stop may come
+    // the instant we say so (SIGHUP's default action would end the process).
+    let caught = Caught::install().context("cannot install signal handlers")?;
     // One machine-readable line on stdout with the bound addresses (useful
     // with port 0); everything else goes to the log on stderr. Nobody may
     // be reading stdout any more (a predecessor's reader has gone): that is
@@ -209,6 +212,9 @@ async fn serve_inheriting(config: Config, path: &Path, inherited: Inherited) -> 
         },
         "switchyard started"
     );
+    // systemd first: a predecessor exits once it reads `ready`, and systemd
+    // must know the new main process by then.
+    crate::notify::ready();
     if let Some(mut ready) = inherited.ready {
         // The predecessor stops accepting once it reads this.
         let _ = writeln!(ready, "ready pid={}", std::process::id());
@@ -226,6 +232,7 @@ async fn serve_inheriting(config: Config, path: &Path, inherited: Inherited) -> 
         admin: admin_listener.tls_cert(),
     };
     tokio::spawn(signals(
+        caught,
         stop_tx,
         path.to_path_buf(),
         config.clone(),
@@ -269,7 +276,28 @@ struct Certs {
     admin: Option<Arc<ServedCert>>,
 }
 
+/// The signals `switchyard run` handles, caught from before it says it
+/// serves.
+struct Caught {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Caught {
+    fn install() -> std::io::Result<Caught> {
+        Ok(Caught {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
 async fn signals(
+    caught: Caught,
     stop: watch::Sender<Option<Stop>>,
     path: std::path::PathBuf,
     mut running: Config,
@@ -277,25 +305,21 @@ async fn signals(
     sockets: Sockets,
     certs: Certs,
 ) {
-    let (mut term, mut int, mut hup, mut usr2) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined2()),
-    ) {
-        (Ok(t), Ok(i), Ok(h), Ok(u)) => (t, i, h, u),
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            return;
-        }
-    };
+    let Caught {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr2,
+    } = caught;
     let mut successor: Option<Successor<'_>> = None;
     let how = loop {
         tokio::select! {
             _ = term.recv() => break Stop::Drain,
             _ = int.recv() => break Stop::Drain,
             _ = hup.recv() => {
+                crate::notify::reloading();
                 running = reload(&path, running, &cp, &certs);
+                crate::notify::notify("READY=1");
             }
             _ = usr2.recv() => {
                 if successor.is_some() {
@@ -335,6 +359,7 @@ async fn signals(
     drop(sockets);
     if how == Stop::Drain {
         tracing::info!("shutdown requested: draining");
+        crate::notify::notify("STOPPING=1");
     }
     let _ = stop.send(Some(how));
 }

@@ -516,3 +516,60 @@ fn an_unusable_inherited_socket_is_refused_with_what_is_wrong() {
     assert_eq!(code, Some(1));
     assert!(err.contains("standard input"), "{err}");
 }
+
+/// Under systemd (`Type=notify`, `NotifyAccess=all`): switchyard says when
+/// it serves, when a reload starts and ends, and when it stops; on
+/// `SIGUSR2` the new process names itself the service's main process, so
+/// systemd follows it instead of taking the old one's exit for a stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_ready_reload_hand_over_and_stop_are_announced() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let sockets = tempfile::tempdir().unwrap();
+    let path = sockets.path().join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let said = || -> String {
+        let mut buf = [0u8; 4096];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .start_command(|bin, config| {
+            let mut c = Command::new(bin);
+            c.arg("run")
+                .arg("-c")
+                .arg(config)
+                .env("NOTIFY_SOCKET", &path);
+            c
+        });
+    assert_eq!(said(), format!("MAINPID={}\nREADY=1", sy.pid()));
+
+    sy.signal("HUP");
+    let reloading = said();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC=")
+            && reloading["RELOADING=1\nMONOTONIC_USEC=".len()..]
+                .parse::<u64>()
+                .is_ok(),
+        "{reloading:?}"
+    );
+    assert_eq!(said(), "READY=1");
+
+    let (code, new_pid) = tokio::task::block_in_place(|| sy.upgrade(30));
+    assert_eq!(code, Some(0), "{}", sy.stderr());
+    assert_eq!(said(), format!("MAINPID={new_pid}\nREADY=1"));
+    assert!(sy.client.get(&sy.url("/")).await.is_ok());
+
+    sy.signal("TERM");
+    assert_eq!(said(), "STOPPING=1");
+    // Not our child any more: watch the pid.
+    assert!(
+        eventually(30, async || !Switchyard::alive(new_pid)).await,
+        "{}",
+        sy.stderr()
+    );
+}

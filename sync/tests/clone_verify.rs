@@ -670,3 +670,110 @@ async fn a_snapshot_copy_goes_stale_when_blue_takes_any_write_and_only_then() {
     let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
     assert!(gate.verified, "{gate:?}");
 }
+
+/// Green's database was created with another encoding: preflight blocks,
+/// and a clone refuses before it changes anything. With blue's encoding but
+/// another locale, preflight warns (text sorts differently) and the clone
+/// goes ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_green_of_another_encoding_is_refused_and_another_locale_is_warned_about() {
+    let mut pair = Pair::new("locale").await;
+    sql(
+        pair.blue(),
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'Zoë')",
+    )
+    .await;
+    let server = pair.green().rsplit_once('/').unwrap().0.to_string();
+    let n = std::process::id();
+    let finding = |summary: &serde_json::Value, check: &str| {
+        summary["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == check)
+            .cloned()
+    };
+
+    let ascii = format!("locale_ascii_{n}");
+    sql(
+        &format!("{server}/postgres"),
+        &format!("CREATE DATABASE {ascii} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"),
+    )
+    .await;
+    pair.config.green = format!("{server}/{ascii}");
+    let report = run(&pair.config, Command::Preflight, Output::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(report.code, 1, "{:#}", report.summary);
+    let enc = finding(&report.summary, "encoding").expect("an encoding finding");
+    assert_eq!(enc["severity"], "blocker");
+    let message = enc["message"].as_str().unwrap();
+    assert!(
+        message.contains("UTF8") && message.contains("SQL_ASCII"),
+        "{message}"
+    );
+    let err = run(
+        &pair.config,
+        Command::Clone {
+            jobs: 1,
+            replace: false,
+            verify: false,
+        },
+        Output::Quiet,
+    )
+    .await
+    .expect_err("a clone into another encoding is refused");
+    assert!(
+        err.to_string().contains("encoded in UTF8")
+            && err.to_string().contains("nothing in green was changed"),
+        "{err}"
+    );
+    let created: i64 = connect(pair.green())
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE n.nspname IN ('public', 'switchyard')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(created, 0, "green was left as it was");
+
+    let other_locale = format!("locale_utf8_{n}");
+    sql(
+        &format!("{server}/postgres"),
+        &format!("CREATE DATABASE {other_locale} ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' TEMPLATE template0"),
+    )
+    .await;
+    pair.config.green = format!("{server}/{other_locale}");
+    let report = run(&pair.config, Command::Preflight, Output::Quiet)
+        .await
+        .unwrap();
+    assert!(
+        finding(&report.summary, "encoding").is_none(),
+        "{:#}",
+        report.summary
+    );
+    let collation = finding(&report.summary, "collation").expect("a collation finding");
+    assert_eq!(collation["severity"], "warning");
+    assert!(
+        collation["message"]
+            .as_str()
+            .unwrap()
+            .contains("datcollate"),
+        "{collation}"
+    );
+    let r = run(
+        &pair.config,
+        Command::Clone {
+            jobs: 1,
+            replace: false,
+            verify: true,
+        },
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.code, 0, "{:#}", r.summary);
+}

@@ -190,6 +190,7 @@ pub async fn clone(
     // the mark, so the gate can tell when a snapshot-mode copy went stale.
     let mark = {
         let blue = pg::connect(Side::Blue, &db.blue).await?;
+        crate::postgres::preflight::same_encoding(&blue, &green).await?;
         crate::postgres::blue_changes::read(&blue).await?
     };
     let holder = if db.mode == SyncMode::Replicate {

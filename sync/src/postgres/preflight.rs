@@ -103,6 +103,110 @@ async fn replication_checks(
     Ok(())
 }
 
+/// Checks of a server that will subscribe (run an apply worker): a free
+/// logical replication worker.
+async fn subscriber_checks(
+    f: &mut Findings,
+    c: &Client,
+    side: Side,
+    why: &str,
+) -> Result<(), SyncError> {
+    let free: i32 = c
+        .query_one(
+            "SELECT current_setting('max_logical_replication_workers')::int \
+                    - (SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL)::int",
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(side, "reading max_logical_replication_workers", &e))?
+        .get(0);
+    if free < 1 {
+        f.add(
+            Severity::Blocker,
+            "replication-workers",
+            format!("{side} has no free logical replication worker (max_logical_replication_workers is used up), which {why} needs"),
+            "raise max_logical_replication_workers (and max_worker_processes with it) and restart",
+        );
+    }
+    Ok(())
+}
+
+/// The database's encoding and locale settings, by column name, read
+/// through `to_jsonb` so that columns a server version lacks (or renamed,
+/// `daticulocale` → `datlocale`) simply are not there.
+async fn locale(c: &Client, side: Side) -> Result<Vec<(String, String)>, SyncError> {
+    let rows = c
+        .query(
+            "SELECT k, v FROM pg_database d, jsonb_each_text(to_jsonb(d) ||                       jsonb_build_object('encoding', pg_encoding_to_char(d.encoding))) AS e(k, v)               WHERE d.datname = current_database()                 AND k IN ('encoding', 'datcollate', 'datctype', 'datlocprovider', 'daticulocale', 'datlocale', 'daticurules')               ORDER BY k",
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(side, "reading the database's encoding and locale", &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
+        .collect())
+}
+
+/// Refuses (before a clone changes anything) databases of different
+/// encodings, with preflight's message and hint.
+pub(crate) async fn same_encoding(blue: &Client, green: &Client) -> Result<(), SyncError> {
+    let mut f = Findings(Vec::new());
+    locale_checks(&mut f, blue, green).await?;
+    match f.0.into_iter().find(|x| x.check == "encoding") {
+        Some(x) => Err(SyncError::Other(format!(
+            "{}; nothing in green was changed: {}",
+            x.message, x.hint
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Encoding (a blocker: text would be converted or refused on the way) and
+/// collation (a warning: text sorts and compares differently on green).
+async fn locale_checks(f: &mut Findings, b: &Client, g: &Client) -> Result<(), SyncError> {
+    let (bl, gl) = (locale(b, Side::Blue).await?, locale(g, Side::Green).await?);
+    let get = |l: &[(String, String)], k: &str| {
+        l.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (be, ge) = (get(&bl, "encoding"), get(&gl, "encoding"));
+    if be != ge {
+        f.add(
+            Severity::Blocker,
+            "encoding",
+            format!("blue's database is encoded in {be}, green's in {ge}: text would be converted (or refused) on its way to green"),
+            &format!("create green's database with ENCODING '{be}' (CREATE DATABASE ... ENCODING '{be}' TEMPLATE template0), with blue's locale"),
+        );
+    }
+    let differing: Vec<String> = bl
+        .iter()
+        .filter(|(k, _)| k != "encoding")
+        .filter_map(|(k, v)| {
+            let theirs = get(&gl, k);
+            (theirs != *v).then(|| format!("{k} {v:?} on blue, {theirs:?} on green"))
+        })
+        .collect();
+    if !differing.is_empty() {
+        f.add(
+            Severity::Warning,
+            "collation",
+            format!(
+                "the databases' locales differ ({}): text sorts and compares differently on green, so ORDER BY results, range conditions and unique indexes on text can change when traffic moves",
+                differing.join("; ")
+            ),
+            &format!(
+                "create green's database with blue's locale (CREATE DATABASE ... LC_COLLATE '{}' LC_CTYPE '{}' TEMPLATE template0)",
+                get(&bl, "datcollate"),
+                get(&bl, "datctype")
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// Runs every check. Connection failures are blockers, not errors.
 pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError> {
     let mut f = Findings(Vec::new());
@@ -288,6 +392,18 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
         if !sup {
             f.add(Severity::Blocker, "privileges", "green's user is not a superuser, which CREATE SUBSCRIPTION needs on PostgreSQL 15".into(), "connect to green as a superuser (or, on PostgreSQL 16+, a member of pg_create_subscription), or use mode = \"snapshot\"");
         }
+        subscriber_checks(&mut f, g, Side::Green, "green's subscription to blue").await?;
+        if db.reverse {
+            if let Some(b) = &blue {
+                subscriber_checks(
+                    &mut f,
+                    b,
+                    Side::Blue,
+                    "reverse sync (blue subscribing to green after cutover)",
+                )
+                .await?;
+            }
+        }
         if db.reverse {
             if wal != "logical" {
                 f.add(Severity::Blocker, "wal-level", format!("green has wal_level = {wal}, so reverse sync (green -> blue after cutover) cannot start"), "set wal_level = logical on green and restart it, or set [database] reverse = false (a rollback after cutover then loses green's writes)");
@@ -300,6 +416,7 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
     }
 
     if let (Some(b), Some(g)) = (&blue, &green) {
+        locale_checks(&mut f, b, g).await?;
         let exts = strings(
             b,
             Side::Blue,

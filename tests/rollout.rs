@@ -262,6 +262,8 @@ async fn a_failing_confirm_webhook_holds() {
         ))
         .start();
     let load = Load::start(sy.url("/"), 2, 100_000, Duration::from_secs(60));
+    let s = sy.status().await;
+    assert_eq!(s["gates"]["confirm webhook"]["gate"], "unknown", "{s}");
     assert_eq!(act(&sy, "start").await.status, 200);
 
     // The webhook answers 500: asked, and asked again, and nothing moves.
@@ -279,10 +281,15 @@ async fn a_failing_confirm_webhook_holds() {
         holding.contains("confirm webhook") && holding.contains("500"),
         "{s}"
     );
+    let gate = &s["gates"]["confirm webhook"];
+    assert_eq!(gate["gate"], "hold", "{s}");
+    assert!(gate["reason"].as_str().unwrap_or("").contains("500"), "{s}");
 
     // It says yes: the first step goes ahead.
     hook.fail(0.0);
     assert!(eventually(10, async || rollout(&sy).await.0 == "progressing").await);
+    let s = sy.status().await;
+    assert_eq!(s["gates"]["confirm webhook"]["gate"], "pass", "{s}");
 
     // It stops answering in time: the rollout holds on the timeout. (A
     // check already under way when the delay is switched on may still

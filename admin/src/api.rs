@@ -257,10 +257,22 @@ pub(crate) fn status_of(inner: &Inner) -> wire::Status {
     };
     let live = inner.live.lock().map(|l| l.clone()).unwrap_or_default();
     let gates: Vec<_> = inner.gates.lock().map(|g| g.clone()).unwrap_or_default();
-    let gate_views = gates
+    let mut gate_views: std::collections::BTreeMap<String, wire::GateView> = gates
         .iter()
         .filter_map(|g| Some((g.name().to_string(), g.status()?)))
         .collect();
+    // Made afresh for every check (its URL may change on reload); its last
+    // answer is kept here.
+    if settings.webhooks.confirm.is_some() {
+        let last = inner.confirm_last.load_full();
+        gate_views.insert(
+            "confirm webhook".into(),
+            last.as_deref().cloned().unwrap_or(wire::GateView {
+                gate: wire::GateState::Unknown,
+                reason: Some("not asked yet: it is asked when a step would advance".into()),
+            }),
+        );
+    }
     let database = gates.iter().find_map(|g| g.as_database()).map(|d| {
         let wg = inner.dp.write_gate();
         d.view(wg.writer.unwrap_or(stable), &wg, &inner.db.lock())

@@ -294,6 +294,7 @@ fn tick_once(
             timeout: settings.webhooks.timeout,
             secret: settings.webhooks.secret.clone(),
             client: inner.webhooks.clone(),
+            last: inner.confirm_last.clone(),
         }));
     }
     if gate_list.is_empty() {

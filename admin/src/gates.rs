@@ -75,6 +75,8 @@ pub struct ConfirmWebhook {
     /// `[webhooks] secret` (signs the body; "" for none).
     pub secret: String,
     pub(crate) client: WebhookClient,
+    /// Where its last answer is kept for the status.
+    pub(crate) last: Arc<arc_swap::ArcSwapOption<crate::wire::GateView>>,
 }
 
 impl Gate for ConfirmWebhook {
@@ -85,7 +87,7 @@ impl Gate for ConfirmWebhook {
     fn check<'a>(&'a self, ctx: &'a GateContext) -> GateFuture<'a> {
         Box::pin(async move {
             let body = serde_json::json!({ "kind": "confirm", "increase": ctx });
-            match self
+            let result = match self
                 .client
                 .post_json(&self.url, &body, self.timeout, &self.secret)
                 .await
@@ -93,7 +95,18 @@ impl Gate for ConfirmWebhook {
                 Ok(s) if (200..300).contains(&s) => GateResult::Pass,
                 Ok(s) => GateResult::Hold(format!("{} answered {s}", self.url)),
                 Err(e) => GateResult::Hold(format!("{}: {e}", self.url)),
-            }
+            };
+            self.last.store(Some(Arc::new(crate::wire::GateView {
+                gate: match result {
+                    GateResult::Pass => crate::wire::GateState::Pass,
+                    GateResult::Hold(_) => crate::wire::GateState::Hold,
+                },
+                reason: match &result {
+                    GateResult::Pass => None,
+                    GateResult::Hold(why) => Some(why.clone()),
+                },
+            })));
+            result
         })
     }
 }

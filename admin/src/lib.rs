@@ -128,6 +128,8 @@ pub(crate) struct Inner {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Why no state change is allowed now, if so ([`ControlPlane::freeze`]).
     pub frozen: Mutex<Option<String>>,
+    /// The `[webhooks] confirm` gate's last answer, for the status.
+    pub(crate) confirm_last: Arc<arc_swap::ArcSwapOption<wire::GateView>>,
 }
 
 impl Inner {
@@ -320,6 +322,7 @@ impl ControlPlane {
             db: database::DbLiveCell::default(),
             stopping: tokio::sync::watch::Sender::new(false),
             frozen: Mutex::new(None),
+            confirm_last: Default::default(),
         });
         // An abort whose cleanup may not have run before a restart.
         inner.db.lock().cleanup_wanted = state.rollout.phase == Phase::Aborted;

@@ -210,6 +210,62 @@ async fn websocket_echo_passes_through() {
     ws.close(None).await.unwrap();
 }
 
+/// A WebSocket to a pool whose upstreams speak HTTPS (`tls = { ca }`): the
+/// upgrade goes over a verified TLS connection and messages flow both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_upstream_over_tls_passes_through() {
+    use tokio_tungstenite::tungstenite::Message;
+    let (acceptor, ca) = support::tls::localhost_acceptor(&[b"http/1.1"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        let reply = Message::text(format!("tls echo: {}", m.into_text().unwrap()));
+                        if ws.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+    let pool = format!(
+        "upstreams = [\"{upstream}\"]\ntls = {{ ca = \"ca.pem\", server_name = \"localhost\" }}\n"
+    );
+    let sy = Switchyard::builder()
+        .dir(dir)
+        .config(&format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[pools.blue]\n{pool}[pools.green]\n{pool}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{}\"\n[state]\npath = \"state.json\"\n",
+            support::switchyard::TOKEN
+        ))
+        .start();
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", sy.proxy))
+        .await
+        .expect("websocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    for i in 0..5 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(
+            back.into_text().unwrap().as_str(),
+            format!("tls echo: hello {i}")
+        );
+    }
+    ws.close(None).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_end_to_end_with_http1_and_http2() {
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);

@@ -62,6 +62,30 @@ impl Link {
         self.tls.is_some()
     }
 
+    /// Opens a dedicated HTTP/1.1 connection to `addr`, over TLS when the
+    /// pool has it, whose task allows protocol upgrades (WebSocket): the
+    /// request that may upgrade it goes on the returned sender.
+    pub(crate) async fn connect_upgradable<B>(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<http1::SendRequest<B>, ConnectError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stream = connect_tcp(addr, timeout).await?;
+        let Some((connector, name)) = &self.tls else {
+            return upgradable(stream, addr).await;
+        };
+        let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), stream))
+            .await
+            .map_err(|_| ConnectError::Timeout { addr, timeout })?
+            .map_err(|source| ConnectError::Tls { addr, source })?;
+        upgradable(tls, addr).await
+    }
+
     /// Opens a connection to `addr` and runs the protocol's handshake; the
     /// connection's own task is spawned on the current runtime. `timeout`
     /// bounds the TCP connect and the TLS handshake.
@@ -132,6 +156,22 @@ pub(crate) fn tls_connector(
         b"http/1.1".to_vec()
     }];
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+async fn upgradable<T, B>(io: T, addr: SocketAddr) -> Result<http1::SendRequest<B>, ConnectError>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (tx, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(tx)
 }
 
 async fn handshake<T, B>(

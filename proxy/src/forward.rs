@@ -17,7 +17,7 @@ use std::time::Instant;
 use crate::access::{AccessLine, Served};
 use crate::body::{ClientBody, ClientBodyError, ClientFault, ProxyBody, RequestBody, Tally};
 use crate::conn::{ActiveGuard, Activity};
-use crate::connect::{connect_tcp, Sender};
+use crate::connect::Sender;
 use crate::grpc;
 use crate::h1;
 use crate::headers::{add_forwarded, is_h2c_upgrade, is_upgrade, strip_hop_by_hop};
@@ -769,26 +769,19 @@ async fn forward_upgrade(
 ) -> Result<Response<ProxyBody>, Failure> {
     let pool = &routing.pools[colour.index()];
     let up = pool.pick(None).ok_or(Failure::NoUpstream)?.clone();
-    if up.link.protocol.is_h2() || up.link.is_tls() {
+    if up.link.protocol.is_h2() {
         return Err(Failure::Send(
-            "protocol upgrades (WebSocket) are forwarded only to pools with protocol = \"http1\" and no tls".into(),
+            "protocol upgrades (WebSocket) are forwarded only to pools with protocol = \"http1\" (WebSocket over HTTP/2 is not supported)".into(),
         ));
     }
-    let stream = connect_tcp(up.addr, routing.settings.connect_timeout)
+    let mut tx = up
+        .link
+        .connect_upgradable::<Incoming>(up.addr, routing.settings.connect_timeout)
         .await
         .map_err(|e| {
             tracing::warn!(colour = %colour, upstream = %up.name, error = %e, "connect to upstream failed");
             Failure::Connect(connect_reason(&e))
         })?;
-    let (mut tx, upstream_conn) = http1::handshake::<_, Incoming>(TokioIo::new(stream))
-        .await
-        .map_err(|e| {
-            tracing::warn!(colour = %colour, upstream = %up.name, error = %e, "HTTP handshake with upstream failed");
-            Failure::Connect("HTTP handshake failed")
-        })?;
-    tokio::spawn(async move {
-        let _ = upstream_conn.with_upgrades().await;
-    });
     let client_upgrade = hyper::upgrade::on(&mut req);
     let mut resp = tokio::time::timeout(routing.settings.upstream_timeout, tx.send_request(req))
         .await

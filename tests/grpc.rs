@@ -608,3 +608,78 @@ async fn a_ca_file_rotated_in_place_is_trusted_after_sighup() {
         sy.log()
     );
 }
+
+/// More concurrent calls than the upstream allows on one HTTP/2 connection
+/// (its SETTINGS_MAX_CONCURRENT_STREAMS is 100): switchyard opens another
+/// connection instead of queueing them behind the first 100, so all of
+/// them reach the upstream at once; when they are done the connections are
+/// shared again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_concurrent_calls_than_one_connection_carries_open_another() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    const CALLS: usize = 150;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    {
+        let (in_flight, connections) = (in_flight.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                connections.fetch_add(1, SeqCst);
+                let (in_flight, released) = (in_flight.clone(), released.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let (in_flight, mut released) = (in_flight.clone(), released.clone());
+                        async move {
+                            in_flight.fetch_add(1, SeqCst);
+                            let _ = released.wait_for(|r| *r).await;
+                            in_flight.fetch_sub(1, SeqCst);
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                b"done",
+                            ))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(100)
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+    }
+    let sy = Switchyard::builder()
+        .blue(upstream)
+        .green(upstream)
+        .pool_extra("protocol = \"h2c\"")
+        .start();
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let (client, url) = (sy.client.clone(), sy.url("/"));
+            tokio::spawn(async move { client.get(&url).await.map(|r| r.text()) })
+        })
+        .collect();
+    assert!(
+        eventually(30, async || in_flight.load(SeqCst) == CALLS).await,
+        "only {} of {CALLS} calls reached the upstream at once over {} connections",
+        in_flight.load(SeqCst),
+        connections.load(SeqCst)
+    );
+    assert!(
+        connections.load(SeqCst) >= 2,
+        "{}",
+        connections.load(SeqCst)
+    );
+    release.send(true).unwrap();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), "done");
+    }
+    // Done: the next calls share the connections already open.
+    let opened = connections.load(SeqCst);
+    for _ in 0..20 {
+        assert_eq!(sy.client.get(&sy.url("/")).await.unwrap().text(), "done");
+    }
+    assert_eq!(connections.load(SeqCst), opened);
+}

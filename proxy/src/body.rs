@@ -334,11 +334,22 @@ impl Body for UpstreamStream {
     }
 }
 
+/// What an upstream body holds of its connection until it ends.
+pub(crate) enum Release {
+    /// Nothing (switchyard's own client returns its connection itself).
+    Nothing,
+    /// A hyper HTTP/1.1 connection, returned to the pool once the body
+    /// has been read to its end (dropped if it breaks off).
+    H1(SendRequest<RequestBody>, Arc<Upstream>),
+    /// A stream of a shared HTTP/2 connection, counted until the body ends
+    /// (held for its `Drop`).
+    H2 { _stream: crate::pool::H2Stream },
+}
+
 struct UpstreamBody {
     body: UpstreamStream,
-    /// The connection the body arrives on, returned to the pool once the
-    /// body has been read to its end.
-    conn: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
+    /// The connection (or stream) the body arrives on.
+    conn: Release,
     /// The outcome to record once the body is complete (`None`: pinned
     /// requests, or already recorded).
     tally: Option<(Tally, Outcome)>,
@@ -352,7 +363,7 @@ struct UpstreamBody {
 
 impl UpstreamBody {
     fn complete(&mut self) {
-        if let Some((tx, up)) = self.conn.take() {
+        if let Release::H1(tx, up) = std::mem::replace(&mut self.conn, Release::Nothing) {
             up.checkin(tx);
         }
         if let Some((tally, outcome)) = self.tally.take() {
@@ -363,7 +374,7 @@ impl UpstreamBody {
     /// The body broke off: the upstream's failure unless the client broke
     /// its request first.
     fn broken(&mut self) {
-        self.conn.take();
+        self.conn = Release::Nothing;
         if let Some((tally, _)) = self.tally.take() {
             let client = self.client_fault.as_ref().and_then(|f| f.get()).is_some();
             tally.finish(if client {
@@ -382,7 +393,7 @@ impl ProxyBody {
     /// trailers makes it a server error.
     pub(crate) fn upstream(
         body: impl Into<UpstreamStream>,
-        conn: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
+        conn: Release,
         tally: Option<(Tally, Outcome)>,
         client_fault: Option<Arc<FaultCell>>,
         read_timeout: Duration,

@@ -8,14 +8,15 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::access::{AccessLine, Served};
-use crate::body::{ClientBody, ClientBodyError, ClientFault, ProxyBody, RequestBody, Tally};
+use crate::body::{
+    ClientBody, ClientBodyError, ClientFault, ProxyBody, Release, RequestBody, Tally,
+};
 use crate::conn::{ActiveGuard, Activity};
 use crate::connect::Sender;
 use crate::grpc;
@@ -506,7 +507,13 @@ async fn forward(
         } else {
             up.checkout(routing.settings.connect_timeout, routing.settings.ejection)
                 .await
-                .map(|Checkout { tx, reused }| (Conn::Hyper(tx), reused))
+                .map(
+                    |Checkout {
+                         tx,
+                         reused,
+                         h2_stream,
+                     }| (Conn::Hyper(tx, h2_stream), reused),
+                )
         };
         let (conn, reused) = match checkout {
             Ok(c) => c,
@@ -522,7 +529,7 @@ async fn forward(
                 continue;
             }
         };
-        let mut tx = match conn {
+        let (mut tx, h2_stream) = match conn {
             Conn::Own(c) => {
                 if req.uri().authority().is_some() {
                     to_h1_target(&mut req);
@@ -539,7 +546,16 @@ async fn forward(
                     }
                     Ok(Ok((parts, body))) => {
                         let resp = upstream_response(
-                            routing, colour, &up, parts, body, None, tally, None, started, false,
+                            routing,
+                            colour,
+                            &up,
+                            parts,
+                            body,
+                            Release::Nothing,
+                            tally,
+                            None,
+                            started,
+                            false,
                         );
                         return Ok(resp);
                     }
@@ -567,7 +583,7 @@ async fn forward(
                     }
                 }
             }
-            Conn::Hyper(tx) => tx,
+            Conn::Hyper(tx, stream) => (tx, stream),
         };
         // An upstream may close an idle keep-alive connection just as a
         // request is written to it. A bodiless idempotent request that got
@@ -595,10 +611,11 @@ async fn forward(
             }
             Ok(Ok(resp)) => {
                 let (parts, body) = resp.into_parts();
-                let conn = match tx {
-                    Sender::H1(tx) => Some(tx),
-                    // Shared by every request: nothing to give back.
-                    Sender::H2(_) => None,
+                let conn = match (tx, h2_stream) {
+                    (Sender::H1(tx), _) => Release::H1(tx, up.clone()),
+                    // Shared: the stream is counted until the body ends.
+                    (Sender::H2(_), Some(stream)) => Release::H2 { _stream: stream },
+                    (Sender::H2(_), None) => Release::Nothing,
                 };
                 let resp = upstream_response(
                     routing,
@@ -649,7 +666,7 @@ async fn forward(
 enum Conn {
     /// Switchyard's own HTTP/1.1 client, for a bodiless request.
     Own(Box<h1::H1Conn>),
-    Hyper(Sender<RequestBody>),
+    Hyper(Sender<RequestBody>, Option<crate::pool::H2Stream>),
 }
 
 /// The client's response from an upstream's: hop-by-hop fields dropped,
@@ -663,7 +680,7 @@ fn upstream_response(
     up: &Arc<Upstream>,
     mut parts: http::response::Parts,
     body: impl Into<crate::body::UpstreamStream>,
-    conn: Option<http1::SendRequest<RequestBody>>,
+    conn: Release,
     mut tally: Option<Tally>,
     client_fault_cell: Option<Arc<crate::body::FaultCell>>,
     started: Instant,
@@ -692,7 +709,7 @@ fn upstream_response(
     }
     let body = ProxyBody::upstream(
         body,
-        conn.map(|tx| (tx, up.clone())),
+        conn,
         tally.map(|t| (t, outcome)),
         client_fault_cell,
         routing.settings.upstream_read_timeout,
@@ -792,7 +809,7 @@ async fn forward_upgrade(
         strip_hop_by_hop(&mut parts.headers, false);
         let body = ProxyBody::upstream(
             body,
-            None,
+            Release::Nothing,
             None,
             None,
             routing.settings.upstream_read_timeout,

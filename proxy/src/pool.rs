@@ -2,7 +2,6 @@
 //! healthy ones, and per upstream either a lock-free stack of idle HTTP/1.1
 //! keep-alive connections or one shared HTTP/2 connection.
 
-use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::http2;
@@ -43,8 +42,10 @@ pub struct Upstream {
     tls: Option<UpstreamTls>,
     ca: Option<Arc<[CertificateDer<'static>]>>,
     pub(crate) link: Link,
-    /// The shared HTTP/2 connection (`protocol = "h2c"` or `"h2"`).
-    h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
+    /// The HTTP/2 connections (`protocol = "h2c"` or `"h2"`), shared by
+    /// requests: a new one is opened when every live one carries
+    /// [`H2_STREAMS_PER_CONNECTION`] streams.
+    h2: arc_swap::ArcSwap<Vec<Arc<H2Conn>>>,
     /// Held while a new HTTP/2 connection is being opened, so a burst of
     /// requests opens one, not one each.
     h2_connecting: tokio::sync::Mutex<()>,
@@ -61,6 +62,28 @@ pub struct Upstream {
     ejected_until_ms: AtomicU64,
 }
 
+/// Streams one HTTP/2 connection to an upstream carries before requests
+/// go to another: the floor RFC 9113 recommends servers allow (nginx
+/// allows 128, Go 250), so that requests are not queued behind a server's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (hyper does not tell its value).
+pub(crate) const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// One HTTP/2 connection to an upstream and the streams open on it.
+pub(crate) struct H2Conn {
+    tx: http2::SendRequest<RequestBody>,
+    streams: AtomicUsize,
+}
+
+/// A stream counted on its HTTP/2 connection until dropped (with the
+/// response body, or with the request that failed).
+pub(crate) struct H2Stream(Arc<H2Conn>);
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Relaxed);
+    }
+}
+
 /// A connection ready for one request.
 pub(crate) struct Checkout {
     pub tx: Sender<RequestBody>,
@@ -68,6 +91,8 @@ pub(crate) struct Checkout {
     /// sat idle, so a bodiless idempotent request that fails on it unanswered
     /// may be replayed.
     pub reused: bool,
+    /// On an HTTP/2 connection: the stream, counted until dropped.
+    pub h2_stream: Option<H2Stream>,
 }
 
 /// Milliseconds since the first call: a cheap monotonic clock for ejection.
@@ -124,7 +149,7 @@ impl Upstream {
             tls: cfg.tls.clone(),
             ca,
             link,
-            h2: ArcSwapOption::empty(),
+            h2: arc_swap::ArcSwap::from_pointee(Vec::new()),
             h2_connecting: tokio::sync::Mutex::new(()),
             healthy: AtomicBool::new(true),
             fails: AtomicU32::new(0),
@@ -206,6 +231,7 @@ impl Upstream {
                 return Ok(Checkout {
                     tx: Sender::H1(tx),
                     reused: true,
+                    h2_stream: None,
                 });
             }
             if tx.is_closed() {
@@ -220,6 +246,7 @@ impl Upstream {
                 return Ok(Checkout {
                     tx: Sender::H1(tx),
                     reused: true,
+                    h2_stream: None,
                 });
             }
         }
@@ -229,7 +256,11 @@ impl Upstream {
                 ejection,
             )
             .await?;
-        Ok(Checkout { tx, reused: false })
+        Ok(Checkout {
+            tx,
+            reused: false,
+            h2_stream: None,
+        })
     }
 
     /// Awaits a new connection's `connect` (boxed by the caller: opening a
@@ -250,19 +281,19 @@ impl Upstream {
         opened
     }
 
-    /// The shared HTTP/2 connection, opened (once) if there is none or the
-    /// last one closed.
+    /// A stream on a live HTTP/2 connection with room, or on a new one
+    /// (opened once for a burst of requests) when every live one is full.
     async fn checkout_h2(
         &self,
         connect_timeout: Duration,
         ejection: Ejection,
     ) -> Result<Checkout, ConnectError> {
-        if let Some(tx) = self.live_h2() {
-            return Ok(Checkout { tx, reused: true });
+        if let Some(c) = self.h2_with_room() {
+            return Ok(c);
         }
         let _one = self.h2_connecting.lock().await;
-        if let Some(tx) = self.live_h2() {
-            return Ok(Checkout { tx, reused: true });
+        if let Some(c) = self.h2_with_room() {
+            return Ok(c);
         }
         let tx = self
             .open(
@@ -270,19 +301,55 @@ impl Upstream {
                 ejection,
             )
             .await?;
-        if let Sender::H2(h2) = &tx {
-            self.h2.store(Some(Arc::new(h2.clone())));
-        }
-        Ok(Checkout { tx, reused: false })
+        let Sender::H2(h2) = tx else {
+            return Ok(Checkout {
+                tx,
+                reused: false,
+                h2_stream: None,
+            });
+        };
+        let conn = Arc::new(H2Conn {
+            tx: h2.clone(),
+            streams: AtomicUsize::new(1),
+        });
+        // Closed connections leave the list as new ones join it.
+        self.h2.rcu(|list| {
+            let mut next: Vec<Arc<H2Conn>> =
+                list.iter().filter(|c| !c.tx.is_closed()).cloned().collect();
+            next.push(conn.clone());
+            next
+        });
+        Ok(Checkout {
+            tx: Sender::H2(h2),
+            reused: false,
+            h2_stream: Some(H2Stream(conn)),
+        })
     }
 
-    fn live_h2(&self) -> Option<Sender<RequestBody>> {
-        let guard = self.h2.load();
-        let tx = guard.as_ref()?;
-        if tx.is_closed() {
-            return None;
+    /// A stream on the first live HTTP/2 connection with fewer than
+    /// [`H2_STREAMS_PER_CONNECTION`] open.
+    fn h2_with_room(&self) -> Option<Checkout> {
+        let list = self.h2.load();
+        for c in list.iter() {
+            if c.tx.is_closed() {
+                continue;
+            }
+            if c.streams.fetch_add(1, Relaxed) < H2_STREAMS_PER_CONNECTION {
+                return Some(Checkout {
+                    tx: Sender::H2(c.tx.clone()),
+                    reused: true,
+                    h2_stream: Some(H2Stream(c.clone())),
+                });
+            }
+            c.streams.fetch_sub(1, Relaxed);
         }
-        Some(Sender::H2((**tx).clone()))
+        None
+    }
+
+    /// HTTP/2 connections to this upstream that are open (for tests and
+    /// status pages).
+    pub fn h2_connections(&self) -> usize {
+        self.h2.load().iter().filter(|c| !c.tx.is_closed()).count()
     }
 
     /// Whether bodiless requests go over switchyard's own HTTP/1.1 client

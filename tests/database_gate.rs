@@ -17,6 +17,10 @@ fn sync(config: &std::path::Path, args: &[&str]) {
     assert!(r.code == 0, "switchyard sync {args:?}: {}", r.output());
 }
 
+/// Blue's data in these stories.
+const ACCOUNTS: &str = "CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL);
+     INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 500) g;";
+
 /// A switchyard in front of the two releases, with green's database in
 /// snapshot mode, prepared by the operator.
 fn switchyard(pair: &pg::Pair, blue: &Backend, green: &Backend) -> Switchyard {
@@ -51,12 +55,7 @@ prepare = "manual"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_waits_for_greens_database_to_be_verified() {
     let pair = pg::Pair::new("gate_story").await;
-    pg::sql(
-        pair.blue(),
-        "CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL);
-         INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 500) g;",
-    )
-    .await;
+    pg::sql(pair.blue(), ACCOUNTS).await;
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
     let sy = switchyard(&pair, &blue, &green);
     let _load = Load::start(sy.url("/"), 2, 200_000, Duration::from_secs(90));
@@ -98,12 +97,7 @@ async fn a_rollout_waits_for_greens_database_to_be_verified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_snapshot_goes_stale_when_blue_takes_a_write_and_the_rollout_waits() {
     let pair = pg::Pair::new("gate_stale").await;
-    pg::sql(
-        pair.blue(),
-        "CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL);
-         INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 500) g;",
-    )
-    .await;
+    pg::sql(pair.blue(), ACCOUNTS).await;
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
     let sy = switchyard(&pair, &blue, &green);
     sync(&sy.config_path, &["clone", "--verify"]);

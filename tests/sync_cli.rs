@@ -8,6 +8,20 @@ mod support;
 use std::process::Command;
 use support::sync;
 
+/// A config for `pair` in snapshot mode (the proxy's upstreams unused).
+fn write_snapshot_config(config: &std::path::Path, pair: &pg::Pair) {
+    std::fs::write(
+        config,
+        format!(
+            "[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\ntoken = \"t\"\n\
+             [database]\nblue = \"{}\"\ngreen = \"{}\"\nmode = \"snapshot\"\n",
+            pair.blue(),
+            pair.green()
+        ),
+    )
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_clone_migrate_verify_from_the_command_line() {
     let pair = pg::Pair::new("cli_story").await;
@@ -177,16 +191,7 @@ async fn ctrl_c_during_a_clone_stops_its_programs_removes_its_files_and_marks_gr
     let dir = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let config = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\ntoken = \"t\"\n\
-             [database]\nblue = \"{}\"\ngreen = \"{}\"\nmode = \"snapshot\"\n",
-            pair.blue(),
-            pair.green()
-        ),
-    )
-    .unwrap();
+    write_snapshot_config(&config, &pair);
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["sync", "-c"])
         .arg(&config)
@@ -287,16 +292,7 @@ async fn kill_9_during_a_sync_command_ends_its_statements_on_the_server() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n[pools.green]\nupstreams = [\"127.0.0.1:9002\"]\n[admin]\ntoken = \"t\"\n\
-             [database]\nblue = \"{}\"\ngreen = \"{}\"\nmode = \"snapshot\"\n",
-            pair.blue(),
-            pair.green()
-        ),
-    )
-    .unwrap();
+    write_snapshot_config(&config, &pair);
     let r = sync(&config, &["clone"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 

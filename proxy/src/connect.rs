@@ -79,11 +79,11 @@ impl Link {
         let Some((connector, name)) = &self.tls else {
             return upgradable(stream, addr).await;
         };
-        let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), stream))
-            .await
-            .map_err(|_| ConnectError::Timeout { addr, timeout })?
-            .map_err(|source| ConnectError::Tls { addr, source })?;
-        upgradable(tls, addr).await
+        upgradable(
+            tls_handshake(connector, name, stream, addr, timeout).await?,
+            addr,
+        )
+        .await
     }
 
     /// Opens a connection to `addr` and runs the protocol's handshake; the
@@ -103,10 +103,7 @@ impl Link {
         let Some((connector, name)) = &self.tls else {
             return handshake(self.protocol, stream, addr).await;
         };
-        let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), stream))
-            .await
-            .map_err(|_| ConnectError::Timeout { addr, timeout })?
-            .map_err(|source| ConnectError::Tls { addr, source })?;
+        let tls = tls_handshake(connector, name, stream, addr, timeout).await?;
         if self.protocol.is_h2() && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(ConnectError::Tls {
                 addr,
@@ -156,6 +153,20 @@ pub(crate) fn tls_connector(
         b"http/1.1".to_vec()
     }];
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The TLS handshake with an upstream, within `timeout`.
+async fn tls_handshake(
+    connector: &TlsConnector,
+    name: &ServerName<'static>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    tokio::time::timeout(timeout, connector.connect(name.clone(), stream))
+        .await
+        .map_err(|_| ConnectError::Timeout { addr, timeout })?
+        .map_err(|source| ConnectError::Tls { addr, source })
 }
 
 async fn upgradable<T, B>(io: T, addr: SocketAddr) -> Result<http1::SendRequest<B>, ConnectError>

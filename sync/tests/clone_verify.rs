@@ -694,16 +694,25 @@ async fn a_green_of_another_encoding_is_refused_and_another_locale_is_warned_abo
             .cloned()
     };
 
-    let ascii = format!("locale_ascii_{n}");
-    sql(
-        &format!("{server}/postgres"),
-        &format!("CREATE DATABASE {ascii} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"),
+    // Points green at a new database of green's server, created with
+    // `options`, and runs preflight on the pair.
+    let green_with = async |pair: &mut Pair, name: &str, options: &str| {
+        sql(
+            &format!("{server}/postgres"),
+            &format!("CREATE DATABASE {name}_{n} {options} TEMPLATE template0"),
+        )
+        .await;
+        pair.config.green = format!("{server}/{name}_{n}");
+        run(&pair.config, Command::Preflight, Output::Quiet)
+            .await
+            .unwrap()
+    };
+    let report = green_with(
+        &mut pair,
+        "locale_ascii",
+        "ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'",
     )
     .await;
-    pair.config.green = format!("{server}/{ascii}");
-    let report = run(&pair.config, Command::Preflight, Output::Quiet)
-        .await
-        .unwrap();
     assert_eq!(report.code, 1, "{:#}", report.summary);
     let enc = finding(&report.summary, "encoding").expect("an encoding finding");
     assert_eq!(enc["severity"], "blocker");
@@ -740,16 +749,12 @@ async fn a_green_of_another_encoding_is_refused_and_another_locale_is_warned_abo
         .get(0);
     assert_eq!(created, 0, "green was left as it was");
 
-    let other_locale = format!("locale_utf8_{n}");
-    sql(
-        &format!("{server}/postgres"),
-        &format!("CREATE DATABASE {other_locale} ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' TEMPLATE template0"),
+    let report = green_with(
+        &mut pair,
+        "locale_utf8",
+        "ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8'",
     )
     .await;
-    pair.config.green = format!("{server}/{other_locale}");
-    let report = run(&pair.config, Command::Preflight, Output::Quiet)
-        .await
-        .unwrap();
     assert!(
         finding(&report.summary, "encoding").is_none(),
         "{:#}",

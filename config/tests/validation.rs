@@ -167,6 +167,19 @@ fn database_keys_are_validated_where_they_are_written() {
     );
     let e = err(&format!("{base}read_your_writes = \"a while\"\n"));
     assert!(e.contains("duration"), "{e}");
+    assert_eq!(
+        db.stale_clone,
+        switchyard_config::StaleClonePolicy::Hold,
+        "a stale snapshot holds the gate by default"
+    );
+    let c = Config::parse(&format!("{base}stale_clone = \"ignore\"\n"), "sy.toml").unwrap();
+    assert_eq!(
+        c.database.unwrap().stale_clone,
+        switchyard_config::StaleClonePolicy::Ignore
+    );
+    let e = err(&format!("{base}stale_clone = \"sometimes\"\n"));
+    assert!(e.starts_with("sy.toml:10:"), "{e}");
+    assert!(e.contains("hold") && e.contains("ignore"), "{e}");
 }
 
 #[test]

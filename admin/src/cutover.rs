@@ -94,8 +94,12 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
         if db.mode != SyncMode::Replicate {
             // Nothing carries blue's writes to a snapshot: one that blue
             // moved on from since the gate last looked must not take over.
-            let status = switchyard_sync::gate_status(&db)
+            let left = deadline.saturating_duration_since(Instant::now());
+            let status = tokio::time::timeout(left, switchyard_sync::gate_status(&db))
                 .await
+                .map_err(|_| {
+                    "green's and blue's databases did not answer within cutover_timeout".to_string()
+                })?
                 .map_err(|e| format!("cannot read green's state: {e}"))?;
             return match status.blue_changed {
                 Some(why) => Err(format!(

@@ -266,6 +266,66 @@ async fn websocket_to_an_upstream_over_tls_passes_through() {
     ws.close(None).await.unwrap();
 }
 
+/// `keepalive_timeout` (nginx's upstream setting): an idle connection to an
+/// upstream is reused within it and never after it, for bodiless requests
+/// (switchyard's own client) and requests with a body (hyper's) alike, so a
+/// pool can stay below an upstream that closes idle connections early
+/// (Node.js after 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_not_reused_past_the_pools_keepalive_timeout() {
+    use std::sync::atomic::AtomicUsize;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    {
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                accepted.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+    }
+    let sy = Switchyard::builder()
+        .blue(upstream)
+        .green(upstream)
+        .pool_extra("keepalive_timeout = \"1s\"")
+        .start();
+    let both = async || {
+        let get = sy.client.get(&sy.url("/")).await.unwrap();
+        let post = sy
+            .client
+            .request(Method::POST, &sy.url("/"), &[], "a body")
+            .await
+            .unwrap();
+        assert_eq!((get.text(), post.text()), ("ok".into(), "ok".into()));
+    };
+    both().await;
+    let first = accepted.load(SeqCst);
+    both().await;
+    assert_eq!(
+        accepted.load(SeqCst),
+        first,
+        "reused within keepalive_timeout"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    both().await;
+    assert_eq!(
+        accepted.load(SeqCst),
+        2 * first,
+        "new connections after keepalive_timeout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_end_to_end_with_http1_and_http2() {
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);

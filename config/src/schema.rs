@@ -215,6 +215,20 @@ pub struct PoolConfig {
     /// TLS to the upstreams; required with `protocol = "h2"`.
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
+    /// How long an idle HTTP/1.1 keep-alive connection to these upstreams
+    /// is kept for reuse (nginx's upstream `keepalive_timeout`). Keep it
+    /// below the upstreams' own idle timeout (Node.js closes after 5 s), so
+    /// that a request never goes out on a connection the upstream is
+    /// closing.
+    #[serde(
+        default = "default_keepalive_timeout",
+        deserialize_with = "values::positive_duration"
+    )]
+    pub keepalive_timeout: Duration,
+}
+
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `pools.<colour>.protocol`: the protocol spoken to the upstreams.

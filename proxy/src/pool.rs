@@ -25,11 +25,6 @@ const READY_WAIT: Duration = Duration::from_millis(50);
 /// Idle connections kept per upstream.
 const IDLE_PER_UPSTREAM: usize = 512;
 
-/// How long an idle connection of the own HTTP/1.1 client is kept: nginx's
-/// default upstream `keepalive_timeout`. Firewalls and load balancers that
-/// forget idle flows do so after minutes (AWS NLB: 350 s).
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-
 /// One upstream server.
 pub struct Upstream {
     /// `host:port` as configured.
@@ -41,6 +36,10 @@ pub struct Upstream {
     protocol: UpstreamProtocol,
     tls: Option<UpstreamTls>,
     ca: Option<Arc<[CertificateDer<'static>]>>,
+    /// `keepalive_timeout`: idle HTTP/1.1 connections older than this are
+    /// not reused (60 s by default, nginx's; firewalls and load balancers
+    /// that forget idle flows do so after minutes, AWS NLB after 350 s).
+    keepalive: Duration,
     pub(crate) link: Link,
     /// The HTTP/2 connections (`protocol = "h2c"` or `"h2"`), shared by
     /// requests: a new one is opened when every live one carries
@@ -52,7 +51,8 @@ pub struct Upstream {
     healthy: AtomicBool,
     pub(crate) fails: AtomicU32,
     pub(crate) passes: AtomicU32,
-    idle: ArrayQueue<SendRequest<RequestBody>>,
+    /// hyper's idle HTTP/1.1 connections, with when each went idle.
+    idle: ArrayQueue<(SendRequest<RequestBody>, u64)>,
     /// Idle connections of switchyard's own HTTP/1.1 client ([`crate::h1`]).
     idle_h1: ArrayQueue<Box<H1Conn>>,
     in_flight: AtomicUsize,
@@ -148,6 +148,7 @@ impl Upstream {
             protocol: cfg.protocol,
             tls: cfg.tls.clone(),
             ca,
+            keepalive: cfg.keepalive_timeout,
             link,
             h2: arc_swap::ArcSwap::from_pointee(Vec::new()),
             h2_connecting: tokio::sync::Mutex::new(()),
@@ -226,7 +227,10 @@ impl Upstream {
         if self.link.protocol.is_h2() {
             return self.checkout_h2(connect_timeout, ejection).await;
         }
-        while let Some(mut tx) = self.idle.pop() {
+        while let Some((mut tx, since)) = self.idle.pop() {
+            if self.expired(since) {
+                continue;
+            }
             if tx.is_ready() {
                 return Ok(Checkout {
                     tx: Sender::H1(tx),
@@ -366,7 +370,7 @@ impl Upstream {
         ejection: Ejection,
     ) -> Result<(Box<H1Conn>, bool), ConnectError> {
         while let Some(mut c) = self.idle_h1.pop() {
-            if c.usable() {
+            if !self.expired(c.idle_since_ms) && c.usable() {
                 return Ok((c, true));
             }
         }
@@ -381,13 +385,20 @@ impl Upstream {
         let _ = self.idle_h1.push(c);
     }
 
-    /// Closes the idle own-client connections the upstream has closed (or
-    /// sent bytes on), and those idle for longer than [`KEEPALIVE_IDLE`]:
-    /// no task watches them, so without this a closed one would hold a
-    /// descriptor in CLOSE_WAIT until the next request found it, and one a
-    /// middlebox forgot would hang the request that reuses it.
+    /// Whether a connection idle since `since_ms` ([`clock_ms`]) is older
+    /// than `keepalive_timeout` and must not be reused.
+    fn expired(&self, since_ms: u64) -> bool {
+        clock_ms().saturating_sub(since_ms) >= self.keepalive.as_millis() as u64
+    }
+
+    /// Closes the idle connections the upstream has closed (or, for the own
+    /// client, sent bytes on), and those idle for longer than
+    /// `keepalive_timeout`: no task watches the own client's, so without
+    /// this a closed one would hold a descriptor in CLOSE_WAIT until the
+    /// next request found it, and one a middlebox forgot would hang the
+    /// request that reuses it.
     pub(crate) fn sweep_idle(&self) {
-        self.sweep_idle_older_than(KEEPALIVE_IDLE);
+        self.sweep_idle_older_than(self.keepalive);
     }
 
     fn sweep_idle_older_than(&self, max_idle: Duration) {
@@ -401,12 +412,20 @@ impl Upstream {
                 let _ = self.idle_h1.push(c);
             }
         }
+        for _ in 0..self.idle.len() {
+            let Some((tx, since)) = self.idle.pop() else {
+                return;
+            };
+            if now.saturating_sub(since) < max_ms && !tx.is_closed() {
+                let _ = self.idle.push((tx, since));
+            }
+        }
     }
 
     /// Returns a connection whose response has been read to the end.
     pub(crate) fn checkin(&self, tx: SendRequest<RequestBody>) {
         if !tx.is_closed() {
-            let _ = self.idle.push(tx);
+            let _ = self.idle.push((tx, clock_ms()));
         }
     }
 }
@@ -469,6 +488,7 @@ impl Pool {
                             && old.protocol == cfg.protocol
                             && old.tls == cfg.tls
                             && old.ca == ca
+                            && old.keepalive == cfg.keepalive_timeout
                             && old.health == cfg.health
                     })
                     .cloned()

@@ -121,6 +121,12 @@ async fn a_verified_snapshot_goes_stale_when_blue_takes_a_write_and_the_rollout_
         s["weights"]["green"], 0.0,
         "no traffic to a stale copy: {s}"
     );
+    assert!(
+        sy.metrics()
+            .await
+            .contains("switchyard_database_green_stale 1"),
+        "the staleness is a metric an alert can watch"
+    );
 
     // An operator who promotes anyway is stopped at the cutover: writes
     // stay with blue's database and the rollout pauses, saying why.
@@ -151,4 +157,10 @@ async fn a_verified_snapshot_goes_stale_when_blue_takes_a_write_and_the_rollout_
     let s = sy.status().await;
     assert!(promoted, "{s}");
     assert_eq!(s["database"]["verified"], true, "{s}");
+    assert!(
+        sy.metrics()
+            .await
+            .contains("switchyard_database_green_stale 0"),
+        "a fresh copy is not stale"
+    );
 }

@@ -95,13 +95,13 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
             // Nothing carries blue's writes to a snapshot: one that blue
             // moved on from since the gate last looked must not take over.
             let left = deadline.saturating_duration_since(Instant::now());
-            let status = tokio::time::timeout(left, switchyard_sync::gate_status(&db))
+            let stale = tokio::time::timeout(left, switchyard_sync::stale_copy(&db))
                 .await
                 .map_err(|_| {
                     "green's and blue's databases did not answer within cutover_timeout".to_string()
                 })?
                 .map_err(|e| format!("cannot read green's state: {e}"))?;
-            return match status.blue_changed {
+            return match stale {
                 Some(why) => Err(format!(
                     "green's copy is stale: {why}; run `switchyard sync clone --replace --verify`"
                 )),
@@ -151,9 +151,10 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
                     dp.release_writes();
                 },
             );
-            // Not recorded (or no longer in cutover): the writes go on anyway.
-            dp.release_writes();
             if let Err(e) = r {
+                // Not recorded (or no longer in cutover), so the hook did
+                // not run: the writes go on anyway.
+                dp.release_writes();
                 tracing::error!(error = %e, "the database switched, but the new state could not be recorded");
                 inner.db.lock().last_cutover = Some(record);
             }

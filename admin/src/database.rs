@@ -270,10 +270,7 @@ impl DatabaseGate {
         let open = matches!(self.judge(&Ok(s.clone()), None), GateResult::Pass);
         let _ = writeln!(out, "# HELP switchyard_database_gate_open 1 when the database gate lets the rollout advance.\n# TYPE switchyard_database_gate_open gauge\nswitchyard_database_gate_open {}", u8::from(open));
         let _ = writeln!(out, "# HELP switchyard_database_verified 1 when green is verified at its current schema version.\n# TYPE switchyard_database_verified gauge\nswitchyard_database_verified {}", u8::from(s.verified));
-        if self.db.mode == SyncMode::Snapshot
-            && self.db.stale_clone == switchyard_config::StaleClonePolicy::Hold
-            && s.clone.is_some()
-        {
+        if switchyard_sync::staleness_checked(&self.db) && s.clone.is_some() {
             let _ = writeln!(out, "# HELP switchyard_database_green_stale 1 when blue has taken writes since green was cloned (snapshot mode): green lacks them.\n# TYPE switchyard_database_green_stale gauge\nswitchyard_database_green_stale {}", u8::from(s.blue_changed.is_some()));
         }
         if let Some(r) = &s.replication {
@@ -339,16 +336,7 @@ impl Gate for DatabaseGate {
                 gate: crate::wire::GateState::Unknown,
                 reason: Some("not read yet".into()),
             },
-            Some(r) => match self.judge(&r.result, None) {
-                GateResult::Pass => crate::wire::GateView {
-                    gate: crate::wire::GateState::Pass,
-                    reason: None,
-                },
-                GateResult::Hold(why) => crate::wire::GateView {
-                    gate: crate::wire::GateState::Hold,
-                    reason: Some(why),
-                },
-            },
+            Some(r) => (&self.judge(&r.result, None)).into(),
         })
     }
 

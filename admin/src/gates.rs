@@ -21,6 +21,22 @@ pub enum GateResult {
     Hold(String),
 }
 
+impl From<&GateResult> for crate::wire::GateView {
+    /// A verdict as `status.gates` shows it.
+    fn from(r: &GateResult) -> Self {
+        match r {
+            GateResult::Pass => crate::wire::GateView {
+                gate: crate::wire::GateState::Pass,
+                reason: None,
+            },
+            GateResult::Hold(why) => crate::wire::GateView {
+                gate: crate::wire::GateState::Hold,
+                reason: Some(why.clone()),
+            },
+        }
+    }
+}
+
 /// The weight increase a gate is asked about.
 #[derive(Debug, Clone, Serialize)]
 pub struct GateContext {
@@ -96,16 +112,7 @@ impl Gate for ConfirmWebhook {
                 Ok(s) => GateResult::Hold(format!("{} answered {s}", self.url)),
                 Err(e) => GateResult::Hold(format!("{}: {e}", self.url)),
             };
-            self.last.store(Some(Arc::new(crate::wire::GateView {
-                gate: match result {
-                    GateResult::Pass => crate::wire::GateState::Pass,
-                    GateResult::Hold(_) => crate::wire::GateState::Hold,
-                },
-                reason: match &result {
-                    GateResult::Pass => None,
-                    GateResult::Hold(why) => Some(why.clone()),
-                },
-            })));
+            self.last.store(Some(Arc::new((&result).into())));
             result
         })
     }

@@ -215,6 +215,25 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
     }
 }
 
+/// Whether the gate checks that blue took no writes since green was
+/// cloned ([`GateStatus::blue_changed`]): snapshot mode with `stale_clone =
+/// "hold"`, on PostgreSQL (MariaDB is not checked yet, so nothing may claim
+/// its copy fresh).
+pub fn staleness_checked(db: &DatabaseConfig) -> bool {
+    db.engine() == DatabaseEngine::Postgres
+        && db.mode == switchyard_config::SyncMode::Snapshot
+        && db.stale_clone == switchyard_config::StaleClonePolicy::Hold
+}
+
+/// Why green's copy is stale, if it is and [`staleness_checked`]: just that
+/// part of [`gate_status`], for a cutover holding writes.
+pub async fn stale_copy(db: &DatabaseConfig) -> Result<Option<String>, SyncError> {
+    if !staleness_checked(db) {
+        return Ok(None);
+    }
+    crate::postgres::state::stale_copy(db).await
+}
+
 /// After a sync step was interrupted (SIGINT, SIGTERM): ends what was left
 /// running on green, marks a running clone as failed, and says what was
 /// running.
@@ -222,5 +241,38 @@ pub async fn interrupted(db: &DatabaseConfig, signal: &str) -> Result<String, Sy
     match db.engine() {
         DatabaseEngine::Postgres => crate::postgres::state::interrupted(db, signal).await,
         DatabaseEngine::MySql => crate::mysql::state::interrupted(db, signal).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_config::{StaleClonePolicy, SyncMode};
+
+    #[test]
+    fn staleness_is_checked_only_where_it_can_be_told() {
+        let pg = |mode, stale_clone| DatabaseConfig {
+            mode,
+            stale_clone,
+            ..DatabaseConfig::new("postgres://b@h/app", "postgres://g@h/app")
+        };
+        assert!(staleness_checked(&pg(
+            SyncMode::Snapshot,
+            StaleClonePolicy::Hold
+        )));
+        assert!(!staleness_checked(&pg(
+            SyncMode::Snapshot,
+            StaleClonePolicy::Ignore
+        )));
+        assert!(!staleness_checked(&pg(
+            SyncMode::Replicate,
+            StaleClonePolicy::Hold
+        )));
+        // MariaDB is not checked: nothing may say its copy is fresh.
+        let mariadb = DatabaseConfig {
+            mode: SyncMode::Snapshot,
+            ..DatabaseConfig::new("mysql://b@h/app", "mysql://g@h/app")
+        };
+        assert!(!staleness_checked(&mariadb));
     }
 }

@@ -92,7 +92,7 @@ pub use postgres::{
 };
 
 pub use error::{Side, SyncError};
-pub use gate::{gate_status, GateStatus};
+pub use gate::{gate_status, stale_copy, staleness_checked, GateStatus};
 
 use serde::Serialize;
 use switchyard_config::DatabaseConfig;

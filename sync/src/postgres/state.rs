@@ -261,8 +261,7 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
     let mut status = GateStatus::unjudged(&history, newest, last_clone(&green).await?);
     if db.mode == switchyard_config::SyncMode::Replicate {
         status.replication = Some(crate::replicate::status(db).await);
-    } else if db.stale_clone == switchyard_config::StaleClonePolicy::Hold && status.clone.is_some()
-    {
+    } else if crate::gate::staleness_checked(db) && status.clone.is_some() {
         status.blue_changed = blue_changed(db, &green).await?;
     }
     let row = green
@@ -292,6 +291,16 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
     });
     judge(&mut status, last);
     Ok(status)
+}
+
+/// [`crate::gate::stale_copy`] on PostgreSQL: nothing to say before the
+/// first clone.
+pub async fn stale_copy(db: &DatabaseConfig) -> Result<Option<String>, SyncError> {
+    let green = pg::connect(Side::Green, &db.green).await?;
+    if last_clone(&green).await?.is_none() {
+        return Ok(None);
+    }
+    blue_changed(db, &green).await
 }
 
 /// Snapshot mode: why green's copy is stale, if blue took writes since

@@ -350,12 +350,6 @@ impl Upstream {
         None
     }
 
-    /// HTTP/2 connections to this upstream that are open (for tests and
-    /// status pages).
-    pub fn h2_connections(&self) -> usize {
-        self.h2.load().iter().filter(|c| !c.tx.is_closed()).count()
-    }
-
     /// Whether bodiless requests go over switchyard's own HTTP/1.1 client
     /// ([`crate::h1`]): plain-TCP `http1` pools.
     pub(crate) fn owns_h1(&self) -> bool {

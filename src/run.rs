@@ -375,43 +375,38 @@ fn reload(path: &Path, running: Config, cp: &ControlPlane, certs: &Certs) -> Con
             return running;
         }
     };
-    let read =
-        |served: &Option<Arc<ServedCert>>, files: Option<(&Path, &Path)>| match (served, files) {
-            (Some(served), Some((cert, key))) => served
-                .read(cert, key)
-                .map(|loaded| Some((served.clone(), loaded)))
-                .map_err(|e| format!("{}: {e}", path.display())),
-            _ => Ok(None),
-        };
-    let new_certs = read(
-        &certs.proxy,
-        next.proxy
-            .tls
-            .as_ref()
-            .map(|t| (t.cert.as_path(), t.key.as_path())),
-    )
-    .and_then(|p| {
-        let a = read(
+    // The certificates are read now, before anything is applied: one that
+    // does not load rejects the whole reload.
+    let mut new_certs = Vec::new();
+    for (served, files) in [
+        (
+            &certs.proxy,
+            next.proxy.tls.as_ref().map(|t| (&t.cert, &t.key)),
+        ),
+        (
             &certs.admin,
-            next.admin
-                .tls
-                .as_ref()
-                .map(|t| (t.cert.as_path(), t.key.as_path())),
-        )?;
-        Ok([p, a])
-    });
-    let new_certs = match new_certs {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("reload rejected, still serving the previous configuration: {e}");
-            return running;
+            next.admin.tls.as_ref().map(|t| (&t.cert, &t.key)),
+        ),
+    ] {
+        let (Some(served), Some((cert, key))) = (served, files) else {
+            continue;
+        };
+        match served.read(cert, key) {
+            Ok(loaded) => new_certs.push((served, loaded)),
+            Err(e) => {
+                tracing::error!(
+                    "reload rejected, still serving the previous configuration: {}: {e}",
+                    path.display()
+                );
+                return running;
+            }
         }
-    };
+    }
     if let Err(e) = cp.data_plane().reload(&next) {
         tracing::error!("reload rejected, still serving the previous configuration: {e}");
         return running;
     }
-    for (served, loaded) in new_certs.into_iter().flatten() {
+    for (served, loaded) in new_certs {
         tracing::info!(cert = %loaded.cert_path().display(), "TLS certificate reloaded: new connections get it");
         served.install(loaded);
     }

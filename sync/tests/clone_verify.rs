@@ -782,3 +782,139 @@ async fn a_green_of_another_encoding_is_refused_and_another_locale_is_warned_abo
     .unwrap();
     assert_eq!(r.code, 0, "{:#}", r.summary);
 }
+
+/// The definition of every index and constraint in a database, with what
+/// pg_dump carries beside it (clustering, replica identity, comments), and
+/// the tables, partitioned tables and materialized views that have no
+/// planner statistics although they hold rows.
+async fn indexes_and_stats(url: &str) -> (Vec<String>, Vec<String>) {
+    let c = connect(url).await;
+    let filter = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'switchyard') AND n.nspname NOT LIKE 'pg\\_%'";
+    let defs = c
+        .query(
+            &format!(
+                "SELECT 'index ' || pg_get_indexdef(i.indexrelid) || ' clustered=' || i.indisclustered \
+                        || ' replident=' || i.indisreplident || ' comment=' || coalesce(obj_description(i.indexrelid, 'pg_class'), '') \
+                   FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE {filter} \
+                 UNION ALL \
+                 SELECT 'constraint ' || k.conrelid::regclass || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid) \
+                   FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace \
+                  WHERE k.conrelid <> 0 AND {filter} \
+                 ORDER BY 1"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let unanalysed = c
+        .query(
+            &format!(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind IN ('r', 'p', 'm') AND {filter} \
+                    AND NOT EXISTS (SELECT 1 FROM pg_statistic s WHERE s.starelid = c.oid) \
+                  ORDER BY 1"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    (defs, unanalysed)
+}
+
+/// A clone builds each table's own indexes and keys as soon as that
+/// table's rows are in, while the other tables are still copied, and leaves
+/// foreign keys, partitioned indexes and comments to the end; green ends
+/// up with exactly blue's indexes and constraints, and every relation with
+/// rows has planner statistics, expression indexes included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_are_built_as_each_table_finishes_and_everything_is_analysed() {
+    let pair = Pair::new("early_build").await;
+    fixture(&pair).await;
+    std::env::set_var("SWITCHYARD_CLONE_EARLY_BUILD_BYTES", "0");
+    sql(
+        pair.blue(),
+        "CREATE INDEX customers_lower_name ON customers (lower(name)); \
+         ALTER INDEX customers_lower_name ALTER COLUMN 1 SET STATISTICS 500; \
+         CREATE INDEX orders_big ON orders (total) WHERE total > 100; \
+         CREATE UNIQUE INDEX orders_placed ON orders (placed_at, id); \
+         ALTER TABLE orders CLUSTER ON orders_placed; \
+         COMMENT ON INDEX order_lines_sku IS 'by sku'; \
+         ALTER TABLE customers ADD CONSTRAINT customers_name_mood UNIQUE (name, mood); \
+         CREATE TABLE bookings (room int NOT NULL, during tsrange NOT NULL, EXCLUDE USING gist (during WITH &&)); \
+         INSERT INTO bookings SELECT g, tsrange(timestamp '2024-01-01' + g * interval '1 hour', timestamp '2024-01-01' + (g + 1) * interval '1 hour') FROM generate_series(1, 200) g; \
+         CREATE UNIQUE INDEX bookings_room ON bookings (room); \
+         ALTER TABLE bookings REPLICA IDENTITY USING INDEX bookings_room; \
+         CREATE INDEX measurements_temp ON measurements (temp); \
+         CREATE MATERIALIZED VIEW mood_counts AS SELECT mood, count(*) FROM customers GROUP BY mood;",
+    )
+    .await;
+    let summary = clone(&pair, false).await.expect("clone");
+    let tables = summary["clone"]["tables"].as_array().unwrap();
+    let built = |name: &str| {
+        tables
+            .iter()
+            .find(|t| t["table"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {summary:#}"))["built_with_copy"]
+            .as_f64()
+    };
+    for name in [
+        "public.customers",
+        "public.orders",
+        "public.order_lines",
+        "public.bookings",
+        "public.measurements_2024",
+        "Sales Data.Odd \"Name\"",
+    ] {
+        assert!(
+            built(name).is_some(),
+            "{name} built with its copy: {summary:#}"
+        );
+    }
+    // No index of its own: nothing to build early.
+    assert_eq!(built("public.events"), None, "{summary:#}");
+
+    let (blue_defs, _) = indexes_and_stats(pair.blue()).await;
+    sql(pair.blue(), "ANALYZE").await;
+    let (_, blue_unanalysed_after) = indexes_and_stats(pair.blue()).await;
+    let (green_defs, green_unanalysed) = indexes_and_stats(pair.green()).await;
+    assert_eq!(green_defs, blue_defs);
+    assert!(
+        blue_defs
+            .iter()
+            .any(|d| d.contains("orders_placed") && d.contains("clustered=true")),
+        "{blue_defs:#?}"
+    );
+    assert!(
+        blue_defs
+            .iter()
+            .any(|d| d.contains("bookings_room") && d.contains("replident=true")),
+        "{blue_defs:#?}"
+    );
+    assert!(
+        blue_defs.iter().any(|d| d.contains("comment=by sku")),
+        "{blue_defs:#?}"
+    );
+    assert_eq!(
+        green_unanalysed, blue_unanalysed_after,
+        "every relation blue's ANALYZE covers is analysed in green"
+    );
+    let g = connect(pair.green()).await;
+    let expr_stats: i64 = g
+        .query_one(
+            "SELECT count(*) FROM pg_stats WHERE tablename = 'customers_lower_name'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(expr_stats, 1, "the expression index has statistics");
+    let report = verify(&pair).await;
+    assert!(report.passed, "{}", report.render());
+}

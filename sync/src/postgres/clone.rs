@@ -11,9 +11,15 @@
 //!    heap-block ranges (`ctid` range scans) so that workers share them;
 //!    smaller ones are loaded whole with `COPY FREEZE` after a `TRUNCATE`.
 //! 4. Sequence values are carried over.
-//! 5. `pg_restore --section=post-data -j N` builds indexes, constraints and
-//!    triggers in parallel, after the data.
-//! 6. `ANALYZE`, and the run is recorded in green's `switchyard.clones`.
+//! 5. A table's own indexes and primary-key, unique and exclusion
+//!    constraints are built (`pg_restore` of just those entries) as soon as
+//!    its copy ends, followed by its `ANALYZE`, on the same worker queue, so
+//!    they overlap the copy of the other tables (tables of 16 MiB and more;
+//!    see [`crate::postgres::post_data`]).
+//! 6. `pg_restore --section=post-data -j N` builds the rest (foreign keys,
+//!    triggers, small tables' indexes, ...) in parallel, after the data.
+//! 7. `ANALYZE` of every relation not analysed yet, `N` sessions at once, and
+//!    the run is recorded in green's `switchyard.clones`.
 //!
 //! Ownership and grants are not cloned (`--no-owner --no-privileges`): green's
 //! objects belong to the role switchyard connects with.
@@ -21,12 +27,15 @@
 use crate::error::{pg_message, Side, SyncError};
 use crate::pg::{self, Table};
 use crate::pg::{snapshot_session, SnapshotHolder};
+use crate::postgres::post_data;
 use crate::progress::Progress;
 use crate::replicate::ForwardSlot;
 use crate::{roles, state, workers, Output};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use switchyard_config::{DatabaseConfig, RolesMode, SyncMode};
@@ -39,6 +48,11 @@ pub struct TableCopy {
     pub rows: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// Seconds spent building this table's own indexes and constraints and
+    /// analysing it right after its copy, while other tables still copied;
+    /// `None` when they were left to the final post-data pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub built_with_copy: Option<f64>,
 }
 
 /// The outcome of `clone`.
@@ -354,14 +368,41 @@ async fn clone_in(
         None,
     )
     .await?;
-    let list = dir.join("schema.list");
-    let kept: String = String::from_utf8_lossy(&toc)
+    let kept: Vec<String> = String::from_utf8_lossy(&toc)
         .lines()
         .filter(|l| !is_switchyard_entry(l))
-        .map(|l| format!("{l}\n"))
+        .map(str::to_string)
         .collect();
-    std::fs::write(&list, kept)
-        .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", list.display())))?;
+    let write_list = |name: String, lines: &[String]| {
+        let path = dir.join(name);
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text)
+            .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))
+            .map(|()| path)
+    };
+    let list = write_list("schema.list".into(), &kept)?;
+    // The indexes and constraints of big tables are built as soon as their
+    // own copy ends; the final post-data pass restores everything else.
+    let threshold = post_data::early_build_bytes();
+    let eligible: HashSet<(String, String)> = tables
+        .iter()
+        .filter(|t| t.bytes >= threshold)
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect();
+    let split = if eligible.is_empty() {
+        post_data::Split {
+            rest: kept.clone(),
+            ..Default::default()
+        }
+    } else {
+        post_data::split(&kept, &post_data::own_objects(&blue).await?, &eligible)
+    };
+    let rest_list = write_list("post-data.list".into(), &split.rest)?;
+    let mut early_lists = HashMap::new();
+    for (i, (table, lines)) in split.per_table.into_iter().enumerate() {
+        let path = write_list(format!("early-{i}.list"), &lines)?;
+        early_lists.insert(table, (path, lines.len()));
+    }
 
     // Everything on blue checked out: now green may change.
     let replaced = replace;
@@ -382,7 +423,7 @@ async fn clone_in(
     .await?;
     *record = Some(id);
 
-    let restore = |section: &str, jobs: usize| {
+    let restore = |section: &str, list: &std::path::Path, jobs: usize| {
         let mut args = vec![format!("--section={section}")];
         if !copy_roles {
             args.push("--no-owner".into());
@@ -404,7 +445,7 @@ async fn clone_in(
     pg::run_tool(
         "pg_restore",
         "creating tables in green (pre-data)",
-        &restore("pre-data", 1),
+        &restore("pre-data", &list, 1),
         green_conn.password.as_deref(),
     )
     .await?;
@@ -414,11 +455,27 @@ async fn clone_in(
     state::mark_clone(green, id, "running", Some("copy"), None).await?;
     let total: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = Arc::new(Progress::new(output, "clone", total.max(0) as u64));
-    let chunks = plan_chunks(&tables, jobs);
+    let builds: HashMap<(String, String), Arc<EarlyBuild>> = early_lists
+        .into_iter()
+        .filter_map(|(key, (path, entries))| {
+            let t = tables
+                .iter()
+                .find(|t| (&t.schema, &t.name) == (&key.0, &key.1))?;
+            let build = EarlyBuild {
+                what: format!("building the indexes of {} in green", t.display()),
+                table: t.display(),
+                table_sql: t.sql(),
+                args: restore("post-data", &path, jobs.min(entries)),
+            };
+            Some((key, Arc::new(build)))
+        })
+        .collect();
+    let chunks = plan_chunks(&tables, jobs, &builds);
     let (blue_url, green_url, snap) = (db.blue.clone(), db.green.clone(), snapshot.clone());
     let bars = progress.clone();
-    let copied = workers::run(
-        chunks,
+    let password = green_conn.password.clone();
+    let done = workers::run_with_follow_ups(
+        chunks.into_iter().map(Work::Copy).collect(),
         jobs,
         move || {
             let (blue_url, green_url, snap) = (blue_url.clone(), green_url.clone(), snap.clone());
@@ -435,14 +492,46 @@ async fn clone_in(
                 Ok((blue, green))
             }
         },
-        move |s: Arc<(Client, Client)>, chunk: Chunk| {
-            let bars = bars.clone();
-            async move { copy_chunk(&s.0, &s.1, &chunk, &bars).await }
+        move |s: Arc<(Client, Client)>, work: Work| {
+            let (bars, password) = (bars.clone(), password.clone());
+            async move {
+                match work {
+                    Work::Copy(chunk) => {
+                        let copied = copy_chunk(&s.0, &s.1, &chunk, &bars).await?;
+                        // The table's last chunk: its indexes can be built now.
+                        let last = chunk.left.fetch_sub(1, Ordering::AcqRel) == 1;
+                        let next = chunk.build.filter(|_| last).map(Work::Build);
+                        Ok((Done::Copied(copied), next))
+                    }
+                    Work::Build(b) => {
+                        let started = Instant::now();
+                        pg::run_tool("pg_restore", &b.what, &b.args, password.as_deref()).await?;
+                        pg::exec(
+                            &s.1,
+                            Side::Green,
+                            &format!("analyzing {}", b.table),
+                            &format!("ANALYZE {}", b.table_sql),
+                        )
+                        .await?;
+                        let seconds = started.elapsed().as_secs_f64();
+                        Ok((Done::Built(b.table.clone(), seconds), None))
+                    }
+                }
+            }
         },
     )
     .await;
     progress.finish();
-    let copied = copied?;
+    let mut copied = Vec::new();
+    let mut built = HashMap::new();
+    for d in done? {
+        match d {
+            Done::Copied(c) => copied.push(c),
+            Done::Built(table, seconds) => {
+                built.insert(table, seconds);
+            }
+        }
+    }
 
     let sequences = copy_sequences(&blue, green).await?;
     phase("copy");
@@ -450,7 +539,7 @@ async fn clone_in(
     pg::run_tool(
         "pg_restore",
         "building indexes and constraints in green (post-data)",
-        &restore("post-data", jobs),
+        &restore("post-data", &rest_list, jobs),
         green_conn.password.as_deref(),
     )
     .await?;
@@ -462,7 +551,7 @@ async fn clone_in(
     refresh_matviews(&blue, green).await?;
     phase("materialized_views");
     state::mark_clone(green, id, "running", Some("analyze"), None).await?;
-    pg::exec(green, Side::Green, "analyzing green", "ANALYZE").await?;
+    analyze_the_rest(green, &db.green, jobs, &built).await?;
     phase("analyze");
 
     let mut merged: Vec<TableCopy> = Vec::new();
@@ -475,6 +564,9 @@ async fn clone_in(
             }
             None => merged.push(c),
         }
+    }
+    for m in &mut merged {
+        m.built_with_copy = built.get(&m.table).copied();
     }
     let mut copied = merged;
     copied.sort_by_key(|t| std::cmp::Reverse(t.bytes));
@@ -534,6 +626,82 @@ fn chunk_blocks() -> i64 {
         .unwrap_or(CHUNK_BLOCKS)
 }
 
+/// A table's indexes and constraints, built right after its copy.
+struct EarlyBuild {
+    /// `schema.name`, for people and the report.
+    table: String,
+    table_sql: String,
+    /// What `pg_restore` is doing, for its error message.
+    what: String,
+    /// `pg_restore` of just this table's entries.
+    args: Vec<String>,
+}
+
+/// An item on the clone's worker queue.
+enum Work {
+    Copy(Chunk),
+    Build(Arc<EarlyBuild>),
+}
+
+/// What a worker did with an item.
+enum Done {
+    Copied(TableCopy),
+    /// The table (`schema.name`) and the seconds its build and ANALYZE took.
+    Built(String, f64),
+}
+
+/// `ANALYZE` of every table, partitioned table and materialized view in
+/// green that was not analysed right after its copy, largest first, on
+/// `jobs` sessions at once.
+async fn analyze_the_rest(
+    green: &Client,
+    green_url: &str,
+    jobs: usize,
+    done: &HashMap<String, f64>,
+) -> Result<(), SyncError> {
+    let rows = green
+        .query(
+            &format!(
+                "SELECT n.nspname || '.' || c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind IN ('r', 'p', 'm') AND {} \
+                  ORDER BY pg_total_relation_size(c.oid) DESC, 1",
+                pg::SYSTEM_SCHEMA_FILTER
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| SyncError::query(Side::Green, "listing green's tables to analyze", &e))?;
+    let todo: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .filter(|(display, _)| !done.contains_key(display))
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let url = green_url.to_string();
+    workers::run(
+        todo,
+        jobs,
+        move || {
+            let url = url.clone();
+            async move { pg::connect(Side::Green, &url).await }
+        },
+        |g: Arc<Client>, (display, sql): (String, String)| async move {
+            pg::exec(
+                &g,
+                Side::Green,
+                &format!("analyzing {display}"),
+                &format!("ANALYZE {sql}"),
+            )
+            .await
+        },
+    )
+    .await
+    .map(drop)
+}
+
 /// Bytes of COPY data handed to green at a time.
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -545,11 +713,19 @@ struct Chunk {
     /// range of a table is open-ended.
     blocks: Option<(i64, Option<i64>)>,
     est_bytes: i64,
+    /// The table's chunks not copied yet (shared by all of them).
+    left: Arc<AtomicUsize>,
+    /// The table's index build, queued when its last chunk is copied.
+    build: Option<Arc<EarlyBuild>>,
 }
 
 /// Splits big tables into block ranges so that `jobs` workers can share
 /// them; largest pieces first.
-fn plan_chunks(tables: &[Table], jobs: usize) -> Vec<Chunk> {
+fn plan_chunks(
+    tables: &[Table],
+    jobs: usize,
+    builds: &HashMap<(String, String), Arc<EarlyBuild>>,
+) -> Vec<Chunk> {
     let chunk_blocks = chunk_blocks();
     let mut chunks = Vec::new();
     for t in tables {
@@ -559,11 +735,15 @@ fn plan_chunks(tables: &[Table], jobs: usize) -> Vec<Chunk> {
         } else {
             1
         };
+        let left = Arc::new(AtomicUsize::new(n as usize));
+        let build = builds.get(&(t.schema.clone(), t.name.clone())).cloned();
         if n == 1 {
             chunks.push(Chunk {
                 table,
                 blocks: None,
                 est_bytes: t.bytes,
+                left,
+                build,
             });
             continue;
         }
@@ -579,6 +759,8 @@ fn plan_chunks(tables: &[Table], jobs: usize) -> Vec<Chunk> {
                 table: table.clone(),
                 blocks: Some((first, last)),
                 est_bytes: t.bytes / n,
+                left: left.clone(),
+                build: build.clone(),
             });
         }
     }
@@ -700,6 +882,7 @@ async fn copy_chunk(
         rows,
         bytes,
         seconds: started.elapsed().as_secs_f64(),
+        built_with_copy: None,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod cutover;
 pub mod ephemeral;
 pub mod migrate;
 pub mod pg;
+pub(crate) mod post_data;
 pub mod preflight;
 pub mod prepare;
 pub mod replicate;

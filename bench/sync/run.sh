@@ -5,6 +5,8 @@
 #
 #   bash bench/sync/run.sh            # SCALE=50 RUNS=2 by default
 #   SCALE=10 RUNS=1 bash bench/sync/run.sh
+#   SHAPE=two bash bench/sync/run.sh  # a second table as big as pgbench_accounts,
+#                                     # with two indexes, so index builds can overlap copies
 #
 # Needs the PostgreSQL server and client (initdb, pg_ctl, pgbench, pg_dump,
 # pg_restore, psql from `pg_config --bindir`) and cargo. Runs the servers as the
@@ -15,6 +17,7 @@ set -euo pipefail
 SCALE=${SCALE:-50}
 RUNS=${RUNS:-2}
 JOBS=${JOBS:-2}
+SHAPE=${SHAPE:-pgbench}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${SWITCHYARD_PG_BINDIR:-$(pg_config --bindir)}
 WORK=$(mktemp -d /tmp/switchyard-bench-XXXXXX)
@@ -74,6 +77,10 @@ SYNC="$ROOT/target/release/switchyard sync -c $WORK/switchyard.toml"
 echo "pgbench -i -s $SCALE on blue..." >&2
 "$BIN/createdb" -h 127.0.0.1 -p "$BLUE_PORT" -U postgres bench
 "$BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$BLUE_PORT" -U postgres bench >/dev/null 2>&1
+if [ "$SHAPE" = two ]; then
+  "$BIN/psql" -Atq "$BLUE" -c "CREATE TABLE pgbench_accounts_b AS SELECT * FROM pgbench_accounts; \
+    ALTER TABLE pgbench_accounts_b ADD PRIMARY KEY (aid); CREATE INDEX ON pgbench_accounts_b (abalance, bid)"
+fi
 SIZE=$("$BIN/psql" -At "$BLUE" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
 
 fresh_green() {
@@ -141,7 +148,10 @@ check_green() { # the clone is complete: same row count as blue
 }
 
 # count(*) of every pgbench table, run on blue and green at the same time
-COUNTS="SELECT count(*) FROM pgbench_accounts; SELECT count(*) FROM pgbench_branches; SELECT count(*) FROM pgbench_tellers; SELECT count(*) FROM pgbench_history;"
+TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history"
+[ "$SHAPE" = two ] && TABLES+=" pgbench_accounts_b"
+COUNTS=""
+for t in $TABLES; do COUNTS+="SELECT count(*) FROM $t; "; done
 
 clone_switchyard() {
   fresh_green; quiesce
@@ -152,6 +162,11 @@ clone_switchyard() {
   measure count bash -c "'$BIN/psql' -Atq '$BLUE' -c '$COUNTS' >/dev/null & '$BIN/psql' -Atq '$GREEN' -c '$COUNTS' >/dev/null & wait"
   measure switchyard_verify $SYNC --json verify --jobs "$JOBS" >"$WORK/verify.json" \
     || { cat "$WORK/verify.json" >&2; echo "verify failed" >&2; exit 1; }
+}
+clone_baseline() { # SY_BASELINE: another switchyard binary (e.g. the previous commit's), same run
+  fresh_green; quiesce
+  measure baseline_clone "$SY_BASELINE" sync -c "$WORK/switchyard.toml" --json clone --jobs "$JOBS" >/dev/null
+  check_green
 }
 clone_dump_fc() {
   fresh_green; quiesce
@@ -178,7 +193,6 @@ clone_pgcopydb() { # the peer users pick for fast clones, same job counts
 # same indexes and constraints (pg_restore --section=post-data -j$JOBS).
 # No reading from blue at all: what green's server alone needs.
 FLOOR="$WORK/floor"
-TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history"
 prepare_floor() {
   mkdir -p "$FLOOR"; [ "$(id -u)" = 0 ] && chown postgres: "$FLOOR"
   for t in $TABLES; do
@@ -190,7 +204,7 @@ clone_floor() {
   fresh_green; quiesce
   local load="BEGIN; TRUNCATE %s; COPY %s FROM '$FLOOR/%s.bin' WITH (FORMAT binary, FREEZE); COMMIT;"
   local rest="" t
-  for t in pgbench_branches pgbench_tellers pgbench_history; do rest+=$(printf "$load" $t $t $t); done
+  for t in $TABLES; do [ "$t" = pgbench_accounts ] || rest+=$(printf "$load" $t $t $t); done
   measure floor bash -c "'$BIN/pg_restore' --no-owner --section=pre-data -d '$GREEN' '$FLOOR/schema.dump' \
     && { '$BIN/psql' -Atq '$GREEN' -c \"$(printf "$load" pgbench_accounts pgbench_accounts pgbench_accounts)\" & \
          '$BIN/psql' -Atq '$GREEN' -c \"$rest\" & wait; } \
@@ -204,6 +218,7 @@ clone_floor() {
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 prepare_floor
 methods=(clone_switchyard clone_dump_fc clone_dump_fd clone_pgcopydb clone_floor)
+[ -n "${SY_BASELINE:-}" ] && methods+=(clone_baseline)
 n=${#methods[@]}
 for run in $(seq 1 "$RUNS"); do
   echo "run $run/$RUNS (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
@@ -213,9 +228,9 @@ for run in $(seq 1 "$RUNS"); do
 done
 
 ratio() { echo "scale=2; $1 / $2" | bc | sed 's/^\./0./'; }
-OUT="$ROOT/bench/sync/results-$(date -u +%Y-%m-%d).md"
+OUT="$ROOT/bench/sync/results-$(date -u +%Y-%m-%d)-$SHAPE.md"
 {
-  echo "pgbench scale $SCALE ($SIZE on blue), $(nproc) cores, PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), jobs $JOBS, $RUNS runs, load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "pgbench scale $SCALE, shape $SHAPE ($SIZE on blue), $(nproc) cores, PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), jobs $JOBS, $RUNS runs, load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   echo "Wall time: median (best). CPU: median CPU seconds of both servers and the client programs."
   echo
@@ -231,10 +246,12 @@ OUT="$ROOT/bench/sync/results-$(date -u +%Y-%m-%d).md"
   row clone switchyard_clone dump_fd_restore_j "\`pg_dump -Fd -j$JOBS\` + \`pg_restore -j$JOBS\`" "≤ 0.8"
   row clone switchyard_clone pgcopydb "\`pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS\`" "≤ 0.7"
   row clone switchyard_clone floor "floor: binary \`COPY FREEZE\` from server files + post-data -j$JOBS" "≤ 1.2"
+  [ -n "${SY_BASELINE:-}" ] && row clone switchyard_clone baseline_clone "switchyard before (\`$SY_BASELINE\`)" "–"
   row verify switchyard_verify count '`count(*)` of the same tables, blue and green in parallel' "≤ 2"
   echo
   echo "Raw runs (wall s / CPU s):"
-  for k in switchyard_clone dump_fc_restore dump_fd_restore_j pgcopydb floor switchyard_verify count; do
+  for k in switchyard_clone dump_fc_restore dump_fd_restore_j pgcopydb floor baseline_clone switchyard_verify count; do
+    [ -n "${times[$k]:-}" ] || continue
     echo "- $k: wall${times[$k]}; CPU${cpus[$k]}"
   done
 } | tee "$OUT"

@@ -2,7 +2,7 @@
 
 mod support;
 
-use support::{connect, sql, Pair};
+use support::{connect, sql, texts, Pair};
 use switchyard_sync::{run, Command, Output, SyncError};
 
 /// A schema with the awkward cases: numeric, timestamptz, jsonb and json,
@@ -790,9 +790,9 @@ async fn a_green_of_another_encoding_is_refused_and_another_locale_is_warned_abo
 async fn indexes_and_stats(url: &str) -> (Vec<String>, Vec<String>) {
     let c = connect(url).await;
     let filter = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'switchyard') AND n.nspname NOT LIKE 'pg\\_%'";
-    let defs = c
-        .query(
-            &format!(
+    let defs = texts(
+        &c,
+        &format!(
                 "SELECT 'index ' || pg_get_indexdef(i.indexrelid) || ' clustered=' || i.indisclustered \
                         || ' replident=' || i.indisreplident || ' comment=' || coalesce(obj_description(i.indexrelid, 'pg_class'), '') \
                    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -802,29 +802,19 @@ async fn indexes_and_stats(url: &str) -> (Vec<String>, Vec<String>) {
                    FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace \
                   WHERE k.conrelid <> 0 AND {filter} \
                  ORDER BY 1"
-            ),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let unanalysed = c
-        .query(
-            &format!(
+        ),
+    )
+    .await;
+    let unanalysed = texts(
+        &c,
+        &format!(
                 "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                   WHERE c.relkind IN ('r', 'p', 'm') AND {filter} \
                     AND NOT EXISTS (SELECT 1 FROM pg_statistic s WHERE s.starelid = c.oid) \
                   ORDER BY 1"
-            ),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        ),
+    )
+    .await;
     (defs, unanalysed)
 }
 

@@ -8,7 +8,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{connect, lock_table, sql, switchyard_objects, Pair};
+use support::{connect, lock_table, sql, switchyard_objects, texts, Pair};
 use switchyard_config::SyncMode;
 use switchyard_sync::cutover::{self, SwitchError};
 use switchyard_sync::replicate::{self, CatchUp, Direction, ReplicationState};
@@ -409,16 +409,11 @@ async fn a_migration_that_renames_a_published_column_is_refused_before_it_commit
     assert!(e.contains("after cutover"), "{e}");
     // V1 (compatible) was applied; V2 was rolled back and not recorded.
     let green = connect(pair.green()).await;
-    let versions: Vec<String> = green
-        .query(
-            "SELECT version FROM flyway_schema_history ORDER BY installed_rank",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let versions = texts(
+        &green,
+        "SELECT version FROM flyway_schema_history ORDER BY installed_rank",
+    )
+    .await;
     assert_eq!(versions, vec!["1".to_string()]);
     assert_eq!(count(pair.green(), "SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'qty'").await, 1);
 

@@ -83,6 +83,16 @@ pub async fn sql(url: &str, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {}", switchyard_sync::error::pg_message(&e)));
 }
 
+/// The first column of every row `sql` returns, as text.
+pub async fn texts(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", switchyard_sync::error::pg_message(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Takes an ACCESS EXCLUSIVE lock on `table` in the database at `url`
 /// inside an open transaction: held until the client rolls back or is
 /// dropped (e.g. to keep green's apply worker from catching up).

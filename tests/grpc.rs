@@ -683,3 +683,56 @@ async fn more_concurrent_calls_than_one_connection_carries_open_another() {
     }
     assert_eq!(connections.load(SeqCst), opened);
 }
+
+/// An HTTP/2 connection to an upstream that carries no stream for the
+/// pool's `keepalive_timeout` is closed, as idle HTTP/1.1 ones are (a
+/// middlebox that forgot the flow would otherwise hang the next call on
+/// it); the next call opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upstream_connection_idle_past_keepalive_timeout_is_closed() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let open = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    {
+        let (open, accepted) = (open.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                open.fetch_add(1, SeqCst);
+                accepted.fetch_add(1, SeqCst);
+                let open = open.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                    open.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+    }
+    let sy = Switchyard::builder()
+        .blue(upstream)
+        .green(upstream)
+        .pool_extra("protocol = \"h2c\"\nkeepalive_timeout = \"1s\"")
+        .start();
+    assert_eq!(sy.client.get(&sy.url("/")).await.unwrap().text(), "ok");
+    assert_eq!(sy.client.get(&sy.url("/")).await.unwrap().text(), "ok");
+    assert_eq!(accepted.load(SeqCst), 1, "calls share one connection");
+    assert!(
+        eventually(20, async || open.load(SeqCst) == 0).await,
+        "the idle HTTP/2 connection is still open: {} of {}",
+        open.load(SeqCst),
+        accepted.load(SeqCst)
+    );
+    assert_eq!(sy.client.get(&sy.url("/")).await.unwrap().text(), "ok");
+    assert_eq!(
+        accepted.load(SeqCst),
+        2,
+        "a new connection for the next call"
+    );
+}

@@ -219,7 +219,8 @@ pub struct PoolConfig {
     /// is kept for reuse (nginx's upstream `keepalive_timeout`). Keep it
     /// below the upstreams' own idle timeout (Node.js closes after 5 s), so
     /// that a request never goes out on a connection the upstream is
-    /// closing.
+    /// closing. An HTTP/2 connection with no stream for this long is
+    /// closed too.
     #[serde(
         default = "default_keepalive_timeout",
         deserialize_with = "values::positive_duration"

@@ -72,6 +72,9 @@ pub(crate) const H2_STREAMS_PER_CONNECTION: usize = 100;
 pub(crate) struct H2Conn {
     tx: http2::SendRequest<RequestBody>,
     streams: AtomicUsize,
+    /// When its last stream ended ([`clock_ms`]): a connection with no
+    /// stream for `keepalive_timeout` is closed by [`Upstream::sweep_idle`].
+    idle_since_ms: AtomicU64,
 }
 
 /// A stream counted on its HTTP/2 connection until dropped (with the
@@ -80,7 +83,9 @@ pub(crate) struct H2Stream(Arc<H2Conn>);
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
-        self.0.streams.fetch_sub(1, Relaxed);
+        if self.0.streams.fetch_sub(1, Relaxed) == 1 {
+            self.0.idle_since_ms.store(clock_ms(), Relaxed);
+        }
     }
 }
 
@@ -315,6 +320,7 @@ impl Upstream {
         let conn = Arc::new(H2Conn {
             tx: h2.clone(),
             streams: AtomicUsize::new(1),
+            idle_since_ms: AtomicU64::new(clock_ms()),
         });
         // Closed connections leave the list as new ones join it.
         self.h2.rcu(|list| {
@@ -400,7 +406,7 @@ impl Upstream {
         let max_ms = max_idle.as_millis() as u64;
         for _ in 0..self.idle_h1.len() {
             let Some(mut c) = self.idle_h1.pop() else {
-                return;
+                break;
             };
             if now.saturating_sub(c.idle_since_ms) < max_ms && c.usable() {
                 let _ = self.idle_h1.push(c);
@@ -408,11 +414,27 @@ impl Upstream {
         }
         for _ in 0..self.idle.len() {
             let Some((tx, since)) = self.idle.pop() else {
-                return;
+                break;
             };
             if now.saturating_sub(since) < max_ms && !tx.is_closed() {
                 let _ = self.idle.push((tx, since));
             }
+        }
+        // HTTP/2 connections with no stream for that long leave the list;
+        // hyper closes one when its last handle is gone (a request that
+        // took a stream on it just now still holds one and finishes).
+        let stale = |c: &Arc<H2Conn>| {
+            c.tx.is_closed()
+                || (c.streams.load(Relaxed) == 0
+                    && now.saturating_sub(c.idle_since_ms.load(Relaxed)) >= max_ms)
+        };
+        if self.h2.load().iter().any(stale) {
+            self.h2.rcu(|list| {
+                list.iter()
+                    .filter(|c| !stale(c))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            });
         }
     }
 

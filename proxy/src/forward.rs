@@ -32,7 +32,9 @@ use crate::{Colour, Routing, Shared};
 pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     pub forwarded_for: HeaderValue,
-    pub proto: HeaderValue,
+    /// Whether the client connected over TLS (`X-Forwarded-Proto`). A flag,
+    /// not a header value: every idle connection holds this struct.
+    tls: bool,
     /// Requests being answered, for the connection's idle timeout.
     activity: Activity,
 }
@@ -43,9 +45,16 @@ impl ConnInfo {
             peer,
             forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
-            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            tls,
             activity: Activity::default(),
         }
+    }
+}
+
+impl ConnInfo {
+    /// The `X-Forwarded-Proto` value (a static string, no allocation).
+    pub(crate) fn proto(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.tls { "https" } else { "http" })
     }
 }
 
@@ -339,7 +348,7 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) 
         req.headers_mut()
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    add_forwarded(req.headers_mut(), &conn.forwarded_for, &conn.proto);
+    add_forwarded(req.headers_mut(), &conn.forwarded_for, &conn.proto());
 }
 
 fn join_cookies(headers: &mut http::HeaderMap) {

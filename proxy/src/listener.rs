@@ -524,10 +524,9 @@ where
     F: Fn() -> S,
     S: hyper::service::HttpService<hyper::body::Incoming> + 'static,
     S::Error: Into<BoxError>,
-    S::ResBody: 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<BoxError>,
     S::Future: 'static,
-    S::ResBody: Send,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<BoxError>,
     <S::ResBody as hyper::body::Body>::Data: Send,
 {
     let mut conn = builders

@@ -34,7 +34,7 @@ use crate::{roles, state, workers, Output};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -381,27 +381,51 @@ async fn clone_in(
             .map(|()| path)
     };
     let list = write_list("schema.list".into(), &kept)?;
+    let restore = |section: &str, list: &std::path::Path, jobs: usize| {
+        let mut args = vec![format!("--section={section}")];
+        if !copy_roles {
+            args.push("--no-owner".into());
+            args.push("--no-privileges".into());
+        }
+        args.extend([
+            "--exit-on-error".to_string(),
+            format!("--use-list={}", list.display()),
+            format!("--dbname={}", green_conn.conninfo),
+        ]);
+        if jobs > 1 {
+            args.push(format!("--jobs={jobs}"));
+        } else {
+            args.push("--single-transaction".into());
+        }
+        args.push(dump.display().to_string());
+        args
+    };
     // The indexes and constraints of big tables are built as soon as their
     // own copy ends; the final post-data pass restores everything else.
     let threshold = post_data::early_build_bytes();
-    let eligible: HashSet<(String, String)> = tables
+    let eligible: HashMap<(String, String), &Table> = tables
         .iter()
         .filter(|t| t.bytes >= threshold)
-        .map(|t| (t.schema.clone(), t.name.clone()))
+        .map(|t| ((t.schema.clone(), t.name.clone()), t))
         .collect();
-    let split = if eligible.is_empty() {
-        post_data::Split {
-            rest: kept.clone(),
-            ..Default::default()
-        }
+    let objects = if eligible.is_empty() {
+        HashMap::new()
     } else {
-        post_data::split(&kept, &post_data::own_objects(&blue).await?, &eligible)
+        post_data::own_objects(&blue).await?
     };
+    let split = post_data::split(&kept, &objects, |t| eligible.contains_key(t));
     let rest_list = write_list("post-data.list".into(), &split.rest)?;
-    let mut early_lists = HashMap::new();
-    for (i, (table, lines)) in split.per_table.into_iter().enumerate() {
+    let mut builds = HashMap::new();
+    for (i, (key, lines)) in split.per_table.into_iter().enumerate() {
         let path = write_list(format!("early-{i}.list"), &lines)?;
-        early_lists.insert(table, (path, lines.len()));
+        let t = eligible[&key];
+        let build = EarlyBuild {
+            what: format!("building the indexes of {} in green", t.display()),
+            table: t.display(),
+            table_sql: t.sql(),
+            args: restore("post-data", &path, jobs.min(lines.len())),
+        };
+        builds.insert(key, Arc::new(build));
     }
 
     // Everything on blue checked out: now green may change.
@@ -423,25 +447,6 @@ async fn clone_in(
     .await?;
     *record = Some(id);
 
-    let restore = |section: &str, list: &std::path::Path, jobs: usize| {
-        let mut args = vec![format!("--section={section}")];
-        if !copy_roles {
-            args.push("--no-owner".into());
-            args.push("--no-privileges".into());
-        }
-        args.extend([
-            "--exit-on-error".to_string(),
-            format!("--use-list={}", list.display()),
-            format!("--dbname={}", green_conn.conninfo),
-        ]);
-        if jobs > 1 {
-            args.push(format!("--jobs={jobs}"));
-        } else {
-            args.push("--single-transaction".into());
-        }
-        args.push(dump.display().to_string());
-        args
-    };
     pg::run_tool(
         "pg_restore",
         "creating tables in green (pre-data)",
@@ -455,21 +460,6 @@ async fn clone_in(
     state::mark_clone(green, id, "running", Some("copy"), None).await?;
     let total: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = Arc::new(Progress::new(output, "clone", total.max(0) as u64));
-    let builds: HashMap<(String, String), Arc<EarlyBuild>> = early_lists
-        .into_iter()
-        .filter_map(|(key, (path, entries))| {
-            let t = tables
-                .iter()
-                .find(|t| (&t.schema, &t.name) == (&key.0, &key.1))?;
-            let build = EarlyBuild {
-                what: format!("building the indexes of {} in green", t.display()),
-                table: t.display(),
-                table_sql: t.sql(),
-                args: restore("post-data", &path, jobs.min(entries)),
-            };
-            Some((key, Arc::new(build)))
-        })
-        .collect();
     let chunks = plan_chunks(&tables, jobs, &builds);
     let (blue_url, green_url, snap) = (db.blue.clone(), db.green.clone(), snapshot.clone());
     let bars = progress.clone();

@@ -64,6 +64,17 @@ pub(crate) struct ClientBodyError {
     what: String,
 }
 
+impl ClientBodyError {
+    /// A body whose framing breaks its own promise (longer or shorter than
+    /// its `Content-Length`).
+    pub(crate) fn malformed(what: &str) -> ClientBodyError {
+        ClientBodyError {
+            fault: ClientFault::Malformed,
+            what: what.to_string(),
+        }
+    }
+}
+
 /// Shared by a request body and its response: whether the client broke the
 /// request body. Allocated only for requests that have a body.
 #[derive(Default)]

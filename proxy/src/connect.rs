@@ -86,6 +86,22 @@ impl Link {
         .await
     }
 
+    /// Opens a connection to `addr` for switchyard's own HTTP/1.1 client
+    /// ([`crate::h1`]), over TLS when the pool has it. `timeout` bounds the
+    /// TCP connect and the TLS handshake.
+    pub(crate) async fn connect_h1(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<crate::h1::Io, ConnectError> {
+        let stream = connect_tcp(addr, timeout).await?;
+        let Some((connector, name)) = &self.tls else {
+            return Ok(crate::h1::Io::Tcp(stream));
+        };
+        let tls = tls_handshake(connector, name, stream, addr, timeout).await?;
+        Ok(crate::h1::Io::Tls(Box::new(tls)))
+    }
+
     /// Opens a connection to `addr` and runs the protocol's handshake; the
     /// connection's own task is spawned on the current runtime. `timeout`
     /// bounds the TCP connect and the TLS handshake.

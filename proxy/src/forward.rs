@@ -496,6 +496,7 @@ async fn forward(
     let mut attempts_left = routing.settings.retries + 1;
     let mut stale_retries = 0;
     let mut last_connect_error = None;
+    let bodiless = req.body().is_end_stream();
     loop {
         attempts_left -= 1;
         let up = match pool.pick(avoid.as_ref()) {
@@ -506,9 +507,9 @@ async fn forward(
                 return Err((failure, Some(req), tally));
             }
         };
-        // Bodiless requests to plain HTTP/1.1 upstreams go over the own
-        // client (no connection task); the rest over hyper's.
-        let own = up.owns_h1() && req.body().is_end_stream();
+        // HTTP/1.1 upstreams go over the own client (no connection task);
+        // HTTP/2 ones over hyper's.
+        let own = up.owns_h1();
         let checkout = if own {
             up.checkout_h1(routing.settings.connect_timeout, routing.settings.ejection)
                 .await
@@ -545,7 +546,7 @@ async fn forward(
                 }
                 up.begin();
                 let sent =
-                    tokio::time::timeout(routing.settings.upstream_timeout, c.send(&req, &up))
+                    tokio::time::timeout(routing.settings.upstream_timeout, c.send(&mut req, &up))
                         .await;
                 up.end();
                 match sent {
@@ -562,7 +563,7 @@ async fn forward(
                             body,
                             Release::Nothing,
                             tally,
-                            None,
+                            client_fault_cell,
                             started,
                             false,
                         );
@@ -573,13 +574,18 @@ async fn forward(
                         // upstream whole, or a bodiless idempotent one that
                         // went unanswered on a reused connection, is sent
                         // again on a fresh one.
+                        // (A request whose body was taken cannot be.)
                         let again = reused
                             && stale_retries < 3
+                            && bodiless
                             && match e {
                                 h1::SendError::Write(_) => true,
                                 h1::SendError::ClosedBeforeResponse => is_idempotent(req.method()),
-                                h1::SendError::Response(_) => false,
+                                h1::SendError::Response(_) | h1::SendError::Client(_) => false,
                             };
+                        if let h1::SendError::Client(c) = e {
+                            return Err((Failure::Client(c.fault, c.to_string()), None, tally));
+                        }
                         if !again {
                             tracing::warn!(colour = %colour, upstream = %up.name, error = %e, "upstream failed before answering");
                             return Err((Failure::Send(e.to_string()), None, tally));

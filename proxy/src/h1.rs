@@ -1,11 +1,17 @@
-//! The upstream side of HTTP/1.1, owned: a bodiless request written and its
-//! response parsed straight on the request's own task, with no connection
-//! task and no channel between them (hyper's client dispatch costs two
-//! cross-task wake-ups per request; see `bench/README.md`).
+//! The upstream side of HTTP/1.1, owned: a request written and its response
+//! parsed straight on the request's own task, with no connection task and
+//! no channel between them (hyper's client dispatch costs two cross-task
+//! wake-ups per request; see `bench/README.md`).
 //!
-//! Used for plain-TCP `protocol = "http1"` pools and requests without a
-//! body, which is most of them (GET, HEAD, DELETE, bodiless POST). Requests
-//! with a body, TLS upstreams and upgrades go through hyper's client.
+//! Used for every `protocol = "http1"` pool, plain TCP or TLS, for every
+//! request but protocol upgrades (WebSocket), which keep hyper's client for
+//! its upgrade machinery. A request body is streamed as it arrives
+//! (`Content-Length` when the client gave one, else chunked, with the
+//! client's trailers), and the upstream is read while it is written: an
+//! upstream may answer before it has read the whole body (a `413`, or an
+//! echo that streams back), and the rest of the body is then sent while the
+//! response is read. A connection is reused only if both messages ended
+//! cleanly.
 //!
 //! Parsing is strict where the upstream's framing would otherwise be
 //! ambiguous, because a proxy that reads a response differently from the
@@ -37,9 +43,10 @@ use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::body::{ClientBodyError, RequestBody};
 use crate::pool::Upstream;
 
 /// Most header fields a response head may have.
@@ -48,6 +55,10 @@ pub(crate) const MAX_HEADERS: usize = 100;
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Longest chunk-size line (with extensions).
 const MAX_CHUNK_LINE: usize = 4096;
+/// Request body frames up to this size are copied into the write buffer
+/// (with the head, or with their chunk framing) so that they go out in one
+/// system call; larger ones are written from their own buffer.
+const COPY_MAX: usize = 16 * 1024;
 /// Read size when the buffer needs room.
 const READ_CHUNK: usize = 16 * 1024;
 /// Largest read of a body whose length is known: fewer reads and fewer
@@ -56,13 +67,68 @@ const MAX_READ: usize = 256 * 1024;
 
 /// A keep-alive HTTP/1.1 connection to one upstream.
 pub(crate) struct H1Conn {
-    io: TcpStream,
+    io: Io,
     /// Bytes read and not yet consumed.
     read: BytesMut,
-    /// The request head being written (its allocation is kept).
+    /// Bytes to write: the request head, small body frames and chunk
+    /// framing (its allocation is kept between requests).
     write: Vec<u8>,
+    /// How much of `write` is written.
+    written: usize,
     /// When it last went idle, in [`crate::pool::clock_ms`] milliseconds.
     pub(crate) idle_since_ms: u64,
+}
+
+/// The socket under an own-client connection.
+pub(crate) enum Io {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl From<TcpStream> for Io {
+    fn from(s: TcpStream) -> Io {
+        Io::Tcp(s)
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// The response head arrived but frames its message ambiguously or
@@ -74,13 +140,16 @@ pub(crate) struct Malformed(pub &'static str);
 /// Why a request got no response head.
 #[derive(Debug)]
 pub(crate) enum SendError {
-    /// Writing the request failed: it never reached the upstream whole, so
-    /// it may be sent again whatever its method.
+    /// Writing a bodiless request failed: it never reached the upstream
+    /// whole, so it may be sent again whatever its method.
     Write(std::io::Error),
     /// The connection closed (or reset) before any byte of a response: on
     /// a reused connection, the upstream's keep-alive close racing the
-    /// request; idempotent requests may be sent again.
+    /// request; idempotent bodiless requests may be sent again.
     ClosedBeforeResponse,
+    /// The client's request body broke (or was too large, or too slow)
+    /// before the response head: the client's fault, not the upstream's.
+    Client(ClientBodyError),
     /// A read failed mid-head, or the head was refused.
     Response(String),
 }
@@ -92,17 +161,19 @@ impl std::fmt::Display for SendError {
             SendError::ClosedBeforeResponse => {
                 f.write_str("the connection closed before a response")
             }
+            SendError::Client(e) => write!(f, "{e}"),
             SendError::Response(e) => f.write_str(e),
         }
     }
 }
 
 impl H1Conn {
-    pub(crate) fn new(io: TcpStream) -> H1Conn {
+    pub(crate) fn new(io: impl Into<Io>) -> H1Conn {
         H1Conn {
-            io,
+            io: io.into(),
             read: BytesMut::new(),
             write: Vec::new(),
+            written: 0,
             idle_since_ms: 0,
         }
     }
@@ -111,64 +182,312 @@ impl H1Conn {
     /// upstream closed it or sent bytes unasked (a late `408`, say, which
     /// would otherwise be read as the answer to the next request). Costs no
     /// system call when the reactor saw nothing since the last read drained
-    /// the socket (tokio clears readiness on a short read).
+    /// the socket (tokio clears readiness on a short read). Over TLS the
+    /// stream is polled once: records that carry no data (a session
+    /// ticket) are taken in and leave it usable; data or a close do not.
     pub(crate) fn usable(&mut self) -> bool {
         if !self.read.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-
-    /// Writes `req`'s head (it has no body) and reads the response head,
-    /// skipping interim (1xx) responses. The body comes with the head as an
-    /// [`H1Body`], which gives the connection back to `up` once the body has
-    /// been read to its end and the upstream allows reuse.
-    pub(crate) async fn send<B>(
-        mut self: Box<Self>,
-        req: &Request<B>,
-        up: &Arc<Upstream>,
-    ) -> Result<(http::response::Parts, H1Body), SendError> {
-        encode_head(&mut self.write, req);
-        self.io
-            .write_all(&self.write)
-            .await
-            .map_err(SendError::Write)?;
-        let head_only = req.method() == Method::HEAD;
-        let mut got_any = false;
-        loop {
-            match parse_head(&mut self.read, head_only) {
-                Ok(Some(Parsed::Interim)) => {
-                    got_any = true;
-                    continue;
-                }
-                Ok(Some(Parsed::Final(parts, framing, keep_alive))) => {
-                    let body = H1Body::new(self, framing, keep_alive, up.clone());
-                    return Ok((parts, body));
-                }
-                Ok(None) => {}
-                Err(m) => return Err(SendError::Response(m.0.to_string())),
+        match &mut self.io {
+            Io::Tcp(s) => {
+                matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             }
-            if self.read.len() >= MAX_HEAD {
-                return Err(SendError::Response(format!(
-                    "the response head is larger than {MAX_HEAD} bytes"
-                )));
-            }
-            got_any |= !self.read.is_empty();
-            self.read.reserve(READ_CHUNK);
-            match tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.read).await {
-                Ok(0) if !got_any => return Err(SendError::ClosedBeforeResponse),
-                Ok(0) => {
-                    return Err(SendError::Response(
-                        "the connection closed in the middle of the response head".into(),
-                    ))
-                }
-                Ok(_) => {}
-                Err(e) if !got_any && is_reset(&e) => return Err(SendError::ClosedBeforeResponse),
-                Err(e) => return Err(SendError::Response(format!("reading the response: {e}"))),
+            Io::Tls(s) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut buf = ReadBuf::new(&mut probe);
+                Pin::new(&mut **s).poll_read(&mut cx, &mut buf).is_pending()
             }
         }
     }
+
+    /// Writes `req` (taking its body, if it has one) and reads the response
+    /// head, skipping interim (1xx) responses; the body is streamed while
+    /// the upstream is read. The response body comes with the head as an
+    /// [`H1Body`], which sends whatever is left of the request body, and
+    /// gives the connection back to `up` once both messages have ended and
+    /// the upstream allows reuse.
+    pub(crate) async fn send(
+        mut self: Box<Self>,
+        req: &mut Request<RequestBody>,
+        up: &Arc<Upstream>,
+    ) -> Result<(http::response::Parts, H1Body), SendError> {
+        let mut upload = Upload::for_request(req);
+        encode_head(
+            &mut self.write,
+            req,
+            upload.as_ref().is_some_and(|u| u.chunked),
+        );
+        self.written = 0;
+        let head_only = req.method() == Method::HEAD;
+        let mut got_any = false;
+        let mut writing = true;
+        let mut write_failed = false;
+        let parsed = std::future::poll_fn(|cx| {
+            let c = &mut *self;
+            if writing {
+                match c.poll_write_request(upload.as_deref_mut(), cx) {
+                    Poll::Ready(Ok(())) => {
+                        writing = false;
+                        upload = None;
+                    }
+                    Poll::Ready(Err(UploadError::Client(e))) => {
+                        return Poll::Ready(Err(SendError::Client(e)))
+                    }
+                    Poll::Ready(Err(UploadError::Write(e))) => {
+                        if upload.is_none() {
+                            return Poll::Ready(Err(SendError::Write(e)));
+                        }
+                        // The upstream may have answered (a 413) and
+                        // stopped reading: read on for its response.
+                        writing = false;
+                        write_failed = true;
+                        upload = None;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            loop {
+                match parse_head(&mut c.read, head_only) {
+                    Ok(Some(Parsed::Interim)) => {
+                        got_any = true;
+                        continue;
+                    }
+                    Ok(Some(Parsed::Final(parts, framing, keep_alive))) => {
+                        return Poll::Ready(Ok((parts, framing, keep_alive)))
+                    }
+                    Ok(None) => {}
+                    Err(m) => return Poll::Ready(Err(SendError::Response(m.0.to_string()))),
+                }
+                if c.read.len() >= MAX_HEAD {
+                    return Poll::Ready(Err(SendError::Response(format!(
+                        "the response head is larger than {MAX_HEAD} bytes"
+                    ))));
+                }
+                got_any |= !c.read.is_empty();
+                c.read.reserve(READ_CHUNK);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut c.io), cx, &mut c.read) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) if !got_any => {
+                        return Poll::Ready(Err(SendError::ClosedBeforeResponse))
+                    }
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(SendError::Response(
+                            "the connection closed in the middle of the response head".into(),
+                        )))
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) if !got_any && is_reset(&e) => {
+                        return Poll::Ready(Err(SendError::ClosedBeforeResponse))
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(SendError::Response(format!(
+                            "reading the response: {e}"
+                        ))))
+                    }
+                }
+            }
+        })
+        .await;
+        let (parts, framing, keep_alive) = parsed?;
+        let keep_alive = keep_alive && !write_failed;
+        let body = H1Body::new(self, framing, keep_alive, upload, up.clone());
+        Ok((parts, body))
+    }
+
+    /// Writes what is buffered and then the request body as it arrives:
+    /// `Ready(Ok)` once the whole request is written, `Pending` while the
+    /// socket is full or the client has sent nothing more yet.
+    fn poll_write_request(
+        &mut self,
+        mut upload: Option<&mut Upload>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), UploadError>> {
+        loop {
+            // Small body frames join what is already buffered (the head, at
+            // first), so that a small request goes out in one write.
+            let mut body_pending = false;
+            if let Some(u) = upload.as_deref_mut() {
+                if u.big.is_none() && !u.ended {
+                    match u.fill(&mut self.write, cx) {
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(UploadError::Client(e))),
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Pending => body_pending = true,
+                    }
+                }
+            }
+            while self.written < self.write.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(UploadError::Write(
+                            std::io::ErrorKind::WriteZero.into(),
+                        )))
+                    }
+                    Poll::Ready(Ok(n)) => self.written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(UploadError::Write(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.write.clear();
+            self.written = 0;
+            let Some(u) = upload.as_deref_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            if let Some(big) = u.big.as_mut() {
+                while !big.is_empty() {
+                    match Pin::new(&mut self.io).poll_write(cx, big) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(UploadError::Write(
+                                std::io::ErrorKind::WriteZero.into(),
+                            )))
+                        }
+                        Poll::Ready(Ok(n)) => big.advance(n),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(UploadError::Write(e))),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                u.big = None;
+                if u.chunked {
+                    self.write.extend_from_slice(b"\r\n");
+                }
+                continue;
+            }
+            if u.ended {
+                return Poll::Ready(Ok(()));
+            }
+            if body_pending {
+                // Everything buffered is written; the client's body wakes
+                // this task when it has more.
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// Why writing a request body stopped.
+enum UploadError {
+    Client(ClientBodyError),
+    Write(std::io::Error),
+}
+
+/// A request body being sent: its framing and what is left of it.
+pub(crate) struct Upload {
+    body: RequestBody,
+    /// Chunked (the client gave no `Content-Length`).
+    chunked: bool,
+    /// With `Content-Length`, how many bytes are still to come.
+    left: u64,
+    /// A large frame being written from its own buffer.
+    big: Option<Bytes>,
+    /// The body's last frame is buffered (for chunked, the last chunk and
+    /// the trailers too).
+    ended: bool,
+}
+
+impl Upload {
+    /// The upload of `req`'s body, taken out of it; `None` for a bodiless
+    /// request.
+    fn for_request(req: &mut Request<RequestBody>) -> Option<Box<Upload>> {
+        if req.body().is_end_stream() {
+            return None;
+        }
+        let length = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
+        Some(Box::new(Upload {
+            body,
+            chunked: length.is_none(),
+            left: length.unwrap_or(0),
+            big: None,
+            ended: false,
+        }))
+    }
+
+    /// Moves the body's frames that are ready into `out` (framed), until a
+    /// large one (kept in `big`), the end, or [`COPY_MAX`] bytes buffered.
+    /// `Pending` only says that no more frames are ready now.
+    fn fill(
+        &mut self,
+        out: &mut Vec<u8>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ClientBodyError>> {
+        while out.len() < COPY_MAX {
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => {
+                    if self.chunked {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                    } else if self.left != 0 {
+                        return Poll::Ready(Err(ClientBodyError::malformed(
+                            "the request body ended before its Content-Length",
+                        )));
+                    }
+                    self.ended = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Some(Ok(f))) => f,
+            };
+            let data = match frame.into_data() {
+                Ok(d) => d,
+                Err(f) => {
+                    // Trailers end the body; they go out only in chunked
+                    // framing (there is nowhere to put them otherwise).
+                    if let (Ok(t), true) = (f.into_trailers(), self.chunked) {
+                        out.extend_from_slice(b"0\r\n");
+                        encode_fields(out, &t);
+                        out.extend_from_slice(b"\r\n");
+                        self.ended = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    continue;
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if !self.chunked {
+                if data.len() as u64 > self.left {
+                    return Poll::Ready(Err(ClientBodyError::malformed(
+                        "the request body is longer than its Content-Length",
+                    )));
+                }
+                self.left -= data.len() as u64;
+            } else {
+                push_hex_line(out, data.len());
+            }
+            if data.len() > COPY_MAX {
+                self.big = Some(data);
+                return Poll::Ready(Ok(()));
+            }
+            out.extend_from_slice(&data);
+            if self.chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A chunk-size line: `n` in hexadecimal and CRLF.
+fn push_hex_line(out: &mut Vec<u8>, n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn is_reset(e: &std::io::Error) -> bool {
@@ -180,9 +499,10 @@ fn is_reset(e: &std::io::Error) -> bool {
     )
 }
 
-/// The request line and fields of a bodiless request. `Transfer-Encoding`
-/// never goes out (there is no body to encode).
-fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
+/// The request line and fields. The client's `Transfer-Encoding` never
+/// goes out as it came: with `chunked` the body is sent chunked (and says
+/// so), otherwise it has a `Content-Length` or no body.
+fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>, chunked: bool) {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -193,7 +513,16 @@ fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
+    encode_fields(out, req.headers());
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Header fields as `name: value` lines, without `Transfer-Encoding`.
+fn encode_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
         if name == header::TRANSFER_ENCODING {
             continue;
         }
@@ -202,7 +531,6 @@ fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// How a response's body is delimited.
@@ -386,6 +714,9 @@ enum State {
 /// A response body read from an [`H1Conn`] by whoever polls it.
 pub(crate) struct H1Body {
     conn: Option<Box<H1Conn>>,
+    /// What is left of the request body when the upstream answered before
+    /// reading all of it: sent as the response is read.
+    upload: Option<Box<Upload>>,
     state: State,
     keep_alive: bool,
     up: Arc<Upstream>,
@@ -394,7 +725,13 @@ pub(crate) struct H1Body {
 }
 
 impl H1Body {
-    fn new(conn: Box<H1Conn>, framing: Framing, keep_alive: bool, up: Arc<Upstream>) -> H1Body {
+    fn new(
+        conn: Box<H1Conn>,
+        framing: Framing,
+        keep_alive: bool,
+        upload: Option<Box<Upload>>,
+        up: Arc<Upstream>,
+    ) -> H1Body {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Length(n),
@@ -403,6 +740,7 @@ impl H1Body {
         };
         let mut body = H1Body {
             conn: Some(conn),
+            upload,
             state,
             keep_alive,
             up,
@@ -424,11 +762,14 @@ impl H1Body {
     }
 
     /// The body is complete: the connection goes back to the idle stack if
-    /// the upstream allows it and sent nothing beyond the response.
+    /// the upstream allows it, sent nothing beyond the response, and the
+    /// request body was sent whole (a connection with a request half sent
+    /// is closed, and the rest of the client's body is dropped).
     fn finish(&mut self) {
         self.state = State::Done;
+        let sent_whole = self.upload.take().is_none();
         if let Some(mut c) = self.conn.take() {
-            if self.keep_alive && c.read.is_empty() {
+            if self.keep_alive && sent_whole && c.read.is_empty() {
                 // An idle connection holds no read buffer (the response's
                 // head and body may still share this one anyway).
                 c.read = BytesMut::new();
@@ -441,6 +782,7 @@ impl H1Body {
     fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
         self.state = State::Done;
         self.conn = None;
+        self.upload = None;
         Poll::Ready(Some(Err(why.into())))
     }
 }
@@ -513,6 +855,19 @@ impl Body for H1Body {
         let this = self.get_mut();
         if let Some(b) = this.whole.take() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        if let (Some(u), Some(c)) = (this.upload.as_deref_mut(), this.conn.as_deref_mut()) {
+            match c.poll_write_request(Some(u), cx) {
+                Poll::Ready(Ok(())) => this.upload = None,
+                // The upstream stopped reading: read the rest of its
+                // answer, and then close the connection.
+                Poll::Ready(Err(UploadError::Write(_))) => {
+                    this.upload = None;
+                    this.keep_alive = false;
+                }
+                Poll::Ready(Err(UploadError::Client(e))) => return this.fail(e.to_string()),
+                Poll::Pending => {}
+            }
         }
         loop {
             let Some(c) = this.conn.as_mut() else {
@@ -748,7 +1103,7 @@ mod tests {
             .body(())
             .unwrap();
         let mut out = Vec::new();
-        encode_head(&mut out, &req);
+        encode_head(&mut out, &req, false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "DELETE /a?b=1 HTTP/1.1\r\nhost: app\r\nx-two: 1\r\nx-two: 2\r\n\r\n"

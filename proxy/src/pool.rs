@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use switchyard_config::{HealthConfig, PoolConfig, UpstreamProtocol, UpstreamTls};
 
 use crate::body::RequestBody;
-use crate::connect::{connect_tcp, tls_connector, Link, Sender};
+use crate::connect::{tls_connector, Link, Sender};
 use crate::h1::H1Conn;
 use crate::{Colour, ProxyError};
 
@@ -356,10 +356,10 @@ impl Upstream {
         None
     }
 
-    /// Whether bodiless requests go over switchyard's own HTTP/1.1 client
-    /// ([`crate::h1`]): plain-TCP `http1` pools.
+    /// Whether requests go over switchyard's own HTTP/1.1 client
+    /// ([`crate::h1`]): `http1` pools, over TCP or TLS.
     pub(crate) fn owns_h1(&self) -> bool {
-        self.link.protocol == UpstreamProtocol::Http1 && !self.link.is_tls()
+        self.link.protocol == UpstreamProtocol::Http1
     }
 
     /// An idle connection of the own HTTP/1.1 client, or a new one; the
@@ -375,7 +375,10 @@ impl Upstream {
             }
         }
         let io = self
-            .open(Box::pin(connect_tcp(self.addr, connect_timeout)), ejection)
+            .open(
+                Box::pin(self.link.connect_h1(self.addr, connect_timeout)),
+                ejection,
+            )
             .await?;
         Ok((Box::new(H1Conn::new(io)), false))
     }

@@ -268,7 +268,7 @@ async fn websocket_to_an_upstream_over_tls_passes_through() {
 
 /// `keepalive_timeout` (nginx's upstream setting): an idle connection to an
 /// upstream is reused within it and never after it, for bodiless requests
-/// (switchyard's own client) and requests with a body (hyper's) alike, so a
+/// and requests with a body alike, so a
 /// pool can stay below an upstream that closes idle connections early
 /// (Node.js after 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,6 @@
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
@@ -24,7 +23,6 @@ use tokio::time::Sleep;
 use crate::access::AccessLine;
 use crate::conn::ActiveGuard;
 use crate::forward::ConnInfo;
-use crate::pool::Upstream;
 use crate::stats::Outcome;
 use crate::{Colour, Shared};
 
@@ -297,8 +295,8 @@ enum Kind {
     Full(Option<Bytes>),
 }
 
-/// Where an upstream's response body arrives from: hyper's client, or
-/// switchyard's own HTTP/1.1 client ([`crate::h1`]).
+/// Where an upstream's response body arrives from: hyper's client (HTTP/2
+/// pools, upgrades), or switchyard's own HTTP/1.1 client ([`crate::h1`]).
 pub(crate) enum UpstreamStream {
     Hyper(Incoming),
     H1(crate::h1::H1Body),
@@ -349,9 +347,6 @@ impl Body for UpstreamStream {
 pub(crate) enum Release {
     /// Nothing (switchyard's own client returns its connection itself).
     Nothing,
-    /// A hyper HTTP/1.1 connection, returned to the pool once the body
-    /// has been read to its end (dropped if it breaks off).
-    H1(SendRequest<RequestBody>, Arc<Upstream>),
     /// A stream of a shared HTTP/2 connection, counted until the body ends
     /// (held for its `Drop`).
     H2 { _stream: crate::pool::H2Stream },
@@ -374,9 +369,7 @@ struct UpstreamBody {
 
 impl UpstreamBody {
     fn complete(&mut self) {
-        if let Release::H1(tx, up) = std::mem::replace(&mut self.conn, Release::Nothing) {
-            up.checkin(tx);
-        }
+        self.conn = Release::Nothing;
         if let Some((tally, outcome)) = self.tally.take() {
             tally.finish(outcome);
         }

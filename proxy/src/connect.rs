@@ -1,7 +1,9 @@
 //! Opening connections to upstreams: TCP with `TCP_NODELAY`, TLS when the
-//! pool has `tls` (rustls, the pool's CA file, SNI), then the handshake of
-//! the pool's `protocol`: an HTTP/1.1 connection that carries one request
-//! at a time, or an HTTP/2 connection that carries many at once.
+//! pool has `tls` (rustls, the pool's CA file, SNI), then for `http1` the
+//! socket goes to switchyard's own client ([`crate::h1`]), and for `h2c` and
+//! `h2` hyper's HTTP/2 handshake gives a connection that carries many
+//! requests at once. Upgrades (WebSocket) get a dedicated hyper HTTP/1.1
+//! connection of their own.
 
 use hyper::body::Body;
 use hyper::client::conn::{http1, http2};
@@ -22,14 +24,6 @@ use crate::pool::ConnectError;
 pub(crate) struct Link {
     pub protocol: UpstreamProtocol,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-}
-
-/// A connection ready to send requests, of either protocol.
-pub(crate) enum Sender<B> {
-    /// One request at a time; back to the idle stack after each response.
-    H1(http1::SendRequest<B>),
-    /// Many streams at once; shared by every request to the upstream.
-    H2(http2::SendRequest<B>),
 }
 
 impl Link {
@@ -62,9 +56,10 @@ impl Link {
         self.tls.is_some()
     }
 
-    /// Opens a dedicated HTTP/1.1 connection to `addr`, over TLS when the
-    /// pool has it, whose task allows protocol upgrades (WebSocket): the
-    /// request that may upgrade it goes on the returned sender.
+    /// Opens a dedicated hyper HTTP/1.1 connection to `addr`, over TLS when
+    /// the pool has it, whose task allows protocol upgrades (WebSocket): the
+    /// request that may upgrade it goes on the returned sender. Health
+    /// checks of `http1` pools use one too (closed after the check).
     pub(crate) async fn connect_upgradable<B>(
         &self,
         addr: SocketAddr,
@@ -102,14 +97,15 @@ impl Link {
         Ok(crate::h1::Io::Tls(Box::new(tls)))
     }
 
-    /// Opens a connection to `addr` and runs the protocol's handshake; the
-    /// connection's own task is spawned on the current runtime. `timeout`
-    /// bounds the TCP connect and the TLS handshake.
-    pub(crate) async fn connect<B>(
+    /// Opens an HTTP/2 connection to `addr` (`protocol = "h2c"` or `"h2"`,
+    /// the latter over TLS with ALPN `h2`); the connection's own task is
+    /// spawned on the current runtime. `timeout` bounds the TCP connect and
+    /// the TLS handshake.
+    pub(crate) async fn connect_h2<B>(
         &self,
         addr: SocketAddr,
         timeout: Duration,
-    ) -> Result<Sender<B>, ConnectError>
+    ) -> Result<http2::SendRequest<B>, ConnectError>
     where
         B: Body + Send + Unpin + 'static,
         B::Data: Send,
@@ -117,10 +113,10 @@ impl Link {
     {
         let stream = connect_tcp(addr, timeout).await?;
         let Some((connector, name)) = &self.tls else {
-            return handshake(self.protocol, stream, addr).await;
+            return handshake_h2(stream, addr).await;
         };
         let tls = tls_handshake(connector, name, stream, addr, timeout).await?;
-        if self.protocol.is_h2() && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(ConnectError::Tls {
                 addr,
                 source: std::io::Error::other(
@@ -128,7 +124,7 @@ impl Link {
                 ),
             });
         }
-        handshake(self.protocol, tls, addr).await
+        handshake_h2(tls, addr).await
     }
 }
 
@@ -201,46 +197,28 @@ where
     Ok(tx)
 }
 
-async fn handshake<T, B>(
-    protocol: UpstreamProtocol,
-    io: T,
-    addr: SocketAddr,
-) -> Result<Sender<B>, ConnectError>
+async fn handshake_h2<T, B>(io: T, addr: SocketAddr) -> Result<http2::SendRequest<B>, ConnectError>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let fail = |source| ConnectError::Handshake { addr, source };
-    if protocol.is_h2() {
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            // A dead peer is noticed within a minute even while idle.
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(fail)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-            }
-        });
-        return Ok(Sender::H2(tx));
-    }
-    let (tx, conn) = http1::Builder::new()
-        .writev(false)
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // A dead peer is noticed within a minute even while idle.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
         .handshake(TokioIo::new(io))
         .await
-        .map_err(fail)?;
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
         }
     });
-    Ok(Sender::H1(tx))
+    Ok(tx)
 }
 
 /// Opens a TCP connection with `TCP_NODELAY`, bounded by `timeout`.
@@ -254,33 +232,4 @@ pub(crate) async fn connect_tcp(
         .map_err(|source| ConnectError::Io { addr, source })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-impl<B> Sender<B>
-where
-    B: Body + Send + 'static,
-{
-    /// Sends `req`; on an error before the request was written it comes
-    /// back with the error, so it can be sent elsewhere. The request is
-    /// handed to the connection at once; the future only waits for the
-    /// answer (and is small: it is part of every request's future).
-    pub(crate) fn try_send_request(
-        &mut self,
-        req: http::Request<B>,
-    ) -> impl std::future::Future<
-        Output = Result<
-            http::Response<hyper::body::Incoming>,
-            hyper::client::conn::TrySendError<http::Request<B>>,
-        >,
-    > {
-        match self {
-            Sender::H1(tx) => futures_util::future::Either::Left(tx.try_send_request(req)),
-            Sender::H2(tx) => futures_util::future::Either::Right(tx.try_send_request(req)),
-        }
-    }
-
-    /// Whether requests travel as HTTP/2 streams.
-    pub(crate) fn is_h2(&self) -> bool {
-        matches!(self, Sender::H2(_))
-    }
 }

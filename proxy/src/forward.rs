@@ -18,7 +18,6 @@ use crate::body::{
     ClientBody, ClientBodyError, ClientFault, ProxyBody, Release, RequestBody, Tally,
 };
 use crate::conn::{ActiveGuard, Activity};
-use crate::connect::Sender;
 use crate::grpc;
 use crate::h1;
 use crate::headers::{add_forwarded, is_h2c_upgrade, is_upgrade, strip_hop_by_hop};
@@ -515,15 +514,9 @@ async fn forward(
                 .await
                 .map(|(c, reused)| (Conn::Own(c), reused))
         } else {
-            up.checkout(routing.settings.connect_timeout, routing.settings.ejection)
+            up.checkout_h2(routing.settings.connect_timeout, routing.settings.ejection)
                 .await
-                .map(
-                    |Checkout {
-                         tx,
-                         reused,
-                         h2_stream,
-                     }| (Conn::Hyper(tx, h2_stream), reused),
-                )
+                .map(|Checkout { tx, h2_stream }| (Conn::H2(tx, h2_stream), false))
         };
         let (conn, reused) = match checkout {
             Ok(c) => c,
@@ -598,23 +591,11 @@ async fn forward(
                     }
                 }
             }
-            Conn::Hyper(tx, stream) => (tx, stream),
+            Conn::H2(tx, stream) => (tx, stream),
         };
-        // An upstream may close an idle keep-alive connection just as a
-        // request is written to it. A bodiless idempotent request that got
-        // no answer on a reused connection is then sent again, as nginx does.
-        let h2 = tx.is_h2();
-        if h2 {
-            to_h2_target(&mut req, &up);
-        } else if req.uri().authority().is_some() {
-            to_h1_target(&mut req);
-        }
-        let replay = (reused
-            && !h2
-            && stale_retries < 3
-            && is_idempotent(req.method())
-            && req.body().is_end_stream())
-        .then(|| bodiless_copy(&req));
+        // A request refused before it was sent comes back (below) and is
+        // sent again; HTTP/2 streams are never replayed once sent.
+        to_h2_target(&mut req, &up);
         up.begin();
         let sent =
             tokio::time::timeout(routing.settings.upstream_timeout, tx.try_send_request(req)).await;
@@ -626,23 +607,18 @@ async fn forward(
             }
             Ok(Ok(resp)) => {
                 let (parts, body) = resp.into_parts();
-                let conn = match (tx, h2_stream) {
-                    (Sender::H1(tx), _) => Release::H1(tx, up.clone()),
-                    // Shared: the stream is counted until the body ends.
-                    (Sender::H2(_), Some(stream)) => Release::H2 { _stream: stream },
-                    (Sender::H2(_), None) => Release::Nothing,
-                };
                 let resp = upstream_response(
                     routing,
                     colour,
                     &up,
                     parts,
                     body,
-                    conn,
+                    // Shared: the stream is counted until the body ends.
+                    Release::H2 { _stream: h2_stream },
                     tally,
                     client_fault_cell,
                     started,
-                    h2,
+                    true,
                 );
                 return Ok(resp);
             }
@@ -660,10 +636,6 @@ async fn forward(
                 // safe to send again, whatever the method.
                 if let Some(back) = back.filter(|_| stale_retries < 3) {
                     req = back;
-                } else if let Some(copy) = replay {
-                    // Any error here came before a response head: the
-                    // request went unanswered, and repeating it is harmless.
-                    req = copy;
                 } else {
                     tracing::warn!(colour = %colour, upstream = %up.name, error = %error, "upstream failed before answering");
                     return Err((Failure::Send(error.to_string()), None, tally));
@@ -679,9 +651,13 @@ async fn forward(
 
 /// A connection checked out for one request.
 enum Conn {
-    /// Switchyard's own HTTP/1.1 client, for a bodiless request.
+    /// Switchyard's own HTTP/1.1 client.
     Own(Box<h1::H1Conn>),
-    Hyper(Sender<RequestBody>, Option<crate::pool::H2Stream>),
+    /// A stream on a shared HTTP/2 connection (hyper's client).
+    H2(
+        hyper::client::conn::http2::SendRequest<RequestBody>,
+        crate::pool::H2Stream,
+    ),
 }
 
 /// The client's response from an upstream's: hop-by-hop fields dropped,
@@ -780,15 +756,6 @@ fn to_h1_target(req: &mut Request<RequestBody>) {
         *req.uri_mut() = uri;
     }
     *req.version_mut() = Version::HTTP_11;
-}
-
-fn bodiless_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
-    let mut copy = Request::new(RequestBody::Empty);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
 }
 
 /// Forwards an `Upgrade` request (WebSocket) on a dedicated connection and,

@@ -55,12 +55,7 @@ pub(crate) fn spawn(upstream: &Arc<Upstream>) {
 /// One check over the upstream's own protocol (and TLS), on a connection
 /// of its own that is closed afterwards.
 async fn probe(up: &Upstream, cfg: &HealthConfig) -> Result<(), String> {
-    let mut tx = up
-        .link
-        .connect::<Full<Bytes>>(up.addr, Duration::from_secs(3600))
-        .await
-        .map_err(|e| e.to_string())?;
-    let h2 = tx.is_h2();
+    let h2 = up.link.protocol.is_h2();
     let scheme = if up.link.is_tls() { "https" } else { "http" };
     let target = |path: &str| -> Result<Uri, String> {
         if h2 {
@@ -97,10 +92,24 @@ async fn probe(up: &Upstream, cfg: &HealthConfig) -> Result<(), String> {
         req.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let resp = tx
-        .try_send_request(req)
-        .await
-        .map_err(|e| e.into_error().to_string())?;
+    // The connect is bounded by the caller's `timeout`.
+    let forever = Duration::from_secs(3600);
+    let resp = if h2 {
+        let mut tx = up
+            .link
+            .connect_h2::<Full<Bytes>>(up.addr, forever)
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.try_send_request(req).await
+    } else {
+        let mut tx = up
+            .link
+            .connect_upgradable::<Full<Bytes>>(up.addr, forever)
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.try_send_request(req).await
+    }
+    .map_err(|e| e.into_error().to_string())?;
     let status = resp.status();
     match cfg.kind {
         HealthKind::Http if status.is_success() || status.is_redirection() => Ok(()),

@@ -1,9 +1,9 @@
 //! Upstream pools: the servers of one colour, round-robin selection over the
 //! healthy ones, and per upstream either a lock-free stack of idle HTTP/1.1
-//! keep-alive connections or one shared HTTP/2 connection.
+//! keep-alive connections (switchyard's own client) or shared HTTP/2
+//! connections.
 
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::http2;
 use rustls::pki_types::CertificateDer;
 use std::future::Future;
@@ -15,12 +15,9 @@ use std::time::{Duration, Instant};
 use switchyard_config::{HealthConfig, PoolConfig, UpstreamProtocol, UpstreamTls};
 
 use crate::body::RequestBody;
-use crate::connect::{tls_connector, Link, Sender};
+use crate::connect::{tls_connector, Link};
 use crate::h1::H1Conn;
 use crate::{Colour, ProxyError};
-
-/// Longest wait for a pooled connection to become ready for its next request.
-const READY_WAIT: Duration = Duration::from_millis(50);
 
 /// Idle connections kept per upstream.
 const IDLE_PER_UPSTREAM: usize = 512;
@@ -51,8 +48,6 @@ pub struct Upstream {
     healthy: AtomicBool,
     pub(crate) fails: AtomicU32,
     pub(crate) passes: AtomicU32,
-    /// hyper's idle HTTP/1.1 connections, with when each went idle.
-    idle: ArrayQueue<(SendRequest<RequestBody>, u64)>,
     /// Idle connections of switchyard's own HTTP/1.1 client ([`crate::h1`]).
     idle_h1: ArrayQueue<Box<H1Conn>>,
     in_flight: AtomicUsize,
@@ -89,15 +84,11 @@ impl Drop for H2Stream {
     }
 }
 
-/// A connection ready for one request.
+/// A stream on an HTTP/2 connection, ready for one request.
 pub(crate) struct Checkout {
-    pub tx: Sender<RequestBody>,
-    /// It carried earlier requests: the upstream may have closed it while it
-    /// sat idle, so a bodiless idempotent request that fails on it unanswered
-    /// may be replayed.
-    pub reused: bool,
-    /// On an HTTP/2 connection: the stream, counted until dropped.
-    pub h2_stream: Option<H2Stream>,
+    pub tx: http2::SendRequest<RequestBody>,
+    /// The stream, counted on its connection until dropped.
+    pub h2_stream: H2Stream,
 }
 
 /// Milliseconds since the first call: a cheap monotonic clock for ejection.
@@ -160,7 +151,6 @@ impl Upstream {
             healthy: AtomicBool::new(true),
             fails: AtomicU32::new(0),
             passes: AtomicU32::new(0),
-            idle: ArrayQueue::new(IDLE_PER_UPSTREAM),
             idle_h1: ArrayQueue::new(IDLE_PER_UPSTREAM),
             in_flight: AtomicUsize::new(0),
             connect_failures: AtomicU32::new(0),
@@ -223,55 +213,6 @@ impl Upstream {
         self.in_flight.fetch_sub(1, Relaxed);
     }
 
-    /// An idle keep-alive connection, or a new one.
-    pub(crate) async fn checkout(
-        &self,
-        connect_timeout: Duration,
-        ejection: Ejection,
-    ) -> Result<Checkout, ConnectError> {
-        if self.link.protocol.is_h2() {
-            return self.checkout_h2(connect_timeout, ejection).await;
-        }
-        while let Some((mut tx, since)) = self.idle.pop() {
-            if self.expired(since) {
-                continue;
-            }
-            if tx.is_ready() {
-                return Ok(Checkout {
-                    tx: Sender::H1(tx),
-                    reused: true,
-                    h2_stream: None,
-                });
-            }
-            if tx.is_closed() {
-                continue;
-            }
-            // Checked in right after its last response ended; the connection
-            // task may not have run yet and it becomes ready promptly. But a
-            // connection still sending a request body (the upstream answered
-            // early) may stay busy for as long as that client likes: wait
-            // briefly, then drop it rather than stall this request.
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, tx.ready()).await {
-                return Ok(Checkout {
-                    tx: Sender::H1(tx),
-                    reused: true,
-                    h2_stream: None,
-                });
-            }
-        }
-        let tx = self
-            .open(
-                Box::pin(self.link.connect(self.addr, connect_timeout)),
-                ejection,
-            )
-            .await?;
-        Ok(Checkout {
-            tx,
-            reused: false,
-            h2_stream: None,
-        })
-    }
-
     /// Awaits a new connection's `connect` (boxed by the caller: opening a
     /// connection is the rare path under keep-alive, and its future — TCP,
     /// TLS, the handshake — would otherwise be part of every request's
@@ -292,7 +233,7 @@ impl Upstream {
 
     /// A stream on a live HTTP/2 connection with room, or on a new one
     /// (opened once for a burst of requests) when every live one is full.
-    async fn checkout_h2(
+    pub(crate) async fn checkout_h2(
         &self,
         connect_timeout: Duration,
         ejection: Ejection,
@@ -304,19 +245,12 @@ impl Upstream {
         if let Some(c) = self.h2_with_room() {
             return Ok(c);
         }
-        let tx = self
+        let h2 = self
             .open(
-                Box::pin(self.link.connect(self.addr, connect_timeout)),
+                Box::pin(self.link.connect_h2(self.addr, connect_timeout)),
                 ejection,
             )
             .await?;
-        let Sender::H2(h2) = tx else {
-            return Ok(Checkout {
-                tx,
-                reused: false,
-                h2_stream: None,
-            });
-        };
         let conn = Arc::new(H2Conn {
             tx: h2.clone(),
             streams: AtomicUsize::new(1),
@@ -330,9 +264,8 @@ impl Upstream {
             next
         });
         Ok(Checkout {
-            tx: Sender::H2(h2),
-            reused: false,
-            h2_stream: Some(H2Stream(conn)),
+            tx: h2,
+            h2_stream: H2Stream(conn),
         })
     }
 
@@ -346,9 +279,8 @@ impl Upstream {
             }
             if c.streams.fetch_add(1, Relaxed) < H2_STREAMS_PER_CONNECTION {
                 return Some(Checkout {
-                    tx: Sender::H2(c.tx.clone()),
-                    reused: true,
-                    h2_stream: Some(H2Stream(c.clone())),
+                    tx: c.tx.clone(),
+                    h2_stream: H2Stream(c.clone()),
                 });
             }
             c.streams.fetch_sub(1, Relaxed);
@@ -415,14 +347,6 @@ impl Upstream {
                 let _ = self.idle_h1.push(c);
             }
         }
-        for _ in 0..self.idle.len() {
-            let Some((tx, since)) = self.idle.pop() else {
-                break;
-            };
-            if now.saturating_sub(since) < max_ms && !tx.is_closed() {
-                let _ = self.idle.push((tx, since));
-            }
-        }
         // HTTP/2 connections with no stream for that long leave the list;
         // hyper closes one when its last handle is gone (a request that
         // took a stream on it just now still holds one and finishes).
@@ -438,13 +362,6 @@ impl Upstream {
                     .cloned()
                     .collect::<Vec<_>>()
             });
-        }
-    }
-
-    /// Returns a connection whose response has been read to the end.
-    pub(crate) fn checkin(&self, tx: SendRequest<RequestBody>) {
-        if !tx.is_closed() {
-            let _ = self.idle.push((tx, clock_ms()));
         }
     }
 }

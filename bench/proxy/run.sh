@@ -8,6 +8,7 @@
 #        SY_BASELINE=path/to/older/switchyard bench/proxy/run.sh ...   (also
 #        measures that binary, as "baseline", in the same interleaved rounds)
 #        BODY=65536 bench/proxy/run.sh ...   (the backend answers BODY bytes)
+#        POST=1024 bench/proxy/run.sh ...    (POSTs with 1024-byte bodies)
 set -euo pipefail
 DUR=${1:-10}
 CONNS=${2:-32}
@@ -34,6 +35,17 @@ fi
 BACKEND=19100; NGINX_P=19101; HAPROXY_P=19102; SY_P=19103; SY_ADMIN=19104
 BASE_P=19105; BASE_ADMIN=19106
 BODY=${BODY:-}
+# POST=N: every request is a POST with an N-byte body (Content-Length).
+POST=${POST:-}
+WRK_SCRIPT=()
+if [ -n "$POST" ]; then
+  cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = string.rep("p", $POST)
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
+  WRK_SCRIPT=(-s "$WORK/post.lua")
+fi
 
 # The fixed backend: nginx answering a small body (or BODY random bytes),
 # pinned to CPU 1.
@@ -139,7 +151,7 @@ one_round() { # round name port pids...
   local r=$1 name=$2 port=$3; shift 3
   local t0 t1
   t0=$(ticks "$@")
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "http://127.0.0.1:$port/" > "$OUT/$name.$r.txt"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port/" > "$OUT/$name.$r.txt"
   t1=$(ticks "$@")
   echo "proxy_cpu_ticks: $(( t1 - t0 )) $(getconf CLK_TCK)" >> "$OUT/$name.$r.txt"
 }
@@ -165,7 +177,7 @@ PY
 
 for port in $BACKEND $NGINX_P $HAPROXY_P $SY_P ${SY_BASELINE:+$BASE_P}; do
   curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port" >&2; exit 1; }
-  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port/" >/dev/null # warm-up
 done
 # Rounds interleave the targets, so drift in the machine's load (a shared
 # VM) hits all of them alike; each target's median round is reported.
@@ -187,5 +199,5 @@ for n in $TARGETS; do summarise $n; done
     echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $cpu | $ratio |"
   done
   echo
-  echo "wrk -t1 -c$CONNS -d${DUR}s${BODY:+, $BODY-byte responses}, median of $ROUNDS interleaved rounds; proxies pinned to CPU 0, wrk and the backend to CPU 1; $(nproc) cores; $(date -u +%F)"
+  echo "wrk -t1 -c$CONNS -d${DUR}s${BODY:+, $BODY-byte responses}${POST:+, POST with $POST-byte bodies}, median of $ROUNDS interleaved rounds; proxies pinned to CPU 0, wrk and the backend to CPU 1; $(nproc) cores; $(date -u +%F)"
 } | tee "$OUT/table.md"

@@ -291,7 +291,11 @@ impl H1Conn {
         })
         .await;
         let (parts, framing, keep_alive) = parsed?;
-        let keep_alive = keep_alive && !write_failed;
+        // An answer before the head was written whole (an upstream that
+        // refused it early): the rest of the head must not go out in front
+        // of the next request. (A body still being sent is `upload`'s.)
+        let head_unsent = writing && upload.is_none();
+        let keep_alive = keep_alive && !write_failed && !head_unsent;
         let body = H1Body::new(self, framing, keep_alive, upload, up.clone());
         Ok((parts, body))
     }
@@ -501,7 +505,8 @@ fn is_reset(e: &std::io::Error) -> bool {
 
 /// The request line and fields. The client's `Transfer-Encoding` never
 /// goes out as it came: with `chunked` the body is sent chunked (and says
-/// so), otherwise it has a `Content-Length` or no body.
+/// so, and any `Content-Length` is dropped: never both), otherwise it has a
+/// `Content-Length` or no body.
 fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>, chunked: bool) {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
@@ -513,9 +518,15 @@ fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>, chunked: bool) {
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    encode_fields(out, req.headers());
     if chunked {
+        for (name, value) in req.headers() {
+            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                push_field(out, name, value);
+            }
+        }
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else {
+        encode_fields(out, req.headers());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -523,14 +534,17 @@ fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>, chunked: bool) {
 /// Header fields as `name: value` lines, without `Transfer-Encoding`.
 fn encode_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
-        if name == header::TRANSFER_ENCODING {
-            continue;
+        if name != header::TRANSFER_ENCODING {
+            push_field(out, name, value);
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
+}
+
+fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How a response's body is delimited.
@@ -1108,5 +1122,29 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "DELETE /a?b=1 HTTP/1.1\r\nhost: app\r\nx-two: 1\r\nx-two: 2\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_chunked_request_head_says_so_once_and_carries_no_length() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/up")
+            .header("host", "app")
+            .header("content-length", "5, 5")
+            .header("transfer-encoding", "gzip")
+            .body(())
+            .unwrap();
+        let mut out = Vec::new();
+        encode_head(&mut out, &req, true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /up HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let mut line = Vec::new();
+        for n in [0usize, 1, 15, 16, 255, 65536, usize::MAX] {
+            line.clear();
+            push_hex_line(&mut line, n);
+            assert_eq!(line, format!("{n:x}\r\n").into_bytes());
+        }
     }
 }

@@ -149,6 +149,89 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
         }
     }
 
+    /// A connection back from the parking lot ([`crate::park`]): an HTTP/1
+    /// keep-alive connection whose client has sent (the start of) its next
+    /// request. Its idle clock still runs from when it went idle, and it
+    /// parks again after `park_after` if that was a false start.
+    pub fn resumed(
+        io: I,
+        owner: Arc<A>,
+        timeouts: Timeouts,
+        idle_deadline: tokio::time::Instant,
+        park_after: Duration,
+    ) -> TimedIo<I, A> {
+        let next = (tokio::time::Instant::now() + park_after).min(idle_deadline);
+        TimedIo {
+            io,
+            owner,
+            timeouts,
+            phase: Phase::Idle,
+            armed: true,
+            h2: Some(false),
+            parked: false,
+            answered: 0,
+            park_after: Some(park_after),
+            idle_deadline,
+            unread: None,
+            deadline: Box::pin(tokio::time::sleep_until(next)),
+        }
+    }
+
+    /// Whether the connection is known to speak HTTP/1 (it was sniffed,
+    /// or came back from the parking lot).
+    pub fn is_h1(&self) -> bool {
+        self.h2 == Some(false)
+    }
+
+    /// The bare socket and the idle deadline, for the parking lot, when
+    /// this connection can be reduced to them: a plain TCP connection with
+    /// nothing read but not yet handed on. Otherwise (TLS, or bytes
+    /// waiting) the connection comes back to be parked in its task.
+    /// `Ok(Err(_))`: the socket could not be taken out of the reactor (the
+    /// connection is lost).
+    #[allow(clippy::type_complexity)]
+    pub fn into_idle_socket(
+        self,
+    ) -> Result<io::Result<(std::net::TcpStream, tokio::time::Instant)>, Self>
+    where
+        I: ReadReady,
+    {
+        if self.unread.is_some() {
+            return Err(self);
+        }
+        let TimedIo {
+            io,
+            owner,
+            timeouts,
+            phase,
+            armed,
+            h2,
+            parked,
+            answered,
+            park_after,
+            idle_deadline,
+            unread,
+            deadline,
+        } = self;
+        match io.into_std() {
+            Ok(s) => Ok(s.map(|s| (s, idle_deadline))),
+            Err(io) => Err(TimedIo {
+                io,
+                owner,
+                timeouts,
+                phase,
+                armed,
+                h2,
+                parked,
+                answered,
+                park_after,
+                idle_deadline,
+                unread,
+                deadline,
+            }),
+        }
+    }
+
     /// What the listener keeps for this connection.
     pub fn owner(&self) -> &Arc<A> {
         &self.owner
@@ -283,11 +366,24 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
 pub trait ReadReady {
     /// Ready once the socket has bytes to read (or the peer closed).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// The bare socket, out of tokio's reactor, for the parking lot
+    /// (`Err(self)`: this kind of connection cannot be reduced to one).
+    fn into_std(self) -> Result<io::Result<std::net::TcpStream>, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
 }
 
 impl ReadReady for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn into_std(self) -> Result<io::Result<std::net::TcpStream>, Self> {
+        Ok(TcpStream::into_std(self))
     }
 }
 

@@ -23,6 +23,7 @@ mod headers;
 mod health;
 mod listener;
 mod metrics;
+mod park;
 pub mod pool;
 mod recent_writes;
 pub mod router;

@@ -35,6 +35,7 @@ use crate::certs::ServedCert;
 
 use crate::conn::{self, AcceptBackoff, ReadReady, TimedIo, Timeouts};
 use crate::forward::{self, ConnInfo};
+use crate::park::{Parked, ParkingLot};
 use crate::{DataPlane, ProxyError, Shared};
 
 /// How long an HTTP/1 keep-alive connection stays in the HTTP library
@@ -267,6 +268,46 @@ impl Listeners {
         let builders = Arc::new(Builders { h1, h2 });
         let (stop_tx, stop_rx) = watch::channel(false);
         let (closing_tx, closing_rx) = watch::channel(false);
+        // Idle plain HTTP/1 connections wait here as bare sockets.
+        let lot = match ParkingLot::new() {
+            Ok(lot) => Some(lot),
+            Err(e) => {
+                tracing::warn!(error = %e, "no parking lot for idle connections: they stay in their tasks");
+                None
+            }
+        };
+        let watch_lot = {
+            let (lot, closing) = (lot.clone(), closing_rx.clone());
+            let resume = {
+                let (builders, shared) = (builders.clone(), dp.shared.clone());
+                let (closing, lot, timeouts) = (closing_rx.clone(), lot.clone(), limits.timeouts);
+                move |p: Parked| {
+                    let stream = match tokio::net::TcpStream::from_std(p.stream) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(peer = %p.peer, error = %e, "could not resume a parked connection");
+                            return;
+                        }
+                    };
+                    let info = Arc::new(ConnInfo::new(p.peer, false));
+                    let io = TimedIo::resumed(stream, info, timeouts, p.idle_deadline, PARK_AFTER);
+                    let conn = serve_conn(
+                        builders.clone(),
+                        io,
+                        shared.clone(),
+                        closing.clone(),
+                        p.slot,
+                        lot.clone(),
+                    );
+                    tokio::spawn(conn);
+                }
+            };
+            async move {
+                if let Some(lot) = lot {
+                    lot.run(closing, resume).await;
+                }
+            }
+        };
         // One cap for plain and TLS connections together; the permits
         // handed out are also the count of open connections.
         let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -275,6 +316,7 @@ impl Listeners {
             builders: &builders,
             closing: &closing_rx,
             slots: &slots,
+            lot: &lot,
             limits,
         };
         let http = accept_loop(self.http, None, &ctx, stop_rx.clone());
@@ -283,40 +325,44 @@ impl Listeners {
                 accept_loop(listener, Some(acceptor), &ctx, stop_rx.clone()).await
             }
         };
-        let mut how = Stop::Drain;
-        let stopper = async {
-            how = shutdown.await;
-            let _ = stop_tx.send(true);
+        let serving = async {
+            let mut how = Stop::Drain;
+            let stopper = async {
+                how = shutdown.await;
+                let _ = stop_tx.send(true);
+            };
+            tokio::join!(http, tls, stopper);
+            let open = |slots: &Semaphore| limits.max_connections - slots.available_permits();
+            let all_closed = || async {
+                let n = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+                let _ = slots.acquire_many(n).await;
+            };
+            let deadline = tokio::time::Instant::now() + drain;
+            if let Stop::HandOver { grace } = how {
+                tracing::info!(
+                    connections = open(&slots),
+                    ?grace,
+                    "handed over: asking keep-alive clients to reconnect"
+                );
+                dp.shared.draining.store(true, Ordering::Relaxed);
+                let until = (tokio::time::Instant::now() + grace).min(deadline);
+                let _ = tokio::time::timeout_at(until, all_closed()).await;
+            }
+            tracing::info!(connections = open(&slots), "draining in-flight requests");
+            let _ = closing_tx.send(true);
+            if tokio::time::timeout_at(deadline, all_closed())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    ?drain,
+                    connections = open(&slots),
+                    "drain timeout passed; closing remaining connections"
+                );
+            }
         };
-        tokio::join!(http, tls, stopper);
-        let open = |slots: &Semaphore| limits.max_connections - slots.available_permits();
-        let all_closed = || async {
-            let n = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-            let _ = slots.acquire_many(n).await;
-        };
-        let deadline = tokio::time::Instant::now() + drain;
-        if let Stop::HandOver { grace } = how {
-            tracing::info!(
-                connections = open(&slots),
-                ?grace,
-                "handed over: asking keep-alive clients to reconnect"
-            );
-            dp.shared.draining.store(true, Ordering::Relaxed);
-            let until = (tokio::time::Instant::now() + grace).min(deadline);
-            let _ = tokio::time::timeout_at(until, all_closed()).await;
-        }
-        tracing::info!(connections = open(&slots), "draining in-flight requests");
-        let _ = closing_tx.send(true);
-        if tokio::time::timeout_at(deadline, all_closed())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                ?drain,
-                connections = open(&slots),
-                "drain timeout passed; closing remaining connections"
-            );
-        }
+        // The lot is watched until `closing`, which closes what is parked.
+        tokio::join!(serving, watch_lot);
     }
 }
 
@@ -331,6 +377,7 @@ struct AcceptCtx<'a> {
     builders: &'a Arc<Builders>,
     closing: &'a watch::Receiver<bool>,
     slots: &'a Arc<Semaphore>,
+    lot: &'a Option<Arc<ParkingLot>>,
     limits: Limits,
 }
 
@@ -387,7 +434,14 @@ async fn accept_loop(
         match tls {
             None => {
                 let io = TimedIo::new(stream, info, timeouts);
-                tokio::spawn(serve_conn(builders, io, shared, closing, slot));
+                tokio::spawn(serve_conn(
+                    builders,
+                    io,
+                    shared,
+                    closing,
+                    slot,
+                    ctx.lot.clone(),
+                ));
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
@@ -408,7 +462,7 @@ async fn accept_loop(
                     // The connection gets a task of its own, as small as a
                     // plain one's: this one ends with the handshake's state.
                     let io = TimedIo::new(tls_stream, info, timeouts);
-                    tokio::spawn(serve_conn(builders, io, shared, closing, slot));
+                    tokio::spawn(serve_conn(builders, io, shared, closing, slot, None));
                 });
             }
         }
@@ -436,6 +490,7 @@ fn serve_conn<I>(
     shared: Arc<Shared>,
     mut closing: watch::Receiver<bool>,
     slot: tokio::sync::OwnedSemaphorePermit,
+    lot: Option<Arc<ParkingLot>>,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + Sync + 'static,
@@ -449,13 +504,18 @@ where
             service_fn(move |req| forward::handle(shared.clone(), info.clone(), req))
         };
         let ended: Result<(), BoxError> = 'serve: {
-            let sniffed = Box::pin(async {
-                tokio::select! {
-                    r = io.sniff_h2() => r.map_err(BoxError::from),
-                    _ = closing.wait_for(|c| *c) => Ok(None),
-                }
-            })
-            .await;
+            // Back from the parking lot: HTTP/1, its next request waiting.
+            let sniffed = if io.is_h1() {
+                Ok(Some(false))
+            } else {
+                Box::pin(async {
+                    tokio::select! {
+                        r = io.sniff_h2() => r.map_err(BoxError::from),
+                        _ = closing.wait_for(|c| *c) => Ok(None),
+                    }
+                })
+                .await
+            };
             let h2 = match sniffed {
                 Ok(Some(h2)) => h2,
                 Ok(None) => break 'serve Ok(()),
@@ -497,6 +557,25 @@ where
                     read_buf.is_empty()
                 };
                 if idle {
+                    if let Some(lot) = &lot {
+                        // A plain connection goes to the lot as a bare
+                        // socket and this task ends.
+                        let peer = io.owner().peer;
+                        match io.into_idle_socket() {
+                            Ok(Ok((stream, idle_deadline))) => {
+                                tracing::trace!(%peer, "idle keep-alive connection parked in the lot");
+                                lot.park(Parked {
+                                    stream,
+                                    peer,
+                                    slot,
+                                    idle_deadline,
+                                });
+                                break 'serve Ok(());
+                            }
+                            Ok(Err(e)) => break 'serve Err(e.into()),
+                            Err(back) => io = back,
+                        }
+                    }
                     tracing::trace!(peer = %io.owner().peer, "idle keep-alive connection parked");
                     if !io.park(&mut closing).await {
                         break 'serve Ok(());
@@ -550,12 +629,187 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
-    /// A connection's task is as large as its largest state and an idle
-    /// keep-alive client keeps it for as long as it stays, so it must stay
-    /// small: before its states were boxed and its arguments used in
-    /// place, the future was 1,104 bytes (debug build), the parked state's
-    /// `io`, hyper's leftover parts and the park future side by side.
+    /// A blocking backend on threads of its own (no tasks in the test's
+    /// runtime): answers every request on a keep-alive connection with
+    /// `ok`.
+    fn backend() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(answer).is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// One GET on a keep-alive client connection: its status line and body.
+    async fn get(s: &mut tokio::net::TcpStream) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await?;
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            got.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                if text.len() >= head_end + 4 + 2 {
+                    let status = text.lines().next().unwrap_or("").to_string();
+                    return Ok(format!("{status} {}", &text[head_end + 4..]));
+                }
+            }
+        }
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("not within 10 s: {what}");
+    }
+
+    /// A listener on `idle_timeout` in front of [`backend`], serving
+    /// until the sender is used (then drains, for up to 600 s).
+    async fn listener(
+        idle_timeout: &str,
+        max_connections: u32,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let upstream = backend();
+        let config = switchyard_config::Config::parse(
+            &format!(
+                "[proxy]\nlisten = \"127.0.0.1:0\"\nmax_connections = {max_connections}\nidle_timeout = \"{idle_timeout}\"\n\
+                 [pools.blue]\nupstreams = [\"{upstream}\"]\n[pools.green]\nupstreams = [\"{upstream}\"]\n\
+                 [admin]\ntoken = \"t\"\n"
+            ),
+            "test.toml",
+        )
+        .unwrap();
+        let dp = DataPlane::new(&config, 0).unwrap();
+        let listeners = bind(&config.proxy).await.unwrap();
+        let addr = listeners.http_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(listeners.serve_until(
+            dp,
+            async {
+                let _ = stopped.await;
+                Stop::Drain
+            },
+            Duration::from_secs(600),
+        ));
+        (addr, stop, served)
+    }
+
+    fn tasks() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    }
+
+    /// Issue 11, memory: an idle plain keep-alive connection waits in the
+    /// parking lot as a bare socket, with no task of its own, and is served
+    /// again when its client sends; a client that closes while parked gives
+    /// its slot under `max_connections` back at once (not at its idle
+    /// timeout, a minute away); the drain closes parked connections and
+    /// ends without waiting for its timeout.
+    #[tokio::test]
+    async fn idle_connections_wait_in_the_lot_with_no_task_and_come_back() {
+        let (addr, stop, served) = listener("60s", 5).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = tasks();
+
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            assert_eq!(get(&mut c).await.unwrap(), "HTTP/1.1 200 OK ok");
+            clients.push(c);
+        }
+        assert!(tasks() >= before + 5, "each served connection has a task");
+        // Parked after a second idle: their tasks end.
+        until("the five idle connections hold no task", || {
+            tasks() <= before
+        })
+        .await;
+
+        // Each comes back for its next request, and parks again.
+        for c in &mut clients {
+            assert_eq!(get(c).await.unwrap(), "HTTP/1.1 200 OK ok");
+        }
+        until("parked again", || tasks() <= before).await;
+
+        // All five slots are held by parked connections. One client closes:
+        // the lot closes its side and the slot goes to a newcomer.
+        drop(clients.pop());
+        let mut newcomer = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(30), get(&mut newcomer)).await;
+        assert_eq!(
+            answered
+                .expect("the closed client's slot was given back")
+                .unwrap(),
+            "HTTP/1.1 200 OK ok"
+        );
+
+        // The newcomer parks; the drain closes every parked connection and
+        // ends at once, not after its 600 s.
+        until("the newcomer parked", || tasks() <= before).await;
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), served)
+            .await
+            .expect("the drain ended once the parked connections were closed")
+            .unwrap();
+        use tokio::io::AsyncReadExt;
+        let mut one = [0u8; 1];
+        assert_eq!(newcomer.read(&mut one).await.unwrap(), 0);
+        for c in &mut clients {
+            assert_eq!(c.read(&mut one).await.unwrap(), 0);
+        }
+    }
+
+    /// A parked connection left alone past `idle_timeout` is closed by the
+    /// lot, as one waiting in its task would be.
+    #[tokio::test]
+    async fn a_parked_connection_is_closed_at_its_idle_timeout() {
+        let (addr, _stop, _served) = listener("2s", 10).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = tasks();
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(get(&mut c).await.unwrap(), "HTTP/1.1 200 OK ok");
+        until("parked", || tasks() <= before).await;
+        use tokio::io::AsyncReadExt;
+        let mut one = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(60), c.read(&mut one)).await;
+        assert_eq!(closed.expect("closed at its idle timeout").unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn a_connection_task_holds_little_more_than_its_socket_state() {
         let config = switchyard_config::Config::parse(
@@ -581,7 +835,8 @@ mod tests {
         let io = TimedIo::new(stream, Arc::new(ConnInfo::new(peer, false)), timeouts);
         let io_size = std::mem::size_of_val(&io);
         let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        let task = serve_conn(builders, io, dp.shared.clone(), closing, slot);
+        let lot = ParkingLot::new().ok();
+        let task = serve_conn(builders, io, dp.shared.clone(), closing, slot, lot);
         let size = std::mem::size_of_val(&task);
         // The connection's I/O state, the park future (which holds the
         // `closing` watch's wait and the idle deadline), and a few handles.

@@ -47,17 +47,24 @@ CONF
 
 # The peer: nginx as the reverse proxy, one worker, keep-alive upstream,
 # idle client connections kept for 75 s (its default keepalive_timeout).
-cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $WORK/nginx/pid; error_log $WORK/nginx/error.log;
+# The peer: nginx as the reverse proxy, one worker, keep-alive upstream,
+# idle client connections kept for 75 s (its default keepalive_timeout).
+# nginx allocates a connection and two events for each of
+# `worker_connections` when it starts, so its RSS above its baseline shows
+# only part of what a connection costs it; the same nginx started with 1,024
+# slots (`slots.json`) says what each preallocated slot costs.
+nginx_conf() { # dir worker_connections
+  cat > "$1/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $1/pid; error_log $1/error.log;
 worker_rlimit_nofile 65536;
-events { worker_connections $WC; }
+events { worker_connections $2; }
 http { access_log off; keepalive_requests 1000000; keepalive_timeout 75s;
   upstream app { server 127.0.0.1:$BACKEND; keepalive 256; }
   server { listen 127.0.0.1:$NGINX_P backlog=4096;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
-NGINX_MASTER=$!
+}
+nginx_conf "$WORK/nginx" "$WC"
 
 cat > "$WORK/switchyard.toml" <<CONF
 [proxy]
@@ -77,18 +84,49 @@ path = "$WORK/state.json"
 [log]
 level = "warn"
 CONF
-"$SY" run -c "$WORK/switchyard.toml" > "$WORK/sy.out" 2> "$WORK/sy.err" &
-SY_PID=$!
-for _ in $(seq 50); do
-  curl -sf "http://127.0.0.1:$SY_ADMIN/healthz" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NGINX_P/" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-NGINX_PIDS="$NGINX_MASTER,$(pgrep -P "$NGINX_MASTER" | paste -sd,)"
 
+wait_for() { # url
+  for _ in $(seq 100); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "nothing answered at $1" >&2; exit 1
+}
+rss_of() { # pid,pid...
+  local t=0
+  for p in ${1//,/ }; do t=$(( t + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status") )); done
+  echo "$t"
+}
+
+# Each round starts both proxies afresh (a process that held 10,000
+# connections before keeps its allocator's high-water mark, which would
+# hide the next round's cost), nginx and switchyard interleaved.
 for r in $(seq "$ROUNDS"); do
+  "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+  NGINX_MASTER=$!
+  wait_for "http://127.0.0.1:$NGINX_P/"
+  sleep 0.5
+  NGINX_PIDS="$NGINX_MASTER,$(pgrep -P "$NGINX_MASTER" | paste -sd,)"
   python3 "$ROOT/bench/connections/hold.py" "$NGINX_P" "$N" "$NGINX_PIDS" > "$OUT/nginx.$r.json"
+  kill "$NGINX_MASTER"; wait "$NGINX_MASTER" 2>/dev/null || true
+
+  "$SY" run -c "$WORK/switchyard.toml" > "$WORK/sy.out" 2> "$WORK/sy.err" &
+  SY_PID=$!
+  wait_for "http://127.0.0.1:$SY_ADMIN/healthz"
+  wait_for "http://127.0.0.1:$SY_P/"
+  sleep 0.5
   python3 "$ROOT/bench/connections/hold.py" "$SY_P" "$N" "$SY_PID" > "$OUT/switchyard.$r.json"
+  kill "$SY_PID"; wait "$SY_PID" 2>/dev/null || true
 done
+
+# nginx's preallocation: the same worker with $WC slots and with 1,024.
+slots_rss() { # worker_connections
+  mkdir -p "$WORK/slots$1"; nginx_conf "$WORK/slots$1" "$1"
+  "$NGINX" -c "$WORK/slots$1/nginx.conf" -p "$WORK/slots$1" &
+  local m=$!
+  wait_for "http://127.0.0.1:$NGINX_P/" ; sleep 0.5
+  rss_of "$m,$(pgrep -P "$m" | paste -sd,)"
+  kill "$m"; wait "$m" 2>/dev/null || true
+}
+BIG=$(slots_rss "$WC"); SMALL=$(slots_rss 1024)
+echo "{\"slots_big\": $WC, \"rss_big_kib\": $BIG, \"slots_small\": 1024, \"rss_small_kib\": $SMALL}" > "$OUT/slots.json"
 
 python3 - "$OUT" "$ROUNDS" "$N" <<'PY' | tee "$OUT/table.md"
 import json, os, statistics, sys
@@ -105,6 +143,15 @@ print("| proxy | connections held | RSS before | RSS holding them | RSS after th
 print("|---|---:|---:|---:|---:|---:|---:|")
 for name, r in rows.items():
     print(f"| {name} | {r['connections']:.0f} | {r['baseline_kib']/1024:.1f} MiB | {r['held_kib']/1024:.1f} MiB | {r['after_close_kib']/1024:.1f} MiB | {r['bytes_per_connection']:.0f} | {r['open_seconds']:.2f} s |")
-ratio = rows["switchyard"]["bytes_per_connection"] / max(rows["nginx"]["bytes_per_connection"], 1)
-print(f"\nswitchyard / nginx bytes per idle connection: {ratio:.2f}; every connection answered 200 and 20 new clients were served while they were held; median of {rounds} round(s), {os.cpu_count()} cores")
+slots = json.load(open(os.path.join(out, "slots.json")))
+per_slot = (slots["rss_big_kib"] - slots["rss_small_kib"]) * 1024 / (slots["slots_big"] - slots["slots_small"])
+print("\n| round | nginx (above its baseline) | nginx + its preallocated slot | switchyard |")
+print("|---|---:|---:|---:|")
+for r in range(1, rounds + 1):
+    ng = json.load(open(os.path.join(out, f"nginx.{r}.json")))["bytes_per_connection"]
+    sy = json.load(open(os.path.join(out, f"switchyard.{r}.json")))["bytes_per_connection"]
+    print(f"| {r} | {ng} B | {ng + per_slot:.0f} B | {sy} B |")
+ng, sy = rows["nginx"]["bytes_per_connection"], rows["switchyard"]["bytes_per_connection"]
+print(f"\nnginx preallocates {per_slot:.0f} B per connection slot ({slots['slots_big']} slots: {slots['rss_big_kib']/1024:.1f} MiB, {slots['slots_small']}: {slots['rss_small_kib']/1024:.1f} MiB).")
+print(f"switchyard / nginx bytes per idle connection: {sy / max(ng, 1):.2f} above nginx's baseline, {sy / (ng + per_slot):.2f} counting its slot; every connection answered 200 and 20 new clients were served while they were held; median of {rounds} round(s), fresh processes each round, {os.cpu_count()} cores")
 PY

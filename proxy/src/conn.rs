@@ -20,8 +20,10 @@
 //! **Parking** (the proxy's HTTP/1 connections, [`TimedIo::park_after`]): a
 //! keep-alive connection idle for a while is handed back by the HTTP
 //! library, which frees its read and write buffers (16 KiB), and waits for
-//! the client's next byte holding no buffer at all ([`TimedIo::park`]).
-//! The library sees the end of the stream; the socket stays open.
+//! the client's next byte holding no buffer at all: a plain connection as
+//! a bare socket in the listener's parking lot ([`TimedIo::into_idle_socket`],
+//! `crate::park`), a TLS one in its task ([`TimedIo::park`]). The library
+//! sees the end of the stream; the socket stays open.
 
 use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;

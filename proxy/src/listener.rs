@@ -5,8 +5,10 @@
 //! timeouts ([`crate::conn`]).
 //!
 //! An HTTP/1 keep-alive connection idle for [`PARK_AFTER`] is parked: the
-//! HTTP library's state and buffers are dropped and the connection waits
-//! for its next request holding none ([`crate::conn::TimedIo::park`]).
+//! HTTP library's state and buffers are dropped; a plain connection's
+//! socket then waits in the listener's parking lot with no task at all
+//! ([`crate::park`]), a TLS one in its task holding no buffer
+//! ([`crate::conn::TimedIo::park`]).
 //!
 //! The listening sockets can come from elsewhere ([`bind_inheriting`]): a
 //! predecessor process handing over on upgrade, or systemd. [`Stop`] says

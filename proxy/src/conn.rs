@@ -151,7 +151,7 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
         }
     }
 
-    /// A connection back from the parking lot ([`crate::park`]): an HTTP/1
+    /// A connection back from the parking lot (`crate::park`): an HTTP/1
     /// keep-alive connection whose client has sent (the start of) its next
     /// request. Its idle clock still runs from when it went idle, and it
     /// parks again after `park_after` if that was a false start.

@@ -9,6 +9,9 @@
 #        measures that binary, as "baseline", in the same interleaved rounds)
 #        BODY=65536 bench/proxy/run.sh ...   (the backend answers BODY bytes)
 #        POST=1024 bench/proxy/run.sh ...    (POSTs with 1024-byte bodies)
+#        STICKY=header|client_ip|none bench/proxy/run.sh ...   (switchyard's
+#        stickiness: `hash` on an `X-User` header, 1,000 users round-robin,
+#        the default; `hash` on the client address; or `none`)
 set -euo pipefail
 DUR=${1:-10}
 CONNS=${2:-32}
@@ -37,11 +40,38 @@ BASE_P=19105; BASE_ADMIN=19106
 BODY=${BODY:-}
 # POST=N: every request is a POST with an N-byte body (Content-Length).
 POST=${POST:-}
+STICKY=${STICKY:-header}
+case "$STICKY" in
+  header) STICKY_CONF='sticky = "hash"
+sticky_key = "header:x-user"' ;;
+  client_ip) STICKY_CONF='sticky = "hash"
+sticky_key = "client_ip"' ;;
+  none) STICKY_CONF='sticky = "none"' ;;
+  *) echo "STICKY must be header, client_ip or none, not $STICKY" >&2; exit 2 ;;
+esac
 WRK_SCRIPT=()
+if [ "$STICKY" = header ] && [ -z "$POST" ]; then
+  # Every target gets the same requests: 1,000 users' heads made once,
+  # sent round-robin (no per-request formatting in wrk).
+  cat > "$WORK/users.lua" <<'LUA'
+local reqs, i = {}, 0
+init = function(args)
+  for u = 1, 1000 do
+    reqs[u] = wrk.format(nil, nil, { ["X-User"] = "user-" .. u })
+  end
+end
+request = function()
+  i = i % 1000 + 1
+  return reqs[i]
+end
+LUA
+  WRK_SCRIPT=(-s "$WORK/users.lua")
+fi
 if [ -n "$POST" ]; then
   cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = string.rep("p", $POST)
+wrk.headers["X-User"] = "user-1"
 wrk.headers["Content-Type"] = "application/octet-stream"
 LUA
   WRK_SCRIPT=(-s "$WORK/post.lua")
@@ -98,13 +128,13 @@ taskset -c 0 "$HAPROXY" -f "$WORK/haproxy.cfg" &
 HAPROXY_PID=$!
 
 # switchyard: both colours on the same backend, green at 50% so every
-# request goes through the sticky hash and the weight comparison.
+# request goes through the sticky hash (unless STICKY=none) and the weight
+# comparison.
 cat > "$WORK/switchyard.toml" <<CONF
 [proxy]
 listen = "127.0.0.1:$SY_P"
 workers = 1
-sticky = "hash"
-sticky_key = "client_ip"
+$STICKY_CONF
 [pools.blue]
 upstreams = ["127.0.0.1:$BACKEND"]
 [pools.green]
@@ -199,5 +229,5 @@ for n in $TARGETS; do summarise $n; done
     echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $cpu | $ratio |"
   done
   echo
-  echo "wrk -t1 -c$CONNS -d${DUR}s${BODY:+, $BODY-byte responses}${POST:+, POST with $POST-byte bodies}, median of $ROUNDS interleaved rounds; proxies pinned to CPU 0, wrk and the backend to CPU 1; $(nproc) cores; $(date -u +%F)"
+  echo "wrk -t1 -c$CONNS -d${DUR}s${BODY:+, $BODY-byte responses}${POST:+, POST with $POST-byte bodies}, switchyard sticky=$STICKY at green 50%, median of $ROUNDS interleaved rounds; proxies pinned to CPU 0, wrk and the backend to CPU 1; $(nproc) cores; $(date -u +%F)"
 } | tee "$OUT/table.md"

@@ -133,3 +133,72 @@ async fn metrics_pass_promtool_and_carry_what_alerts_need() {
     let out = support::sync(&sy.config_path, &["cleanup"]).stdout;
     assert!(out.contains("removed"), "{out}");
 }
+
+/// One metric's value in an exposition (an unlabelled sample).
+fn sample(text: &str, name: &str) -> u64 {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+}
+
+/// The SRE's view of client connections, as nginx's `stub_status` and
+/// HAProxy's `scur`/`slim` give it: five keep-alive clients that go quiet
+/// show as open and, after a second, idle; the cap is `max_connections`;
+/// when the clients leave, both gauges come back down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connection_gauges_count_idle_keep_alive_clients_and_let_them_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_blue, _green, sy) = deployment(|b| b.proxy_extra("max_connections = 300")).await;
+    // Whatever the harness left open has parked by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = sy.metrics().await;
+    assert_eq!(sample(&before, "switchyard_client_connections_limit"), 300);
+    let open = sample(&before, "switchyard_client_connections");
+    let idle = sample(&before, "switchyard_client_connections_idle");
+    let accepted = sample(&before, "switchyard_client_connections_accepted_total");
+    assert!(idle <= open, "{before}");
+
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(sy.proxy).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).ends_with("blue") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the response");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        held.push(s);
+    }
+    let mut last = String::new();
+    let counted = eventually(20, async || {
+        last = sy.metrics().await;
+        sample(&last, "switchyard_client_connections") == open + 5
+            && sample(&last, "switchyard_client_connections_idle") == idle + 5
+    })
+    .await;
+    assert!(
+        counted,
+        "five idle clients not counted as open and idle:\n{last}"
+    );
+    assert_eq!(
+        sample(&last, "switchyard_client_connections_accepted_total"),
+        accepted + 5
+    );
+    let (ok, report) = promtool(&last);
+    assert!(ok, "promtool check metrics failed:\n{report}\n---\n{last}");
+
+    drop(held);
+    let released = eventually(20, async || {
+        last = sy.metrics().await;
+        sample(&last, "switchyard_client_connections") == open
+            && sample(&last, "switchyard_client_connections_idle") == idle
+    })
+    .await;
+    assert!(released, "closed clients still counted:\n{last}");
+}

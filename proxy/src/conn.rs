@@ -31,14 +31,94 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Sleep;
+
+/// The proxy's client connections, for `/metrics` (nginx's `stub_status`
+/// "active" and "waiting", HAProxy's `scur` and `slim`): open now, idle ones
+/// included; of those, idle keep-alive connections parked (waiting over
+/// [`crate::PARK_AFTER`] for their next request); accepted since start; and
+/// the cap (`max_connections`). Updated once per connection and per idle
+/// spell, never per request.
+#[derive(Debug, Default)]
+pub struct ClientConns {
+    open: AtomicUsize,
+    idle: AtomicUsize,
+    accepted: AtomicU64,
+    limit: AtomicUsize,
+}
+
+impl ClientConns {
+    /// Client connections open now (plain and TLS, idle ones included).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Of those, keep-alive connections parked between requests.
+    pub fn idle(&self) -> usize {
+        self.idle.load(Ordering::Relaxed)
+    }
+
+    /// Client connections accepted since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// `[proxy] max_connections` of the listeners serving now.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_limit(&self, n: usize) {
+        self.limit.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn parked(&self, n: usize) {
+        self.idle.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unparked(&self, n: usize) {
+        self.idle.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// One connection's place under `max_connections` and in the open count:
+/// both are given back when it is dropped, wherever the connection is then
+/// (its task, or the parking lot).
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    conns: Arc<ClientConns>,
+}
+
+impl Slot {
+    /// A connection was accepted on `permit`.
+    pub fn new(permit: OwnedSemaphorePermit, conns: Arc<ClientConns>) -> Slot {
+        conns.open.fetch_add(1, Ordering::Relaxed);
+        conns.accepted.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            _permit: permit,
+            conns,
+        }
+    }
+
+    /// The counts this slot is part of.
+    pub fn conns(&self) -> &Arc<ClientConns> {
+        &self.conns
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.conns.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The header and idle timeouts of one listener.
 #[derive(Debug, Clone, Copy)]

@@ -128,6 +128,8 @@ pub(crate) struct Shared {
     /// Set once a successor serves on our sockets: HTTP/1 responses carry
     /// `Connection: close` so their clients reconnect (to the successor).
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Client connections open, parked, accepted.
+    pub(crate) conns: Arc<conn::ClientConns>,
 }
 
 impl Shared {
@@ -204,6 +206,7 @@ impl DataPlane {
             recent_writes: std::sync::OnceLock::new(),
             fallbacks: Default::default(),
             draining: Default::default(),
+            conns: Default::default(),
         });
         let weak = Arc::downgrade(&shared);
         let slot = shared.stats.slot_length();

@@ -35,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::certs::ServedCert;
 
-use crate::conn::{self, AcceptBackoff, ReadReady, TimedIo, Timeouts};
+use crate::conn::{self, AcceptBackoff, ReadReady, Slot, TimedIo, Timeouts};
 use crate::forward::{self, ConnInfo};
 use crate::park::{Parked, ParkingLot};
 use crate::{DataPlane, ProxyError, Shared};
@@ -271,7 +271,8 @@ impl Listeners {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (closing_tx, closing_rx) = watch::channel(false);
         // Idle plain HTTP/1 connections wait here as bare sockets.
-        let lot = match ParkingLot::new() {
+        dp.shared.conns.set_limit(limits.max_connections);
+        let lot = match ParkingLot::new(dp.shared.conns.clone()) {
             Ok(lot) => Some(lot),
             Err(e) => {
                 tracing::warn!(error = %e, "no parking lot for idle connections: they stay in their tasks");
@@ -423,6 +424,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        let slot = Slot::new(slot, ctx.dp.shared.conns.clone());
         let _ = stream.set_nodelay(true);
         let info = Arc::new(ConnInfo::new(peer, tls.is_some()));
         let builders = ctx.builders.clone();
@@ -491,7 +493,7 @@ fn serve_conn<I>(
     mut io: TimedIo<I, ConnInfo>,
     shared: Arc<Shared>,
     mut closing: watch::Receiver<bool>,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    slot: Slot,
     lot: Option<Arc<ParkingLot>>,
 ) -> impl Future<Output = ()> + Send + 'static
 where
@@ -579,7 +581,10 @@ where
                         }
                     }
                     tracing::trace!(peer = %io.owner().peer, "idle keep-alive connection parked");
-                    if !io.park(&mut closing).await {
+                    slot.conns().parked(1);
+                    let woke = io.park(&mut closing).await;
+                    slot.conns().unparked(1);
+                    if !woke {
                         break 'serve Ok(());
                     }
                 }
@@ -836,8 +841,9 @@ mod tests {
         };
         let io = TimedIo::new(stream, Arc::new(ConnInfo::new(peer, false)), timeouts);
         let io_size = std::mem::size_of_val(&io);
-        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        let lot = ParkingLot::new().ok();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let slot = Slot::new(permit, dp.shared.conns.clone());
+        let lot = ParkingLot::new(dp.shared.conns.clone()).ok();
         let task = serve_conn(builders, io, dp.shared.clone(), closing, slot, lot);
         let size = std::mem::size_of_val(&task);
         // The connection's I/O state, the park future (which holds the

@@ -113,6 +113,38 @@ pub(crate) fn render(shared: &Shared, out: &mut String, addresses: bool) {
             };
         }
     }
+    let conns = &shared.conns;
+    let gauges: [(&str, &str, &str, u64); 4] = [
+        (
+            "switchyard_client_connections",
+            "gauge",
+            "Client connections open now (HTTP and HTTPS listeners), idle keep-alive ones included.",
+            conns.open() as u64,
+        ),
+        (
+            "switchyard_client_connections_idle",
+            "gauge",
+            "Of the open client connections, keep-alive ones waiting over a second for their next request.",
+            conns.idle() as u64,
+        ),
+        (
+            "switchyard_client_connections_limit",
+            "gauge",
+            "[proxy] max_connections: at it, new connections wait in the listen backlog.",
+            conns.limit() as u64,
+        ),
+        (
+            "switchyard_client_connections_accepted_total",
+            "counter",
+            "Client connections accepted since start.",
+            conns.accepted(),
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
     let fallbacks = shared.fallbacks();
     let _ = writeln!(
         out,

@@ -25,7 +25,9 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
+use tokio::sync::{watch, Notify};
+
+use crate::conn::{ClientConns, Slot};
 use tokio::time::Instant;
 
 /// Idle deadlines are checked at most this often: a parked connection is
@@ -39,8 +41,8 @@ pub(crate) struct Parked {
     /// The client's socket (non-blocking, in no reactor).
     pub stream: std::net::TcpStream,
     pub peer: SocketAddr,
-    /// Its place under `max_connections`, held while parked.
-    pub slot: OwnedSemaphorePermit,
+    /// Its place under `max_connections` and in the open count.
+    pub slot: Slot,
     /// When its idle spell reaches `idle_timeout`.
     pub idle_deadline: Instant,
 }
@@ -57,6 +59,8 @@ pub(crate) struct ParkingLot {
     /// Wakes the watching task when a deadline earlier than it knew of
     /// arrives.
     earlier: Notify,
+    /// Counts the parked as idle.
+    conns: Arc<ClientConns>,
 }
 
 struct Lot {
@@ -69,8 +73,9 @@ struct Lot {
 }
 
 impl ParkingLot {
-    /// An empty lot with an epoll set of its own.
-    pub(crate) fn new() -> io::Result<Arc<ParkingLot>> {
+    /// An empty lot with an epoll set of its own, counting what it holds
+    /// in `conns`.
+    pub(crate) fn new(conns: Arc<ClientConns>) -> io::Result<Arc<ParkingLot>> {
         let poll = mio::Poll::new()?;
         let registry = poll.registry().try_clone()?;
         Ok(Arc::new(ParkingLot {
@@ -82,6 +87,7 @@ impl ParkingLot {
             registry,
             poll: Mutex::new(Some(poll)),
             earlier: Notify::new(),
+            conns,
         }))
     }
 
@@ -114,6 +120,7 @@ impl ParkingLot {
             return;
         }
         entry.insert(p);
+        self.conns.parked(1);
         if lot.earliest.is_none_or(|e| deadline < e) {
             lot.earliest = Some(deadline);
             drop(lot);
@@ -132,10 +139,12 @@ impl ParkingLot {
             Ok(0) => {
                 // The client closed: closing the socket leaves the epoll set.
                 lot.parked.remove(key);
+                self.conns.unparked(1);
                 None
             }
             Ok(_) => {
                 let p = lot.parked.remove(key);
+                self.conns.unparked(1);
                 let fd = p.stream.as_raw_fd();
                 if let Err(e) = self.registry.deregister(&mut SourceFd(&fd)) {
                     tracing::debug!(peer = %p.peer, error = %e, "could not unpark an idle connection; closing it");
@@ -147,6 +156,7 @@ impl ParkingLot {
             Err(e) => {
                 tracing::debug!(peer = %p.peer, error = %e, "parked connection failed; closing it");
                 lot.parked.remove(key);
+                self.conns.unparked(1);
                 None
             }
         }
@@ -156,7 +166,9 @@ impl ParkingLot {
     /// to look again (`None`: nothing is parked).
     fn sweep(&self, now: Instant) -> Option<Instant> {
         let mut lot = self.lock();
+        let before = lot.parked.len();
         lot.parked.retain(|_, p| p.idle_deadline > now);
+        self.conns.unparked(before - lot.parked.len());
         let earliest = lot.parked.iter().map(|(_, p)| p.idle_deadline).min();
         lot.earliest = earliest;
         // Sockets closed by `retain` left the epoll set with their last
@@ -171,6 +183,7 @@ impl ParkingLot {
     fn close(&self) {
         let mut lot = self.lock();
         lot.closed = true;
+        self.conns.unparked(lot.parked.len());
         lot.parked = Slab::new();
         lot.earliest = None;
     }

@@ -727,7 +727,7 @@ async fn two_thousand_idle_connections_are_held_cheaply_and_their_memory_returns
     let per_conn = (holding.saturating_sub(baseline)) * 1024 / N as u64;
     // Before parking, each idle connection kept hyper's 16 KiB of buffers
     // (21.8 kB measured in issue 9); parked in the lot as a bare socket,
-    // about 0.6 kB (release build, mostly the allocator's high-water mark).
+    // about 0.45 kB (release build, mostly the allocator's high-water mark).
     assert!(
         per_conn < 12 * 1024,
         "{per_conn} bytes per idle connection (RSS {baseline} KiB -> {holding} KiB)"

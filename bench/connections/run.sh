@@ -7,6 +7,8 @@
 # the N are held, 20 new clients must still be served.
 #
 # Usage: bench/connections/run.sh [connections] [rounds]
+#        CHURN=1 bench/connections/run.sh 2000 [rounds]   (the CPU cost of
+#        idle spells: clients that pause 0.5 s or 1.5 s between requests)
 set -euo pipefail
 N=${1:-10000}
 ROUNDS=${2:-1}
@@ -115,6 +117,39 @@ for r in $(seq "$ROUNDS"); do
   python3 "$ROOT/bench/connections/hold.py" "$SY_P" "$N" "$SY_PID" > "$OUT/switchyard.$r.json"
   kill "$SY_PID"; wait "$SY_PID" 2>/dev/null || true
 done
+
+# CHURN=1: the cost of idle spells. 2,000 keep-alive clients, one request
+# each every 0.5 s (never idle long enough to park) and every 1.5 s (every
+# request comes after a park), 20 s each, beside nginx under the same load.
+if [ -n "${CHURN:-}" ]; then
+  for r in $(seq "$ROUNDS"); do
+    for period in 0.5 1.5; do
+      "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+      NGINX_MASTER=$!
+      wait_for "http://127.0.0.1:$NGINX_P/"
+      NGINX_PIDS="$NGINX_MASTER,$(pgrep -P "$NGINX_MASTER" | paste -sd,)"
+      python3 "$ROOT/bench/connections/churn.py" "$NGINX_P" 2000 "$period" 20 "$NGINX_PIDS" > "$OUT/churn-nginx-$period.$r.json"
+      kill "$NGINX_MASTER"; wait "$NGINX_MASTER" 2>/dev/null || true
+      "$SY" run -c "$WORK/switchyard.toml" > "$WORK/sy.out" 2> "$WORK/sy.err" &
+      SY_PID=$!
+      wait_for "http://127.0.0.1:$SY_ADMIN/healthz"
+      wait_for "http://127.0.0.1:$SY_P/"
+      python3 "$ROOT/bench/connections/churn.py" "$SY_P" 2000 "$period" 20 "$SY_PID" > "$OUT/churn-switchyard-$period.$r.json"
+      kill "$SY_PID"; wait "$SY_PID" 2>/dev/null || true
+    done
+  done
+  python3 - "$OUT" "$ROUNDS" <<'PY' | tee "$OUT/churn.md"
+import json, os, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+print("| proxy | one request per client every | requests | failed | CPU µs per request (median) |")
+print("|---|---:|---:|---:|---:|")
+for name in ("nginx", "switchyard"):
+    for period in ("0.5", "1.5"):
+        runs = [json.load(open(os.path.join(out, f"churn-{name}-{period}.{r}.json"))) for r in range(1, rounds + 1)]
+        print(f"| {name} | {period} s | {sum(r['requests'] for r in runs)} | {sum(r['failures'] for r in runs)} | {statistics.median(r['cpu_us_per_request'] for r in runs)} |")
+PY
+  exit 0
+fi
 
 # nginx's preallocation: the same worker with $WC slots and with 1,024.
 slots_rss() { # worker_connections

@@ -379,24 +379,43 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
     where
         I: ReadReady,
     {
+        self.park_until(closing, None).await == Woke::Ready
+    }
+
+    /// As [`TimedIo::park`], but gives up at `until` (if that comes before
+    /// the idle timeout) with [`Woke::StillIdle`], so that the caller can
+    /// park the connection somewhere cheaper.
+    pub async fn park_until(
+        &mut self,
+        closing: &mut watch::Receiver<bool>,
+        until: Option<tokio::time::Instant>,
+    ) -> Woke
+    where
+        I: ReadReady,
+    {
         let idle_deadline = self.idle_deadline;
-        self.deadline.as_mut().reset(idle_deadline);
+        let wake_at = until.map_or(idle_deadline, |u| u.min(idle_deadline));
+        self.deadline.as_mut().reset(wake_at);
         let closed = closing.wait_for(|c| *c);
         tokio::pin!(closed);
-        let ready = std::future::poll_fn(|cx| {
+        let woke = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = self.io.poll_read_ready(cx) {
-                return Poll::Ready(r.is_ok());
+                return Poll::Ready(if r.is_ok() { Woke::Ready } else { Woke::Closed });
             }
             if self.deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(false);
+                return Poll::Ready(if wake_at < idle_deadline {
+                    Woke::StillIdle
+                } else {
+                    Woke::Closed
+                });
             }
             if closed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(false);
+                return Poll::Ready(Woke::Closed);
             }
             Poll::Pending
         })
         .await;
-        if ready {
+        if woke == Woke::Ready {
             // Still idle: park again after another spell, but the idle
             // timeout counts from when the connection went idle.
             let after = self.park_after.unwrap_or(self.timeouts.idle);
@@ -404,7 +423,7 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
             self.armed = true;
             self.deadline.as_mut().reset(next);
         }
-        ready
+        woke
     }
 
     fn arm(&mut self, after: Duration) {
@@ -442,6 +461,18 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
             self.arm(header);
         }
     }
+}
+
+/// How a parked connection's wait ended ([`TimedIo::park_until`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// The client sent something (or closed: the HTTP library sees that).
+    Ready,
+    /// The idle timeout passed, the listener is closing, or the socket
+    /// failed: close the connection.
+    Closed,
+    /// Still idle at the time asked for.
+    StillIdle,
 }
 
 /// Readiness of a connection's socket, for [`TimedIo::park`].

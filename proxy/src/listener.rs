@@ -5,10 +5,10 @@
 //! timeouts ([`crate::conn`]).
 //!
 //! An HTTP/1 keep-alive connection idle for [`PARK_AFTER`] is parked: the
-//! HTTP library's state and buffers are dropped; a plain connection's
-//! socket then waits in the listener's parking lot with no task at all
-//! ([`crate::park`]), a TLS one in its task holding no buffer
-//! ([`crate::conn::TimedIo::park`]).
+//! HTTP library's state and buffers are dropped and it waits in its task
+//! holding no buffer ([`crate::conn::TimedIo::park`]); a plain connection
+//! still idle at [`LOT_AFTER`] moves to the listener's parking lot as a bare
+//! socket, with no task at all ([`crate::park`]).
 //!
 //! The listening sockets can come from elsewhere ([`bind_inheriting`]): a
 //! predecessor process handing over on upgrade, or systemd. [`Stop`] says
@@ -44,6 +44,13 @@ use crate::{DataPlane, ProxyError, Shared};
 /// between requests before it is parked (its buffers freed). Busy clients
 /// never wait that long between requests, so parking costs them nothing.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a plain HTTP/1 keep-alive connection stays idle, parked in its
+/// task, before it moves to the parking lot ([`crate::park`]) as a bare
+/// socket. Parking in the task costs no system call; the lot costs four
+/// `epoll_ctl`s a round trip but a twentieth of the memory, so it is for
+/// clients that stay away for longer.
+pub const LOT_AFTER: Duration = Duration::from_secs(3);
 
 /// How serving ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,8 +371,13 @@ impl Listeners {
                 );
             }
         };
-        // The lot is watched until `closing`, which closes what is parked.
-        tokio::join!(serving, watch_lot);
+        // The lot is watched by a task of its own until `closing` (or until
+        // its sender is dropped), which closes what is parked; as a branch
+        // of this future, every wake-up of the lot would poll the accept
+        // loops and whatever awaits this too.
+        let watching = tokio::spawn(watch_lot);
+        serving.await;
+        let _ = watching.await;
     }
 }
 
@@ -562,8 +574,21 @@ where
                 };
                 if idle {
                     if let Some(lot) = &lot {
-                        // A plain connection goes to the lot as a bare
-                        // socket and this task ends.
+                        // Parked in the task first (no system call to park
+                        // or wake it, for clients that pause a few seconds
+                        // between requests); still idle at LOT_AFTER, a
+                        // plain connection goes to the lot as a bare socket
+                        // and this task ends.
+                        let conns = slot.conns().clone();
+                        conns.parked(1);
+                        let until = tokio::time::Instant::now() + (LOT_AFTER - PARK_AFTER);
+                        let woke = io.park_until(&mut closing, Some(until)).await;
+                        conns.unparked(1);
+                        match woke {
+                            conn::Woke::Ready => continue,
+                            conn::Woke::Closed => break 'serve Ok(()),
+                            conn::Woke::StillIdle => {}
+                        }
                         let peer = io.owner().peer;
                         match io.into_idle_socket() {
                             Ok(Ok((stream, idle_deadline))) => {
@@ -802,10 +827,12 @@ mod tests {
     }
 
     /// A parked connection left alone past `idle_timeout` is closed by the
-    /// lot, as one waiting in its task would be.
+    /// lot, as one waiting in its task would be (the timeout is past
+    /// `LOT_AFTER`, so the connection is in the lot by then).
     #[tokio::test]
     async fn a_parked_connection_is_closed_at_its_idle_timeout() {
-        let (addr, _stop, _served) = listener("2s", 10).await;
+        assert!(LOT_AFTER < Duration::from_secs(5));
+        let (addr, _stop, _served) = listener("5s", 10).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let before = tasks();
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -1,7 +1,10 @@
 //! The parking lot: plain HTTP/1 keep-alive connections idle past
-//! [`crate::listener::PARK_AFTER`] wait here for their client's next
+//! [`crate::listener::LOT_AFTER`] wait here for their client's next
 //! request as a bare socket, with no task, no timer and no registration in
-//! tokio's reactor.
+//! tokio's reactor. (Idle for less, they wait in their task, holding no
+//! buffer: moving a socket here and back costs four `epoll_ctl`s and a new
+//! task, about 13 µs, which clients that pause a second or two between
+//! requests should not pay.)
 //!
 //! A task per idle connection costs about 1.6 kB (the task, tokio's
 //! readiness slot for the socket, the idle timer, the connection's
@@ -131,35 +134,41 @@ impl ParkingLot {
     /// Takes the connection parked under `key` out of the lot, if it is
     /// still there and has something to say: `Some` when its client sent
     /// bytes (serve it again), `None` when it closed (closed here too) or
-    /// the wake-up was spurious (it stays parked).
-    fn wake(&self, key: usize) -> Option<Parked> {
+    /// the wake-up was spurious (it stays parked). Only an event that says
+    /// the peer closed or failed is looked at first (`closed`): a plain
+    /// readable event is the next request, and goes back to tokio with no
+    /// further system call.
+    fn wake(&self, key: usize, closed: bool) -> Option<Parked> {
         let mut lot = self.lock();
         let p = lot.parked.get(key)?;
-        match p.stream.peek(&mut [0u8; 1]) {
-            Ok(0) => {
-                // The client closed: closing the socket leaves the epoll set.
-                lot.parked.remove(key);
-                self.conns.unparked(1);
-                None
-            }
-            Ok(_) => {
-                let p = lot.parked.remove(key);
-                self.conns.unparked(1);
-                let fd = p.stream.as_raw_fd();
-                if let Err(e) = self.registry.deregister(&mut SourceFd(&fd)) {
-                    tracing::debug!(peer = %p.peer, error = %e, "could not unpark an idle connection; closing it");
+        if closed {
+            match p.stream.peek(&mut [0u8; 1]) {
+                Ok(0) => {
+                    // The client closed: closing the socket leaves the
+                    // epoll set.
+                    lot.parked.remove(key);
+                    self.conns.unparked(1);
                     return None;
                 }
-                Some(p)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-            Err(e) => {
-                tracing::debug!(peer = %p.peer, error = %e, "parked connection failed; closing it");
-                lot.parked.remove(key);
-                self.conns.unparked(1);
-                None
+                // A request, then the client's half-close: serve it.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) => {
+                    tracing::debug!(peer = %p.peer, error = %e, "parked connection failed; closing it");
+                    lot.parked.remove(key);
+                    self.conns.unparked(1);
+                    return None;
+                }
             }
         }
+        let p = lot.parked.remove(key);
+        self.conns.unparked(1);
+        let fd = p.stream.as_raw_fd();
+        if let Err(e) = self.registry.deregister(&mut SourceFd(&fd)) {
+            tracing::debug!(peer = %p.peer, error = %e, "could not unpark an idle connection; closing it");
+            return None;
+        }
+        Some(p)
     }
 
     /// Closes the connections whose idle deadline has passed; returns when
@@ -228,10 +237,16 @@ impl ParkingLot {
         let sweep = tokio::time::sleep_until(far());
         tokio::pin!(sweep);
         let mut next_sweep = None::<Instant>;
+        // Made once, not per wake-up: each `notified()` and `wait_for` takes
+        // a lock to join its waiter list and another to leave it.
+        let closed = closing.wait_for(|c| *c);
+        tokio::pin!(closed);
+        let earlier = self.earlier.notified();
+        tokio::pin!(earlier);
         loop {
             tokio::select! {
                 biased;
-                _ = closing.wait_for(|c| *c) => return,
+                _ = &mut closed => return,
                 guard = fd.readable_mut() => {
                     let mut guard = match guard {
                         Ok(g) => g,
@@ -241,7 +256,9 @@ impl ParkingLot {
                         }
                     };
                     // Edge-triggered from tokio's side: take every event
-                    // before saying the set is drained.
+                    // before saying the set is drained. A poll that did not
+                    // fill `events` emptied the set; an event after it is a
+                    // new edge, which `clear_ready` does not clear.
                     loop {
                         if let Err(e) = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
                             if e.kind() == io::ErrorKind::Interrupted {
@@ -250,13 +267,16 @@ impl ParkingLot {
                             tracing::error!(error = %e, "watching parked connections failed; closing them");
                             return;
                         }
-                        if events.is_empty() {
-                            break;
-                        }
+                        let mut got = 0;
                         for ev in events.iter() {
-                            if let Some(p) = self.wake(ev.token().0) {
+                            got += 1;
+                            let closed = ev.is_read_closed() || ev.is_error();
+                            if let Some(p) = self.wake(ev.token().0, closed) {
                                 resume(p);
                             }
+                        }
+                        if got < events.capacity() {
+                            break;
                         }
                     }
                     guard.clear_ready();
@@ -266,7 +286,8 @@ impl ParkingLot {
                     next_sweep = self.sweep(now).map(|e| e.max(now + SWEEP_EVERY));
                     sweep.as_mut().reset(next_sweep.unwrap_or_else(far));
                 }
-                _ = self.earlier.notified() => {
+                _ = &mut earlier => {
+                    earlier.set(self.earlier.notified());
                     if let Some(e) = self.lock().earliest {
                         // Never sooner than a sweep interval after the last.
                         let at = match next_sweep {

@@ -6,6 +6,7 @@ answered, failures, and the CPU time the given processes used meanwhile
 
 Usage: churn.py PORT N PERIOD DURATION PID[,PID...]
 """
+from http1 import read_response
 import asyncio, json, os, random, sys, time
 
 PORT, N = int(sys.argv[1]), int(sys.argv[2])
@@ -22,17 +23,6 @@ def cpu_seconds():
             fields = f.read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / TICK
-
-
-async def read_response(reader):
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    await reader.readexactly(length)
-    return status
 
 
 async def client(end, counts, failures):

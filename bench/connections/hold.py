@@ -7,6 +7,7 @@ they are held. Prints one JSON line.
 
 Usage: hold.py PORT N PID[,PID...] [settle_seconds]
 """
+from http1 import read_response
 import asyncio, json, sys, time
 
 PORT, N = int(sys.argv[1]), int(sys.argv[2])
@@ -23,17 +24,6 @@ def rss_kib():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return total
-
-
-async def read_response(reader):
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    await reader.readexactly(length)
-    return status
 
 
 async def one(sem, held, failures):

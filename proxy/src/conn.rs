@@ -278,40 +278,13 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
     where
         I: ReadReady,
     {
-        if self.unread.is_some() {
+        if !I::BARE || self.unread.is_some() {
             return Err(self);
         }
         let TimedIo {
-            io,
-            owner,
-            timeouts,
-            phase,
-            armed,
-            h2,
-            parked,
-            answered,
-            park_after,
-            idle_deadline,
-            unread,
-            deadline,
+            io, idle_deadline, ..
         } = self;
-        match io.into_std() {
-            Ok(s) => Ok(s.map(|s| (s, idle_deadline))),
-            Err(io) => Err(TimedIo {
-                io,
-                owner,
-                timeouts,
-                phase,
-                armed,
-                h2,
-                parked,
-                answered,
-                park_after,
-                idle_deadline,
-                unread,
-                deadline,
-            }),
-        }
+        Ok(io.into_std().map(|s| (s, idle_deadline)))
     }
 
     /// What the listener keeps for this connection.
@@ -371,21 +344,13 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
         Ok(Some(h2))
     }
 
-    /// Waits for the client's next request holding no buffer: `true` when
-    /// it has sent something (or closed: the HTTP library sees that), `false`
-    /// when the idle timeout passed or `closing` became true, and the
-    /// connection should be closed.
-    pub async fn park(&mut self, closing: &mut watch::Receiver<bool>) -> bool
-    where
-        I: ReadReady,
-    {
-        self.park_until(closing, None).await == Woke::Ready
-    }
-
-    /// As [`TimedIo::park`], but gives up at `until` (if that comes before
-    /// the idle timeout) with [`Woke::StillIdle`], so that the caller can
-    /// park the connection somewhere cheaper.
-    pub async fn park_until(
+    /// Waits for the client's next request holding no buffer:
+    /// [`Woke::Ready`] when it has sent something (or closed: the HTTP
+    /// library sees that), [`Woke::Closed`] when the idle timeout passed or
+    /// `closing` became true and the connection should be closed, and
+    /// [`Woke::StillIdle`] at `until` if that comes first, so that the
+    /// caller can park the connection somewhere cheaper.
+    pub async fn park(
         &mut self,
         closing: &mut watch::Receiver<bool>,
         until: Option<tokio::time::Instant>,
@@ -463,7 +428,7 @@ impl<I, A: AsRef<Activity>> TimedIo<I, A> {
     }
 }
 
-/// How a parked connection's wait ended ([`TimedIo::park_until`]).
+/// How a parked connection's wait ended ([`TimedIo::park`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Woke {
     /// The client sent something (or closed: the HTTP library sees that).
@@ -480,13 +445,19 @@ pub trait ReadReady {
     /// Ready once the socket has bytes to read (or the peer closed).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
-    /// The bare socket, out of tokio's reactor, for the parking lot
-    /// (`Err(self)`: this kind of connection cannot be reduced to one).
-    fn into_std(self) -> Result<io::Result<std::net::TcpStream>, Self>
+    /// Whether this kind of connection can wait as a bare socket in the
+    /// parking lot ([`ReadReady::into_std`]).
+    const BARE: bool = false;
+
+    /// The bare socket, out of tokio's reactor, for the parking lot. Only
+    /// called where [`ReadReady::BARE`] says so.
+    fn into_std(self) -> io::Result<std::net::TcpStream>
     where
         Self: Sized,
     {
-        Err(self)
+        Err(io::Error::other(
+            "only a plain TCP connection can be parked as a bare socket",
+        ))
     }
 }
 
@@ -495,8 +466,10 @@ impl ReadReady for TcpStream {
         TcpStream::poll_read_ready(self, cx)
     }
 
-    fn into_std(self) -> Result<io::Result<std::net::TcpStream>, Self> {
-        Ok(TcpStream::into_std(self))
+    const BARE: bool = true;
+
+    fn into_std(self) -> io::Result<std::net::TcpStream> {
+        TcpStream::into_std(self)
     }
 }
 

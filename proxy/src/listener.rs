@@ -573,44 +573,38 @@ where
                     read_buf.is_empty()
                 };
                 if idle {
-                    if let Some(lot) = &lot {
-                        // Parked in the task first (no system call to park
-                        // or wake it, for clients that pause a few seconds
-                        // between requests); still idle at LOT_AFTER, a
-                        // plain connection goes to the lot as a bare socket
-                        // and this task ends.
-                        let conns = slot.conns().clone();
-                        conns.parked(1);
-                        let until = tokio::time::Instant::now() + (LOT_AFTER - PARK_AFTER);
-                        let woke = io.park_until(&mut closing, Some(until)).await;
-                        conns.unparked(1);
-                        match woke {
-                            conn::Woke::Ready => continue,
-                            conn::Woke::Closed => break 'serve Ok(()),
-                            conn::Woke::StillIdle => {}
-                        }
-                        let peer = io.owner().peer;
-                        match io.into_idle_socket() {
-                            Ok(Ok((stream, idle_deadline))) => {
-                                tracing::trace!(%peer, "idle keep-alive connection parked in the lot");
-                                lot.park(Parked {
-                                    stream,
-                                    peer,
-                                    slot,
-                                    idle_deadline,
-                                });
-                                break 'serve Ok(());
-                            }
-                            Ok(Err(e)) => break 'serve Err(e.into()),
-                            Err(back) => io = back,
-                        }
-                    }
+                    // Parked in the task first (no system call to park or
+                    // wake it, for clients that pause a few seconds between
+                    // requests); a plain connection still idle at LOT_AFTER
+                    // goes to the lot as a bare socket and this task ends.
+                    let until = (lot.is_some() && <I as ReadReady>::BARE)
+                        .then(|| tokio::time::Instant::now() + (LOT_AFTER - PARK_AFTER));
                     tracing::trace!(peer = %io.owner().peer, "idle keep-alive connection parked");
                     slot.conns().parked(1);
-                    let woke = io.park(&mut closing).await;
+                    let woke = io.park(&mut closing, until).await;
                     slot.conns().unparked(1);
-                    if !woke {
-                        break 'serve Ok(());
+                    match woke {
+                        conn::Woke::Ready => continue,
+                        conn::Woke::Closed => break 'serve Ok(()),
+                        conn::Woke::StillIdle => {}
+                    }
+                    let Some(lot) = &lot else { continue };
+                    let peer = io.owner().peer;
+                    match io.into_idle_socket() {
+                        Ok(Ok((stream, idle_deadline))) => {
+                            tracing::trace!(%peer, "idle keep-alive connection parked in the lot");
+                            lot.park(Parked {
+                                stream,
+                                peer,
+                                slot,
+                                idle_deadline,
+                            });
+                            break 'serve Ok(());
+                        }
+                        Ok(Err(e)) => break 'serve Err(e.into()),
+                        // Not reducible after all: served again, and parked
+                        // in the task once idle.
+                        Err(back) => io = back,
                     }
                 }
             }

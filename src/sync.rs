@@ -101,9 +101,16 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
             _ = term.recv() => ("SIGTERM", 143),
         };
         let (name, code) = signalled;
-        let after = match switchyard_sync::gate::interrupted(&db, name).await {
+        let dir = match switchyard_sync::primary::primary(&db).await {
+            Ok(p) => p.direction(),
+            Err(e) => {
+                eprintln!("switchyard sync: {what} interrupted by {name}; the primary could not be read ({e}): treat the candidate's database as incomplete and run `switchyard sync clone --replace`");
+                return Ok(ExitCode::from(code));
+            }
+        };
+        let after = match switchyard_sync::gate::interrupted(&db, dir, name).await {
             Ok(s) => s,
-            Err(e) => format!("green could not be reached to record it ({e}): treat it as incomplete and run `switchyard sync clone --replace`"),
+            Err(e) => format!("{} could not be reached to record it ({e}): treat it as incomplete and run `switchyard sync clone --replace`", dir.target()),
         };
         eprintln!("switchyard sync: {what} interrupted by {name}: {after}");
         Ok::<_, anyhow::Error>(ExitCode::from(code))

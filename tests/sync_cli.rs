@@ -115,7 +115,7 @@ async fn preflight_clone_migrate_verify_from_the_command_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_session_switchyard_opens_on_blue_is_read_only() {
+async fn every_session_that_reads_the_primary_is_read_only_and_only_the_targets_may_write() {
     use switchyard_sync::Side;
     let pair = pg::Pair::new("blue_read_only").await;
     let blue = switchyard_sync::pg::connect(Side::Blue, pair.blue())
@@ -129,8 +129,16 @@ async fn every_session_switchyard_opens_on_blue_is_read_only() {
         switchyard_sync::error::pg_message(&err).contains("read-only transaction"),
         "{err:?}"
     );
-    // Green sessions may write.
-    let green = switchyard_sync::pg::connect(Side::Green, pair.green())
+    // Reading sessions are read-only on either side; the target's (the
+    // candidate's database) may write when opened for that.
+    let reader = switchyard_sync::pg::connect(Side::Green, pair.green())
+        .await
+        .unwrap();
+    assert!(reader
+        .batch_execute("CREATE TABLE no (id int)")
+        .await
+        .is_err());
+    let green = switchyard_sync::pg::connect_target(Side::Green, pair.green())
         .await
         .unwrap();
     green
@@ -165,7 +173,7 @@ async fn green_pointing_at_blue_is_refused_before_anything_is_written() {
         let r = sync(&config, args);
         assert_eq!(r.code, 2, "{args:?}: {}{}", r.stdout, r.stderr);
         assert!(
-            r.stderr.contains("green is the same database as blue"),
+            r.stderr.contains("green and blue name the same database"),
             "{}",
             r.stderr
         );

@@ -48,9 +48,14 @@ pub(crate) fn ensure_running(inner: &Arc<Inner>, started_ms: u64, db: &DatabaseC
 
 /// The direction replication runs while `stable`'s database is the primary.
 pub(crate) fn direction_from(stable: Colour) -> Direction {
-    match stable {
-        Colour::Blue => Direction::Forward,
-        Colour::Green => Direction::Reverse,
+    Direction::from_source(side_of(stable))
+}
+
+/// The database side of a colour.
+pub(crate) fn side_of(c: Colour) -> switchyard_sync::Side {
+    match c {
+        Colour::Blue => switchyard_sync::Side::Blue,
+        Colour::Green => switchyard_sync::Side::Green,
     }
 }
 
@@ -65,6 +70,11 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
     };
     let dp = inner.dp.clone();
     let pin = db.writes == WritePolicy::Stable;
+    let kind = if back {
+        switchyard_sync::CutoverKind::Rollback
+    } else {
+        switchyard_sync::CutoverKind::Promote
+    };
     let _ = inner.transition("controller", |_| {
         let mut c = Change::new(
             EventKind::CutoverStarted,
@@ -95,20 +105,35 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
             // Nothing carries blue's writes to a snapshot: one that blue
             // moved on from since the gate last looked must not take over.
             let left = deadline.saturating_duration_since(Instant::now());
-            let stale = tokio::time::timeout(left, switchyard_sync::stale_copy(&db))
-                .await
-                .map_err(|_| {
-                    "green's and blue's databases did not answer within cutover_timeout".to_string()
-                })?
-                .map_err(|e| format!("cannot read green's state: {e}"))?;
-            return match stale {
-                Some(why) => Err(format!(
-                    "green's copy is stale: {why}; run `switchyard sync clone --replace --verify`"
-                )),
-                None => Ok(None),
-            };
+            let stale = tokio::time::timeout(
+                left,
+                switchyard_sync::stale_copy(&db, direction_from(stable)),
+            )
+            .await
+            .map_err(|_| {
+                format!("{candidate}'s and {stable}'s databases did not answer within cutover_timeout")
+            })?
+            .map_err(|e| format!("cannot read {candidate}'s state: {e}"))?;
+            if let Some(why) = stale {
+                return Err(format!(
+                    "{candidate}'s copy is stale: {why}; run `switchyard sync clone --replace --verify`"
+                ));
+            }
+            // Recorded before the writes move, in both databases: the next
+            // release prepares the other colour's database from this one.
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::timeout(
+                left,
+                switchyard_sync::primary::record_cutover(&db, side_of(candidate), kind),
+            )
+            .await
+            .map_err(|_| {
+                format!("recording the cutover in {candidate}'s database did not finish within cutover_timeout")
+            })?
+            .map_err(|e| format!("cannot record the cutover: {e}"))?;
+            return Ok(None);
         }
-        switchyard_sync::replication::switch(&db, direction_from(stable), deadline)
+        switchyard_sync::replication::switch(&db, direction_from(stable), kind, deadline)
             .await
             .map(Some)
             .map_err(|e| e.to_string())
@@ -171,6 +196,9 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
                 Ok(c)
             });
             tracing::info!(held_ms, held_requests, writer = %candidate, "cutover completed");
+            for w in report.iter().flat_map(|r| &r.warnings) {
+                tracing::warn!("{w}");
+            }
             if let Some(report) = report {
                 // The old direction's objects are no longer needed; then the
                 // status reads the new direction at once.

@@ -39,10 +39,12 @@ pub(crate) fn apply_writer(dp: &DataPlane, db: Option<&DatabaseConfig>, stable: 
     dp.set_writer(pin.then_some(stable));
 }
 
-/// After an abort: stops the preparing workflow and removes every
-/// replication object on both sides (twice, a moment apart, since a
-/// statement of the interrupted workflow may still commit), reporting what
-/// was removed as a `database_cleanup` event.
+/// After an abort: stops the preparing workflow and removes the replication
+/// objects the aborted release set up, on both sides (twice, a moment
+/// apart, since a statement of the interrupted workflow may still commit),
+/// never the replication that protects an earlier promotion (see
+/// [`replication::cleanup_after_abort`]), reporting what was removed and
+/// kept as a `database_cleanup` event.
 pub(crate) fn clean_up_after_abort(inner: &Arc<crate::Inner>, db: &DatabaseConfig) {
     crate::preparing::stop(inner);
     let weak = Arc::downgrade(inner);
@@ -50,12 +52,14 @@ pub(crate) fn clean_up_after_abort(inner: &Arc<crate::Inner>, db: &DatabaseConfi
     tokio::spawn(async move {
         let mut removed = Vec::new();
         let mut unreachable = Vec::new();
+        let mut kept = Vec::new();
         for pause in [Duration::from_millis(200), Duration::from_secs(2)] {
             tokio::time::sleep(pause).await;
-            match replication::cleanup(&db).await {
+            match replication::cleanup_after_abort(&db).await {
                 Ok(r) => {
                     removed.extend(r.removed);
                     unreachable = r.unreachable;
+                    kept = r.kept;
                 }
                 Err(e) => unreachable = vec![e.to_string()],
             }
@@ -65,18 +69,23 @@ pub(crate) fn clean_up_after_abort(inner: &Arc<crate::Inner>, db: &DatabaseConfi
             .iter()
             .map(|o| format!("{} {:?} {}", o.side, o.kind, o.name).to_lowercase())
             .collect();
+        let kept_note = if kept.is_empty() {
+            String::new()
+        } else {
+            format!("; kept {}", kept.join(", "))
+        };
         let reason = if unreachable.is_empty() {
             format!(
-                "rollout aborted: removed {}",
+                "rollout aborted: removed {}{kept_note}",
                 if names.is_empty() {
-                    "nothing (no replication objects existed)".to_string()
+                    "nothing (no replication objects to remove)".to_string()
                 } else {
                     names.join(", ")
                 }
             )
         } else {
             format!(
-                "rollout aborted: removed {}; could not reach {}: run `switchyard sync cleanup` once it is up",
+                "rollout aborted: removed {}{kept_note}; could not reach {}: the objects there stay until it is up (then run `switchyard sync cleanup`, or start the next release)",
                 names.join(", "),
                 unreachable.join("; ")
             )
@@ -84,7 +93,8 @@ pub(crate) fn clean_up_after_abort(inner: &Arc<crate::Inner>, db: &DatabaseConfi
         let _ = inner.transition("controller", |_| {
             let mut c =
                 crate::model::rollout::Change::new(EventKind::DatabaseCleanup, Some(reason));
-            c.extra.detail = Some(json!({ "removed": removed, "unreachable": unreachable }));
+            c.extra.detail =
+                Some(json!({ "removed": removed, "unreachable": unreachable, "kept": kept }));
             Ok(c)
         });
     });
@@ -138,6 +148,10 @@ impl DbLiveCell {
 pub struct DatabaseGate {
     db: DatabaseConfig,
     last: ArcSwapOption<Reading>,
+    /// The stable colour (its database is the primary): the gate reads the
+    /// other colour's database, the candidate's. Set by the control plane
+    /// ([`DatabaseGate::set_stable`]).
+    stable_green: std::sync::atomic::AtomicBool,
 }
 
 /// One reading of green's verification and replication state.
@@ -153,6 +167,7 @@ impl DatabaseGate {
         let gate = Arc::new(DatabaseGate {
             db,
             last: ArcSwapOption::empty(),
+            stable_green: std::sync::atomic::AtomicBool::new(false),
         });
         let weak: Weak<DatabaseGate> = Arc::downgrade(&gate);
         tokio::spawn(async move {
@@ -179,19 +194,61 @@ impl DatabaseGate {
         &self.db
     }
 
-    async fn read(&self) -> Result<GateStatus, String> {
-        let result = match tokio::time::timeout(
-            READ_TIMEOUT,
-            switchyard_sync::gate_status(&self.db),
-        )
-        .await
+    /// Tells the gate which colour is stable now (at start and after every
+    /// transition): its database is the source of the next release.
+    pub(crate) fn set_stable(&self, stable: Colour) {
+        let green = stable == Colour::Green;
+        if self
+            .stable_green
+            .swap(green, std::sync::atomic::Ordering::Relaxed)
+            != green
         {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "green's database did not answer within {READ_TIMEOUT:?}"
-            )),
-        };
+            // A reading of the other direction says nothing now.
+            self.last.store(None);
+        }
+    }
+
+    /// The stable colour the gate reads for.
+    pub(crate) fn stable(&self) -> Colour {
+        if self.stable_green.load(std::sync::atomic::Ordering::Relaxed) {
+            Colour::Green
+        } else {
+            Colour::Blue
+        }
+    }
+
+    /// Whether the candidate's database replicates the primary's, by the
+    /// last reading (`None` before the first): what lets an `abort` after a
+    /// promotion move back without losing a write.
+    pub(crate) fn candidate_replicates(&self) -> Option<bool> {
+        let last = self.last.load();
+        let reading = last.as_ref()?.result.as_ref().ok()?;
+        let dir = crate::cutover::direction_from(self.stable());
+        let r = reading.replication.as_ref()?;
+        Some(r.objects.iter().any(|o| {
+            o.direction == dir && o.kind == switchyard_sync::replication::ObjectKind::Subscription
+        }))
+    }
+
+    async fn read(&self) -> Result<GateStatus, String> {
+        let stable = self.stable();
+        let dir = crate::cutover::direction_from(stable);
+        let result =
+            match tokio::time::timeout(READ_TIMEOUT, switchyard_sync::gate_status(&self.db, dir))
+                .await
+            {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "{}'s database did not answer within {READ_TIMEOUT:?}",
+                    stable.other()
+                )),
+            };
+        if self.stable() != stable {
+            // The stable colour changed while reading: this reading is of
+            // the old direction.
+            return result;
+        }
         self.last.store(Some(Arc::new(Reading {
             at_ms: crate::model::events::now_ms(),
             result: result.clone(),
@@ -209,22 +266,27 @@ impl DatabaseGate {
         let s = match status {
             Ok(s) => s,
             Err(e) => {
-                return GateResult::Hold(format!("cannot read green's verification state: {e}"))
+                return GateResult::Hold(format!(
+                    "cannot read {}'s verification state: {e}",
+                    self.stable().other()
+                ))
             }
         };
         if !s.verified {
-            return GateResult::Hold(format!("green is not verified: {}", s.reason));
+            return GateResult::Hold(format!("{} is not verified: {}", s.target, s.reason));
         }
         if self.db.mode == SyncMode::Replicate {
             let Some(r) = &s.replication else {
                 return GateResult::Hold("replication state unknown".into());
             };
-            let arrow = expected.map(|d| d.arrow()).unwrap_or("blue -> green");
+            let arrow = expected
+                .map(|d| d.arrow())
+                .unwrap_or(crate::cutover::direction_from(self.stable()).arrow());
             match (r.state, r.direction) {
                 (ReplicationState::Streaming, d) if expected.is_none() || d == expected => {}
                 (ReplicationState::None, _) => {
                     return GateResult::Hold(format!(
-                        "replication {arrow} is not set up: `switchyard ctl start` sets it up while preparing, or run `switchyard sync replicate`"
+                        "replication {arrow} is not set up: `switchyard ctl resume` (or a new `switchyard ctl start`) prepares the candidate's database and sets it up; by hand, `switchyard sync clone --replace` then `switchyard sync replicate`"
                     ))
                 }
                 (ReplicationState::Inconsistent, _) => {
@@ -269,9 +331,12 @@ impl DatabaseGate {
         };
         let open = matches!(self.judge(&Ok(s.clone()), None), GateResult::Pass);
         let _ = writeln!(out, "# HELP switchyard_database_gate_open 1 when the database gate lets the rollout advance.\n# TYPE switchyard_database_gate_open gauge\nswitchyard_database_gate_open {}", u8::from(open));
-        let _ = writeln!(out, "# HELP switchyard_database_verified 1 when green is verified at its current schema version.\n# TYPE switchyard_database_verified gauge\nswitchyard_database_verified {}", u8::from(s.verified));
+        let _ = writeln!(out, "# HELP switchyard_database_verified 1 when the candidate's database is verified at its current schema version.\n# TYPE switchyard_database_verified gauge\nswitchyard_database_verified {}", u8::from(s.verified));
+        if let Some(p) = &s.primary {
+            let _ = writeln!(out, "# HELP switchyard_database_primary 1 for the colour whose database is the primary (takes the application's writes), by the cutover records.\n# TYPE switchyard_database_primary gauge\nswitchyard_database_primary{{colour=\"blue\"}} {}\nswitchyard_database_primary{{colour=\"green\"}} {}", u8::from(p.side == switchyard_sync::Side::Blue), u8::from(p.side == switchyard_sync::Side::Green));
+        }
         if switchyard_sync::staleness_checked(&self.db) && s.clone.is_some() {
-            let _ = writeln!(out, "# HELP switchyard_database_green_stale 1 when blue has taken writes since green was cloned (snapshot mode): green lacks them.\n# TYPE switchyard_database_green_stale gauge\nswitchyard_database_green_stale {}", u8::from(s.blue_changed.is_some()));
+            let _ = writeln!(out, "# HELP switchyard_database_green_stale 1 when the primary has taken writes since the candidate's database was cloned (snapshot mode): the copy lacks them.\n# TYPE switchyard_database_green_stale gauge\nswitchyard_database_green_stale {}", u8::from(s.blue_changed.is_some()));
         }
         if let Some(r) = &s.replication {
             let dir = r.direction.map(|d| match d {
@@ -302,6 +367,7 @@ impl Gate for DatabaseGate {
 
     fn check<'a>(&'a self, ctx: &'a GateContext) -> GateFuture<'a> {
         Box::pin(async move {
+            self.set_stable(ctx.candidate.other());
             let expected = crate::cutover::direction_from(ctx.candidate.other());
             let status = self.read().await;
             let verdict = self.judge(&status, Some(expected));
@@ -360,6 +426,19 @@ impl DatabaseGate {
             .expect("the database gate always has a status");
         let last = self.last.load();
         let reading = last.as_ref().and_then(|r| r.result.as_ref().ok());
+        let colour = |s: switchyard_sync::Side| match s {
+            switchyard_sync::Side::Blue => Colour::Blue,
+            switchyard_sync::Side::Green => Colour::Green,
+        };
+        let primary = reading.and_then(|s| s.primary.as_ref());
+        let mut schema = wire::SchemaVersions::default();
+        if let Some(s) = reading {
+            let (target, source) = (s.schema_version.clone(), s.source_schema_version.clone());
+            match s.target {
+                switchyard_sync::Side::Blue => (schema.blue, schema.green) = (target, source),
+                switchyard_sync::Side::Green => (schema.green, schema.blue) = (target, source),
+            }
+        }
         wire::DatabaseStatus {
             mode: self.db.mode.into(),
             gate: gate.gate,
@@ -368,6 +447,10 @@ impl DatabaseGate {
             checked_at: last
                 .as_ref()
                 .map(|r| crate::model::events::rfc3339(r.at_ms)),
+            primary: primary.map(|p| colour(p.side).into()),
+            primary_since: primary.and_then(|p| p.since.clone()),
+            candidate: self.stable().other().into(),
+            schema,
             verified: reading.map(|s| s.verified),
             schema_version: reading.and_then(|s| s.schema_version.clone()),
             latest_migration: reading.and_then(|s| s.latest_migration.clone()),
@@ -376,6 +459,10 @@ impl DatabaseGate {
             clone: reading
                 .and_then(|s| s.clone.as_ref())
                 .map(|c| wire::CloneView {
+                    kind: match c.kind {
+                        switchyard_sync::gate::CloneKind::Copy => wire::CloneKind::Copy,
+                        switchyard_sync::gate::CloneKind::Replica => wire::CloneKind::Replica,
+                    },
                     state: c.state.into(),
                     phase: c.phase.clone(),
                     error: c.error.clone(),
@@ -439,6 +526,7 @@ mod tests {
                 ..DatabaseConfig::new("postgres://b@127.0.0.1/app", "postgres://g@127.0.0.1/app")
             },
             last: ArcSwapOption::empty(),
+            stable_green: Default::default(),
         }
     }
 
@@ -457,6 +545,9 @@ mod tests {
 
     fn status(verified: bool, lag: Option<Duration>) -> Result<GateStatus, String> {
         Ok(GateStatus {
+            target: switchyard_sync::Side::Green,
+            primary: None,
+            source_schema_version: None,
             verified,
             reason: if verified {
                 "ok".into()

@@ -206,6 +206,11 @@ impl Inner {
             self.dp.set_green_bp(next.green.bp());
         }
         self.dp.set_stable(next.stable);
+        if let Some(g) = self.database_gate() {
+            if let Some(d) = g.as_database() {
+                d.set_stable(next.stable);
+            }
+        }
         if change.kind == EventKind::RolloutStarted {
             self.dp.reset_window(next.candidate());
         }
@@ -232,6 +237,16 @@ impl Inner {
 }
 
 impl Inner {
+    /// The `[database]` gate, when there is one.
+    pub(crate) fn database_gate(&self) -> Option<Arc<dyn Gate>> {
+        self.gates
+            .lock()
+            .ok()?
+            .iter()
+            .find(|g| g.as_database().is_some())
+            .cloned()
+    }
+
     /// Performs an operator action (the API and [`ControlPlane::act`]).
     pub(crate) fn act(
         &self,
@@ -242,11 +257,27 @@ impl Inner {
         let settings = self.settings.load();
         let steps = settings.rollout.steps.0.clone();
         // With reverse sync, the previous colour's database keeps up after
-        // a promotion, so `abort` can still move back to it.
+        // a promotion, so `abort` can still move back to it: only while it
+        // still replicates the primary (`sync cleanup` removes that).
+        let replicates = self
+            .database_gate()
+            .and_then(|g| g.as_database().and_then(|d| d.candidate_replicates()));
         let cut_back = settings
             .database
             .as_ref()
-            .is_some_and(|d| d.mode == SyncMode::Replicate && d.reverse);
+            .is_some_and(|d| d.mode == SyncMode::Replicate && d.reverse)
+            && replicates != Some(false);
+        if action == Action::Abort && replicates == Some(false) && settings.database.is_some() {
+            let s = self.store.current();
+            if s.rollout.phase == Phase::Promoted {
+                return Err(TransitionError::Conflict(format!(
+                    "cannot abort after the promotion: {}'s database no longer replicates {}'s (its reverse sync was removed, e.g. by `switchyard sync cleanup`), so moving back would lose every write made since the cutover. Nothing was changed. Ship the fix as the next release instead (`switchyard ctl start`), which prepares {}'s database from the primary",
+                    s.stable.other(),
+                    s.stable,
+                    s.stable.other()
+                )));
+            }
+        }
         if self.db.lock().cutover_running {
             let timeout = settings
                 .database
@@ -346,6 +377,9 @@ impl ControlPlane {
     /// Adds a gate every weight increase must pass from now on (the
     /// database module registers verification and replication lag here).
     pub fn add_gate(&self, gate: Arc<dyn Gate>) {
+        if let Some(d) = gate.as_database() {
+            d.set_stable(self.inner.store.current().stable);
+        }
         self.inner
             .gates
             .lock()
@@ -356,6 +390,9 @@ impl ControlPlane {
     /// Replaces the gate with the same name as `gate` (or adds it). Called
     /// when a reload changes what a gate checks, e.g. `[database]`.
     pub fn replace_gate(&self, gate: Arc<dyn Gate>) {
+        if let Some(d) = gate.as_database() {
+            d.set_stable(self.inner.store.current().stable);
+        }
         let mut gates = self.inner.gates.lock().unwrap_or_else(|p| p.into_inner());
         match gates.iter().position(|g| g.name() == gate.name()) {
             Some(i) => gates[i] = gate,

@@ -52,7 +52,8 @@ pub(crate) fn running_step(inner: &Inner) -> Option<String> {
         .find(|s| s.state == StepState::Running)
         .map(|s| s.step.as_str())
         .unwrap_or("starting");
-    Some(format!("preparing green's database: {current}"))
+    let candidate = inner.store.lock().candidate();
+    Some(format!("preparing {candidate}'s database: {current}"))
 }
 
 /// Stops a running workflow (the rollout was aborted).
@@ -114,12 +115,18 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
         inner: weak.clone(),
         started_ms,
     };
-    let result = switchyard_sync::workflow::prepare(&db, &reporter).await;
+    let stable = match weak.upgrade() {
+        Some(inner) => inner.store.lock().stable,
+        None => return,
+    };
+    let result =
+        switchyard_sync::workflow::prepare(&db, crate::cutover::direction_from(stable), &reporter)
+            .await;
     let Some(inner) = weak.upgrade() else { return };
     match result {
         Ok(()) => {
             inner.db.lock().prepare_done = true;
-            tracing::info!("green's database is prepared");
+            tracing::info!("the candidate's database is prepared");
         }
         Err(e) => {
             let reason = format!(
@@ -127,7 +134,7 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
                 e.step.as_str(),
                 e.error
             );
-            tracing::error!(%reason, "preparing green's database failed");
+            tracing::error!(%reason, "preparing the candidate's database failed");
             let _ = inner.transition("controller", |s| {
                 if s.rollout.phase != Phase::Preparing || s.rollout.step_started_ms != started_ms {
                     return Err(Conflict("the rollout moved on".into()));

@@ -317,7 +317,19 @@ pub struct DatabaseStatus {
     pub max_lag_seconds: f64,
     /// When the reading below was taken.
     pub checked_at: Option<String>,
+    /// The colour whose database is the primary, by the cutover records
+    /// kept in both databases (`null` until read).
+    pub primary: Option<Colour>,
+    /// When it became the primary (`null`: it always was).
+    pub primary_since: Option<String>,
+    /// The colour whose database the next release prepares (the other one).
+    pub candidate: Colour,
+    /// Each colour's schema version (highest applied migration), by its own
+    /// migration history.
+    pub schema: SchemaVersions,
+    /// The candidate's database is verified at its current schema version.
     pub verified: Option<bool>,
+    /// The candidate's schema version (also in `schema`).
     pub schema_version: Option<String>,
     pub latest_migration: Option<String>,
     /// The schema version the last verification ran at.
@@ -330,23 +342,46 @@ pub struct DatabaseStatus {
     /// Writes go to `writer` whatever the weights (`writes = "stable"`).
     pub writes_pinned: bool,
     pub write_gate: WriteGateView,
-    /// The steps of preparing green's database, as the last rollout ran them.
+    /// The steps of preparing the candidate's database, as the last rollout ran them.
     pub preparing: Vec<PrepareStepView>,
     pub last_cutover: Option<CutoverView>,
 }
 
-/// Green's last clone.
+/// Each colour's schema version.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct SchemaVersions {
+    pub blue: Option<String>,
+    pub green: Option<String>,
+}
+
+/// How the candidate's database came to be: copied, or reused as the
+/// live replica reverse sync kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneKind {
+    Copy,
+    Replica,
+}
+
+/// The candidate's last clone (or reuse).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CloneView {
+    #[serde(default = "copy_kind")]
+    pub kind: CloneKind,
     pub state: CloneState,
     pub phase: Option<String>,
     pub error: Option<String>,
     pub slot: Option<String>,
-    /// The WAL position green represents.
+    /// The WAL position the copy represents.
     pub consistent_lsn: Option<String>,
-    /// Blue's clock at that point.
+    /// The source's clock at that point (named after the first release,
+    /// when the source is blue).
     pub blue_time: Option<String>,
     pub at: String,
+}
+
+fn copy_kind() -> CloneKind {
+    CloneKind::Copy
 }
 
 /// Replication between the databases.

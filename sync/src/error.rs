@@ -47,20 +47,25 @@ pub enum SyncError {
         message: String,
     },
 
-    #[error("copying table {table} from blue to green failed: {message}; green is left unverified, re-run `switchyard sync clone --replace`")]
-    Copy { table: String, message: String },
+    #[error("copying table {table} from {} to {target} failed: {message}; {target} is left unverified, re-run `switchyard sync clone --replace`", target.other())]
+    Copy {
+        table: String,
+        target: Side,
+        message: String,
+    },
 
     /// `[database] green` names the same database as `blue`.
-    #[error("[database] green is the same database as blue ({database} on the server started {system}); refusing to write to it. Point green at a separate, empty database")]
+    #[error("[database] green and blue name the same database ({database} on the server started {system}); refusing to write to it. Point each colour at its own database")]
     SameDatabase { database: String, system: String },
-    #[error("the green database is not empty (it has {what}); refusing to overwrite it. Pass --replace to drop everything in green and clone again")]
-    GreenNotEmpty { what: String },
-    /// Green's database is the primary (a cutover moved the application's
-    /// writes to it): replacing it would lose them.
-    #[error("green's database has been the primary since {since} ({why}): replacing it would lose every write made there since. Nothing was changed. switchyard prepares green's database from blue's; after a promotion, prepare the next release's database yourself and set [database] prepare = \"manual\", or move the primary back to blue first (a rollback)")]
-    GreenIsPrimary { since: String, why: String },
+    #[error("the {side} database is not empty (it has {what}); refusing to overwrite it. Pass --replace to drop everything in {side} and clone again")]
+    TargetNotEmpty { side: Side, what: String },
+    /// The database a step would write to is the primary (a cutover
+    /// moved the application's writes to it): replacing or migrating it
+    /// would lose them or change production's schema.
+    #[error("{side}'s database has been the primary since {since}: it takes the application's writes, so no release step writes to it. Nothing was changed. The next release's database is {}'s: switchyard prepares it from the primary (`switchyard ctl start`, or the `switchyard sync` commands, which follow the recorded primary)", side.other())]
+    TargetIsPrimary { side: Side, since: String },
 
-    #[error("{tool} failed ({what}): {message}; green is left unverified, fix the cause and re-run with --replace")]
+    #[error("{tool} failed ({what}): {message}; the candidate's database is left unverified, fix the cause and re-run with --replace")]
     Tool {
         tool: String,
         what: String,
@@ -76,9 +81,10 @@ pub enum SyncError {
     #[error("{}: {message}", path.display())]
     MigrationFile { path: PathBuf, message: String },
 
-    #[error("migration {script}:{line} failed on green: {message}; {kept}")]
+    #[error("migration {script}:{line} failed on {side}: {message}; {kept}")]
     MigrationFailed {
         script: String,
+        side: Side,
         /// Line of the failing statement (or of the error position in it).
         line: usize,
         message: String,
@@ -94,20 +100,24 @@ pub enum SyncError {
     NoReplicaIdentity { side: Side, tables: Vec<String> },
 
     /// `replicate` needs a clone taken from the replication slot.
-    #[error("green cannot be caught up: {why}. Run `switchyard sync clone --replace` (in replicate mode it creates the slot and copies exactly its snapshot), then `switchyard sync replicate`")]
-    ClonedWithoutSlot { why: String },
+    #[error("{side} cannot be caught up: {why}. Run `switchyard sync clone --replace` (in replicate mode it creates the slot and copies exactly its snapshot), then `switchyard sync replicate`")]
+    ClonedWithoutSlot { side: Side, why: String },
 
-    /// Nothing was cloned into green yet.
-    #[error("green was never cloned: run `switchyard sync clone` first")]
-    NotCloned,
+    /// Nothing was cloned into the candidate's database yet.
+    #[error("{side} was never cloned: run `switchyard sync clone` first")]
+    NotCloned { side: Side },
 
-    /// A migration would break replication from blue.
-    #[error("migration {script} would break replication from blue: {problems}. Apply it after cutover instead (expand now, contract later): keep published columns and their types while blue still writes")]
-    Incompatible { script: String, problems: String },
+    /// A migration would break replication from the primary.
+    #[error("migration {script} would break replication from {source_side}: {problems}. Apply it after cutover instead (expand now, contract later): keep published columns and their types while {source_side} still writes")]
+    Incompatible {
+        script: String,
+        source_side: Side,
+        problems: String,
+    },
 
-    /// Objects on blue name roles green does not have.
-    #[error("green lacks roles that blue's objects need: {roles}. Nothing in green was changed. Create them on green's server, or set [database] roles = \"skip\" to clone without owners and grants (policies still need their roles)")]
-    RolesMissing { roles: String },
+    /// Objects on the source name roles the target does not have.
+    #[error("{target} lacks roles that {}'s objects need: {roles}. Nothing in {target} was changed. Create them on {target}'s server, or set [database] roles = \"skip\" to clone without owners and grants (policies still need their roles)", target.other())]
+    RolesMissing { target: Side, roles: String },
 
     #[error("{0}")]
     Other(String),

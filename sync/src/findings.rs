@@ -26,6 +26,9 @@ pub struct Finding {
 #[derive(Debug, Clone, Serialize)]
 pub struct PreflightReport {
     pub passed: bool,
+    /// The side the release is prepared from (the primary); the other is
+    /// the candidate's database, the target.
+    pub source: crate::Side,
     pub blue_version: Option<String>,
     pub green_version: Option<String>,
     pub findings: Vec<Finding>,

@@ -36,8 +36,8 @@ impl CloneState {
             "complete" => CloneState::Complete,
             other => {
                 return Err(SyncError::Other(format!(
-                    "green's switchyard.clones has a clone in state {other:?}, which this version does not know \
-                     (written by a newer switchyard?); green is not trusted: run `switchyard sync clone --replace`"
+                    "the candidate's switchyard.clones has a clone in state {other:?}, which this version does not know \
+                     (written by a newer switchyard?); it is not trusted: run `switchyard sync clone --replace`"
                 )))
             }
         })
@@ -50,7 +50,27 @@ impl std::fmt::Display for CloneState {
     }
 }
 
-/// A clone as recorded in green.
+/// How the target's copy came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneKind {
+    /// Copied from the primary (`switchyard sync clone`).
+    Copy,
+    /// Reused: a live replica of the primary since a cutover (reverse
+    /// sync), found complete and brought up to the new release's schema.
+    Replica,
+}
+
+impl CloneKind {
+    pub(crate) fn from_column(s: Option<String>) -> CloneKind {
+        match s.as_deref() {
+            Some("replica") => CloneKind::Replica,
+            _ => CloneKind::Copy,
+        }
+    }
+}
+
+/// A clone as recorded in the target's database.
 #[derive(Debug, Clone, Serialize)]
 pub struct CloneRecord {
     pub id: i64,
@@ -66,11 +86,22 @@ pub struct CloneRecord {
     pub blue_time: Option<String>,
     /// When the record was last written.
     pub at: String,
+    /// The primary's cutover generation when the copy was taken: a copy
+    /// from before the newest cutover is not a copy of today's primary.
+    pub generation: i64,
+    pub kind: CloneKind,
 }
 
-/// What the control plane's database gate needs to know.
+/// What the control plane's database gate needs to know, about the
+/// candidate's database (`target`) of the release from the primary.
 #[derive(Debug, Clone, Serialize)]
 pub struct GateStatus {
+    /// The side this is about: the candidate's database.
+    pub target: crate::Side,
+    /// The primary, from both sides' cutover records.
+    pub primary: Option<crate::primary::Primary>,
+    /// The primary's (the source's) schema version, by its own history.
+    pub source_schema_version: Option<String>,
     /// Verification passed at green's current schema version, and that version
     /// is the newest migration on disk.
     pub verified: bool,
@@ -98,11 +129,15 @@ impl GateStatus {
     /// green's migration history, the newest migration on disk, the last
     /// clone.
     pub fn unjudged(
+        target: crate::Side,
         history: &[crate::flyway::Applied],
         newest: Option<crate::flyway::Version>,
         clone: Option<CloneRecord>,
     ) -> GateStatus {
         GateStatus {
+            target,
+            primary: None,
+            source_schema_version: None,
             verified: false,
             reason: String::new(),
             schema_version: crate::flyway::current_version(history).map(|v| v.to_string()),
@@ -140,8 +175,19 @@ pub struct LastVerification {
 /// every engine): the last clone complete, a passed verification after it,
 /// at green's schema version, which is the newest migration.
 pub fn judge(status: &mut GateStatus, last: Option<LastVerification>) {
+    let target = status.target;
+    let source = target.other();
+    if let Some(p) = &status.primary {
+        if p.side == target {
+            status.reason = format!(
+                "{target}'s database is the primary ({}): it is not a candidate; the next release goes to {source}",
+                p.describe()
+            );
+            return;
+        }
+    }
     let Some(last) = last else {
-        status.reason = "green was never verified: run `switchyard sync verify`".into();
+        status.reason = format!("{target} was never verified: run `switchyard sync verify`");
         return;
     };
     status.verified_version = last.schema_version.clone();
@@ -158,36 +204,44 @@ pub fn judge(status: &mut GateStatus, last: Option<LastVerification>) {
         .latest_migration
         .as_deref()
         .and_then(migrate::Version::parse);
+    let generation = status.primary.as_ref().map_or(0, |p| p.generation);
     if let Some(c) = status
         .clone
         .as_ref()
         .filter(|c| c.state != CloneState::Complete)
     {
         status.reason = format!(
-            "green's last clone is {} (phase {}{}): it is not a copy of blue; run `switchyard sync clone --replace`",
+            "{target}'s last clone is {} (phase {}{}): it is not a copy of {source}; run `switchyard sync clone --replace`",
             c.state,
             c.phase.as_deref().unwrap_or("?"),
             c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
         );
+    } else if let Some(c) = status.clone.as_ref().filter(|c| c.generation < generation) {
+        status.reason = format!(
+            "{target}'s copy was made before the last cutover (generation {} < {generation}): it is not a copy of \
+             today's primary, {source}; `switchyard ctl start` prepares it again (reusing it when it is a live replica), \
+             or run `switchyard sync clone --replace`",
+            c.generation
+        );
     } else if let Some(why) = &status.blue_changed {
         status.reason = format!(
-            "green is stale: {why}. Green lacks those writes and a cutover would lose them: \
+            "{target} is stale: {why}. {target} lacks those writes and a cutover would lose them: \
              run `switchyard sync clone --replace --verify` again, or use mode = \"replicate\" \
              (or set stale_clone = \"ignore\" to accept losing them)"
         );
     } else if !last.after_last_clone {
-        status.reason =
-            "green was cloned again after its last verification: run `switchyard sync verify`"
-                .into();
+        status.reason = format!(
+            "{target} was cloned (or reused) again after its last verification: run `switchyard sync verify`"
+        );
     } else if latest.is_some() && schema_version != latest {
         status.reason = format!(
-            "green is at schema version {} but the newest migration is {}: run `switchyard sync migrate`",
+            "{target} is at schema version {} but the newest migration is {}: run `switchyard sync migrate`",
             opt(&status.schema_version),
             opt(&status.latest_migration)
         );
     } else if verified_version != schema_version {
         status.reason = format!(
-            "the last verification ran at schema version {} but green is now at {}: run `switchyard sync verify`",
+            "the last verification ran at schema version {} but {target} is now at {}: run `switchyard sync verify`",
             opt(&status.verified_version),
             opt(&status.schema_version)
         );
@@ -196,7 +250,10 @@ pub fn judge(status: &mut GateStatus, last: Option<LastVerification>) {
             "the last verification found differences: see `switchyard sync status`".into();
     } else {
         status.verified = true;
-        status.reason = format!("verified at schema version {}", opt(&status.schema_version));
+        status.reason = format!(
+            "{target} verified at schema version {}",
+            opt(&status.schema_version)
+        );
     }
 }
 
@@ -204,14 +261,16 @@ fn opt(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("none")
 }
 
+use crate::replication::Direction;
 use switchyard_config::{DatabaseConfig, DatabaseEngine};
 
-/// Reads the gate's inputs from green (and replication from both sides in
-/// replicate mode) and judges them.
-pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
+/// Reads the gate's inputs for the release in direction `dir` from its
+/// target, the candidate's database (and replication from both sides in
+/// replicate mode), and judges them.
+pub async fn gate_status(db: &DatabaseConfig, dir: Direction) -> Result<GateStatus, SyncError> {
     match db.engine() {
-        DatabaseEngine::Postgres => crate::postgres::state::gate_status(db).await,
-        DatabaseEngine::MySql => crate::mysql::state::gate_status(db).await,
+        DatabaseEngine::Postgres => crate::postgres::state::gate_status(db, dir).await,
+        DatabaseEngine::MySql => crate::mysql::state::gate_status(db, dir).await,
     }
 }
 
@@ -227,20 +286,24 @@ pub fn staleness_checked(db: &DatabaseConfig) -> bool {
 
 /// Why green's copy is stale, if it is and [`staleness_checked`]: just that
 /// part of [`gate_status`], for a cutover holding writes.
-pub async fn stale_copy(db: &DatabaseConfig) -> Result<Option<String>, SyncError> {
+pub async fn stale_copy(db: &DatabaseConfig, dir: Direction) -> Result<Option<String>, SyncError> {
     if !staleness_checked(db) {
         return Ok(None);
     }
-    crate::postgres::state::stale_copy(db).await
+    crate::postgres::state::stale_copy(db, dir).await
 }
 
 /// After a sync step was interrupted (SIGINT, SIGTERM): ends what was left
 /// running on green, marks a running clone as failed, and says what was
 /// running.
-pub async fn interrupted(db: &DatabaseConfig, signal: &str) -> Result<String, SyncError> {
+pub async fn interrupted(
+    db: &DatabaseConfig,
+    dir: Direction,
+    signal: &str,
+) -> Result<String, SyncError> {
     match db.engine() {
-        DatabaseEngine::Postgres => crate::postgres::state::interrupted(db, signal).await,
-        DatabaseEngine::MySql => crate::mysql::state::interrupted(db, signal).await,
+        DatabaseEngine::Postgres => crate::postgres::state::interrupted(db, dir, signal).await,
+        DatabaseEngine::MySql => crate::mysql::state::interrupted(db, dir, signal).await,
     }
 }
 

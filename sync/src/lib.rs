@@ -78,6 +78,7 @@ pub mod flyway;
 pub mod gate;
 pub mod mysql;
 pub mod postgres;
+pub mod primary;
 pub mod progress;
 pub mod replication;
 mod scratch;
@@ -93,6 +94,7 @@ pub use postgres::{
 
 pub use error::{Side, SyncError};
 pub use gate::{gate_status, stale_copy, staleness_checked, GateStatus};
+pub use primary::{CutoverKind, Primary};
 
 use serde::Serialize;
 use switchyard_config::DatabaseConfig;
@@ -152,22 +154,44 @@ pub struct ExitReport {
     pub summary: serde_json::Value,
 }
 
-/// Runs one sync command against the `[database]` configuration.
+/// Runs one sync command against the `[database]` configuration. Every
+/// command follows the recorded primary ([`primary::primary`]): its
+/// database is the source (only read), the other colour's the target.
 pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitReport, SyncError> {
+    let p = primary::primary(db).await?;
+    let dir = p.direction();
     if db.engine() == switchyard_config::DatabaseEngine::MySql {
+        if !matches!(cmd, Command::Status | Command::Cleanup) {
+            mysql::refuse_later_releases(dir)?;
+        }
         return run_mysql(db, cmd, out).await;
     }
-    if matches!(
+    let (src, dst) = (dir.source(), dir.target());
+    let writes = matches!(
         cmd,
-        Command::Clone { .. } | Command::Migrate { dry_run: false }
-    ) {
-        // Both write to green: make sure green is not blue under another name.
+        Command::Clone { .. }
+            | Command::Migrate { dry_run: false }
+            | Command::Baseline { .. }
+            | Command::Repair
+    );
+    if writes {
+        if !p.complete() {
+            return Err(SyncError::Other(format!(
+                "cannot tell which database is the primary ({}), so nothing that writes runs: {}; \
+                 start the unreachable server and try again",
+                p.describe(),
+                p.unread.join("; ")
+            )));
+        }
+        // Both write to the target: make sure it is not the source under
+        // another name.
         pg::ensure_distinct(db).await?;
     }
     let jobs = |j: usize| if j == 0 { db.jobs.max(1) } else { j };
+    let target_url = replication::url_of(db, dst);
     let (code, summary, text) = match cmd {
         Command::Preflight => {
-            let r = preflight::preflight(db).await?;
+            let r = preflight::preflight(db, dir).await?;
             (
                 i32::from(!r.passed),
                 json(&r),
@@ -179,9 +203,9 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
             replace,
             verify,
         } => {
-            let (r, holder) = clone::clone(db, jobs(j), replace, out).await?;
+            let (r, holder) = clone::clone(db, dir, jobs(j), replace, out).await?;
             let mut t = format!(
-                "cloned {} tables, {} rows, {} bytes of COPY data, {} sequences in {:.1}s (snapshot {}, blue at {})\n",
+                "cloned {src} into {dst}: {} tables, {} rows, {} bytes of COPY data, {} sequences in {:.1}s (snapshot {}, {src} at {})\n",
                 r.tables.len(),
                 r.rows,
                 r.bytes,
@@ -192,13 +216,13 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
             );
             if let (Some(slot), Some(lsn)) = (&r.slot, &r.consistent_lsn) {
                 t.push_str(&format!(
-                    "replication slot {slot} on blue holds the changes since {lsn}: run `switchyard sync replicate` to stream them\n"
+                    "replication slot {slot} on {src} holds the changes since {lsn}: run `switchyard sync replicate` to stream them\n"
                 ));
             }
             let mut summary = serde_json::json!({ "clone": r });
             let mut code = 0;
             if verify {
-                let v = verify::verify(db, jobs(j), Some(&holder.id), out).await;
+                let v = verify::verify(db, dir, jobs(j), Some(&holder.id), out).await;
                 let v = match v {
                     Ok(v) => v,
                     Err(e) => {
@@ -215,14 +239,18 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
         }
         Command::Migrate { dry_run } => {
             let published = if db.mode == switchyard_config::SyncMode::Replicate && !dry_run {
-                let blue = pg::connect(Side::Blue, &db.blue).await?;
-                Some(compat::published_schema(&blue).await?)
+                let source = pg::connect(src, replication::url_of(db, src)).await?;
+                Some(
+                    compat::published_schema(&source, src, &replicate::names(db, dir).publication)
+                        .await?,
+                )
             } else {
                 None
             };
             let r = migrate::migrate(
                 &db.migrations,
-                &db.green,
+                dst,
+                target_url,
                 migrate::MigrateOptions {
                     dry_run,
                     published: published.as_ref(),
@@ -231,45 +259,51 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
                 },
             )
             .await?;
-            (0, json(&r), render_migrate(&r))
+            (0, json(&r), render_migrate(&r, dst))
         }
         Command::Validate => {
-            let problems = migrate::validate(&db.migrations, &db.green).await?;
+            let problems = migrate::validate(&db.migrations, dst, target_url).await?;
             render_validate(problems)
         }
         Command::Info => {
-            let rows = migrate::info(&db.migrations, &db.green).await?;
+            let rows = migrate::info(&db.migrations, dst, target_url).await?;
             (0, json(&rows), render_info(&rows))
         }
         Command::Baseline {
             version,
             description,
         } => {
-            let r = migrate::baseline(&db.green, &version, &description).await?;
-            (0, json(&r), render_baseline(&r))
+            let r = migrate::baseline(dst, target_url, &version, &description).await?;
+            (0, json(&r), render_baseline(&r, dst))
         }
         Command::Repair => {
-            let r = migrate::repair(&db.migrations, &db.green).await?;
+            let r = migrate::repair(&db.migrations, dst, target_url).await?;
             (0, json(&r), render_repair(&r))
         }
         Command::Verify { jobs: j } => {
-            let v = verify::verify(db, jobs(j), None, out).await?;
+            let v = verify::verify(db, dir, jobs(j), None, out).await?;
             (i32::from(!v.passed), json(&v), v.render())
         }
         Command::Status => {
-            let g = gate_status(db).await?;
+            let g = gate_status(db, dir).await?;
             (0, json(&g), render_gate(&g, "WAL"))
         }
         Command::Replicate => {
-            let r = replicate::subscribe(db).await?;
+            let r = replicate::subscribe(db, dir).await?;
             let t = if r.already_running {
                 format!(
-                    "replication blue -> green is already set up (slot {})\n",
+                    "replication {} is already set up (slot {})\n",
+                    dir.arrow(),
+                    r.slot
+                )
+            } else if r.enabled_again {
+                format!(
+                    "{dst}'s subscription to {src} was disabled (an interrupted cutover): enabled again, streaming from slot {}\n",
                     r.slot
                 )
             } else {
                 format!(
-                    "green now streams blue's changes from slot {} (since {})\n",
+                    "{dst} now streams {src}'s changes from slot {} (since {})\n",
                     r.slot,
                     r.from_lsn.as_deref().unwrap_or("the clone")
                 )
@@ -278,11 +312,17 @@ pub async fn run(db: &DatabaseConfig, cmd: Command, out: Output) -> Result<ExitR
         }
         Command::Cleanup => {
             let r = replicate::cleanup(db).await?;
-            (
-                i32::from(!r.unreachable.is_empty()),
-                json(&r),
-                render_cleanup(&r),
-            )
+            let mut t = render_cleanup(&r);
+            if p.generation > 0
+                && r.removed
+                    .iter()
+                    .any(|o| o.direction == dir && o.kind == replication::ObjectKind::Subscription)
+            {
+                t.push_str(&format!(
+                    "{dst}'s database no longer receives the primary's ({src}'s) writes: an abort after the promotion can no longer move back without losing them, and the next release copies {dst} afresh\n"
+                ));
+            }
+            (i32::from(!r.unreachable.is_empty()), json(&r), t)
         }
     };
     Ok(emit(out, code, summary, &text))
@@ -353,7 +393,7 @@ async fn run_mysql(
             let r =
                 mysql::migrate::migrate(&db.migrations, &db.green, dry_run, Some(&db.placeholders))
                     .await?;
-            (0, json(&r), render_migrate(&r))
+            (0, json(&r), render_migrate(&r, Side::Green))
         }
         Command::Validate => {
             let problems = mysql::migrate::validate(&db.migrations, &db.green).await?;
@@ -368,7 +408,7 @@ async fn run_mysql(
             description,
         } => {
             let r = mysql::migrate::baseline(&db.green, &version, &description).await?;
-            (0, json(&r), render_baseline(&r))
+            (0, json(&r), render_baseline(&r, Side::Green))
         }
         Command::Repair => {
             let r = mysql::migrate::repair(&db.migrations, &db.green).await?;
@@ -379,7 +419,7 @@ async fn run_mysql(
             (i32::from(!v.passed), json(&v), v.render())
         }
         Command::Status => {
-            let g = mysql::state::gate_status(db).await?;
+            let g = mysql::state::gate_status(db, replication::Direction::Forward).await?;
             (0, json(&g), render_gate(&g, "GTID"))
         }
         Command::Replicate => {
@@ -419,16 +459,35 @@ fn emit(out: Output, code: i32, summary: serde_json::Value, text: &str) -> ExitR
 /// `status`: the gate's reading; `position` names the engine's log
 /// position of the clone (`WAL`, `GTID`).
 fn render_gate(g: &GateStatus, position: &str) -> String {
-    let mut t = format!(
-        "schema version: {} (newest migration: {})\nverified: {} ({})\n",
+    let target = g.target;
+    let source = target.other();
+    let mut t = String::new();
+    if let Some(p) = &g.primary {
+        t.push_str(&format!(
+            "primary: {}\ncandidate: {}'s database, prepared from {}'s\n",
+            p.describe(),
+            p.candidate(),
+            p.side
+        ));
+        for u in &p.unread {
+            t.push_str(&format!("  (records not read: {u})\n"));
+        }
+    }
+    t.push_str(&format!(
+        "schema version: {source} {} (the primary), {target} {} (newest migration: {})\nverified: {} ({})\n",
+        g.source_schema_version.as_deref().unwrap_or("none"),
         g.schema_version.as_deref().unwrap_or("none"),
         g.latest_migration.as_deref().unwrap_or("none"),
         g.verified,
         g.reason
-    );
+    ));
     if let Some(c) = &g.clone {
         t.push_str(&format!(
-            "last clone: {} at {} (blue as of {}{})\n",
+            "last {}: {} at {} ({source} as of {}{})\n",
+            match c.kind {
+                gate::CloneKind::Copy => "clone",
+                gate::CloneKind::Replica => "reuse of the replica",
+            },
             c.state,
             c.at,
             c.blue_time.as_deref().unwrap_or("?"),
@@ -447,9 +506,11 @@ fn render_gate(g: &GateStatus, position: &str) -> String {
 
 fn render_preflight(r: &preflight::PreflightReport, engine: &str) -> String {
     let mut t = format!(
-        "blue: {engine}{}, green: {engine}{}\n",
+        "blue: {engine}{}, green: {engine}{}; preparing {}'s database from {}'s (the primary)\n",
         r.blue_version.as_deref().unwrap_or("?"),
-        r.green_version.as_deref().unwrap_or("?")
+        r.green_version.as_deref().unwrap_or("?"),
+        r.source.other(),
+        r.source
     );
     for f in &r.findings {
         let sev = serde_json::to_value(f.severity).expect("severity");
@@ -469,7 +530,7 @@ fn render_preflight(r: &preflight::PreflightReport, engine: &str) -> String {
     t
 }
 
-fn render_migrate(r: &migrate::MigrateReport) -> String {
+fn render_migrate(r: &migrate::MigrateReport, target: Side) -> String {
     let verb = if r.dry_run { "would apply" } else { "applied" };
     let mut t = String::new();
     for s in &r.callbacks {
@@ -482,7 +543,7 @@ fn render_migrate(r: &migrate::MigrateReport) -> String {
         t.push_str("nothing to migrate\n");
     }
     t.push_str(&format!(
-        "schema version: {}\n",
+        "{target}'s schema version: {}\n",
         r.schema_version.as_deref().unwrap_or("none")
     ));
     t
@@ -518,9 +579,9 @@ fn render_info(rows: &[migrate::InfoRow]) -> String {
     t
 }
 
-fn render_baseline(r: &migrate::BaselineReport) -> String {
+fn render_baseline(r: &migrate::BaselineReport, target: Side) -> String {
     format!(
-        "green is now at baseline version {} ({}): migrations up to it will not run\n",
+        "{target} is now at baseline version {} ({}): migrations up to it will not run\n",
         r.version, r.description
     )
 }

@@ -29,6 +29,9 @@ pub struct SwitchReport {
     /// The switch had already committed (switchyard stopped right after it):
     /// nothing was done this time.
     pub already_done: bool,
+    /// What went wrong after the switch committed (recording it on one
+    /// side): reported with the cutover, never hidden.
+    pub warnings: Vec<String>,
 }
 
 /// Why a switch did not happen. In every case the old primary is still the
@@ -64,6 +67,14 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The direction whose source is `side`.
+    pub fn from_source(side: Side) -> Direction {
+        match side {
+            Side::Blue => Direction::Forward,
+            Side::Green => Direction::Reverse,
+        }
+    }
+
     /// The side whose changes are published.
     pub fn source(self) -> Side {
         match self {
@@ -176,6 +187,8 @@ pub enum CatchUp {
 pub struct CleanupReport {
     /// Objects dropped.
     pub removed: Vec<ReplicationObject>,
+    /// What was deliberately left in place, and why.
+    pub kept: Vec<String>,
     /// Sides that could not be reached: their objects may remain.
     pub unreachable: Vec<String>,
 }
@@ -285,11 +298,33 @@ pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
 pub async fn switch(
     db: &DatabaseConfig,
     from: Direction,
+    kind: crate::primary::CutoverKind,
     deadline: std::time::Instant,
 ) -> Result<SwitchReport, SwitchError> {
     match db.engine() {
-        DatabaseEngine::Postgres => crate::postgres::cutover::switch(db, from, deadline).await,
-        DatabaseEngine::MySql => crate::mysql::replica::switch(db, from, deadline).await,
+        DatabaseEngine::Postgres => {
+            crate::postgres::cutover::switch(db, from, kind, deadline).await
+        }
+        DatabaseEngine::MySql => crate::mysql::replica::switch(db, from, kind, deadline).await,
+    }
+}
+
+/// After an abort: removes what the aborted release set up, but never the
+/// replication that protects an earlier promotion. Once a promotion made
+/// the primary's database the primary (and with `reverse = true`), the
+/// other colour's database is kept as its live replica, whatever state the
+/// release was aborted in; before any promotion, everything goes, as
+/// [`cleanup`] does.
+pub async fn cleanup_after_abort(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
+    match db.engine() {
+        DatabaseEngine::Postgres => {
+            let p = crate::primary::primary(db).await?;
+            let keep =
+                (db.reverse && db.mode == switchyard_config::SyncMode::Replicate && p.promoted)
+                    .then(|| p.direction());
+            crate::postgres::replicate::cleanup_keeping(db, keep).await
+        }
+        DatabaseEngine::MySql => crate::mysql::replica::cleanup(db).await,
     }
 }
 

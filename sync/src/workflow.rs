@@ -65,14 +65,29 @@ pub struct PrepareError {
     pub error: SyncError,
 }
 
+use crate::replication::Direction;
 use switchyard_config::{DatabaseConfig, DatabaseEngine};
 
-/// Runs the whole workflow a rollout needs (preflight → clone → migrate →
-/// verify → replicate), skipping what is already done and valid, reporting
-/// each step to `observer`.
-pub async fn prepare(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), PrepareError> {
+/// Runs the whole workflow a release needs (preflight → clone → migrate →
+/// verify → replicate) in direction `dir`, from the primary into the
+/// candidate's database, skipping what is already done and valid,
+/// reporting each step to `observer`.
+pub async fn prepare(
+    db: &DatabaseConfig,
+    dir: Direction,
+    observer: &dyn Observer,
+) -> Result<(), PrepareError> {
     match db.engine() {
-        DatabaseEngine::Postgres => crate::postgres::prepare::run(db, observer).await,
-        DatabaseEngine::MySql => crate::mysql::prepare::run(db, observer).await,
+        DatabaseEngine::Postgres => crate::postgres::prepare::run(db, dir, observer).await,
+        DatabaseEngine::MySql => {
+            if let Err(error) = crate::mysql::refuse_later_releases(dir) {
+                observer.step(Step::Preflight, StepState::Failed, &error.to_string());
+                return Err(PrepareError {
+                    step: Step::Preflight,
+                    error,
+                });
+            }
+            crate::mysql::prepare::run(db, observer).await
+        }
     }
 }

@@ -77,9 +77,15 @@ async fn fixture(pair: &Pair) {
 }
 
 async fn verify(pair: &Pair) -> switchyard_sync::verify::VerifyReport {
-    switchyard_sync::verify::verify(&pair.config, 2, None, Output::Quiet)
-        .await
-        .expect("verify runs")
+    switchyard_sync::verify::verify(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        None,
+        Output::Quiet,
+    )
+    .await
+    .expect("verify runs")
 }
 
 async fn clone(pair: &Pair, replace: bool) -> Result<serde_json::Value, SyncError> {
@@ -232,6 +238,7 @@ async fn fixture_clones_and_verifies_equal() {
     .unwrap();
     switchyard_sync::migrate::migrate(
         &pair.config.migrations,
+        switchyard_sync::Side::Green,
         pair.green(),
         switchyard_sync::migrate::MigrateOptions {
             roles: true,
@@ -329,7 +336,12 @@ async fn changed_deleted_and_inserted_rows_are_found_by_key() {
         "{text}"
     );
     // The failure is recorded in green, so the gate stays shut.
-    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    let gate = switchyard_sync::gate_status(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     assert!(!gate.verified, "{gate:?}");
 }
 
@@ -431,7 +443,12 @@ async fn blue_is_unchanged_by_clone_and_verify() {
     );
     assert_eq!(fingerprint(pair.blue()).await, before);
     // And the gate opens: verified at the current schema version (no migrations).
-    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    let gate = switchyard_sync::gate_status(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     assert!(gate.verified, "{gate:?}");
 }
 
@@ -449,7 +466,7 @@ async fn non_empty_green_is_refused_unless_replaced() {
     )
     .await;
     let err = clone(&pair, false).await.expect_err("green is not empty");
-    assert!(matches!(err, SyncError::GreenNotEmpty { .. }), "{err}");
+    assert!(matches!(err, SyncError::TargetNotEmpty { .. }), "{err}");
     let msg = err.to_string();
     assert!(
         msg.contains("public.precious") && msg.contains("--replace"),
@@ -496,17 +513,25 @@ async fn gate_follows_migrations_and_verification() {
     .await
     .unwrap();
     assert!(
-        switchyard_sync::gate_status(&pair.config)
-            .await
-            .unwrap()
-            .verified
+        switchyard_sync::gate_status(
+            &pair.config,
+            switchyard_sync::replication::Direction::Forward
+        )
+        .await
+        .unwrap()
+        .verified
     );
     std::fs::write(
         pair.migrations.path().join("V1__add_column.sql"),
         "ALTER TABLE t ADD COLUMN w int;\n",
     )
     .unwrap();
-    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    let gate = switchyard_sync::gate_status(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     assert!(
         !gate.verified && gate.reason.contains("migrate"),
         "{gate:?}"
@@ -518,13 +543,23 @@ async fn gate_follows_migrations_and_verification() {
     )
     .await
     .unwrap();
-    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    let gate = switchyard_sync::gate_status(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     assert!(!gate.verified && gate.reason.contains("verify"), "{gate:?}");
     let v = run(&pair.config, Command::Verify { jobs: 1 }, Output::Quiet)
         .await
         .unwrap();
     assert_eq!(v.code, 0, "{:#}", v.summary);
-    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    let gate = switchyard_sync::gate_status(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     assert!(gate.verified, "{gate:?}");
     assert_eq!(gate.schema_version.as_deref(), Some("1"));
 }
@@ -560,7 +595,7 @@ async fn preflight_reports_blockers_with_hints() {
         .as_str()
         .unwrap()
         .contains("public.scratch"));
-    assert!(find("green-not-empty")["message"]
+    assert!(find("target-not-empty")["message"]
         .as_str()
         .unwrap()
         .contains("public.leftover"));
@@ -600,13 +635,23 @@ async fn a_snapshot_copy_goes_stale_when_blue_takes_any_write_and_only_then() {
         .await
         .unwrap();
         assert_eq!(r.code, 0, "{:#}", r.summary);
-        let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+        let gate = switchyard_sync::gate_status(
+            &pair.config,
+            switchyard_sync::replication::Direction::Forward,
+        )
+        .await
+        .unwrap();
         assert!(gate.verified, "a fresh clone passes: {gate:?}");
     };
     let goes_stale = async |pair: &Pair, what: &str| {
         let mut gate = None;
         for _ in 0..200 {
-            let g = switchyard_sync::gate_status(&pair.config).await.unwrap();
+            let g = switchyard_sync::gate_status(
+                &pair.config,
+                switchyard_sync::replication::Direction::Forward,
+            )
+            .await
+            .unwrap();
             if !g.verified {
                 gate = Some(g);
                 break;
@@ -640,7 +685,12 @@ async fn a_snapshot_copy_goes_stale_when_blue_takes_any_write_and_only_then() {
     )
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    let gate = switchyard_sync::gate_status(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     assert!(gate.verified, "{gate:?}");
 
     for (what, change) in [
@@ -667,7 +717,12 @@ async fn a_snapshot_copy_goes_stale_when_blue_takes_any_write_and_only_then() {
     sql(pair.blue(), "INSERT INTO t VALUES (2000, 'lost')").await;
     goes_stale(&pair, "an insert").await;
     pair.config.stale_clone = switchyard_config::StaleClonePolicy::Ignore;
-    let gate = switchyard_sync::gate_status(&pair.config).await.unwrap();
+    let gate = switchyard_sync::gate_status(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     assert!(gate.verified, "{gate:?}");
 }
 

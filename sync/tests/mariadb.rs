@@ -378,7 +378,9 @@ async fn an_awkward_database_is_cloned_exactly_and_verify_names_each_changed_row
     assert_eq!(c["verify"]["passed"], true, "{c:#}");
 
     // The gate reads the verification.
-    let st = switchyard_sync::gate_status(&db).await.unwrap();
+    let st = switchyard_sync::gate_status(&db, switchyard_sync::replication::Direction::Forward)
+        .await
+        .unwrap();
     assert!(st.verified, "{}", st.reason);
 }
 
@@ -604,7 +606,9 @@ async fn migrations_follow_flyway_and_a_failed_one_is_reported_statement_by_stat
             .all(|d| !d["expected"].is_null()),
         "{v:#}"
     );
-    let st = switchyard_sync::gate_status(&db).await.unwrap();
+    let st = switchyard_sync::gate_status(&db, switchyard_sync::replication::Direction::Forward)
+        .await
+        .unwrap();
     assert!(st.verified, "{}", st.reason);
 
     // A migration failing half-way says what stayed applied.
@@ -750,7 +754,9 @@ async fn green_replicates_blue_then_cutover_reverses_it_and_cleanup_leaves_nothi
         .as_deref(),
         Some("1")
     );
-    let st = switchyard_sync::gate_status(&db).await.unwrap();
+    let st = switchyard_sync::gate_status(&db, switchyard_sync::replication::Direction::Forward)
+        .await
+        .unwrap();
     let repl = st.replication.clone().unwrap();
     assert_eq!(
         repl.state,
@@ -777,6 +783,7 @@ async fn green_replicates_blue_then_cutover_reverses_it_and_cleanup_leaves_nothi
     let report = switchyard_sync::replication::switch(
         &db,
         switchyard_sync::replicate::Direction::Forward,
+        switchyard_sync::CutoverKind::Promote,
         deadline,
     )
     .await
@@ -825,6 +832,7 @@ async fn green_replicates_blue_then_cutover_reverses_it_and_cleanup_leaves_nothi
     let report = switchyard_sync::replication::switch(
         &db,
         switchyard_sync::replicate::Direction::Reverse,
+        switchyard_sync::CutoverKind::Rollback,
         deadline,
     )
     .await
@@ -1089,7 +1097,9 @@ async fn a_green_that_refuses_the_load_fails_the_clone_with_its_reason_and_marks
         e.contains("copying table big") && e.contains("LOAD DATA"),
         "{e}"
     );
-    let st = switchyard_sync::gate_status(&db).await.unwrap();
+    let st = switchyard_sync::gate_status(&db, switchyard_sync::replication::Direction::Forward)
+        .await
+        .unwrap();
     let c = st.clone.expect("the clone is recorded");
     assert_eq!(c.state, switchyard_sync::gate::CloneState::Failed);
     assert_eq!(c.phase.as_deref(), Some("copy"));

@@ -14,6 +14,7 @@ fn write(dir: &Path, name: &str, body: &str) {
 async fn migrate_green(pair: &Pair) -> Result<Vec<String>, SyncError> {
     migrate::migrate(
         &pair.config.migrations,
+        switchyard_sync::Side::Green,
         pair.green(),
         migrate::MigrateOptions::default(),
     )
@@ -106,12 +107,16 @@ async fn migrations_apply_in_order_once_and_validate() {
         .unwrap()
         .get(0);
     assert_eq!(n, 4);
-    let info = migrate::info(dir, pair.green()).await.unwrap();
-    assert!(info.iter().all(|r| r.state == "success"), "{info:?}");
-    assert!(migrate::validate(dir, pair.green())
+    let info = migrate::info(dir, switchyard_sync::Side::Green, pair.green())
         .await
-        .unwrap()
-        .is_empty());
+        .unwrap();
+    assert!(info.iter().all(|r| r.state == "success"), "{info:?}");
+    assert!(
+        migrate::validate(dir, switchyard_sync::Side::Green, pair.green())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // A changed repeatable migration runs again; a new version runs.
     write(dir, "R__accounts_view.sql", "CREATE OR REPLACE VIEW account_emails AS SELECT email, id FROM accounts;\nINSERT INTO log VALUES ('R2');\n");
@@ -127,7 +132,9 @@ async fn migrations_apply_in_order_once_and_validate() {
         "V2__add_email.sql",
         "ALTER TABLE accounts ADD COLUMN email varchar(100);\nINSERT INTO log VALUES ('V2');\n",
     );
-    let problems = migrate::validate(dir, pair.green()).await.unwrap();
+    let problems = migrate::validate(dir, switchyard_sync::Side::Green, pair.green())
+        .await
+        .unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
         problems[0].contains("V2__add_email.sql") && problems[0].contains("changed"),
@@ -145,7 +152,9 @@ async fn migrations_apply_in_order_once_and_validate() {
     // A deleted applied file and an out-of-order new file are named too.
     std::fs::remove_file(dir.join("V2__add_email.sql")).unwrap();
     write(dir, "V3__late.sql", "SELECT 1;\n");
-    let problems = migrate::validate(dir, pair.green()).await.unwrap();
+    let problems = migrate::validate(dir, switchyard_sync::Side::Green, pair.green())
+        .await
+        .unwrap();
     assert!(
         problems
             .iter()
@@ -174,10 +183,12 @@ async fn crlf_and_lf_files_have_the_same_checksum() {
     write(dir, "V1__t.sql", lf);
     migrate_green(&pair).await.unwrap();
     write(dir, "V1__t.sql", &crlf);
-    assert!(migrate::validate(dir, pair.green())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        migrate::validate(dir, switchyard_sync::Side::Green, pair.green())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(migrate_green(&pair).await.unwrap().is_empty());
 }
 
@@ -228,7 +239,9 @@ async fn failed_migration_leaves_nothing_and_concurrently_runs_outside_a_transac
         g.query("SELECT 1 FROM half", &[]).await.is_err(),
         "V2 was rolled back"
     );
-    let info = migrate::info(dir, pair.green()).await.unwrap();
+    let info = migrate::info(dir, switchyard_sync::Side::Green, pair.green())
+        .await
+        .unwrap();
     let states: Vec<(&str, &str)> = info
         .iter()
         .map(|r| (r.script.as_str(), r.state.as_str()))
@@ -261,6 +274,7 @@ async fn migrate_with(
 ) -> Result<migrate::MigrateReport, SyncError> {
     migrate::migrate(
         &pair.config.migrations,
+        switchyard_sync::Side::Green,
         pair.green(),
         migrate::MigrateOptions {
             placeholders: Some(placeholders),
@@ -385,10 +399,12 @@ async fn baseline_marks_an_existing_schema_and_later_migrations_still_run() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("already has 2 rows"), "{e}");
-    assert!(migrate::validate(dir, pair.green())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        migrate::validate(dir, switchyard_sync::Side::Green, pair.green())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,7 +432,9 @@ async fn a_failed_migration_outside_a_transaction_names_its_line_and_repair_reco
     );
     assert!(e.contains("migrate repair"), "what to do: {e}");
     // Validate refuses to go on while the failed row is there.
-    let problems = migrate::validate(dir, pair.green()).await.unwrap();
+    let problems = migrate::validate(dir, switchyard_sync::Side::Green, pair.green())
+        .await
+        .unwrap();
     assert!(
         problems
             .iter()
@@ -445,10 +463,12 @@ async fn a_failed_migration_outside_a_transaction_names_its_line_and_repair_reco
         r.summary
     );
     assert_eq!(r.summary["realigned"][0], "V1__base.sql", "{:#}", r.summary);
-    assert!(migrate::validate(dir, pair.green())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        migrate::validate(dir, switchyard_sync::Side::Green, pair.green())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(migrate_green(&pair).await.unwrap(), ["V2__index.sql"]);
     let again = run(&pair.config, Command::Repair, Output::Quiet)
         .await

@@ -28,6 +28,7 @@ async fn migrate_under(
 ) -> Result<migrate::MigrateReport, switchyard_sync::SyncError> {
     migrate::migrate(
         &pair.config.migrations,
+        switchyard_sync::Side::Green,
         pair.green(),
         migrate::MigrateOptions {
             published: Some(published),
@@ -86,28 +87,51 @@ async fn writes_during_and_after_the_clone_reach_green_exactly_once() {
     let w = writer(pair.blue().to_string(), stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let (report, holder) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .unwrap();
+    let (report, holder) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     assert!(report.slot.is_some(), "replicate mode clones from a slot");
-    let v = verify::verify(&pair.config, 2, Some(&holder.id), Output::Quiet)
-        .await
-        .unwrap();
+    let v = verify::verify(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        Some(&holder.id),
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     assert!(
         v.passed,
         "green equals the clone's snapshot: {}",
         v.render()
     );
     holder.release().await;
-    let sub = replicate::subscribe(&pair.config).await.unwrap();
+    let sub = replicate::subscribe(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     assert!(!sub.already_running);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Verify while replicating and while blue takes writes: lag is not
     // divergence.
-    let v = verify::verify(&pair.config, 2, None, Output::Quiet)
-        .await
-        .unwrap();
+    let v = verify::verify(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        None,
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     assert!(v.passed, "verify while replicating: {}", v.render());
 
     stop.store(true, Ordering::SeqCst);
@@ -147,17 +171,34 @@ async fn writes_during_and_after_the_clone_reach_green_exactly_once() {
 async fn a_real_divergence_on_green_is_named_by_key_while_replicating() {
     let pair = replicate_pair("repl_diverge").await;
     sql(pair.blue(), SCHEMA).await;
-    let (_, holder) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .unwrap();
+    let (_, holder) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     holder.release().await;
-    replicate::subscribe(&pair.config).await.unwrap();
+    replicate::subscribe(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     caught_up(&pair, Direction::Forward).await;
     // Someone writes on the replica by hand.
     sql(pair.green(), "UPDATE orders SET qty = -1 WHERE id = 42").await;
-    let v = verify::verify(&pair.config, 2, None, Output::Quiet)
-        .await
-        .unwrap();
+    let v = verify::verify(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        None,
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     assert!(!v.passed, "a divergence must fail verify: {}", v.render());
     let orders = v
         .tables
@@ -178,16 +219,31 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
         "ALTER TABLE orders ADD COLUMN note text;",
     )
     .unwrap();
-    let (_, holder) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .unwrap();
+    let (_, holder) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     holder.release().await;
     let blue = connect(pair.blue()).await;
-    let published = switchyard_sync::compat::published_schema(&blue)
-        .await
-        .unwrap();
+    let published = switchyard_sync::compat::published_schema(
+        &blue,
+        switchyard_sync::Side::Blue,
+        "switchyard_fwd",
+    )
+    .await
+    .unwrap();
     migrate_under(&pair, &published).await.unwrap();
-    replicate::subscribe(&pair.config).await.unwrap();
+    replicate::subscribe(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     sql(
         pair.blue(),
         "INSERT INTO orders (item, qty) SELECT 'late', 1 FROM generate_series(1, 50);
@@ -196,9 +252,14 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
     .await;
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    let report = cutover::switch(&pair.config, Direction::Forward, deadline)
-        .await
-        .unwrap();
+    let report = cutover::switch(
+        &pair.config,
+        Direction::Forward,
+        switchyard_sync::CutoverKind::Promote,
+        deadline,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.primary, switchyard_sync::Side::Green);
     assert!(report.reverse);
     assert!(
@@ -260,17 +321,24 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
     // Green is production now: a clone over it (what the next rollout's
     // prepare did) is refused and changes nothing.
     let orders_on_green = count(pair.green(), "SELECT count(*) FROM orders").await;
-    let refused = clone::clone(&pair.config, 2, true, Output::Quiet).await;
+    let refused = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        true,
+        Output::Quiet,
+    )
+    .await;
     let err = refused.err().expect("replacing the primary is refused");
     assert!(
-        matches!(err, switchyard_sync::SyncError::GreenIsPrimary { .. }),
+        matches!(err, switchyard_sync::SyncError::TargetIsPrimary { .. }),
         "{err}"
     );
     assert!(err.to_string().contains("Nothing was changed"), "{err}");
     assert!(
         err.to_string()
-            .contains("a cutover moved the application's writes to it"),
-        "the cutover was recorded in green: {err}"
+            .contains("green's database has been the primary since"),
+        "the cutover was recorded: {err}"
     );
     assert_eq!(
         count(pair.green(), "SELECT count(*) FROM orders").await,
@@ -287,6 +355,7 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
     let report = cutover::switch(
         &pair.config,
         Direction::Reverse,
+        switchyard_sync::CutoverKind::Rollback,
         Instant::now() + Duration::from_secs(10),
     )
     .await
@@ -306,9 +375,10 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
         .get(0);
     assert!(id2 > id, "blue's sequence moved past green's writes");
     // Blue is the primary again: green may be replaced.
-    let green = connect(pair.green()).await;
-    clone::refuse_replacing_the_primary(&pair.config, &green)
+    switchyard_sync::primary::primary(&pair.config)
         .await
+        .unwrap()
+        .refuse_target(switchyard_sync::Side::Green)
         .expect("green is a replica again");
     caught_up(&pair, Direction::Forward).await;
     assert_eq!(
@@ -330,11 +400,22 @@ async fn cutover_moves_the_primary_and_replicates_back_even_to_a_table_that_gain
 async fn a_cutover_that_cannot_catch_up_in_time_changes_nothing() {
     let pair = replicate_pair("repl_timeout").await;
     sql(pair.blue(), SCHEMA).await;
-    let (_, holder) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .unwrap();
+    let (_, holder) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     holder.release().await;
-    replicate::subscribe(&pair.config).await.unwrap();
+    replicate::subscribe(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     caught_up(&pair, Direction::Forward).await;
     // Green's apply worker is blocked behind a lock, so it cannot catch up.
     let locker = lock_table(pair.green(), "orders").await;
@@ -346,6 +427,7 @@ async fn a_cutover_that_cannot_catch_up_in_time_changes_nothing() {
     let r = cutover::switch(
         &pair.config,
         Direction::Forward,
+        switchyard_sync::CutoverKind::Promote,
         Instant::now() + Duration::from_millis(1500),
     )
     .await;
@@ -381,9 +463,15 @@ async fn a_cutover_that_cannot_catch_up_in_time_changes_nothing() {
 async fn a_migration_that_renames_a_published_column_is_refused_before_it_commits() {
     let pair = replicate_pair("repl_compat").await;
     sql(pair.blue(), SCHEMA).await;
-    let (_, holder) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .unwrap();
+    let (_, holder) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     holder.release().await;
     let dir = pair.migrations.path();
     std::fs::write(
@@ -397,9 +485,13 @@ async fn a_migration_that_renames_a_published_column_is_refused_before_it_commit
     )
     .unwrap();
     let blue = connect(pair.blue()).await;
-    let published = switchyard_sync::compat::published_schema(&blue)
-        .await
-        .unwrap();
+    let published = switchyard_sync::compat::published_schema(
+        &blue,
+        switchyard_sync::Side::Blue,
+        "switchyard_fwd",
+    )
+    .await
+    .unwrap();
     let e = migrate_under(&pair, &published)
         .await
         .unwrap_err()
@@ -448,11 +540,17 @@ async fn a_table_without_a_replica_identity_is_never_published() {
         "CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE loose (v text);",
     )
     .await;
-    let e = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .map(drop)
-        .expect_err("refused")
-        .to_string();
+    let e = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .map(drop)
+    .expect_err("refused")
+    .to_string();
     assert!(e.contains("public.loose"), "{e}");
     assert!(e.contains("REPLICA IDENTITY FULL"), "{e}");
     assert!(
@@ -466,15 +564,24 @@ async fn a_green_cloned_without_a_slot_cannot_be_caught_up_and_says_to_replace_i
     let mut pair = Pair::new("repl_noslot").await;
     sql(pair.blue(), SCHEMA).await;
     // Cloned in snapshot mode: no slot holds blue's changes since.
-    let (_, holder) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .unwrap();
+    let (_, holder) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     holder.release().await;
     pair.config.mode = SyncMode::Replicate;
-    let e = replicate::subscribe(&pair.config)
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = replicate::subscribe(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("cloned without a replication slot"), "{e}");
     assert!(e.contains("clone --replace"), "{e}");
     assert!(
@@ -482,11 +589,22 @@ async fn a_green_cloned_without_a_slot_cannot_be_caught_up_and_says_to_replace_i
         "nothing was created"
     );
     // The advice works: a replacing clone in replicate mode can be caught up.
-    let (_, holder) = clone::clone(&pair.config, 2, true, Output::Quiet)
-        .await
-        .unwrap();
+    let (_, holder) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        true,
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     holder.release().await;
-    replicate::subscribe(&pair.config).await.unwrap();
+    replicate::subscribe(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     sql(
         pair.blue(),
         "INSERT INTO orders (item, qty) VALUES ('after', 1)",

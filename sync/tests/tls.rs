@@ -91,17 +91,34 @@ async fn a_tls_only_blue_works_with_verify_full_and_is_refused_with_a_wrong_ca()
 
     // Clone (pg_dump and the replication connection over TLS too), then
     // stream and verify.
-    let (_, h) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .expect("clone from a TLS-only blue");
-    let v = verify::verify(&pair.config, 2, Some(&h.id), Output::Quiet)
-        .await
-        .unwrap();
+    let (_, h) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .expect("clone from a TLS-only blue");
+    let v = verify::verify(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        Some(&h.id),
+        Output::Quiet,
+    )
+    .await
+    .unwrap();
     assert!(v.passed, "{}", v.render());
     h.release().await;
     // Green's server reaches blue with the same URL: it must trust the CA too,
     // which libpq on the server does with the sslrootcert path.
-    replicate::subscribe(&pair.config).await.unwrap();
+    replicate::subscribe(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     admin
         .batch_execute("INSERT INTO accounts VALUES (1001, 1)")
         .await

@@ -38,17 +38,29 @@ const SCHEMA: &str = "CREATE TABLE accounts (id bigserial PRIMARY KEY, owner tex
 async fn cloned(test: &str) -> Pair {
     let pair = Pair::new(test).await;
     sql(pair.blue(), SCHEMA).await;
-    let (_, holder) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .expect("clone");
+    let (_, holder) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .expect("clone");
     holder.release().await;
     pair
 }
 
 async fn verify_now(pair: &Pair) -> verify::VerifyReport {
-    verify::verify(&pair.config, 2, None, Output::Quiet)
-        .await
-        .expect("verify runs")
+    verify::verify(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        None,
+        Output::Quiet,
+    )
+    .await
+    .expect("verify runs")
 }
 
 async fn one(url: &str, q: &str) -> i64 {
@@ -117,7 +129,12 @@ async fn every_kind_of_drift_fails_verify_by_name_and_closes_the_gate() {
             text.contains(expected),
             "{fault}: expected {expected:?} in:\n{text}"
         );
-        let gate = gate_status(&pair.config).await.unwrap();
+        let gate = gate_status(
+            &pair.config,
+            switchyard_sync::replication::Direction::Forward,
+        )
+        .await
+        .unwrap();
         assert!(!gate.verified, "{fault}: the gate stays closed: {gate:?}");
     }
 }
@@ -133,7 +150,16 @@ async fn an_interrupted_clone_leaves_green_incomplete_and_verify_refuses_it() {
     )
     .await;
     let config = pair.config.clone();
-    let task = tokio::spawn(async move { clone::clone(&config, 1, false, Output::Quiet).await });
+    let task = tokio::spawn(async move {
+        clone::clone(
+            &config,
+            switchyard_sync::replication::Direction::Forward,
+            1,
+            false,
+            Output::Quiet,
+        )
+        .await
+    });
     let green = connect(pair.green()).await;
     let mut seen = false;
     for _ in 0..600 {
@@ -160,7 +186,12 @@ async fn an_interrupted_clone_leaves_green_incomplete_and_verify_refuses_it() {
         "{}",
         v.render()
     );
-    let gate = gate_status(&pair.config).await.unwrap();
+    let gate = gate_status(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+    )
+    .await
+    .unwrap();
     assert!(
         !gate.verified && gate.reason.contains("not a copy of blue"),
         "{gate:?}"
@@ -200,11 +231,17 @@ async fn a_policy_naming_a_role_green_lacks_is_a_preflight_blocker_and_clone_ref
         msg.contains(&format!("CREATE ROLE {auditor} NOLOGIN")),
         "{msg}"
     );
-    let e = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .map(drop)
-        .expect_err("refused")
-        .to_string();
+    let e = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .map(drop)
+    .expect_err("refused")
+    .to_string();
     assert!(
         e.contains(&auditor) && e.contains("Nothing in green was changed"),
         "{e}"
@@ -221,9 +258,15 @@ async fn a_policy_naming_a_role_green_lacks_is_a_preflight_blocker_and_clone_ref
     // Once the role exists on green, the clone (policy included) goes through.
     let green_postgres = pair.green().rsplit_once('/').unwrap().0.to_string() + "/postgres";
     sql(&green_postgres, &format!("CREATE ROLE {auditor} NOLOGIN")).await;
-    let (_, h) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .expect("clone with the role present");
+    let (_, h) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .expect("clone with the role present");
     h.release().await;
     let v = verify_now(&pair).await;
     assert!(v.passed, "{}", v.render());
@@ -251,9 +294,15 @@ async fn owners_grants_and_default_privileges_survive_a_clone() {
         ),
     )
     .await;
-    let (_, h) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .expect("clone");
+    let (_, h) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .expect("clone");
     h.release().await;
     let g = connect(pair.green()).await;
     let (granted, table_owner): (bool, String) = {
@@ -305,18 +354,30 @@ async fn replace_with_an_unreadable_table_on_blue_leaves_green_untouched() {
         &format!("GRANT SELECT ON accounts TO {limited}; REVOKE ALL ON audit FROM PUBLIC;"),
     )
     .await;
-    let (_, h) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .expect("clone as the owner");
+    let (_, h) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .expect("clone as the owner");
     h.release().await;
     let before = one(pair.green(), "SELECT count(*) FROM accounts").await;
     let mut config = pair.config.clone();
     config.blue = config.blue.replacen("postgres@", &format!("{limited}@"), 1);
-    let e = clone::clone(&config, 2, true, Output::Quiet)
-        .await
-        .map(drop)
-        .expect_err("refused")
-        .to_string();
+    let e = clone::clone(
+        &config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        true,
+        Output::Quiet,
+    )
+    .await
+    .map(drop)
+    .expect_err("refused")
+    .to_string();
     assert!(e.contains("permission denied"), "{e}");
     assert!(e.contains("nothing in green was changed"), "{e}");
     assert_eq!(
@@ -377,9 +438,15 @@ async fn no_password_ever_appears_on_a_child_process_command_line() {
             (children, leaked)
         })
     };
-    let (_, h) = clone::clone(&pair.config, 2, false, Output::Quiet)
-        .await
-        .expect("clone");
+    let (_, h) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .expect("clone");
     h.release().await;
     done.store(true, Ordering::SeqCst);
     let (children, leaked) = watcher.await.unwrap();

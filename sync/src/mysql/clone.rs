@@ -87,9 +87,9 @@ pub async fn green_contents(green: &mut Session) -> Result<Option<String>, SyncE
 /// Refuses to replace a green that a cutover made the primary.
 async fn refuse_replacing_the_primary(green: &mut Session) -> Result<(), SyncError> {
     if let Some(since) = state::primary_since(green).await? {
-        return Err(SyncError::GreenIsPrimary {
+        return Err(SyncError::TargetIsPrimary {
+            side: crate::Side::Green,
             since,
-            why: "a cutover moved the application's writes to it".into(),
         });
     }
     Ok(())
@@ -237,7 +237,10 @@ pub async fn clone(
     refuse_replacing_the_primary(&mut green).await?;
     if let Some(what) = green_contents(&mut green).await? {
         if !replace {
-            return Err(SyncError::GreenNotEmpty { what });
+            return Err(SyncError::TargetNotEmpty {
+                side: crate::Side::Green,
+                what,
+            });
         }
     }
     let (charset, collation) = {
@@ -636,6 +639,7 @@ async fn copy_table(
             .conn
             .set_infile_handler(async { Ok(futures_util::stream::empty().boxed()) });
         loaded.map_err(|e| SyncError::Copy {
+            target: crate::Side::Green,
             table: table.name.clone(),
             message: query_error(side, "LOAD DATA", &e).to_string(),
         })?;
@@ -650,6 +654,7 @@ async fn copy_table(
                 .map(|r| r.get::<String, _>(2).unwrap_or_default())
                 .collect();
             return Err(SyncError::Copy {
+                target: crate::Side::Green,
                 table: table.name.clone(),
                 message: format!(
                     "green's server changed {warnings} value(s) while loading them, so green would not be an exact copy: {}",

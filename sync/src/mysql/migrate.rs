@@ -300,6 +300,7 @@ pub async fn migrate(
                     other => other.to_string(),
                 };
                 return Err(SyncError::MigrationFailed {
+                    side: crate::Side::Green,
                     script: m.script.clone(),
                     line: *line,
                     message,

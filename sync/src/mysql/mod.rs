@@ -59,6 +59,24 @@ fn opts(url: &str) -> Result<Opts, String> {
     Opts::from_url(&url).map_err(|e| e.to_string())
 }
 
+/// MySQL/MariaDB prepares green's database from blue's only: the first
+/// release of the cycle. After a promotion (green's database the primary)
+/// the next release would prepare blue's from green's, which this engine
+/// does not do yet; every command says so instead of acting on the wrong
+/// database.
+pub fn refuse_later_releases(dir: crate::replication::Direction) -> Result<(), SyncError> {
+    if dir == crate::replication::Direction::Forward {
+        return Ok(());
+    }
+    Err(SyncError::Other(
+        "MySQL/MariaDB: green's database is the primary (a promotion moved the writes to it), and this engine \
+         cannot prepare the next release's database (blue's, from green's) yet: nothing was changed. Roll back to \
+         blue first (`switchyard ctl abort`, which reverse replication keeps lossless), or prepare blue's database \
+         yourself; PostgreSQL runs the whole cycle"
+            .into(),
+    ))
+}
+
 /// The database (schema) a `mysql://` URL names.
 pub fn database_of(url: &str) -> Option<String> {
     opts(url).ok()?.db_name().map(str::to_string)

@@ -452,6 +452,7 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
 
     let passed = !f.0.iter().any(|x| x.severity == Blocker);
     let report = PreflightReport {
+        source: Side::Blue,
         passed,
         blue_version: Some(blue.version.clone()),
         green_version: Some(green.version.clone()),

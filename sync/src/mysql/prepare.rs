@@ -37,9 +37,9 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
     {
         return Err(fail(
             Step::Clone,
-            SyncError::GreenIsPrimary {
+            SyncError::TargetIsPrimary {
+                side: Side::Green,
                 since,
-                why: "a cutover moved the application's writes to it".into(),
             },
         ));
     }
@@ -147,7 +147,7 @@ pub async fn run(db: &DatabaseConfig, observer: &dyn Observer) -> Result<(), Pre
             false
         }
         None => {
-            let g = state::gate_status(db)
+            let g = state::gate_status(db, crate::replication::Direction::Forward)
                 .await
                 .map_err(|e| fail(Step::Verify, e))?;
             if g.verified {

@@ -114,7 +114,7 @@ pub async fn subscribe(db: &DatabaseConfig) -> Result<ReplicateReport, SyncError
     }
     let clone = super::state::last_clone(&mut green).await?;
     let Some(clone) = clone.filter(|c| c.state == crate::gate::CloneState::Complete) else {
-        return Err(SyncError::NotCloned);
+        return Err(SyncError::NotCloned { side: Side::Green });
     };
     let gtid = clone.consistent_lsn.clone().unwrap_or_default();
     start_replica(&mut green, db, Direction::Forward, &gtid).await?;
@@ -399,6 +399,7 @@ pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
 pub async fn switch(
     db: &DatabaseConfig,
     from: Direction,
+    _kind: crate::primary::CutoverKind,
     deadline: Instant,
 ) -> Result<SwitchReport, SwitchError> {
     let old = from.source();
@@ -487,6 +488,7 @@ pub async fn switch(
         not_replicated: Vec::new(),
         steps,
         already_done: false,
+        warnings: Vec::new(),
     })
 }
 

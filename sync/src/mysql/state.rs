@@ -82,6 +82,8 @@ pub async fn last_clone(green: &mut Session) -> Result<Option<CloneRecord>, Sync
         consistent_lsn: get(4),
         blue_time: get(5),
         at: get(6).unwrap_or_default(),
+        generation: 0,
+        kind: crate::gate::CloneKind::Copy,
     }))
 }
 
@@ -201,13 +203,56 @@ pub async fn primary_since(green: &mut Session) -> Result<Option<String>, SyncEr
     }
 }
 
+/// The primary as green's record of cutovers says (MySQL/MariaDB records
+/// them in green only: the engine supports the first release of the cycle,
+/// see [`super::refuse_later_releases`]).
+pub async fn primary(db: &DatabaseConfig) -> Result<crate::primary::Primary, SyncError> {
+    let mut green = super::connect(crate::Side::Green, &db.green).await?;
+    let sql = format!(
+        "SELECT id, primary_side, DATE_FORMAT(at, {ISO}) FROM switchyard.cutovers WHERE db = {} ORDER BY id DESC LIMIT 1",
+        literal(&green.database)
+    );
+    let rows = match green.rows("reading switchyard.cutovers", &sql).await {
+        Ok(rows) => rows,
+        Err(e) if not_recorded_yet(&e) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    green.close().await;
+    let mut p = crate::primary::Primary::initial();
+    if let Some(r) = rows.first() {
+        let side: Option<String> = r.get(1);
+        p.generation = r.get::<i64, _>(0).unwrap_or(1);
+        p.since = r.get::<Option<String>, _>(2).flatten();
+        if side.as_deref() == Some("green") {
+            p.side = crate::Side::Green;
+            p.kind = Some(crate::primary::CutoverKind::Promote);
+            p.promoted = true;
+        } else {
+            p.kind = Some(crate::primary::CutoverKind::Rollback);
+        }
+    }
+    Ok(p)
+}
+
+/// [`record_primary`] on a new session to green.
+pub async fn record_primary_of(db: &DatabaseConfig, primary: crate::Side) -> Result<(), SyncError> {
+    let mut green = super::connect(crate::Side::Green, &db.green).await?;
+    let r = record_primary(&mut green, primary).await;
+    green.close().await;
+    r
+}
+
 /// Reads the gate's inputs from green (see [`crate::gate::gate_status`]).
-pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
+pub async fn gate_status(
+    db: &DatabaseConfig,
+    dir: crate::replication::Direction,
+) -> Result<GateStatus, SyncError> {
+    super::refuse_later_releases(dir)?;
     let mut green = super::connect(crate::Side::Green, &db.green).await?;
     let history = super::migrate::read_history(&mut green).await?;
     let newest = migrate::newest_on_disk(&db.migrations)?;
     let clone = last_clone(&mut green).await?;
-    let mut status = GateStatus::unjudged(&history, newest, clone);
+    let mut status = GateStatus::unjudged(crate::Side::Green, &history, newest, clone);
     let dbname = literal(&green.database);
     let rows = green
         .rows(
@@ -240,7 +285,12 @@ pub async fn gate_status(db: &DatabaseConfig) -> Result<GateStatus, SyncError> {
 
 /// After an interrupted sync step: marks a running clone of green's
 /// database as failed, and says what was running.
-pub async fn interrupted(db: &DatabaseConfig, signal: &str) -> Result<String, SyncError> {
+pub async fn interrupted(
+    db: &DatabaseConfig,
+    dir: crate::replication::Direction,
+    signal: &str,
+) -> Result<String, SyncError> {
+    super::refuse_later_releases(dir)?;
     let mut green = super::connect(crate::Side::Green, &db.green).await?;
     let sql = format!(
         "UPDATE switchyard.clones SET state = 'failed', error = {}, finished_at = CURRENT_TIMESTAMP(6) \

@@ -16,6 +16,7 @@
 //! the statistics (or a crash) reads as a change, never as none.
 
 use crate::error::SyncError;
+use crate::replication::Direction;
 use crate::Side;
 use tokio_postgres::Client;
 
@@ -29,9 +30,10 @@ pub struct ChangeMark {
     pub tables: String,
 }
 
-/// Reads blue's mark. The session may be read-only.
-pub async fn read(blue: &Client) -> Result<ChangeMark, SyncError> {
-    let row = blue
+/// Reads the mark of the source's database (`side`, the primary). The
+/// session may be read-only.
+pub async fn read(source: &Client, side: Side) -> Result<ChangeMark, SyncError> {
+    let row = source
         .query_one(
             "SELECT CASE WHEN current_setting('track_counts')::bool \
                          THEN coalesce(sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del), 0)::int8 END, \
@@ -45,44 +47,46 @@ pub async fn read(blue: &Client) -> Result<ChangeMark, SyncError> {
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Blue, "reading blue's change counters", &e))?;
+        .map_err(|e| SyncError::query(side, "reading the change counters", &e))?;
     Ok(ChangeMark {
         rows: row.get(0),
         tables: row.get(1),
     })
 }
 
-/// Why green is stale, comparing the mark recorded at the clone (`then`,
-/// `None` for a clone by a version that did not record one) with blue's
-/// mark now; `None` when blue has not changed.
-pub fn changed_since(then: Option<&ChangeMark>, now: &ChangeMark) -> Option<String> {
+/// Why the target (`dir.target()`) is stale, comparing the mark recorded at
+/// the clone (`then`, `None` for a clone by a version that did not record
+/// one) with the source's mark now; `None` when the source has not changed.
+pub fn changed_since(
+    dir: Direction,
+    then: Option<&ChangeMark>,
+    now: &ChangeMark,
+) -> Option<String> {
+    let (source, target) = (dir.source(), dir.target());
     let Some(then) = then else {
         return Some(
-            "green's clone did not record where blue stood (it was made by an older switchyard), \
-             so whether blue took writes since cannot be told"
-                .into(),
+            format!("{target}'s clone did not record where {source} stood (it was made by an older switchyard), \
+             so whether {source} took writes since cannot be told"),
         );
     };
     let (Some(was), Some(is)) = (then.rows, now.rows) else {
         return Some(
-            "blue runs with track_counts = off, so whether it took writes since the clone cannot be told \
-             (turn track_counts on)"
-                .into(),
+            format!("{source} runs with track_counts = off, so whether it took writes since the clone cannot be told \
+             (turn track_counts on)"),
         );
     };
     if is < was {
         return Some(
-            "blue's statistics were reset (or its server crashed) since the clone, so whether it took writes since cannot be told"
-                .into(),
+            format!("{source}'s statistics were reset (or its server crashed) since the clone, so whether it took writes since cannot be told"),
         );
     }
     match (is - was, then.tables != now.tables) {
         (0, false) => None,
         (0, true) => Some(
-            "blue's tables changed since the clone (truncated, rewritten, added, dropped or altered)".into(),
+            format!("{source}'s tables changed since the clone (truncated, rewritten, added, dropped or altered)"),
         ),
         (n, _) => Some(format!(
-            "blue has taken {n} row change{} since the clone",
+            "{source} has taken {n} row change{} since the clone",
             if n == 1 { "" } else { "s" }
         )),
     }
@@ -91,6 +95,8 @@ pub fn changed_since(then: Option<&ChangeMark>, now: &ChangeMark) -> Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const F: Direction = Direction::Forward;
 
     fn mark(rows: Option<i64>, tables: &str) -> ChangeMark {
         ChangeMark {
@@ -102,20 +108,20 @@ mod tests {
     #[test]
     fn only_an_identical_mark_is_unchanged() {
         let then = mark(Some(10), "a");
-        assert_eq!(changed_since(Some(&then), &mark(Some(10), "a")), None);
-        let more = changed_since(Some(&then), &mark(Some(11), "a")).unwrap();
+        assert_eq!(changed_since(F, Some(&then), &mark(Some(10), "a")), None);
+        let more = changed_since(F, Some(&then), &mark(Some(11), "a")).unwrap();
         assert!(more.contains("1 row change since"), "{more}");
-        let many = changed_since(Some(&then), &mark(Some(13), "b")).unwrap();
+        let many = changed_since(F, Some(&then), &mark(Some(13), "b")).unwrap();
         assert!(many.contains("3 row changes"), "{many}");
-        let tables = changed_since(Some(&then), &mark(Some(10), "b")).unwrap();
+        let tables = changed_since(F, Some(&then), &mark(Some(10), "b")).unwrap();
         assert!(tables.contains("tables changed"), "{tables}");
-        let reset = changed_since(Some(&then), &mark(Some(2), "a")).unwrap();
+        let reset = changed_since(F, Some(&then), &mark(Some(2), "a")).unwrap();
         assert!(reset.contains("reset"), "{reset}");
-        let off = changed_since(Some(&mark(None, "a")), &mark(None, "a")).unwrap();
+        let off = changed_since(F, Some(&mark(None, "a")), &mark(None, "a")).unwrap();
         assert!(off.contains("track_counts"), "{off}");
-        let half = changed_since(Some(&then), &mark(None, "a")).unwrap();
+        let half = changed_since(F, Some(&then), &mark(None, "a")).unwrap();
         assert!(half.contains("track_counts"), "{half}");
-        let old = changed_since(None, &then).unwrap();
+        let old = changed_since(F, None, &then).unwrap();
         assert!(old.contains("older switchyard"), "{old}");
     }
 }

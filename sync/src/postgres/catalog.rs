@@ -276,6 +276,7 @@ pub fn changed(before: &Catalog, after: &Catalog) -> Vec<(ObjectKind, String)> {
 /// transaction, so it is kept exactly when the migration is).
 pub async fn record_changes(
     green: &Client,
+    side: Side,
     script: &str,
     changes: &[(ObjectKind, String)],
 ) -> Result<(), SyncError> {
@@ -290,7 +291,7 @@ pub async fn record_changes(
                 &[&script, &k, name],
             )
             .await
-            .map_err(|e| SyncError::query(Side::Green, "recording what a migration changed", &e))?;
+            .map_err(|e| SyncError::query(side, "recording what a migration changed", &e))?;
     }
     Ok(())
 }
@@ -298,6 +299,7 @@ pub async fn record_changes(
 /// What migrations changed on purpose: (kind, name) → script.
 pub async fn expected_changes(
     green: &Client,
+    side: Side,
 ) -> Result<BTreeMap<(ObjectKind, String), String>, SyncError> {
     let rows = match green
         .query(
@@ -310,13 +312,7 @@ pub async fn expected_changes(
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
             return Ok(BTreeMap::new())
         }
-        Err(e) => {
-            return Err(SyncError::query(
-                Side::Green,
-                "reading migration changes",
-                &e,
-            ))
-        }
+        Err(e) => return Err(SyncError::query(side, "reading migration changes", &e)),
     };
     Ok(rows
         .iter()

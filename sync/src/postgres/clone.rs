@@ -30,6 +30,7 @@ use crate::pg::{snapshot_session, SnapshotHolder};
 use crate::postgres::post_data;
 use crate::progress::Progress;
 use crate::replicate::ForwardSlot;
+use crate::replication::{url_of, Direction};
 use crate::{roles, state, workers, Output};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
@@ -85,8 +86,9 @@ pub struct Phase {
     pub seconds: f64,
 }
 
-/// What green holds that makes it "not empty", or `None` when it is empty.
-pub async fn green_contents(green: &Client) -> Result<Option<String>, SyncError> {
+/// What the target's database (`side`) holds that makes it "not empty", or
+/// `None` when it is empty.
+pub async fn target_contents(green: &Client, side: Side) -> Result<Option<String>, SyncError> {
     let row = green
         .query_one(
             &format!(
@@ -105,7 +107,7 @@ pub async fn green_contents(green: &Client) -> Result<Option<String>, SyncError>
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Green, "checking that green is empty", &e))?;
+        .map_err(|e| SyncError::query(side, "checking that the database is empty", &e))?;
     let (rels, names, funcs, schemas, exts): (
         i64,
         Option<String>,
@@ -138,11 +140,13 @@ pub async fn green_contents(green: &Client) -> Result<Option<String>, SyncError>
     Ok((!what.is_empty()).then(|| what.join("; ")))
 }
 
-/// Drops everything switchyard would create in green: user schemas (the
-/// `switchyard` schema included, so green becomes unverified), extensions,
-/// the contents of `public`, and large objects.
-async fn wipe_green(green: &Client) -> Result<(), SyncError> {
-    let version = pg::server_version(green, Side::Green).await?;
+/// Drops everything switchyard would create in the target (`side`): user
+/// schemas, extensions, the contents of `public`, large objects, and
+/// switchyard's records of earlier copies and verifications (so the target
+/// becomes unverified). The record of cutovers (`switchyard.cutovers`)
+/// stays: it is the pair's history, which says which side is the primary.
+async fn wipe_target(green: &Client, side: Side) -> Result<(), SyncError> {
+    let version = pg::server_version(green, side).await?;
     let owner = if version >= 140000 {
         "pg_database_owner"
     } else {
@@ -150,12 +154,13 @@ async fn wipe_green(green: &Client) -> Result<(), SyncError> {
     };
     pg::exec(
         green,
-        Side::Green,
-        "dropping green's contents (--replace)",
+        side,
+        "dropping the target's contents (--replace)",
         &format!(
-            "DO $$ DECLARE r record; BEGIN \
+            "DROP TABLE IF EXISTS switchyard.clones, switchyard.verifications, switchyard.migration_changes; \
+             DO $$ DECLARE r record; BEGIN \
                FOR r IN SELECT nspname FROM pg_namespace n \
-                         WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public') \
+                         WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public', 'switchyard') \
                            AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%' LOOP \
                  EXECUTE format('DROP SCHEMA %I CASCADE', r.nspname); \
                END LOOP; \
@@ -173,46 +178,53 @@ async fn wipe_green(green: &Client) -> Result<(), SyncError> {
     .await
 }
 
-/// Clones blue into green. Returns the report and the blue snapshot, still
-/// held open, so that a verification can run against exactly what was
-/// copied; release it with [`SnapshotHolder::release`]. In replicate mode
-/// the snapshot is the one the forward replication slot starts from.
+/// Clones the source of `dir` (the primary) into its target (the
+/// candidate). Returns the report and the source snapshot, still held open,
+/// so that a verification can run against exactly what was copied; release
+/// it with [`SnapshotHolder::release`]. In replicate mode the snapshot is
+/// the one the replication slot of `dir` starts from.
 ///
-/// Nothing in green is touched before everything that can be checked on
-/// blue was: the connection, the snapshot, every table readable, the schema
-/// dumped. The clone is recorded in green as `running` from its first
-/// change, and as `complete` only after its last phase; a failed or
-/// interrupted clone stays `failed`/`running`, so verify and the gate refuse
-/// it.
+/// Nothing in the target is touched before everything that can be checked
+/// on the source was: the connection, the snapshot, every table readable,
+/// the schema dumped, and that the target is not the primary by the
+/// cutover records of both sides. The clone is recorded in the target as
+/// `running` from its first change, and as `complete` only after its last
+/// phase; a failed or interrupted clone stays `failed`/`running`, so verify
+/// and the gate refuse it.
 pub async fn clone(
     db: &DatabaseConfig,
+    dir: Direction,
     jobs: usize,
     replace: bool,
     output: Output,
 ) -> Result<(CloneReport, SnapshotHolder), SyncError> {
     let started = Instant::now();
     let jobs = jobs.max(1);
-    let green = pg::connect(Side::Green, &db.green).await?;
-    let existing = green_contents(&green).await?;
+    let (src, dst) = (dir.source(), dir.target());
+    let green = pg::connect_target(dst, url_of(db, dst)).await?;
+    let blue = pg::connect(src, url_of(db, src)).await?;
+    // Never over the primary, whatever the caller believed.
+    let primary = primary_of(dir, &blue, &green).await?;
+    primary.refuse_target(dst)?;
+    let existing = target_contents(&green, dst).await?;
     if let (Some(what), false) = (&existing, replace) {
-        return Err(SyncError::GreenNotEmpty { what: what.clone() });
+        return Err(SyncError::TargetNotEmpty {
+            side: dst,
+            what: what.clone(),
+        });
     }
-    if existing.is_some() {
-        refuse_replacing_the_primary(db, &green).await?;
-    }
-    // Where blue stands just before the snapshot: any write after it moves
-    // the mark, so the gate can tell when a snapshot-mode copy went stale.
-    let mark = {
-        let blue = pg::connect(Side::Blue, &db.blue).await?;
-        crate::postgres::preflight::same_encoding(&blue, &green).await?;
-        crate::postgres::blue_changes::read(&blue).await?
-    };
+    // Where the source stands just before the snapshot: any write after it
+    // moves the mark, so the gate can tell when a snapshot-mode copy went
+    // stale.
+    crate::postgres::preflight::same_encoding(&blue, &green, dir).await?;
+    let mark = crate::postgres::blue_changes::read(&blue, src).await?;
+    drop(blue);
     let holder = if db.mode == SyncMode::Replicate {
-        SnapshotHolder::from_slot(ForwardSlot::create(db).await?)
+        SnapshotHolder::from_slot(ForwardSlot::create(db, dir).await?)
     } else {
-        SnapshotHolder::open(Side::Blue, &db.blue).await?
+        SnapshotHolder::open(src, url_of(db, src)).await?
     };
-    let dir = match tempfile::Builder::new()
+    let tmp = match tempfile::Builder::new()
         .prefix("switchyard-clone-")
         .tempdir()
     {
@@ -227,13 +239,15 @@ pub async fn clone(
     let mut record = None;
     let result = clone_in(
         db,
+        dir,
         jobs,
         existing.is_some(),
         output,
         &green,
         &holder,
         &mark,
-        dir.path(),
+        primary.generation,
+        tmp.path(),
         &mut record,
     )
     .await;
@@ -244,7 +258,8 @@ pub async fn clone(
         }
         Err(e) => {
             if let Some(id) = record {
-                let _ = state::mark_clone(&green, id, "failed", None, Some(&e.to_string())).await;
+                let _ =
+                    state::mark_clone(&green, dst, id, "failed", None, Some(&e.to_string())).await;
             }
             holder.abandon(db).await;
             Err(e)
@@ -252,57 +267,49 @@ pub async fn clone(
     }
 }
 
-/// Refuses, changing nothing, while green's database is the primary: a
-/// committed cutover recorded it (`switchyard.cutovers`), or green's
-/// changes replicate back to blue. Replacing, migrating or subscribing green
-/// then would lose the writes made there since. Called before `clone`
-/// replaces green and before `prepare` touches it.
-pub async fn refuse_replacing_the_primary(
-    db: &DatabaseConfig,
-    green: &Client,
-) -> Result<(), SyncError> {
-    if let Some(since) = state::primary_since(green).await? {
-        return Err(SyncError::GreenIsPrimary {
-            since,
-            why: "a cutover moved the application's writes to it".into(),
-        });
-    }
-    let repl = crate::replicate::status(db).await;
-    if repl
-        .objects
-        .iter()
-        .any(|o| o.direction == crate::replicate::Direction::Reverse)
-    {
-        return Err(SyncError::GreenIsPrimary {
-            since: "a cutover".into(),
-            why: "green's changes replicate back to blue".into(),
-        });
-    }
-    Ok(())
+/// The primary by the records on both sides of `dir` (open sessions).
+pub(crate) async fn primary_of(
+    dir: Direction,
+    source: &Client,
+    target: &Client,
+) -> Result<crate::primary::Primary, SyncError> {
+    let (blue, green) = match dir.source() {
+        Side::Blue => (source, target),
+        Side::Green => (target, source),
+    };
+    state::primary_from(Ok(blue), Ok(green)).await
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn clone_in(
     db: &DatabaseConfig,
+    dir: Direction,
     jobs: usize,
     replace: bool,
     output: Output,
     green: &Client,
     holder: &SnapshotHolder,
     mark: &crate::postgres::blue_changes::ChangeMark,
-    dir: &std::path::Path,
+    generation: i64,
+    tmp: &std::path::Path,
     record: &mut Option<i64>,
 ) -> Result<CloneReport, SyncError> {
     let snapshot = holder.id.clone();
-    let blue = snapshot_session(Side::Blue, &db.blue, &snapshot).await?;
-    let tables = pg::list_tables(&blue, Side::Blue).await?;
+    let blue = snapshot_session(dir.source(), url_of(db, dir.source()), &snapshot).await?;
+    let tables = pg::list_tables(&blue, dir.source()).await?;
     // Every table must be readable before green is touched.
     for t in &tables {
         blue.batch_execute(&format!("SELECT 1 FROM ONLY {} LIMIT 0", t.sql()))
             .await
             .map_err(|e| SyncError::Copy {
                 table: t.display(),
-                message: format!("blue: {}; nothing in green was changed", pg_message(&e)),
+                target: dir.target(),
+                message: format!(
+                    "{}: {}; nothing in {} was changed",
+                    dir.source(),
+                    pg_message(&e),
+                    dir.target()
+                ),
             })?;
     }
     // The point in time green will represent: the transaction's start on
@@ -315,11 +322,11 @@ async fn clone_in(
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Blue, "reading the snapshot's time", &e))?;
+        .map_err(|e| SyncError::query(dir.source(), "reading the snapshot's time", &e))?;
     let (blue_time, snapshot_lsn): (String, String) = (row.get(0), row.get(1));
 
     // Schema, in custom format so that pg_restore can run post-data in parallel.
-    let dump = dir.join("schema.dump");
+    let dump = tmp.join("schema.dump");
     let mut phases = Vec::new();
     let mut phase_start = Instant::now();
     let mut phase = |name: &str| {
@@ -329,8 +336,8 @@ async fn clone_in(
         });
         phase_start = Instant::now();
     };
-    let blue_conn = pg::tool_conn(Side::Blue, &db.blue)?;
-    let green_conn = pg::tool_conn(Side::Green, &db.green)?;
+    let blue_conn = pg::tool_conn(dir.source(), url_of(db, dir.source()))?;
+    let green_conn = pg::tool_conn(dir.target(), url_of(db, dir.target()))?;
     pg::run_tool(
         "pg_dump",
         "dumping blue's schema",
@@ -348,13 +355,15 @@ async fn clone_in(
 
     // Roles are the cluster's: check green has every one the copy needs.
     let copy_roles = db.roles == RolesMode::Copy;
-    let missing = roles::missing_on_green(green, roles::needed(&blue).await?).await?;
+    let missing =
+        roles::missing_on_target(green, dir, roles::needed(&blue, dir.source()).await?).await?;
     let blocking: Vec<roles::RoleNeed> = missing
         .into_iter()
         .filter(|m| copy_roles || m.by_policy)
         .collect();
     if !blocking.is_empty() {
         return Err(SyncError::RolesMissing {
+            target: dir.target(),
             roles: roles::describe(&blocking),
         });
     }
@@ -374,7 +383,7 @@ async fn clone_in(
         .map(str::to_string)
         .collect();
     let write_list = |name: String, lines: &[String]| {
-        let path = dir.join(name);
+        let path = tmp.join(name);
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&path, text)
             .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))
@@ -411,7 +420,7 @@ async fn clone_in(
     let objects = if eligible.is_empty() {
         HashMap::new()
     } else {
-        post_data::own_objects(&blue).await?
+        post_data::own_objects(&blue, dir.source()).await?
     };
     let split = post_data::split(&kept, &objects, |t| eligible.contains_key(t));
     let rest_list = write_list("post-data.list".into(), &split.rest)?;
@@ -431,18 +440,23 @@ async fn clone_in(
     // Everything on blue checked out: now green may change.
     let replaced = replace;
     if replace {
-        wipe_green(green).await?;
+        wipe_target(green, dir.target()).await?;
     }
     let slot = holder.slot().map(|s| s.created.clone());
     let id = state::start_clone(
         green,
-        &snapshot,
-        slot.as_ref().map(|s| s.slot_name.as_str()),
-        slot.as_ref()
-            .map(|s| s.consistent_point.as_str())
-            .unwrap_or(&snapshot_lsn),
-        &blue_time,
-        mark,
+        dir.target(),
+        state::NewClone {
+            snapshot: &snapshot,
+            slot: slot.as_ref().map(|s| s.slot_name.as_str()),
+            lsn: slot
+                .as_ref()
+                .map(|s| s.consistent_point.as_str())
+                .unwrap_or(&snapshot_lsn),
+            source_time: &blue_time,
+            mark,
+            generation,
+        },
     )
     .await?;
     *record = Some(id);
@@ -457,11 +471,15 @@ async fn clone_in(
 
     // Data.
     phase("schema");
-    state::mark_clone(green, id, "running", Some("copy"), None).await?;
+    state::mark_clone(green, dir.target(), id, "running", Some("copy"), None).await?;
     let total: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = Arc::new(Progress::new(output, "clone", total.max(0) as u64));
     let chunks = plan_chunks(&tables, jobs, &builds);
-    let (blue_url, green_url, snap) = (db.blue.clone(), db.green.clone(), snapshot.clone());
+    let (blue_url, green_url, snap) = (
+        url_of(db, dir.source()).to_string(),
+        url_of(db, dir.target()).to_string(),
+        snapshot.clone(),
+    );
     let bars = progress.clone();
     let password = green_conn.password.clone();
     let done = workers::run_with_follow_ups(
@@ -470,11 +488,11 @@ async fn clone_in(
         move || {
             let (blue_url, green_url, snap) = (blue_url.clone(), green_url.clone(), snap.clone());
             async move {
-                let blue = snapshot_session(Side::Blue, &blue_url, &snap).await?;
-                let green = pg::connect(Side::Green, &green_url).await?;
+                let blue = snapshot_session(dir.source(), &blue_url, &snap).await?;
+                let green = pg::connect_target(dir.target(), &green_url).await?;
                 pg::exec(
                     &green,
-                    Side::Green,
+                    dir.target(),
                     "setting up a copy session",
                     "SET synchronous_commit = off",
                 )
@@ -487,7 +505,7 @@ async fn clone_in(
             async move {
                 match work {
                     Work::Copy(chunk) => {
-                        let copied = copy_chunk(&s.0, &s.1, &chunk, &bars).await?;
+                        let copied = copy_chunk(dir, &s.0, &s.1, &chunk, &bars).await?;
                         // The table's last chunk: its indexes can be built now.
                         let last = chunk.left.fetch_sub(1, Ordering::AcqRel) == 1;
                         let next = chunk.build.filter(|_| last).map(Work::Build);
@@ -498,7 +516,7 @@ async fn clone_in(
                         pg::run_tool("pg_restore", &b.what, &b.args, password.as_deref()).await?;
                         pg::exec(
                             &s.1,
-                            Side::Green,
+                            dir.target(),
                             &format!("analyzing {}", b.table),
                             &format!("ANALYZE {}", b.table_sql),
                         )
@@ -523,9 +541,9 @@ async fn clone_in(
         }
     }
 
-    let sequences = copy_sequences(&blue, green).await?;
+    let sequences = copy_sequences(dir, &blue, green).await?;
     phase("copy");
-    state::mark_clone(green, id, "running", Some("post_data"), None).await?;
+    state::mark_clone(green, dir.target(), id, "running", Some("post_data"), None).await?;
     pg::run_tool(
         "pg_restore",
         "building indexes and constraints in green (post-data)",
@@ -534,14 +552,30 @@ async fn clone_in(
     )
     .await?;
     phase("post_data");
-    state::mark_clone(green, id, "running", Some("large_objects"), None).await?;
-    let large_objects = copy_large_objects(&blue, green, copy_roles).await?;
+    state::mark_clone(
+        green,
+        dir.target(),
+        id,
+        "running",
+        Some("large_objects"),
+        None,
+    )
+    .await?;
+    let large_objects = copy_large_objects(dir, &blue, green, copy_roles).await?;
     phase("large_objects");
-    state::mark_clone(green, id, "running", Some("materialized_views"), None).await?;
-    refresh_matviews(&blue, green).await?;
+    state::mark_clone(
+        green,
+        dir.target(),
+        id,
+        "running",
+        Some("materialized_views"),
+        None,
+    )
+    .await?;
+    refresh_matviews(dir, &blue, green).await?;
     phase("materialized_views");
-    state::mark_clone(green, id, "running", Some("analyze"), None).await?;
-    analyze_the_rest(green, &db.green, jobs, &built).await?;
+    state::mark_clone(green, dir.target(), id, "running", Some("analyze"), None).await?;
+    analyze_the_rest(dir, green, url_of(db, dir.target()), jobs, &built).await?;
     phase("analyze");
 
     let mut merged: Vec<TableCopy> = Vec::new();
@@ -578,7 +612,7 @@ async fn clone_in(
         blue_time,
         large_objects,
     };
-    state::finish_clone(green, id, &report).await?;
+    state::finish_clone(green, dir.target(), id, &report).await?;
     Ok(report)
 }
 
@@ -644,6 +678,7 @@ enum Done {
 /// green that was not analysed right after its copy, largest first, on
 /// `jobs` sessions at once.
 async fn analyze_the_rest(
+    dir: Direction,
     green: &Client,
     green_url: &str,
     jobs: usize,
@@ -661,7 +696,7 @@ async fn analyze_the_rest(
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Green, "listing green's tables to analyze", &e))?;
+        .map_err(|e| SyncError::query(dir.target(), "listing the tables to analyze", &e))?;
     let todo: Vec<(String, String)> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -676,12 +711,12 @@ async fn analyze_the_rest(
         jobs,
         move || {
             let url = url.clone();
-            async move { pg::connect(Side::Green, &url).await }
+            async move { pg::connect_target(dir.target(), &url).await }
         },
-        |g: Arc<Client>, (display, sql): (String, String)| async move {
+        move |g: Arc<Client>, (display, sql): (String, String)| async move {
             pg::exec(
                 &g,
-                Side::Green,
+                dir.target(),
                 &format!("analyzing {display}"),
                 &format!("ANALYZE {sql}"),
             )
@@ -761,6 +796,7 @@ fn plan_chunks(
 /// Streams one chunk from blue to green: `COPY ... TO STDOUT` piped into
 /// `COPY ... FROM STDIN`, binary when the column types allow it.
 async fn copy_chunk(
+    dir: Direction,
     blue: &Client,
     green: &Client,
     chunk: &Chunk,
@@ -811,17 +847,18 @@ async fn copy_chunk(
     let bar = progress.table(&label, chunk.est_bytes.max(0) as u64, est_rows);
     let err = |message: String| SyncError::Copy {
         table: table.display(),
+        target: dir.target(),
         message,
     };
     let out = blue
         .copy_out(&format!("COPY {source} TO STDOUT {}", options(false)))
         .await
-        .map_err(|e| err(format!("blue: {}", pg_message(&e))))?;
+        .map_err(|e| err(format!("{}: {}", dir.source(), pg_message(&e))))?;
     if whole {
         green
             .batch_execute(&format!("BEGIN; TRUNCATE ONLY {}", table.sql()))
             .await
-            .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+            .map_err(|e| err(format!("{}: {}", dir.target(), pg_message(&e))))?;
     }
     let sink = green
         .copy_in(&format!(
@@ -830,7 +867,7 @@ async fn copy_chunk(
             options(whole)
         ))
         .await
-        .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+        .map_err(|e| err(format!("{}: {}", dir.target(), pg_message(&e))))?;
     let mut bytes = 0u64;
     let mut sink = std::pin::pin!(sink);
     let mut stream = std::pin::pin!(out);
@@ -838,14 +875,14 @@ async fn copy_chunk(
     // connection task is woken once per batch rather than every 4 KiB.
     let mut batch = BytesMut::with_capacity(BATCH_BYTES + 64 * 1024);
     while let Some(data) = stream.next().await {
-        let data = data.map_err(|e| err(format!("blue: {}", pg_message(&e))))?;
+        let data = data.map_err(|e| err(format!("{}: {}", dir.source(), pg_message(&e))))?;
         batch.extend_from_slice(&data);
         if batch.len() >= BATCH_BYTES {
             bytes += batch.len() as u64;
             bar.inc(batch.len() as u64);
             sink.feed(batch.split().freeze())
                 .await
-                .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+                .map_err(|e| err(format!("{}: {}", dir.target(), pg_message(&e))))?;
         }
     }
     if !batch.is_empty() {
@@ -853,18 +890,18 @@ async fn copy_chunk(
         bar.inc(batch.len() as u64);
         sink.feed(batch.split().freeze())
             .await
-            .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+            .map_err(|e| err(format!("{}: {}", dir.target(), pg_message(&e))))?;
     }
     let rows = sink
         .as_mut()
         .finish()
         .await
-        .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+        .map_err(|e| err(format!("{}: {}", dir.target(), pg_message(&e))))?;
     if whole {
         green
             .batch_execute("COMMIT")
             .await
-            .map_err(|e| err(format!("green: {}", pg_message(&e))))?;
+            .map_err(|e| err(format!("{}: {}", dir.target(), pg_message(&e))))?;
     }
     bar.done(rows);
     Ok(TableCopy {
@@ -880,6 +917,7 @@ async fn copy_chunk(
 /// OID (applications store OIDs), in 1 MiB pieces, and with its owner when
 /// roles are copied. Returns how many.
 async fn copy_large_objects(
+    dir: Direction,
     blue: &Client,
     green: &Client,
     with_owner: bool,
@@ -893,7 +931,7 @@ async fn copy_large_objects(
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Blue, "listing large objects", &e))?;
+        .map_err(|e| SyncError::query(dir.source(), "listing large objects", &e))?;
     for lo in &los {
         let (oid, owner, size): (i64, String, i64) = (lo.get(0), lo.get(1), lo.get(2));
         let err = |side: Side, e: &tokio_postgres::Error| {
@@ -902,7 +940,7 @@ async fn copy_large_objects(
         green
             .execute("SELECT lo_create($1::int8::oid)", &[&oid])
             .await
-            .map_err(|e| err(Side::Green, &e))?;
+            .map_err(|e| err(dir.target(), &e))?;
         let mut off = 0i64;
         while off < size {
             let piece: Vec<u8> = blue
@@ -911,7 +949,7 @@ async fn copy_large_objects(
                     &[&oid, &off, &(PIECE as i32)],
                 )
                 .await
-                .map_err(|e| err(Side::Blue, &e))?
+                .map_err(|e| err(dir.source(), &e))?
                 .get(0);
             green
                 .execute(
@@ -919,13 +957,13 @@ async fn copy_large_objects(
                     &[&oid, &off, &piece],
                 )
                 .await
-                .map_err(|e| err(Side::Green, &e))?;
+                .map_err(|e| err(dir.target(), &e))?;
             off += piece.len().max(1) as i64;
         }
         if with_owner {
             pg::exec(
                 green,
-                Side::Green,
+                dir.target(),
                 &format!("setting the owner of large object {oid}"),
                 &format!("ALTER LARGE OBJECT {oid} OWNER TO {}", pg::ident(&owner)),
             )
@@ -938,7 +976,7 @@ async fn copy_large_objects(
 /// A schema-only restore leaves materialized views empty: refresh those
 /// blue has populated, a view only after those it reads from (retrying in
 /// rounds until none is left, so no dependency graph is needed).
-async fn refresh_matviews(blue: &Client, green: &Client) -> Result<(), SyncError> {
+async fn refresh_matviews(dir: Direction, blue: &Client, green: &Client) -> Result<(), SyncError> {
     let mut left: Vec<String> = blue
         .query(
             &format!(
@@ -950,7 +988,7 @@ async fn refresh_matviews(blue: &Client, green: &Client) -> Result<(), SyncError
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Blue, "listing materialized views", &e))?
+        .map_err(|e| SyncError::query(dir.source(), "listing materialized views", &e))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -969,7 +1007,7 @@ async fn refresh_matviews(blue: &Client, green: &Client) -> Result<(), SyncError
         if failed.len() == left.len() {
             let (mv, e) = last_error.expect("a failure");
             return Err(SyncError::query(
-                Side::Green,
+                dir.target(),
                 format!("refreshing materialized view {mv}"),
                 &e,
             ));
@@ -980,7 +1018,7 @@ async fn refresh_matviews(blue: &Client, green: &Client) -> Result<(), SyncError
 }
 
 /// Sets every green sequence to blue's value. Returns how many there were.
-async fn copy_sequences(blue: &Client, green: &Client) -> Result<usize, SyncError> {
+async fn copy_sequences(dir: Direction, blue: &Client, green: &Client) -> Result<usize, SyncError> {
     let rows = blue
         .query(
             &format!(
@@ -994,14 +1032,14 @@ async fn copy_sequences(blue: &Client, green: &Client) -> Result<usize, SyncErro
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Blue, "listing sequences", &e))?;
+        .map_err(|e| SyncError::query(dir.source(), "listing sequences", &e))?;
     let mut sql = String::new();
     for r in &rows {
         let name: String = r.get(0);
         let v = blue
             .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
             .await
-            .map_err(|e| SyncError::query(Side::Blue, format!("reading sequence {name}"), &e))?;
+            .map_err(|e| SyncError::query(dir.source(), format!("reading sequence {name}"), &e))?;
         let (last, called): (i64, bool) = (v.get(0), v.get(1));
         sql.push_str(&format!(
             "SELECT setval({}, {last}, {called});\n",
@@ -1009,7 +1047,7 @@ async fn copy_sequences(blue: &Client, green: &Client) -> Result<usize, SyncErro
         ));
     }
     if !sql.is_empty() {
-        pg::exec(green, Side::Green, "setting sequence values", &sql).await?;
+        pg::exec(green, dir.target(), "setting sequence values", &sql).await?;
     }
     Ok(rows.len())
 }

@@ -29,9 +29,12 @@ pub struct Column {
     pub identity: bool,
 }
 
-/// Blue's tables and columns that replication carries to green.
-#[derive(Debug, Clone, Default, Serialize)]
+/// The primary's tables and columns that replication carries to the
+/// candidate's database.
+#[derive(Debug, Clone, Serialize)]
 pub struct PublishedSchema {
+    /// The side that publishes them (the primary).
+    pub side: Side,
     pub columns: Vec<Column>,
 }
 
@@ -67,27 +70,39 @@ async fn columns(c: &Client, side: Side, extra: &str) -> Result<Vec<Column>, Syn
         .collect())
 }
 
-/// Reads blue's published columns: the tables of switchyard's forward
-/// publication when it exists, otherwise every user table (what replicate
-/// would publish). Generated columns are left out: they are never published.
-pub async fn published_schema(blue: &Client) -> Result<PublishedSchema, SyncError> {
+/// Reads the published columns of the primary (`side`): the tables of
+/// switchyard's publication `publication` when it exists, otherwise every
+/// user table (what replicate would publish), every column of them (also
+/// those a column list leaves out for now: a later release widens the
+/// list). Generated columns are left out: they are never published.
+pub async fn published_schema(
+    blue: &Client,
+    side: Side,
+    publication: &str,
+) -> Result<PublishedSchema, SyncError> {
     let has_pub = blue
         .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = 'switchyard_fwd'",
-            &[],
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Blue, "looking up the publication", &e))?
+        .map_err(|e| SyncError::query(side, "looking up the publication", &e))?
         .is_some();
     let extra = if has_pub {
-        "AND EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
-                      WHERE p.pubname = 'switchyard_fwd' AND pr.prrelid = c.oid)"
+        format!(
+            "AND EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
+                      WHERE p.pubname = {} AND pr.prrelid = c.oid)",
+            pg::literal(publication)
+        )
     } else {
-        "AND c.relkind = 'r'"
+        "AND c.relkind = 'r'".to_string()
     };
-    let mut cols = columns(blue, Side::Blue, extra).await?;
+    let mut cols = columns(blue, side, &extra).await?;
     cols.retain(|c| !c.generated && c.table != format!("public.{}", crate::migrate::HISTORY_TABLE));
-    Ok(PublishedSchema { columns: cols })
+    Ok(PublishedSchema {
+        side,
+        columns: cols,
+    })
 }
 
 /// One way green would break replication.
@@ -106,8 +121,12 @@ impl std::fmt::Display for Problem {
 
 /// Compares green (as the session `green` sees it, inside a migration's
 /// transaction) with blue's published columns.
-pub async fn check(green: &Client, published: &PublishedSchema) -> Result<Vec<Problem>, SyncError> {
-    let green_cols = columns(green, Side::Green, "").await?;
+pub async fn check(
+    green: &Client,
+    side: Side,
+    published: &PublishedSchema,
+) -> Result<Vec<Problem>, SyncError> {
+    let green_cols = columns(green, side, "").await?;
     let mut problems = Vec::new();
     let tables: std::collections::BTreeSet<&str> =
         published.columns.iter().map(|c| c.table.as_str()).collect();
@@ -118,7 +137,8 @@ pub async fn check(green: &Client, published: &PublishedSchema) -> Result<Vec<Pr
                 table: table.to_string(),
                 column: None,
                 message: format!(
-                    "table {table} is published by blue but does not exist on green (dropped or renamed)"
+                    "table {table} is published by {} but does not exist on {side} (dropped or renamed)",
+                    published.side
                 ),
             });
             continue;
@@ -129,15 +149,15 @@ pub async fn check(green: &Client, published: &PublishedSchema) -> Result<Vec<Pr
                     table: table.to_string(),
                     column: Some(b.name.clone()),
                     message: format!(
-                        "column {table}.{} is published by blue but missing on green (dropped or renamed)",
-                        b.name
+                        "column {table}.{} is published by {} but missing on {side} (dropped or renamed)",
+                        b.name, published.side
                     ),
                 }),
                 Some(g) if g.generated => problems.push(Problem {
                     table: table.to_string(),
                     column: Some(b.name.clone()),
                     message: format!(
-                        "column {table}.{} became a generated column on green, which replicated values cannot be written to",
+                        "column {table}.{} became a generated column on {side}, which replicated values cannot be written to",
                         b.name
                     ),
                 }),
@@ -145,8 +165,8 @@ pub async fn check(green: &Client, published: &PublishedSchema) -> Result<Vec<Pr
                     table: table.to_string(),
                     column: Some(b.name.clone()),
                     message: format!(
-                        "column {table}.{} changed type from {} to {}, which not every value blue writes fits",
-                        b.name, b.sql_type, g.sql_type
+                        "column {table}.{} changed type from {} to {}, which not every value {} writes fits",
+                        b.name, b.sql_type, g.sql_type, published.side
                     ),
                 }),
                 Some(_) => {}
@@ -166,8 +186,8 @@ pub async fn check(green: &Client, published: &PublishedSchema) -> Result<Vec<Pr
                 table: table.to_string(),
                 column: Some(g.name.clone()),
                 message: format!(
-                    "new column {table}.{} is NOT NULL without a default: rows replicated from blue have no value for it (give it a default, or add the constraint after cutover)",
-                    g.name
+                    "new column {table}.{} is NOT NULL without a default: rows replicated from {} have no value for it (give it a default, or add the constraint after cutover)",
+                    g.name, published.side
                 ),
             });
         }

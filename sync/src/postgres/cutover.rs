@@ -25,6 +25,7 @@ use tokio_postgres::Client;
 
 use crate::error::{Side, SyncError};
 use crate::pg;
+use crate::primary::CutoverKind;
 use crate::replicate::parts::*;
 use crate::replicate::{names, wait_caught_up_on, CatchUp, Direction};
 pub use crate::replication::{SwitchError, SwitchReport};
@@ -35,6 +36,7 @@ pub use crate::replication::{SwitchError, SwitchReport};
 pub async fn switch(
     db: &DatabaseConfig,
     from: Direction,
+    kind: CutoverKind,
     deadline: Instant,
 ) -> Result<SwitchReport, SwitchError> {
     let old = from.source();
@@ -54,27 +56,14 @@ pub async fn switch(
     bound(&new_primary, from.target(), deadline)
         .await
         .map_err(failed)?;
-    let report = switch_on(db, from, deadline, &old_primary, &new_primary).await?;
-    // Remembered in green (one statement on the open connection: writes
-    // are still held), so that nothing replaces green's contents while
-    // they are the primary's (clone and prepare refuse). The switch has
-    // committed either way: a failure here is only logged, and the guard
-    // then still sees the reverse replication.
-    let green = if from.target() == Side::Green {
-        &new_primary
-    } else {
-        &old_primary
-    };
-    if let Err(e) = crate::state::record_primary(green, report.primary).await {
-        tracing::warn!(error = %e, primary = %report.primary, "the cutover committed but could not be recorded in green");
-    }
-    Ok(report)
+    switch_on(db, from, kind, deadline, &old_primary, &new_primary).await
 }
 
 /// [`switch`] on connections to both primaries, bounded by `deadline`.
 async fn switch_on(
     db: &DatabaseConfig,
     from: Direction,
+    kind: CutoverKind,
     deadline: Instant,
     old_primary: &Client,
     new_primary: &Client,
@@ -84,10 +73,23 @@ async fn switch_on(
         source_side: old,
         source,
     };
-    if let Some(report) = recover(db, from, old_primary, new_primary)
+    if let Some(mut report) = recover(db, from, old_primary, new_primary)
         .await
         .map_err(failed)?
     {
+        // Committed before a restart: make sure the records say so.
+        let recorded = crate::state::read_cutovers(new_primary, from.target())
+            .await
+            .ok()
+            .and_then(|r| r.last().map(|r| r.primary));
+        if recorded != Some(from.target()) {
+            match crate::state::record_cutover_on(new_primary, from.target(), Ok(old_primary), kind)
+                .await
+            {
+                Ok(w) => report.warnings.extend(w),
+                Err(e) => report.warnings.push(e.to_string()),
+            }
+        }
         return Ok(report);
     }
     let mut steps = Vec::new();
@@ -137,7 +139,7 @@ async fn switch_on(
         let back_names = names(db, back);
         if db.reverse {
             let (tables, skipped) =
-                reverse_tables(new_primary, from.target(), old_primary, old).await?;
+                shared_tables(new_primary, from.target(), old_primary, old).await?;
             not_replicated = skipped;
             create_publication(new_primary, from.target(), &back_names.publication, &tables)
                 .await?;
@@ -176,11 +178,22 @@ async fn switch_on(
             undo.subscription = true;
             step("subscribe_back");
         }
-        Ok::<_, SyncError>(not_replicated)
+        // Recorded before the switch counts: in both databases (the new
+        // primary's first; one short statement each, writes still held), so
+        // every later command knows which side is the primary and nothing
+        // ever writes over it. A new primary that cannot record it undoes
+        // the switch; the old primary's record is best effort (the newer
+        // generation wins when they are read).
+        undo.record = true;
+        let warning =
+            crate::state::record_cutover_on(new_primary, from.target(), Ok(old_primary), kind)
+                .await?;
+        step("record");
+        Ok::<_, SyncError>((not_replicated, warning))
     }
     .await;
     match result {
-        Ok(not_replicated) => Ok(SwitchReport {
+        Ok((not_replicated, warning)) => Ok(SwitchReport {
             from,
             primary: from.target(),
             caught_up_lsn: lsn,
@@ -190,6 +203,7 @@ async fn switch_on(
             not_replicated,
             steps,
             already_done: false,
+            warnings: warning.into_iter().collect(),
         }),
         Err(e) => {
             // Undoing gets a few seconds of its own, past the deadline.
@@ -263,6 +277,7 @@ async fn recover(
             not_replicated: Vec::new(),
             steps: Vec::new(),
             already_done: true,
+            warnings: Vec::new(),
         }));
     }
     let undo = Undo {
@@ -278,6 +293,7 @@ async fn recover(
             .is_some(),
         slot: true,
         subscription: false,
+        record: false,
     };
     undo.run(db, from, old, new).await;
     Ok(None)
@@ -290,12 +306,19 @@ struct Undo {
     disabled: bool,
     slot: bool,
     subscription: bool,
+    /// The cutover may have been recorded (in either database).
+    record: bool,
 }
 
 impl Undo {
     async fn run(&self, db: &DatabaseConfig, from: Direction, old: &Client, new: &Client) {
         let back = names(db, from.flipped());
         let fwd = names(db, from);
+        if self.record {
+            for (c, side) in [(new, from.target()), (old, from.source())] {
+                let _ = crate::state::unrecord_cutover(c, side, from.target()).await;
+            }
+        }
         if self.subscription {
             let _ = drop_subscription(old, from.source(), &back.subscription).await;
         }
@@ -353,7 +376,7 @@ async fn set_enabled(c: &Client, side: Side, sub: &str, on: bool) -> Result<(), 
 /// and writes are held), so there is nothing to lose; left alone it would
 /// notice the disabled subscription only at its next wake-up, up to a
 /// second later, all of it time the writes are held.
-async fn wait_worker_gone(
+pub(crate) async fn wait_worker_gone(
     c: &Client,
     side: Side,
     sub: &str,
@@ -390,10 +413,13 @@ async fn wait_worker_gone(
     }
 }
 
-/// The tables (and column lists) to publish from the new primary back to
-/// the old one: those both have, with only the columns both have (minus
+/// The tables (and column lists) to publish from `new` (a primary) to `old`
+/// (its replica): those both have, with only the columns both have (minus
 /// generated columns, which are never published). Returns what is left out.
-async fn reverse_tables(
+/// The cutover publishes these back to the old primary; the next release
+/// widens the list once the replica has applied its migrations
+/// ([`crate::postgres::reuse::widen`]).
+pub(crate) async fn shared_tables(
     new: &Client,
     new_side: Side,
     old: &Client,
@@ -508,18 +534,19 @@ pub async fn copy_sequences(
     Ok(n)
 }
 
-/// Sequences whose next value on green is behind blue's:
-/// (name, blue's next, green's next).
+/// Sequences whose next value on the target of `dir` is behind the
+/// source's: (name, the source's next, the target's next).
 pub async fn sequences_behind(
+    dir: Direction,
     blue: &Client,
     green: &Client,
 ) -> Result<Vec<(String, i64, i64)>, SyncError> {
-    let theirs: std::collections::HashMap<String, Seq> = sequence_values(green, Side::Green)
+    let theirs: std::collections::HashMap<String, Seq> = sequence_values(green, dir.target())
         .await?
         .into_iter()
         .map(|s| (s.name.clone(), s))
         .collect();
-    Ok(sequence_values(blue, Side::Blue)
+    Ok(sequence_values(blue, dir.source())
         .await?
         .into_iter()
         .filter_map(|b| {

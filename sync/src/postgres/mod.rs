@@ -21,6 +21,7 @@ pub(crate) mod post_data;
 pub mod preflight;
 pub mod prepare;
 pub mod replicate;
+pub mod reuse;
 pub mod roles;
 pub mod state;
 pub mod tls;

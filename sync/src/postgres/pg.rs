@@ -121,15 +121,24 @@ fn session_tag() -> &'static str {
         .unwrap_or("switchyard")
 }
 
-/// Opens a connection and drives it on a background task. Sessions on blue
-/// are read-only (see [`connect_owner`] for the one exception).
+/// Opens a read-only connection and drives it on a background task: every
+/// session that only reads (the source of a release, which is the primary,
+/// and every reading of either side) is read-only whatever the statement.
+/// [`connect_target`] and [`connect_owner`] are the exceptions.
 pub async fn connect(side: Side, url: &str) -> Result<Client, SyncError> {
-    open(side, url, side == Side::Blue).await
+    open(side, url, true).await
+}
+
+/// Opens a session that may write to the candidate's database (the target
+/// of a release: clone, migrate, switchyard's records). Never called for
+/// the primary's side except by the cutover, which records itself on both.
+pub async fn connect_target(side: Side, url: &str) -> Result<Client, SyncError> {
+    open(side, url, false).await
 }
 
 /// Opens a session that may write, on either side. Used only to create and
 /// remove switchyard's own replication objects (publication, slot,
-/// subscription), never for table data on blue.
+/// subscription) and records, never for table data on the primary.
 pub async fn connect_owner(side: Side, url: &str) -> Result<Client, SyncError> {
     open(side, url, false).await
 }

@@ -49,6 +49,7 @@ pub(crate) struct Split {
 /// `pg_restore --list` names them.
 pub(crate) async fn own_objects(
     blue: &Client,
+    side: Side,
 ) -> Result<HashMap<(u32, u32), (String, String)>, SyncError> {
     let rows = blue
         .query(
@@ -65,7 +66,7 @@ pub(crate) async fn own_objects(
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Blue, "listing the indexes of blue's tables", &e))?;
+        .map_err(|e| SyncError::query(side, "listing the indexes of the source's tables", &e))?;
     Ok(rows
         .iter()
         .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))

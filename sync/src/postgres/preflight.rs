@@ -2,22 +2,23 @@
 //! wrong. Each finding has a severity, names the object concerned and gives a
 //! hint; any `blocker` makes the command exit non-zero.
 
-use crate::clone::green_contents;
+use crate::clone::target_contents;
 use crate::error::{Side, SyncError};
 pub use crate::findings::{Finding, PreflightReport, Severity};
 use crate::pg;
+use crate::replication::{url_of, Direction};
 use switchyard_config::{DatabaseConfig, SyncMode};
 use tokio_postgres::Client;
 
 struct Findings(Vec<Finding>);
 
 impl Findings {
-    fn add(&mut self, severity: Severity, check: &str, message: String, hint: &str) {
+    fn add(&mut self, severity: Severity, check: &str, message: String, hint: impl AsRef<str>) {
         self.0.push(Finding {
             severity,
             check: check.into(),
             message,
-            hint: hint.into(),
+            hint: hint.as_ref().into(),
         });
     }
 }
@@ -150,22 +151,34 @@ async fn locale(c: &Client, side: Side) -> Result<Vec<(String, String)>, SyncErr
 
 /// Refuses (before a clone changes anything) databases of different
 /// encodings, with preflight's message and hint.
-pub(crate) async fn same_encoding(blue: &Client, green: &Client) -> Result<(), SyncError> {
+pub(crate) async fn same_encoding(
+    blue: &Client,
+    green: &Client,
+    dir: Direction,
+) -> Result<(), SyncError> {
     let mut f = Findings(Vec::new());
-    locale_checks(&mut f, blue, green).await?;
+    locale_checks(&mut f, blue, green, dir).await?;
     match f.0.into_iter().find(|x| x.check == "encoding") {
         Some(x) => Err(SyncError::Other(format!(
-            "{}; nothing in green was changed: {}",
-            x.message, x.hint
+            "{}; nothing in {} was changed: {}",
+            x.message,
+            dir.target(),
+            x.hint
         ))),
         None => Ok(()),
     }
 }
 
 /// Encoding (a blocker: text would be converted or refused on the way) and
-/// collation (a warning: text sorts and compares differently on green).
-async fn locale_checks(f: &mut Findings, b: &Client, g: &Client) -> Result<(), SyncError> {
-    let (bl, gl) = (locale(b, Side::Blue).await?, locale(g, Side::Green).await?);
+/// collation (a warning: text sorts and compares differently on the target).
+async fn locale_checks(
+    f: &mut Findings,
+    b: &Client,
+    g: &Client,
+    dir: Direction,
+) -> Result<(), SyncError> {
+    let (src, dst) = (dir.source(), dir.target());
+    let (bl, gl) = (locale(b, src).await?, locale(g, dst).await?);
     let get = |l: &[(String, String)], k: &str| {
         l.iter()
             .find(|(key, _)| key == k)
@@ -177,8 +190,8 @@ async fn locale_checks(f: &mut Findings, b: &Client, g: &Client) -> Result<(), S
         f.add(
             Severity::Blocker,
             "encoding",
-            format!("blue's database is encoded in {be}, green's in {ge}: text would be converted (or refused) on its way to green"),
-            &format!("create green's database with ENCODING '{be}' (CREATE DATABASE ... ENCODING '{be}' TEMPLATE template0), with blue's locale"),
+            format!("{src}'s database is encoded in {be}, {dst}'s in {ge}: text would be converted (or refused) on its way to {dst}"),
+            &format!("create {dst}'s database with ENCODING '{be}' (CREATE DATABASE ... ENCODING '{be}' TEMPLATE template0), with {src}'s locale"),
         );
     }
     let differing: Vec<String> = bl
@@ -186,7 +199,7 @@ async fn locale_checks(f: &mut Findings, b: &Client, g: &Client) -> Result<(), S
         .filter(|(k, _)| k != "encoding")
         .filter_map(|(k, v)| {
             let theirs = get(&gl, k);
-            (theirs != *v).then(|| format!("{k} {v:?} on blue, {theirs:?} on green"))
+            (theirs != *v).then(|| format!("{k} {v:?} on {src}, {theirs:?} on {dst}"))
         })
         .collect();
     if !differing.is_empty() {
@@ -194,11 +207,11 @@ async fn locale_checks(f: &mut Findings, b: &Client, g: &Client) -> Result<(), S
             Severity::Warning,
             "collation",
             format!(
-                "the databases' locales differ ({}): text sorts and compares differently on green, so ORDER BY results, range conditions and unique indexes on text can change when traffic moves",
+                "the databases' locales differ ({}): text sorts and compares differently on {dst}, so ORDER BY results, range conditions and unique indexes on text can change when traffic moves",
                 differing.join("; ")
             ),
             &format!(
-                "create green's database with blue's locale (CREATE DATABASE ... LC_COLLATE '{}' LC_CTYPE '{}' TEMPLATE template0)",
+                "create {dst}'s database with {src}'s locale (CREATE DATABASE ... LC_COLLATE '{}' LC_CTYPE '{}' TEMPLATE template0)",
                 get(&bl, "datcollate"),
                 get(&bl, "datctype")
             ),
@@ -207,40 +220,43 @@ async fn locale_checks(f: &mut Findings, b: &Client, g: &Client) -> Result<(), S
     Ok(())
 }
 
-/// Runs every check. Connection failures are blockers, not errors.
-pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError> {
+/// Runs every check of the release in direction `dir`: its source is the
+/// primary (read only), its target the candidate's database. Connection
+/// failures are blockers, not errors.
+pub async fn preflight(db: &DatabaseConfig, dir: Direction) -> Result<PreflightReport, SyncError> {
     let mut f = Findings(Vec::new());
     let replicate = db.mode == SyncMode::Replicate;
-    let blue = match pg::connect(Side::Blue, &db.blue).await {
+    let (src, dst) = (dir.source(), dir.target());
+    let blue = match pg::connect(src, url_of(db, src)).await {
         Ok(c) => Some(c),
         Err(e) => {
             f.add(
                 Severity::Blocker,
                 "connect",
                 e.to_string(),
-                "check [database].blue and that the server accepts connections",
+                &format!("check [database].{src} and that the server accepts connections"),
             );
             None
         }
     };
-    let green = match pg::connect(Side::Green, &db.green).await {
+    let green = match pg::connect(dst, url_of(db, dst)).await {
         Ok(c) => Some(c),
         Err(e) => {
             f.add(
                 Severity::Blocker,
                 "connect",
                 e.to_string(),
-                "check [database].green and that the server accepts connections",
+                &format!("check [database].{dst} and that the server accepts connections"),
             );
             None
         }
     };
     let bv = match &blue {
-        Some(c) => Some(version(c, Side::Blue).await?),
+        Some(c) => Some(version(c, src).await?),
         None => None,
     };
     let gv = match &green {
-        Some(c) => Some(version(c, Side::Green).await?),
+        Some(c) => Some(version(c, dst).await?),
         None => None,
     };
     if let (Some((bs, bn)), Some((gs, gn))) = (&bv, &gv) {
@@ -248,15 +264,15 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
             f.add(
                 Severity::Blocker,
                 "version",
-                format!("green runs PostgreSQL {gs}, older than blue's {bs}"),
-                "green must run the same major version as blue or a newer one",
+                format!("{dst} runs PostgreSQL {gs}, older than {src}'s {bs}: a downgrade"),
+                format!("{dst} must run the same major version as {src} or a newer one (a major upgrade goes forward only)"),
             );
         } else if gn / 10000 > bn / 10000 {
             f.add(
                 Severity::Info,
                 "version",
-                format!("green runs PostgreSQL {gs}, blue {bs}"),
-                "a newer green is fine: this is a major upgrade",
+                format!("{dst} runs PostgreSQL {gs}, {src} {bs}"),
+                format!("a newer {dst} is fine: this is a major upgrade"),
             );
         }
     }
@@ -280,8 +296,8 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
                     f.add(
                         Severity::Blocker,
                         "tools",
-                        format!("{} is {text}, older than blue's server {bs}", path.display()),
-                        "install pg_dump of blue's major version or newer, or set SWITCHYARD_PG_BINDIR",
+                        format!("{} is {text}, older than {src}'s server {bs}", path.display()),
+                        format!("install pg_dump of {src}'s major version or newer, or set SWITCHYARD_PG_BINDIR"),
                     );
                 }
             }
@@ -291,7 +307,7 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
     if let Some(b) = &blue {
         let no_key = strings(
             b,
-            Side::Blue,
+            src,
             "looking for tables without a primary key",
             &format!(
                 "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -313,19 +329,19 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
         let lo: i64 = b
             .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
             .await
-            .map_err(|e| SyncError::query(Side::Blue, "counting large objects", &e))?
+            .map_err(|e| SyncError::query(src, "counting large objects", &e))?
             .get(0);
         if lo > 0 && replicate {
             f.add(
                 Severity::Warning,
                 "large-objects",
-                format!("blue has {lo} large objects (pg_largeobject)"),
-                "clone copies them, but logical replication does not carry large objects: ones written on blue after the clone are not on green at cutover; move them to bytea columns, or write none during the rollout",
+                format!("{src} has {lo} large objects (pg_largeobject)"),
+                format!("clone copies them, but logical replication does not carry large objects: ones written on {src} after the clone are not on {dst} at cutover; move them to bytea columns, or write none during the rollout"),
             );
         }
         let unlogged = strings(
             b,
-            Side::Blue,
+            src,
             "looking for unlogged tables",
             &format!(
                 "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -344,7 +360,7 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
         }
         let unreadable = strings(
             b,
-            Side::Blue,
+            src,
             "checking read privileges",
             &format!(
                 "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -357,8 +373,8 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
             f.add(
                 Severity::Blocker,
                 "privileges",
-                format!("blue's user cannot read: {}", list(&unreadable)),
-                "GRANT SELECT on these to the user in [database].blue (or connect as the owner)",
+                format!("{src}'s user cannot read: {}", list(&unreadable)),
+                format!("GRANT SELECT on these to the user in [database].{src} (or connect as the owner)"),
             );
         }
         if replicate {
@@ -368,65 +384,69 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
                     &[],
                 )
                 .await
-                .map_err(|e| SyncError::query(Side::Blue, "reading wal_level", &e))?;
+                .map_err(|e| SyncError::query(src, "reading wal_level", &e))?;
             let (wal, repl): (String, bool) = (row.get(0), row.get(1));
             if wal != "logical" {
-                f.add(Severity::Blocker, "wal-level", format!("blue has wal_level = {wal}"), "set wal_level = logical on blue and restart it (replicate mode needs logical decoding)");
+                f.add(Severity::Blocker, "wal-level", format!("{src} has wal_level = {wal}"), format!("set wal_level = logical on {src} and restart it (replicate mode needs logical decoding)"));
             }
             if !repl {
-                f.add(Severity::Blocker, "privileges", "blue's user has no REPLICATION attribute".into(), "ALTER ROLE ... REPLICATION for the user in [database].blue, or use mode = \"snapshot\"");
+                f.add(Severity::Blocker, "privileges", format!("{src}'s user has no REPLICATION attribute"), format!("ALTER ROLE ... REPLICATION for the user in [database].{src}, or use mode = \"snapshot\""));
             }
-            replication_checks(&mut f, b, Side::Blue, db).await?;
+            replication_checks(&mut f, b, src, db).await?;
         }
     }
     if let (Some(g), true) = (&green, replicate) {
         let row = g
             .query_one(
-                "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), current_setting('wal_level'), \
+                "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+                        OR (current_setting('server_version_num')::int >= 160000 AND EXISTS ( \
+                            SELECT 1 FROM pg_roles r WHERE r.rolname = 'pg_create_subscription' \
+                               AND pg_has_role(current_user, r.oid, 'MEMBER'))), \
+                        current_setting('wal_level'), \
                         (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
                 &[],
             )
             .await
-            .map_err(|e| SyncError::query(Side::Green, "reading privileges", &e))?;
+            .map_err(|e| SyncError::query(dst, "reading privileges", &e))?;
         let (sup, wal, repl): (bool, String, bool) = (row.get(0), row.get(1), row.get(2));
         if !sup {
-            f.add(Severity::Blocker, "privileges", "green's user is not a superuser, which CREATE SUBSCRIPTION needs on PostgreSQL 15".into(), "connect to green as a superuser (or, on PostgreSQL 16+, a member of pg_create_subscription), or use mode = \"snapshot\"");
+            f.add(Severity::Blocker, "privileges", format!("{dst}'s user may not CREATE SUBSCRIPTION: it is not a superuser, nor (on PostgreSQL 16+) a member of pg_create_subscription"), format!("GRANT pg_create_subscription TO the user in [database].{dst} (PostgreSQL 16+, with CREATE on its database), or connect as a superuser, or use mode = \"snapshot\""));
         }
-        subscriber_checks(&mut f, g, Side::Green, "green's subscription to blue").await?;
+        subscriber_checks(&mut f, g, dst, &format!("{dst}'s subscription to {src}")).await?;
         if db.reverse {
             if let Some(b) = &blue {
                 subscriber_checks(
                     &mut f,
                     b,
-                    Side::Blue,
-                    "reverse sync (blue subscribing to green after cutover)",
+                    src,
+                    &format!("reverse sync ({src} subscribing to {dst} after cutover)"),
                 )
                 .await?;
             }
         }
         if db.reverse {
             if wal != "logical" {
-                f.add(Severity::Blocker, "wal-level", format!("green has wal_level = {wal}, so reverse sync (green -> blue after cutover) cannot start"), "set wal_level = logical on green and restart it, or set [database] reverse = false (a rollback after cutover then loses green's writes)");
+                f.add(Severity::Blocker, "wal-level", format!("{dst} has wal_level = {wal}, so reverse sync ({dst} -> {src} after cutover) cannot start"), format!("set wal_level = logical on {dst} and restart it, or set [database] reverse = false (a rollback after cutover then loses {dst}'s writes)"));
             }
             if !repl {
-                f.add(Severity::Blocker, "privileges", "green's user has no REPLICATION attribute, which reverse sync needs".into(), "ALTER ROLE ... REPLICATION for the user in [database].green, or set reverse = false");
+                f.add(Severity::Blocker, "privileges", format!("{dst}'s user has no REPLICATION attribute, which reverse sync needs"), format!("ALTER ROLE ... REPLICATION for the user in [database].{dst}, or set reverse = false"));
             }
-            replication_checks(&mut f, g, Side::Green, db).await?;
+            replication_checks(&mut f, g, dst, db).await?;
         }
     }
 
     if let (Some(b), Some(g)) = (&blue, &green) {
-        locale_checks(&mut f, b, g).await?;
+        locale_checks(&mut f, b, g, dir).await?;
         let exts = strings(
             b,
-            Side::Blue,
+            src,
             "listing extensions",
             "SELECT extname::text FROM pg_extension ORDER BY 1",
         )
         .await?;
         let available = strings(
             g,
-            Side::Green,
+            dst,
             "listing available extensions",
             "SELECT name::text FROM pg_available_extensions",
         )
@@ -440,10 +460,10 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
                 Severity::Blocker,
                 "extensions",
                 format!(
-                    "extensions used in blue are not installable in green: {}",
+                    "extensions used in {src} are not installable in {dst}: {}",
                     list(&missing)
                 ),
-                "install their packages on green's server",
+                format!("install their packages on {dst}'s server"),
             );
         }
     }
@@ -455,36 +475,37 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
                 &[],
             )
             .await
-            .map_err(|e| SyncError::query(Side::Green, "checking privileges", &e))?
+            .map_err(|e| SyncError::query(dst, "checking privileges", &e))?
             .get(0);
         if !can_create {
             f.add(
                 Severity::Blocker,
                 "privileges",
-                "green's user cannot create schemas in its database".into(),
-                "connect to green as the database owner, or GRANT CREATE ON DATABASE to the user",
+                format!("{dst}'s user cannot create schemas in its database"),
+                format!("connect to {dst} as the database owner, or GRANT CREATE ON DATABASE to the user"),
             );
         }
-        if let Some(what) = green_contents(g).await? {
+        if let Some(what) = target_contents(g, dst).await? {
             f.add(
                 Severity::Warning,
-                "green-not-empty",
-                format!("green is not empty ({what})"),
-                "clone refuses a non-empty green; pass --replace to drop its contents",
+                "target-not-empty",
+                format!("{dst} is not empty ({what})"),
+                format!("clone refuses a non-empty {dst}; pass --replace to drop its contents"),
             );
         }
     }
     if let (Some(b), Some(g)) = (&blue, &green) {
         let copy = db.roles == switchyard_config::RolesMode::Copy;
-        let missing = crate::roles::missing_on_green(g, crate::roles::needed(b).await?).await?;
+        let missing =
+            crate::roles::missing_on_target(g, dir, crate::roles::needed(b, src).await?).await?;
         let (blocking, skipped): (Vec<_>, Vec<_>) =
             missing.into_iter().partition(|m| copy || m.by_policy);
         if !blocking.is_empty() {
             f.add(
                 Severity::Blocker,
                 "roles",
-                format!("green lacks roles blue's objects need: {}", crate::roles::describe(&blocking)),
-                "roles belong to the server, not the database: create them on green (the statements above), or set [database] roles = \"skip\" (policies still need their roles)",
+                format!("{dst} lacks roles {src}'s objects need: {}", crate::roles::describe(&blocking)),
+                format!("roles belong to the server, not the database: create them on {dst} (the statements above), or set [database] roles = \"skip\" (policies still need their roles)"),
             );
         }
         if !skipped.is_empty() {
@@ -492,14 +513,19 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
                 Severity::Info,
                 "roles",
                 format!("roles = \"skip\": owners and grants naming {} are not copied", skipped.iter().map(|m| m.role.as_str()).collect::<Vec<_>>().join(", ")),
-                "green's objects belong to green's user; re-apply GRANTs with a migration if the application connects as another role",
+                format!("{dst}'s objects belong to {dst}'s user; re-apply GRANTs with a migration if the application connects as another role"),
             );
         }
     }
     let passed = !f.0.iter().any(|x| x.severity == Severity::Blocker);
     f.0.sort_by_key(|x| std::cmp::Reverse(x.severity));
+    let (bv, gv) = match src {
+        Side::Blue => (bv, gv),
+        Side::Green => (gv, bv),
+    };
     Ok(PreflightReport {
         passed,
+        source: src,
         blue_version: bv.map(|v| v.0),
         green_version: gv.map(|v| v.0),
         findings: f.0,

@@ -26,7 +26,7 @@ pub struct RoleNeed {
 
 /// Every role blue's user objects name: owners, grantees, default
 /// privileges and policies (PUBLIC and built-in roles left out).
-pub async fn needed(blue: &Client) -> Result<Vec<RoleNeed>, SyncError> {
+pub async fn needed(blue: &Client, side: Side) -> Result<Vec<RoleNeed>, SyncError> {
     let f = pg::SYSTEM_SCHEMA_FILTER;
     let sql = format!(
         "WITH uses(oid, what, policy) AS ( \
@@ -65,7 +65,7 @@ pub async fn needed(blue: &Client) -> Result<Vec<RoleNeed>, SyncError> {
     let rows = blue
         .query(&sql, &[])
         .await
-        .map_err(|e| SyncError::query(Side::Blue, "listing the roles objects need", &e))?;
+        .map_err(|e| SyncError::query(side, "listing the roles objects need", &e))?;
     Ok(rows
         .iter()
         .map(|r| RoleNeed {
@@ -77,9 +77,10 @@ pub async fn needed(blue: &Client) -> Result<Vec<RoleNeed>, SyncError> {
         .collect())
 }
 
-/// The needs whose role does not exist on green.
-pub async fn missing_on_green(
+/// The needs whose role does not exist on the target of `dir`.
+pub async fn missing_on_target(
     green: &Client,
+    dir: crate::replication::Direction,
     needs: Vec<RoleNeed>,
 ) -> Result<Vec<RoleNeed>, SyncError> {
     let names: Vec<String> = needs.iter().map(|n| n.role.clone()).collect();
@@ -89,7 +90,7 @@ pub async fn missing_on_green(
             &[&names],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Green, "listing roles", &e))?
+        .map_err(|e| SyncError::query(dir.target(), "listing roles", &e))?
         .iter()
         .map(|r| r.get(0))
         .collect();

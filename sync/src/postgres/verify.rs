@@ -16,6 +16,7 @@
 use crate::error::{Side, SyncError};
 use crate::pg::{self, snapshot_session, SnapshotHolder, Table};
 use crate::progress::Progress;
+use crate::replication::url_of;
 pub use crate::verdict::{Difference, TableVerdict, VerifyReport};
 use crate::{catalog, migrate, replicate, state, workers, Output};
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ const RECHECK_KEYS: usize = 5000;
 /// The result is recorded in green's `switchyard.verifications`.
 pub async fn verify(
     db: &DatabaseConfig,
+    dir: replicate::Direction,
     jobs: usize,
     blue_snapshot: Option<&str>,
     output: Output,
@@ -49,7 +51,8 @@ pub async fn verify(
         Some(_) => None,
         None if db.mode == switchyard_config::SyncMode::Replicate => {
             let r = replicate::status(db).await;
-            r.direction.filter(|_| {
+            // Only replication into this release's target lags it.
+            r.direction.filter(|d| *d == dir).filter(|_| {
                 matches!(
                     r.state,
                     replicate::ReplicationState::Streaming | replicate::ReplicationState::Stopped
@@ -62,10 +65,13 @@ pub async fn verify(
         None => None,
     };
     let (own_blue, green_holder) = match (blue_snapshot, replicating) {
-        (Some(_), _) => (None, SnapshotHolder::open(Side::Green, &db.green).await?),
+        (Some(_), _) => (
+            None,
+            SnapshotHolder::open(dir.target(), url_of(db, dir.target())).await?,
+        ),
         (None, None) => (
-            Some(SnapshotHolder::open(Side::Blue, &db.blue).await?),
-            SnapshotHolder::open(Side::Green, &db.green).await?,
+            Some(SnapshotHolder::open(dir.source(), url_of(db, dir.source())).await?),
+            SnapshotHolder::open(dir.target(), url_of(db, dir.target())).await?,
         ),
         (None, Some(dir)) => {
             let (b, g) = ordered_snapshots(db, dir).await?;
@@ -75,28 +81,29 @@ pub async fn verify(
     let blue_snap = match (blue_snapshot, &own_blue) {
         (Some(s), _) => s.to_string(),
         (None, Some(h)) => h.id.clone(),
-        (None, None) => unreachable!("a blue snapshot is always taken"),
+        (None, None) => unreachable!("a source snapshot is always taken"),
     };
 
-    let blue_meta = snapshot_session(Side::Blue, &db.blue, &blue_snap).await?;
-    let green_meta = snapshot_session(Side::Green, &db.green, &green_holder.id).await?;
-    let mut tables: Vec<Table> = pg::list_tables(&blue_meta, Side::Blue)
+    let blue_meta = snapshot_session(dir.source(), url_of(db, dir.source()), &blue_snap).await?;
+    let green_meta =
+        snapshot_session(dir.target(), url_of(db, dir.target()), &green_holder.id).await?;
+    let mut tables: Vec<Table> = pg::list_tables(&blue_meta, dir.source())
         .await?
         .into_iter()
         .filter(|t| t.name != migrate::HISTORY_TABLE)
         .collect();
-    let mut green_tables: HashMap<String, Table> = pg::list_tables(&green_meta, Side::Green)
+    let mut green_tables: HashMap<String, Table> = pg::list_tables(&green_meta, dir.target())
         .await?
         .into_iter()
         .map(|t| (t.display(), t))
         .collect();
     // Materialized views populated on both sides: their contents too.
-    let green_mv: HashMap<String, Table> = pg::list_matviews(&green_meta, Side::Green)
+    let green_mv: HashMap<String, Table> = pg::list_matviews(&green_meta, dir.target())
         .await?
         .into_iter()
         .map(|t| (t.display(), t))
         .collect();
-    for mv in pg::list_matviews(&blue_meta, Side::Blue).await? {
+    for mv in pg::list_matviews(&blue_meta, dir.source()).await? {
         if let Some(g) = green_mv.get(&mv.display()) {
             green_tables.insert(mv.display(), g.clone());
             tables.push(mv);
@@ -106,57 +113,74 @@ pub async fn verify(
     // that live outside tables (sequences, large objects).
     let with_roles = db.roles == switchyard_config::RolesMode::Copy;
     let (blue_cat, green_cat) = tokio::try_join!(
-        catalog::fingerprint(&blue_meta, Side::Blue, with_roles),
-        catalog::fingerprint(&green_meta, Side::Green, with_roles)
+        catalog::fingerprint(&blue_meta, dir.source(), with_roles),
+        catalog::fingerprint(&green_meta, dir.target(), with_roles)
     )?;
     let mut schema = catalog::diff(&blue_cat, &green_cat);
-    let green_now = pg::connect(Side::Green, &db.green).await?;
-    let expected = catalog::expected_changes(&green_now).await?;
+    let green_now = pg::connect_target(dir.target(), url_of(db, dir.target())).await?;
+    // A difference is expected only where a migration the target applied
+    // made it and the source has not applied that migration itself: in a
+    // later release the primary already has the earlier ones, and objects
+    // of those must match.
+    let source_applied: std::collections::HashSet<String> =
+        migrate::read_history(&blue_meta, dir.source())
+            .await?
+            .into_iter()
+            .filter(|a| a.success)
+            .map(|a| a.script)
+            .collect();
+    let mut expected = catalog::expected_changes(&green_now, dir.target()).await?;
+    expected.retain(|_, script| !source_applied.contains(script));
     catalog::mark_expected(&mut schema, &expected);
     let mut problems = Vec::new();
     let (blue_lo, green_lo) = tokio::try_join!(
-        catalog::large_objects(&blue_meta, Side::Blue),
-        catalog::large_objects(&green_meta, Side::Green)
+        catalog::large_objects(&blue_meta, dir.source()),
+        catalog::large_objects(&green_meta, dir.target())
     )?;
     if blue_lo != green_lo {
         problems.push(format!(
-            "large objects differ: blue has {} (checksum {}), green {} (checksum {}); re-run `switchyard sync clone --replace`",
-            blue_lo.0, blue_lo.1, green_lo.0, green_lo.1
+            "large objects differ: {} has {} (checksum {}), {} {} (checksum {}); re-run `switchyard sync clone --replace`",
+            dir.source(),
+            blue_lo.0, blue_lo.1, dir.target(), green_lo.0, green_lo.1
         ));
     }
     let mut notes = Vec::new();
     if blue_snapshot.is_some() {
         // Against the clone's own snapshot, blue's live sequences have moved
         // on; what must hold is that green's are ahead of its own rows.
-        for (name, column, max, next) in sequences_below_rows(&green_meta).await? {
+        for (name, column, max, next) in sequences_below_rows(&green_meta, dir.target()).await? {
             problems.push(format!(
-                "sequence {name} would hand out {next} next, but {column} already holds {max} on green: inserts would collide; re-run `switchyard sync clone --replace`"
+                "sequence {name} would hand out {next} next, but {column} already holds {max} on {}: inserts would collide; re-run `switchyard sync clone --replace`", dir.target()
             ));
         }
     } else {
-        for (name, b, g) in crate::cutover::sequences_behind(&blue_meta, &green_meta).await? {
+        for (name, b, g) in crate::cutover::sequences_behind(dir, &blue_meta, &green_meta).await? {
             if db.mode == switchyard_config::SyncMode::Replicate {
                 // Replication does not carry sequences; cutover copies them
                 // while writes are held.
                 notes.push(format!(
-                    "sequence {name} is behind blue on green (next value {g} < {b}); cutover copies it"
+                    "sequence {name} is behind {} on {} (next value {g} < {b}); cutover copies it",
+                    dir.source(),
+                    dir.target()
                 ));
             } else {
                 problems.push(format!(
-                    "sequence {name} is behind blue on green (next value {g} < {b}): inserts on green would reuse ids; re-run `switchyard sync clone --replace`"
+                    "sequence {name} is behind {} on {} (next value {g} < {b}): inserts there would reuse ids; re-run `switchyard sync clone --replace`", dir.source(), dir.target()
                 ));
             }
         }
     }
-    if let Some(c) = state::last_clone(&green_now)
+    if let Some(c) = state::last_clone(&green_now, dir.target())
         .await?
         .filter(|c| c.state != crate::state::CloneState::Complete)
     {
         problems.push(format!(
-            "green's last clone is {} (it stopped in phase {}{}): green is not a copy of blue; run `switchyard sync clone --replace`",
+            "{}'s last clone is {} (it stopped in phase {}{}): it is not a copy of {}; run `switchyard sync clone --replace`",
+            dir.target(),
             c.state,
             c.phase.as_deref().unwrap_or("?"),
-            c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default(),
+            dir.source()
         ));
     }
     drop(blue_meta);
@@ -170,7 +194,10 @@ pub async fn verify(
         MAX_DIFFS
     };
     let green_tables = Arc::new(green_tables);
-    let (blue_url, green_url) = (db.blue.clone(), db.green.clone());
+    let (blue_url, green_url) = (
+        url_of(db, dir.source()).to_string(),
+        url_of(db, dir.target()).to_string(),
+    );
     let (bs, gs) = (blue_snap.clone(), green_holder.id.clone());
     let bars = progress.clone();
     let verdicts = workers::run(
@@ -180,8 +207,8 @@ pub async fn verify(
             let (blue_url, green_url, bs, gs) =
                 (blue_url.clone(), green_url.clone(), bs.clone(), gs.clone());
             async move {
-                let blue = snapshot_session(Side::Blue, &blue_url, &bs).await?;
-                let green = snapshot_session(Side::Green, &green_url, &gs).await?;
+                let blue = snapshot_session(dir.source(), &blue_url, &bs).await?;
+                let green = snapshot_session(dir.target(), &green_url, &gs).await?;
                 Ok((blue, green))
             }
         },
@@ -198,12 +225,12 @@ pub async fn verify(
                     None => TableVerdict {
                         table: table.display(),
                         status: "missing_in_green".into(),
-                        blue_rows: count(blue, Side::Blue, &table).await?,
+                        blue_rows: count(blue, dir.source(), &table).await?,
                         green_rows: None,
                         differences: Vec::new(),
-                        note: Some("the table does not exist in green".into()),
+                        note: Some(format!("the table does not exist in {}", dir.target())),
                     },
-                    Some(_) => compare_table(blue, green, &table, max_diffs).await?.0,
+                    Some(_) => compare_table(dir, blue, green, &table, max_diffs).await?.0,
                 };
                 if verdict.status != "equal" {
                     bars.println(&format!("{}: {}", verdict.table, verdict.status));
@@ -231,12 +258,13 @@ pub async fn verify(
 
     // Schema version: green's history against the newest migration on disk.
     let green = green_now;
-    let history = migrate::read_history(&green).await?;
+    let history = migrate::read_history(&green, dir.target()).await?;
     let schema_version = migrate::current_version(&history);
     let latest = migrate::newest_on_disk(&db.migrations)?;
     if latest.is_some() && latest != schema_version {
         problems.push(format!(
-            "green's schema version is {} but the newest migration in {} is {}: run `switchyard sync migrate`",
+            "{}'s schema version is {} but the newest migration in {} is {}: run `switchyard sync migrate`",
+            dir.target(),
             schema_version.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "none".into()),
             db.migrations.display(),
             latest.as_ref().map(|v| v.to_string()).unwrap_or_default()
@@ -263,7 +291,7 @@ pub async fn verify(
         latest_migration: latest.map(|v| v.to_string()),
         problems,
     };
-    state::record_verification(&green, &report).await?;
+    state::record_verification(&green, dir.target(), &report).await?;
     Ok(report)
 }
 
@@ -345,11 +373,13 @@ fn column_hash(col: &Column, same_type: bool, seed: usize) -> String {
     }
 }
 
-/// Per-side SQL pieces for one table.
+/// Per-side SQL pieces for one table, compared in direction `dir` (its
+/// source's rows against its target's).
 struct Plan {
+    dir: replicate::Direction,
     from: String,
-    row_hash_blue: String,
-    row_hash_green: String,
+    row_hash_source: String,
+    row_hash_target: String,
     /// Primary-key columns quoted, and their blue types.
     key: Vec<(String, String)>,
 }
@@ -395,9 +425,10 @@ impl Plan {
         conds.join(" AND ")
     }
     fn hash(&self, side: Side) -> &str {
-        match side {
-            Side::Blue => &self.row_hash_blue,
-            Side::Green => &self.row_hash_green,
+        if side == self.dir.source() {
+            &self.row_hash_source
+        } else {
+            &self.row_hash_target
         }
     }
 }
@@ -429,14 +460,15 @@ async fn checksum(
 }
 
 async fn compare_table(
+    dir: replicate::Direction,
     blue: &Client,
     green: &Client,
     table: &Table,
     max_diffs: usize,
 ) -> Result<(TableVerdict, Plan), SyncError> {
     let (bcols, gcols) = tokio::try_join!(
-        columns(blue, Side::Blue, table),
-        columns(green, Side::Green, table)
+        columns(blue, dir.source(), table),
+        columns(green, dir.target(), table)
     )?;
     let common: Vec<&Column> = bcols
         .iter()
@@ -468,9 +500,10 @@ async fn compare_table(
     let key_ok =
         !table.pk.is_empty() && table.pk.iter().all(|k| common.iter().any(|c| &c.name == k));
     let plan = Plan {
+        dir,
         from: table.sql(),
-        row_hash_blue: row_hash(&bcols),
-        row_hash_green: row_hash(&gcols),
+        row_hash_source: row_hash(&bcols),
+        row_hash_target: row_hash(&gcols),
         key: if key_ok {
             table
                 .pk
@@ -489,8 +522,8 @@ async fn compare_table(
         },
     };
     let ((bn, bsum), (gn, gsum)) = tokio::try_join!(
-        checksum(blue, Side::Blue, &plan, "true"),
-        checksum(green, Side::Green, &plan, "true")
+        checksum(blue, dir.source(), &plan, "true"),
+        checksum(green, dir.target(), &plan, "true")
     )?;
     let mut verdict = TableVerdict {
         table: table.display(),
@@ -507,7 +540,8 @@ async fn compare_table(
         .collect();
     if !missing.is_empty() {
         verdict.note = Some(format!(
-            "columns only in blue, not compared: {}",
+            "columns only in {}, not compared: {}",
+            dir.source(),
             missing.join(", ")
         ));
     }
@@ -517,8 +551,11 @@ async fn compare_table(
     verdict.status = "differs".into();
     if !key_ok {
         verdict.note = Some(format!(
-            "{} rows in blue, {} in green, checksums differ; the table has no primary key, so differing rows cannot be located",
-            bn, gn
+            "{} rows in {}, {} in {}, checksums differ; the table has no primary key, so differing rows cannot be located",
+            bn,
+            dir.source(),
+            gn,
+            dir.target()
         ));
         return Ok((verdict, plan));
     }
@@ -535,6 +572,7 @@ async fn bisect(
     counts: (i64, i64),
     max_diffs: usize,
 ) -> Result<Vec<Difference>, SyncError> {
+    let dir = plan.dir;
     type Bound = Option<Vec<String>>;
     let mut stack: Vec<(Bound, Bound)> = vec![(None, None)];
     // The whole table's counts are known (and known to differ) already.
@@ -546,8 +584,8 @@ async fn bisect(
             Some(k) => k,
             None => {
                 let ((bn, bs), (gn, gs)) = tokio::try_join!(
-                    checksum(blue, Side::Blue, plan, &cond),
-                    checksum(green, Side::Green, plan, &cond)
+                    checksum(blue, dir.source(), plan, &cond),
+                    checksum(green, dir.target(), plan, &cond)
                 )?;
                 if bn == gn && bs == gs {
                     continue;
@@ -564,9 +602,9 @@ async fn bisect(
             continue;
         }
         let (side, client, n) = if bn >= gn {
-            (Side::Blue, blue, bn)
+            (dir.source(), blue, bn)
         } else {
-            (Side::Green, green, gn)
+            (dir.target(), green, gn)
         };
         let sql = format!(
             "SELECT {} FROM ONLY {} WHERE {cond} ORDER BY {} OFFSET {} LIMIT 1",
@@ -612,9 +650,10 @@ async fn leaf_diff(
     plan: &Plan,
     cond: &str,
 ) -> Result<Vec<Difference>, SyncError> {
+    let dir = plan.dir;
     let (b, g) = tokio::try_join!(
-        leaf_rows(blue, Side::Blue, plan, cond),
-        leaf_rows(green, Side::Green, plan, cond)
+        leaf_rows(blue, dir.source(), plan, cond),
+        leaf_rows(green, dir.target(), plan, cond)
     )?;
     let gmap: HashMap<&Vec<String>, i64> = g.iter().map(|(k, h)| (k, *h)).collect();
     let bmap: HashMap<&Vec<String>, i64> = b.iter().map(|(k, h)| (k, *h)).collect();
@@ -684,9 +723,9 @@ async fn live_session(db: &DatabaseConfig, side: Side) -> Result<Client, SyncErr
     Ok(c)
 }
 
-/// Blue's and green's snapshots, taken in replication order: the source's
-/// first, then (once the target replayed past it) the target's, so the
-/// target holds at least what the source showed.
+/// The source's and the target's snapshots, taken in replication order: the
+/// source's first, then (once the target replayed past it) the target's, so
+/// the target holds at least what the source showed.
 async fn ordered_snapshots(
     db: &DatabaseConfig,
     dir: replicate::Direction,
@@ -696,10 +735,7 @@ async fn ordered_snapshots(
     wait_replayed(db, dir).await?;
     let second =
         SnapshotHolder::open(dir.target(), crate::replication::url_of(db, dir.target())).await?;
-    Ok(match dir.source() {
-        Side::Blue => (first, second),
-        Side::Green => (second, first),
-    })
+    Ok((first, second))
 }
 
 /// Re-checks a table that differed while replication ran. Each round reads
@@ -722,20 +758,23 @@ async fn recheck(
     else {
         return Ok(());
     };
-    let lag_note = "differences were replication lag: equal once green replayed past them";
+    let lag_note = format!(
+        "differences were replication lag: equal once {} replayed past them",
+        dir.target()
+    );
     let mut current = verdict.clone();
     for _outer in 0..3 {
         if current.status == "equal" {
             *verdict = TableVerdict {
-                note: Some(lag_note.into()),
+                note: Some(lag_note.clone()),
                 ..current
             };
             return Ok(());
         }
         let (b, g) = ordered_snapshots(db, dir).await?;
-        let bs = snapshot_session(Side::Blue, &db.blue, &b.id).await?;
-        let gs = snapshot_session(Side::Green, &db.green, &g.id).await?;
-        let (fresh, plan) = compare_table(&bs, &gs, &table, RECHECK_KEYS).await?;
+        let bs = snapshot_session(dir.source(), url_of(db, dir.source()), &b.id).await?;
+        let gs = snapshot_session(dir.target(), url_of(db, dir.target()), &g.id).await?;
+        let (fresh, plan) = compare_table(dir, &bs, &gs, &table, RECHECK_KEYS).await?;
         drop((bs, gs, b, g));
         if fresh.status == "equal" || plan.key.is_empty() {
             current = fresh;
@@ -773,7 +812,8 @@ async fn recheck(
             *verdict = TableVerdict {
                 differences: left,
                 note: Some(format!(
-                    "still different after green replayed past every re-check ({RECHECK_ROUNDS} rounds): a real divergence, not lag"
+                    "still different after {} replayed past every re-check ({RECHECK_ROUNDS} rounds): a real divergence, not lag",
+                    dir.target()
                 )),
                 ..fresh
             };
@@ -783,7 +823,7 @@ async fn recheck(
             *verdict = TableVerdict {
                 status: "equal".into(),
                 differences: Vec::new(),
-                note: Some(lag_note.into()),
+                note: Some(lag_note.clone()),
                 ..fresh
             };
             return Ok(());
@@ -827,6 +867,7 @@ async fn key_rows(
 /// is not above the column's largest value: (sequence, column, max, next).
 async fn sequences_below_rows(
     client: &Client,
+    side: Side,
 ) -> Result<Vec<(String, String, i64, i64)>, SyncError> {
     let owned = client
         .query(
@@ -848,7 +889,7 @@ async fn sequences_below_rows(
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Green, "listing owned sequences", &e))?;
+        .map_err(|e| SyncError::query(side, "listing owned sequences", &e))?;
     let mut out = Vec::new();
     for r in &owned {
         let (seq, table, col, inc): (String, String, String, i64) =
@@ -865,7 +906,7 @@ async fn sequences_below_rows(
                 &[],
             )
             .await
-            .map_err(|e| SyncError::query(Side::Green, format!("reading sequence {seq}"), &e))?;
+            .map_err(|e| SyncError::query(side, format!("reading sequence {seq}"), &e))?;
         let (max, next): (Option<i64>, i64) = (row.get(0), row.get(1));
         if let Some(max) = max.filter(|m| next <= *m) {
             out.push((seq, format!("{table}.{col}"), max, next));

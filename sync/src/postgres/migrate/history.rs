@@ -7,8 +7,8 @@ use tokio_postgres::Client;
 use super::HISTORY_TABLE;
 use crate::flyway::Applied;
 
-/// Finds the history table: in green's current schema first, then anywhere.
-pub async fn history_table(client: &Client) -> Result<Option<String>, SyncError> {
+/// Finds the history table: in the current schema first, then anywhere.
+pub async fn history_table(client: &Client, side: Side) -> Result<Option<String>, SyncError> {
     let row = client
         .query_opt(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
@@ -18,13 +18,13 @@ pub async fn history_table(client: &Client) -> Result<Option<String>, SyncError>
             &[&HISTORY_TABLE],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Green, "looking for flyway_schema_history", &e))?;
+        .map_err(|e| SyncError::query(side, "looking for flyway_schema_history", &e))?;
     Ok(row.map(|r| r.get(0)))
 }
 
 /// Reads the history (empty when there is no history table).
-pub async fn read_history(client: &Client) -> Result<Vec<Applied>, SyncError> {
-    let Some(table) = history_table(client).await? else {
+pub async fn read_history(client: &Client, side: Side) -> Result<Vec<Applied>, SyncError> {
+    let Some(table) = history_table(client, side).await? else {
         return Ok(Vec::new());
     };
     let rows = client
@@ -37,7 +37,7 @@ pub async fn read_history(client: &Client) -> Result<Vec<Applied>, SyncError> {
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Green, format!("reading {table}"), &e))?;
+        .map_err(|e| SyncError::query(side, format!("reading {table}"), &e))?;
     Ok(rows
         .iter()
         .map(|r| Applied {

@@ -37,7 +37,7 @@ const LOCK_KEY: i64 = 0x5357_5943_4d49_4752; // "SWYCMIGR"
 pub struct MigrateOptions<'a> {
     /// List what would be applied without applying it.
     pub dry_run: bool,
-    /// Replicate mode: blue's published columns; each migration is checked
+    /// Replicate mode: the primary's published columns; each migration is checked
     /// for compatibility with replication before it commits, and rolled
     /// back when it would break it.
     pub published: Option<&'a crate::compat::PublishedSchema>,
@@ -48,19 +48,21 @@ pub struct MigrateOptions<'a> {
     pub placeholders: Option<&'a BTreeMap<String, String>>,
 }
 
-/// Applies pending migrations to green (or lists them with `dry_run`).
-/// What each migration changes in green's catalog is recorded with it, so
-/// verify can tell those differences from ones nobody intended.
+/// Applies pending migrations to the candidate's database (`side`, never
+/// the primary; or lists them with `dry_run`). What each migration changes
+/// in its catalog is recorded with it, so verify can tell those differences
+/// from ones nobody intended.
 pub async fn migrate(
     dir: &Path,
+    side: Side,
     green_url: &str,
     opts: MigrateOptions<'_>,
 ) -> Result<MigrateReport, SyncError> {
     let migrations = scan(dir)?;
     let callbacks = scan_callbacks(dir)?;
-    let client = pg::connect(Side::Green, green_url).await?;
+    let client = pg::connect_target(side, green_url).await?;
     if opts.dry_run {
-        let history = read_history(&client).await?;
+        let history = read_history(&client, side).await?;
         let problems = validate_against(&migrations, &history);
         if !problems.is_empty() {
             return Err(SyncError::Validate { problems });
@@ -75,17 +77,17 @@ pub async fn migrate(
             schema_version: current_version(&history).map(|v| v.to_string()),
         });
     }
-    lock(&client).await?;
-    let result = migrate_locked(&client, &migrations, &callbacks, opts).await;
+    lock(&client, side).await?;
+    let result = migrate_locked(&client, side, &migrations, &callbacks, opts).await;
     unlock(&client).await;
     result
 }
 
-async fn lock(client: &Client) -> Result<(), SyncError> {
+async fn lock(client: &Client, side: Side) -> Result<(), SyncError> {
     client
         .query("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
-        .map_err(|e| SyncError::query(Side::Green, "waiting for the migration lock", &e))?;
+        .map_err(|e| SyncError::query(side, "waiting for the migration lock", &e))?;
     Ok(())
 }
 
@@ -97,13 +99,13 @@ async fn unlock(client: &Client) {
 }
 
 /// Creates the history table if missing; returns its qualified name.
-async fn ensure_history(client: &Client) -> Result<String, SyncError> {
-    if let Some(t) = history_table(client).await? {
+async fn ensure_history(client: &Client, side: Side) -> Result<String, SyncError> {
+    if let Some(t) = history_table(client, side).await? {
         return Ok(t);
     }
     pg::exec(
         client,
-        Side::Green,
+        side,
         "creating flyway_schema_history",
         &format!(
             "CREATE TABLE {HISTORY_TABLE} (\
@@ -116,7 +118,7 @@ async fn ensure_history(client: &Client) -> Result<String, SyncError> {
         ),
     )
     .await?;
-    history_table(client)
+    history_table(client, side)
         .await?
         .ok_or_else(|| SyncError::Other("flyway_schema_history vanished after creation".into()))
 }
@@ -124,6 +126,7 @@ async fn ensure_history(client: &Client) -> Result<String, SyncError> {
 /// Flyway's built-in placeholders plus the configured ones.
 async fn placeholder_values(
     client: &Client,
+    side: Side,
     configured: Option<&BTreeMap<String, String>>,
 ) -> Result<BTreeMap<String, String>, SyncError> {
     let r = client
@@ -133,7 +136,7 @@ async fn placeholder_values(
             &[],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Green, "reading placeholder values", &e))?;
+        .map_err(|e| SyncError::query(side, "reading placeholder values", &e))?;
     let mut v = BTreeMap::new();
     v.insert(
         "flyway:defaultSchema".into(),
@@ -172,6 +175,7 @@ fn failure_at(e: &tokio_postgres::Error, sql: &str, fallback: usize) -> (usize, 
 /// Runs a callback's statements on `client` (inside whatever transaction it is in).
 async fn run_callback(
     client: &Client,
+    side: Side,
     cb: &Callback,
     values: &BTreeMap<String, String>,
 ) -> Result<(), SyncError> {
@@ -181,6 +185,7 @@ async fn run_callback(
     client.batch_execute(&sql).await.map_err(|e| {
         let (line, message) = failure_at(&e, &sql, 1);
         SyncError::MigrationFailed {
+            side,
             script: cb.path.display().to_string(),
             line,
             message,
@@ -194,17 +199,18 @@ async fn run_callback(
 /// rolled back and ends the run.
 async fn run_callbacks_alone(
     client: &Client,
+    side: Side,
     callbacks: &[Callback],
     values: &BTreeMap<String, String>,
     ran: &mut Vec<String>,
 ) -> Result<(), SyncError> {
     for cb in callbacks {
-        pg::exec(client, Side::Green, "starting a callback", "BEGIN").await?;
-        if let Err(e) = run_callback(client, cb, values).await {
+        pg::exec(client, side, "starting a callback", "BEGIN").await?;
+        if let Err(e) = run_callback(client, side, cb, values).await {
             let _ = client.batch_execute("ROLLBACK").await;
             return Err(e);
         }
-        pg::exec(client, Side::Green, "committing a callback", "COMMIT").await?;
+        pg::exec(client, side, "committing a callback", "COMMIT").await?;
         ran.push(cb.script.clone());
     }
     Ok(())
@@ -212,20 +218,21 @@ async fn run_callbacks_alone(
 
 async fn migrate_locked(
     client: &Client,
+    side: Side,
     migrations: &[Migration],
     callbacks: &Callbacks,
     opts: MigrateOptions<'_>,
 ) -> Result<MigrateReport, SyncError> {
     let published = opts.published;
-    crate::state::ensure_schema(client).await?;
-    let fingerprint = || crate::catalog::fingerprint(client, Side::Green, opts.roles);
-    let table = ensure_history(client).await?;
-    let history = read_history(client).await?;
+    crate::state::ensure_schema(client, side).await?;
+    let fingerprint = || crate::catalog::fingerprint(client, side, opts.roles);
+    let table = ensure_history(client, side).await?;
+    let history = read_history(client, side).await?;
     let problems = validate_against(migrations, &history);
     if !problems.is_empty() {
         return Err(SyncError::Validate { problems });
     }
-    let values = placeholder_values(client, opts.placeholders).await?;
+    let values = placeholder_values(client, side, opts.placeholders).await?;
     // Every placeholder must have a value before anything runs.
     let todo = pending(migrations, &history);
     let mut scripts = Vec::with_capacity(todo.len());
@@ -237,6 +244,7 @@ async fn migrate_locked(
     let mut ran_callbacks = Vec::new();
     run_callbacks_alone(
         client,
+        side,
         &callbacks.before_migrate,
         &values,
         &mut ran_callbacks,
@@ -258,11 +266,11 @@ async fn migrate_locked(
         };
         let script = m.path.display().to_string();
         if m.transactional {
-            pg::exec(client, Side::Green, "starting a migration", "BEGIN").await?;
+            pg::exec(client, side, "starting a migration", "BEGIN").await?;
             let outcome = async {
                 let before = fingerprint().await?;
                 for cb in &callbacks.before_each {
-                    run_callback(client, cb, &values).await?;
+                    run_callback(client, side, cb, &values).await?;
                 }
                 client
                     .batch_execute(&format!("{sql}\n;\n"))
@@ -270,6 +278,7 @@ async fn migrate_locked(
                     .map_err(|e| {
                         let (line, message) = failure_at(&e, &sql, 1);
                         SyncError::MigrationFailed {
+                            side,
                             script: script.clone(),
                             line,
                             message,
@@ -277,12 +286,13 @@ async fn migrate_locked(
                         }
                     })?;
                 for cb in &callbacks.after_each {
-                    run_callback(client, cb, &values).await?;
+                    run_callback(client, side, cb, &values).await?;
                 }
                 if let Some(published) = published {
-                    let problems = crate::compat::check(client, published).await?;
+                    let problems = crate::compat::check(client, side, published).await?;
                     if !problems.is_empty() {
                         return Err(SyncError::Incompatible {
+                            source_side: published.side,
                             script: script.clone(),
                             problems: format!(
                                 "{} (it was rolled back and not recorded)",
@@ -292,13 +302,13 @@ async fn migrate_locked(
                     }
                 }
                 let after = fingerprint().await?;
-                crate::catalog::record_changes(client, &m.script, &crate::catalog::changed(&before, &after))
+                crate::catalog::record_changes(client, side, &m.script, &crate::catalog::changed(&before, &after))
                     .await?;
                 let ms = started.elapsed().as_millis() as i64;
                 client
                     .batch_execute(&format!("{}; COMMIT", insert(true, ms)))
                     .await
-                    .map_err(|e| SyncError::query(Side::Green, "recording a migration", &e))
+                    .map_err(|e| SyncError::query(side, "recording a migration", &e))
             }
             .await;
             if let Err(e) = outcome {
@@ -323,6 +333,7 @@ async fn migrate_locked(
                         )
                     };
                     return Err(SyncError::MigrationFailed {
+                        side,
                         script,
                         line: stmt.line + offset - 1,
                         message,
@@ -331,24 +342,20 @@ async fn migrate_locked(
                 }
             }
             let ms = started.elapsed().as_millis() as i64;
-            pg::exec(
-                client,
-                Side::Green,
-                "recording a migration",
-                &insert(true, ms),
-            )
-            .await?;
+            pg::exec(client, side, "recording a migration", &insert(true, ms)).await?;
             let after = fingerprint().await?;
             crate::catalog::record_changes(
                 client,
+                side,
                 &m.script,
                 &crate::catalog::changed(&before, &after),
             )
             .await?;
             if let Some(published) = published {
-                let problems = crate::compat::check(client, published).await?;
+                let problems = crate::compat::check(client, side, published).await?;
                 if !problems.is_empty() {
                     return Err(SyncError::Incompatible {
+                        source_side: published.side,
                         script,
                         problems: format!(
                             "{} (it ran outside a transaction, so it is applied: undo it by hand, or let replication stop and re-clone)",
@@ -367,12 +374,13 @@ async fn migrate_locked(
     }
     run_callbacks_alone(
         client,
+        side,
         &callbacks.after_migrate,
         &values,
         &mut ran_callbacks,
     )
     .await?;
-    let history = read_history(client).await?;
+    let history = read_history(client, side).await?;
     Ok(MigrateReport {
         dry_run: false,
         applied,
@@ -381,19 +389,19 @@ async fn migrate_locked(
     })
 }
 
-/// Checks the migrations directory against green's history.
-pub async fn validate(dir: &Path, green_url: &str) -> Result<Vec<String>, SyncError> {
+/// Checks the migrations directory against the history of `side`.
+pub async fn validate(dir: &Path, side: Side, green_url: &str) -> Result<Vec<String>, SyncError> {
     let migrations = scan(dir)?;
-    let client = pg::connect(Side::Green, green_url).await?;
-    let history = read_history(&client).await?;
+    let client = pg::connect(side, green_url).await?;
+    let history = read_history(&client, side).await?;
     Ok(validate_against(&migrations, &history))
 }
 
 /// Lists applied and pending migrations.
-pub async fn info(dir: &Path, green_url: &str) -> Result<Vec<InfoRow>, SyncError> {
+pub async fn info(dir: &Path, side: Side, green_url: &str) -> Result<Vec<InfoRow>, SyncError> {
     let migrations = scan(dir)?;
-    let client = pg::connect(Side::Green, green_url).await?;
-    let history = read_history(&client).await?;
+    let client = pg::connect(side, green_url).await?;
+    let history = read_history(&client, side).await?;
     Ok(info_rows(&migrations, &history))
 }
 
@@ -401,6 +409,7 @@ pub async fn info(dir: &Path, green_url: &str) -> Result<Vec<InfoRow>, SyncError
 /// an older tool) as being at `version`: migrations up to it are not run.
 /// Refuses a database whose history already has rows, as Flyway does.
 pub async fn baseline(
+    side: Side,
     green_url: &str,
     version: &str,
     description: &str,
@@ -410,21 +419,21 @@ pub async fn baseline(
             "{version:?} is not a version: use digits separated by dots, e.g. 1 or 2024.01"
         ))
     })?;
-    let client = pg::connect(Side::Green, green_url).await?;
-    lock(&client).await?;
+    let client = pg::connect_target(side, green_url).await?;
+    lock(&client, side).await?;
     let result = async {
-        let table = ensure_history(&client).await?;
-        let history = read_history(&client).await?;
+        let table = ensure_history(&client, side).await?;
+        let history = read_history(&client, side).await?;
         if let Some(first) = history.first() {
             return Err(SyncError::Other(format!(
-                "green's {HISTORY_TABLE} already has {} rows (the first: {}): baseline is for a database that has never been migrated",
+                "{side}'s {HISTORY_TABLE} already has {} rows (the first: {}): baseline is for a database that has never been migrated",
                 history.len(),
                 first.script
             )));
         }
         pg::exec(
             &client,
-            Side::Green,
+            side,
             "recording the baseline",
             &format!(
                 "INSERT INTO {table} (installed_rank, version, description, type, script, checksum, \
@@ -448,15 +457,15 @@ pub async fn baseline(
 /// Flyway's `repair`: removes the rows of failed migrations (after they were
 /// finished or undone by hand) and sets the recorded checksum of applied
 /// migrations to their file's (after an intentional edit, such as a comment).
-pub async fn repair(dir: &Path, green_url: &str) -> Result<RepairReport, SyncError> {
+pub async fn repair(dir: &Path, side: Side, green_url: &str) -> Result<RepairReport, SyncError> {
     let migrations = scan(dir)?;
-    let client = pg::connect(Side::Green, green_url).await?;
-    lock(&client).await?;
+    let client = pg::connect_target(side, green_url).await?;
+    lock(&client, side).await?;
     let result = async {
-        let Some(table) = history_table(&client).await? else {
+        let Some(table) = history_table(&client, side).await? else {
             return Ok(RepairReport::default());
         };
-        let history = read_history(&client).await?;
+        let history = read_history(&client, side).await?;
         let mut report = RepairReport::default();
         let mut sql = String::from("BEGIN;");
         for a in &history {
@@ -486,7 +495,7 @@ pub async fn repair(dir: &Path, green_url: &str) -> Result<RepairReport, SyncErr
             }
         }
         sql.push_str("COMMIT;");
-        pg::exec(&client, Side::Green, "repairing the history", &sql).await?;
+        pg::exec(&client, side, "repairing the history", &sql).await?;
         Ok(report)
     }
     .await;

@@ -289,39 +289,44 @@ pub(crate) async fn drop_publication(
     Ok(true)
 }
 
-/// The forward slot and publication on blue, with the snapshot the slot
-/// starts from held open (the clone copies inside it).
+/// The slot and publication of a release on its source (the primary),
+/// with the snapshot the slot starts from held open (the clone copies
+/// inside it).
 pub struct ForwardSlot {
     conn: WalSender,
+    /// The release's direction: from the primary to the candidate.
+    pub dir: Direction,
     /// What the server answered (slot name, consistent point, snapshot).
     pub created: CreatedSlot,
 }
 
 impl ForwardSlot {
     /// Creates (or re-creates, dropping leftovers of an earlier attempt) the
-    /// forward publication and slot on blue, and exports the slot's snapshot.
-    pub async fn create(db: &DatabaseConfig) -> Result<ForwardSlot, SyncError> {
-        let n = names(db, Direction::Forward);
-        let blue = pg::connect_owner(Side::Blue, &db.blue).await?;
-        let tables = publishable_tables(&blue, Side::Blue).await?;
+    /// publication and slot of `dir` on its source, and exports the slot's
+    /// snapshot.
+    pub async fn create(db: &DatabaseConfig, dir: Direction) -> Result<ForwardSlot, SyncError> {
+        let n = names(db, dir);
+        let side = dir.source();
+        let blue = pg::connect_owner(side, url_of(db, side)).await?;
+        let tables = publishable_tables(&blue, side).await?;
         // Leftovers of an interrupted attempt are ours: remove them first.
-        drop_slot(&blue, Side::Blue, &n.slot).await?;
-        create_publication(&blue, Side::Blue, &n.publication, &tables).await?;
+        drop_slot(&blue, side, &n.slot).await?;
+        create_publication(&blue, side, &n.publication, &tables).await?;
         let result = async {
-            let mut conn = WalSender::connect(Side::Blue, &db.blue).await?;
+            let mut conn = WalSender::connect(side, url_of(db, side)).await?;
             let created = conn.create_slot(&n.slot).await?;
-            Ok::<_, SyncError>(ForwardSlot { conn, created })
+            Ok::<_, SyncError>(ForwardSlot { conn, dir, created })
         }
         .await;
         if result.is_err() {
-            let _ = drop_slot(&blue, Side::Blue, &n.slot).await;
-            let _ = drop_publication(&blue, Side::Blue, &n.publication).await;
+            let _ = drop_slot(&blue, side, &n.slot).await;
+            let _ = drop_publication(&blue, side, &n.publication).await;
         }
         result
     }
 
-    /// Ends the exported snapshot; the slot stays, retaining WAL until green
-    /// subscribes.
+    /// Ends the exported snapshot; the slot stays, retaining WAL until the
+    /// target subscribes.
     pub async fn release_snapshot(self) {
         self.conn.close().await
     }
@@ -329,10 +334,11 @@ impl ForwardSlot {
     /// Removes the slot and the publication again (a clone that failed).
     pub async fn abandon(self, db: &DatabaseConfig) {
         self.conn.close().await;
-        let n = names(db, Direction::Forward);
-        if let Ok(blue) = pg::connect_owner(Side::Blue, &db.blue).await {
-            let _ = drop_slot(&blue, Side::Blue, &n.slot).await;
-            let _ = drop_publication(&blue, Side::Blue, &n.publication).await;
+        let n = names(db, self.dir);
+        let side = self.dir.source();
+        if let Ok(blue) = pg::connect_owner(side, url_of(db, side)).await {
+            let _ = drop_slot(&blue, side, &n.slot).await;
+            let _ = drop_publication(&blue, side, &n.publication).await;
         }
     }
 }
@@ -411,59 +417,99 @@ pub async fn create_subscription(
     .await
 }
 
-/// Starts forward replication: green subscribes from the slot the clone
-/// was taken from. Refuses when green was cloned without that slot (it
-/// could never be caught up) or when the slot is gone.
-pub async fn subscribe(db: &DatabaseConfig) -> Result<SubscribeReport, SyncError> {
-    let n = names(db, Direction::Forward);
-    let green = pg::connect_owner(Side::Green, &db.green).await?;
-    let clone = crate::state::last_clone(&green).await?;
+/// Starts the replication of the release in direction `dir`: its target
+/// subscribes from the slot the clone was taken from (or, for a reused
+/// replica, goes on streaming from its own). A disabled subscription (a
+/// cutover that could not be undone while a side was down) is enabled
+/// again. Refuses when the target was cloned without that slot (it could
+/// never be caught up) or when the slot is gone.
+pub async fn subscribe(db: &DatabaseConfig, dir: Direction) -> Result<SubscribeReport, SyncError> {
+    let n = names(db, dir);
+    let (src, dst) = (dir.source(), dir.target());
+    let green = pg::connect_owner(dst, url_of(db, dst)).await?;
+    let clone = crate::state::last_clone(&green, dst).await?;
     let Some(clone) = clone else {
-        return Err(SyncError::NotCloned);
+        return Err(SyncError::NotCloned { side: dst });
     };
     if clone.slot.as_deref() != Some(n.slot.as_str()) {
         return Err(SyncError::ClonedWithoutSlot {
-            why: "green was cloned without a replication slot (snapshot mode, or an older clone), so the changes blue took since then cannot be streamed".into(),
+            side: dst,
+            why: format!(
+                "{dst} was cloned without a replication slot for {} (snapshot mode, an older clone, or a copy from the other direction), so the changes {src} took since then cannot be streamed",
+                dir.arrow()
+            ),
         });
     }
-    if subscription_exists(&green, Side::Green, &n.subscription).await? {
+    if let Some(enabled) = subscription_enabled(&green, dst, &n.subscription).await? {
+        if !enabled {
+            pg::exec(
+                &green,
+                dst,
+                &format!("enabling subscription {}", n.subscription),
+                &format!("ALTER SUBSCRIPTION {} ENABLE", pg::ident(&n.subscription)),
+            )
+            .await?;
+        }
         return Ok(SubscribeReport {
-            already_running: true,
+            already_running: enabled,
+            enabled_again: !enabled,
             slot: n.slot,
             from_lsn: clone.consistent_lsn,
         });
     }
-    let blue = pg::connect(Side::Blue, &db.blue).await?;
+    let blue = pg::connect(src, url_of(db, src)).await?;
     let slot_ok = blue
         .query_opt(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
             &[&n.slot],
         )
         .await
-        .map_err(|e| SyncError::query(Side::Blue, "looking up the replication slot", &e))?
+        .map_err(|e| SyncError::query(src, "looking up the replication slot", &e))?
         .is_some();
     if !slot_ok {
         return Err(SyncError::ClonedWithoutSlot {
+            side: dst,
             why: format!(
-                "the slot {} that green was cloned from no longer exists on blue (removed by cleanup or by hand), so the changes since the clone are gone",
+                "the slot {} that {dst} was cloned from no longer exists on {src} (removed by cleanup or by hand), so the changes since the clone are gone",
                 n.slot
             ),
         });
     }
-    create_subscription(db, Direction::Forward, &green).await?;
+    create_subscription(db, dir, &green).await?;
     Ok(SubscribeReport {
         already_running: false,
+        enabled_again: false,
         slot: n.slot,
         from_lsn: clone.consistent_lsn,
     })
 }
 
+/// Whether subscription `name` exists in the database of `client`, and if
+/// so whether it is enabled.
+pub(crate) async fn subscription_enabled(
+    client: &Client,
+    side: Side,
+    name: &str,
+) -> Result<Option<bool>, SyncError> {
+    Ok(client
+        .query_opt(
+            "SELECT subenabled FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&name],
+        )
+        .await
+        .map_err(|e| SyncError::query(side, format!("looking up subscription {name}"), &e))?
+        .map(|r| r.get(0)))
+}
+
 /// What [`subscribe`] did.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscribeReport {
-    /// The subscription existed already; nothing was changed.
+    /// The subscription existed and was enabled already; nothing was changed.
     pub already_running: bool,
-    /// The slot green streams from.
+    /// The subscription existed but was disabled (an interrupted cutover
+    /// left it so): it was enabled again.
+    pub enabled_again: bool,
+    /// The slot the target streams from.
     pub slot: String,
     /// The LSN the clone's snapshot corresponds to.
     pub from_lsn: Option<String>,
@@ -718,6 +764,16 @@ pub async fn wait_caught_up_on(
 /// both sides, whatever state they are in (idempotent; safe after a crash).
 /// Subscriptions go first so that no worker holds a slot while it is dropped.
 pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
+    cleanup_keeping(db, None).await
+}
+
+/// [`cleanup`], except the replication of direction `keep` when its
+/// subscription exists (a live replica that protects a promotion; a slot
+/// without its subscription protects nothing and goes).
+pub async fn cleanup_keeping(
+    db: &DatabaseConfig,
+    keep: Option<Direction>,
+) -> Result<CleanupReport, SyncError> {
     let mut report = CleanupReport::default();
     let (blue, green) = tokio::join!(
         pg::connect_owner(Side::Blue, &db.blue),
@@ -730,9 +786,25 @@ pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
             Err(e) => report.unreachable.push(format!("{side}: {e}")),
         }
     }
+    let keep = match keep {
+        Some(d) => match clients.iter().find(|(s, _)| *s == d.target()) {
+            Some((s, c)) => subscription_exists(c, *s, &names(db, d).subscription)
+                .await?
+                .then_some(d),
+            // The target cannot be read: keep what may protect it.
+            None => Some(d),
+        },
+        None => None,
+    };
+    if let Some(d) = keep {
+        report.kept.push(format!(
+            "replication {} (the candidate's database stays a live replica of the primary)",
+            d.arrow()
+        ));
+    }
     for (side, c) in &clients {
         for dir in [Direction::Forward, Direction::Reverse] {
-            if dir.target() != *side {
+            if dir.target() != *side || Some(dir) == keep {
                 continue;
             }
             let n = names(db, dir);
@@ -749,7 +821,7 @@ pub async fn cleanup(db: &DatabaseConfig) -> Result<CleanupReport, SyncError> {
     }
     for (side, c) in &clients {
         for dir in [Direction::Forward, Direction::Reverse] {
-            if dir.source() != *side {
+            if dir.source() != *side || Some(dir) == keep {
                 continue;
             }
             let n = names(db, dir);

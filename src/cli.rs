@@ -143,6 +143,10 @@ pub struct DemoArgs {
     /// Skip the database part even when PostgreSQL is installed.
     #[arg(long)]
     pub no_database: bool,
+    /// Ship this many releases in a row, alternating colours (blue → green
+    /// → blue → ...), each with its own migration (1 to 10).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub releases: u32,
 }
 
 /// `switchyard ctl`: drive a running switchyard through its admin API.

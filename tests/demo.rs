@@ -6,11 +6,18 @@
 use std::process::Command;
 
 fn free() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
+    free_pair().0
+}
+
+/// Two different free ports (two listeners held at once, so the kernel
+/// cannot hand out the same port twice).
+fn free_pair() -> (String, String) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().to_string(),
+        b.local_addr().unwrap().to_string(),
+    )
 }
 
 /// Runs the demo with its own TMPDIR; returns (exit code, stdout, stderr, TMPDIR).
@@ -19,13 +26,14 @@ fn demo(args: &[&str]) -> (i32, String, String, tempfile::TempDir) {
     // The demo's PostgreSQL runs as `postgres`, under this folder.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (listen, admin) = free_pair();
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("demo")
         .args([
             "--listen",
-            &free(),
+            &listen,
             "--admin",
-            &free(),
+            &admin,
             "--step-seconds",
             "1",
         ])
@@ -159,4 +167,35 @@ fn without_a_database_the_demo_still_shifts_every_user() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("blue   0 / green 200 of 200 users"), "{out}");
     assert!(!out.contains("database  clone"), "{out}");
+}
+
+#[test]
+fn with_three_releases_the_demo_ships_the_cycle_and_every_order_is_on_both_sides() {
+    let (code, out, err, tmp) = demo(&["--once", "--releases", "3"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for line in [
+        "database  clone done",
+        "release 2: v3 is deployed on blue",
+        "reused blue's database: a live replica of green's",
+        "applied V1__order_status.sql, V2__gift_notes.sql to blue",
+        "blue takes writes",
+        "release 3: v4 is deployed on green",
+        "reused green's database: a live replica of blue's",
+        "applied V2__gift_notes.sql, V3__coupons.sql to green",
+        "all traffic is on green (v4), now the stable colour, after 3 releases",
+        "no write was lost",
+        "and, by reverse sync, in blue's database too",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert_eq!(
+        out.matches("database  clone done").count(),
+        1,
+        "only the first release copies: {out}"
+    );
+    assert!(
+        left_behind(&tmp).is_empty(),
+        "left behind: {:?}",
+        left_behind(&tmp)
+    );
 }

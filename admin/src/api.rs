@@ -476,6 +476,15 @@ async fn rollout_action(
         }
         Err(r) => return r,
     };
+    if action == Action::Abort && inner.store.current().rollout.phase == Phase::Promoted {
+        // Whether the way back still exists is read now, not from a reading
+        // up to two seconds old: `sync cleanup` may just have removed it.
+        if let Some(d) = inner.database_gate() {
+            if let Some(d) = d.as_database() {
+                d.refresh().await;
+            }
+        }
+    }
     match inner.act(action, reason, &who) {
         Ok(_) => Json(status_of(&inner)).into_response(),
         Err(e) => transition_error(e),

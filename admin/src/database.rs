@@ -152,11 +152,17 @@ pub struct DatabaseGate {
     /// other colour's database, the candidate's. Set by the control plane
     /// ([`DatabaseGate::set_stable`]).
     stable_green: std::sync::atomic::AtomicBool,
+    /// Wakes the background refresh at once (the stable colour changed).
+    refresh_now: tokio::sync::Notify,
 }
 
-/// One reading of green's verification and replication state.
+/// One reading of the candidate's verification and of replication.
 struct Reading {
     at_ms: u64,
+    /// The stable colour it was taken for: after a promotion a reading of
+    /// the previous release's candidate says nothing about verification
+    /// (replication, which is read from both sides, still holds).
+    stable: Colour,
     result: Result<GateStatus, String>,
 }
 
@@ -168,6 +174,7 @@ impl DatabaseGate {
             db,
             last: ArcSwapOption::empty(),
             stable_green: std::sync::atomic::AtomicBool::new(false),
+            refresh_now: tokio::sync::Notify::new(),
         });
         let weak: Weak<DatabaseGate> = Arc::downgrade(&gate);
         tokio::spawn(async move {
@@ -175,8 +182,14 @@ impl DatabaseGate {
                 let Some(gate) = weak.upgrade() else { return };
                 // The reading is kept for status pages; errors show there.
                 let _ = gate.read().await;
+                let wake = async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(REFRESH) => {}
+                        _ = gate.refresh_now.notified() => {}
+                    }
+                };
+                wake.await;
                 drop(gate);
-                tokio::time::sleep(REFRESH).await;
             }
         });
         gate
@@ -203,9 +216,16 @@ impl DatabaseGate {
             .swap(green, std::sync::atomic::Ordering::Relaxed)
             != green
         {
-            // A reading of the other direction says nothing now.
-            self.last.store(None);
+            // A reading for the other stable colour is of the previous
+            // release: read the new candidate now.
+            self.refresh_now.notify_one();
         }
+    }
+
+    /// The last reading's verification part, when it is of the current
+    /// candidate.
+    fn current<'a>(&self, r: &'a Reading) -> Option<&'a GateStatus> {
+        r.result.as_ref().ok().filter(|_| r.stable == self.stable())
     }
 
     /// The stable colour the gate reads for.
@@ -222,7 +242,7 @@ impl DatabaseGate {
     /// promotion move back without losing a write.
     pub(crate) fn candidate_replicates(&self) -> Option<bool> {
         let last = self.last.load();
-        let reading = last.as_ref()?.result.as_ref().ok()?;
+        let reading = last.as_ref().and_then(|r| self.current(r))?;
         let dir = crate::cutover::direction_from(self.stable());
         let r = reading.replication.as_ref()?;
         Some(r.objects.iter().any(|o| {
@@ -251,6 +271,7 @@ impl DatabaseGate {
         }
         self.last.store(Some(Arc::new(Reading {
             at_ms: crate::model::events::now_ms(),
+            stable,
             result: result.clone(),
         })));
         result
@@ -272,6 +293,13 @@ impl DatabaseGate {
                 ))
             }
         };
+        let candidate = crate::cutover::side_of(self.stable().other());
+        if s.target != candidate {
+            return GateResult::Hold(format!(
+                "the last reading is of {}'s database, the previous release's candidate: a reading of {candidate}'s follows",
+                s.target
+            ));
+        }
         if !s.verified {
             return GateResult::Hold(format!("{} is not verified: {}", s.target, s.reason));
         }
@@ -329,13 +357,14 @@ impl DatabaseGate {
         let Some(Ok(s)) = last.as_ref().map(|r| &r.result) else {
             return;
         };
-        let open = matches!(self.judge(&Ok(s.clone()), None), GateResult::Pass);
+        let current = last.as_ref().and_then(|r| self.current(r)).is_some();
+        let open = current && matches!(self.judge(&Ok(s.clone()), None), GateResult::Pass);
         let _ = writeln!(out, "# HELP switchyard_database_gate_open 1 when the database gate lets the rollout advance.\n# TYPE switchyard_database_gate_open gauge\nswitchyard_database_gate_open {}", u8::from(open));
-        let _ = writeln!(out, "# HELP switchyard_database_verified 1 when the candidate's database is verified at its current schema version.\n# TYPE switchyard_database_verified gauge\nswitchyard_database_verified {}", u8::from(s.verified));
+        let _ = writeln!(out, "# HELP switchyard_database_verified 1 when the candidate's database is verified at its current schema version.\n# TYPE switchyard_database_verified gauge\nswitchyard_database_verified {}", u8::from(current && s.verified));
         if let Some(p) = &s.primary {
             let _ = writeln!(out, "# HELP switchyard_database_primary 1 for the colour whose database is the primary (takes the application's writes), by the cutover records.\n# TYPE switchyard_database_primary gauge\nswitchyard_database_primary{{colour=\"blue\"}} {}\nswitchyard_database_primary{{colour=\"green\"}} {}", u8::from(p.side == switchyard_sync::Side::Blue), u8::from(p.side == switchyard_sync::Side::Green));
         }
-        if switchyard_sync::staleness_checked(&self.db) && s.clone.is_some() {
+        if current && switchyard_sync::staleness_checked(&self.db) && s.clone.is_some() {
             let _ = writeln!(out, "# HELP switchyard_database_green_stale 1 when the primary has taken writes since the candidate's database was cloned (snapshot mode): the copy lacks them.\n# TYPE switchyard_database_green_stale gauge\nswitchyard_database_green_stale {}", u8::from(s.blue_changed.is_some()));
         }
         if let Some(r) = &s.replication {
@@ -425,14 +454,17 @@ impl DatabaseGate {
             .status()
             .expect("the database gate always has a status");
         let last = self.last.load();
-        let reading = last.as_ref().and_then(|r| r.result.as_ref().ok());
+        // Replication and the primary are read from both sides: any
+        // reading shows them; verification only from one of this candidate.
+        let any = last.as_ref().and_then(|r| r.result.as_ref().ok());
+        let reading = last.as_ref().and_then(|r| self.current(r));
         let colour = |s: switchyard_sync::Side| match s {
             switchyard_sync::Side::Blue => Colour::Blue,
             switchyard_sync::Side::Green => Colour::Green,
         };
-        let primary = reading.and_then(|s| s.primary.as_ref());
+        let primary = any.and_then(|s| s.primary.as_ref());
         let mut schema = wire::SchemaVersions::default();
-        if let Some(s) = reading {
+        if let Some(s) = any {
             let (target, source) = (s.schema_version.clone(), s.source_schema_version.clone());
             match s.target {
                 switchyard_sync::Side::Blue => (schema.blue, schema.green) = (target, source),
@@ -471,8 +503,9 @@ impl DatabaseGate {
                     blue_time: c.blue_time.clone(),
                     at: c.at.clone(),
                 }),
-            replication: reading.and_then(|s| s.replication.as_ref()).map(|r| {
-                wire::ReplicationView {
+            replication: any
+                .and_then(|s| s.replication.as_ref())
+                .map(|r| wire::ReplicationView {
                     state: r.state.into(),
                     direction: r.direction.map(|d| d.arrow().to_string()),
                     lag_bytes: r.lag_bytes,
@@ -481,8 +514,7 @@ impl DatabaseGate {
                     retained_wal_bytes: r.retained_wal_bytes,
                     wal_status: r.wal_status.clone(),
                     unreachable: r.unreachable.clone(),
-                }
-            }),
+                }),
             writer: writer.into(),
             writes_pinned: write_gate.writer.is_some(),
             write_gate: wire::WriteGateView {
@@ -527,6 +559,7 @@ mod tests {
             },
             last: ArcSwapOption::empty(),
             stable_green: Default::default(),
+            refresh_now: Default::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The demo's application: a tiny shop, released as blue (v1) and green
-//! (v2), each reading and writing its own database when one is given.
+//! (v2) and redeployed with each later release (v3 on blue, v4 on green,
+//! ...), each reading and writing its own database when one is given.
 //! `POST /orders` places an order (201 with its id), `GET /` says who
 //! answered and the newest order it can see, `/healthz` is always 200.
 //! Green can be told to fail (`--fail-green`).
@@ -11,13 +12,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
 struct Shop {
     colour: &'static str,
-    version: &'static str,
+    /// The release this colour runs: `v1`, `v2`, ...
+    release: AtomicU32,
     url: Option<String>,
     pool: Vec<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
     next: AtomicUsize,
@@ -40,7 +42,7 @@ impl App {
     /// `url` if any.
     pub async fn start(
         colour: &'static str,
-        version: &'static str,
+        release: u32,
         url: Option<String>,
         taken: &[SocketAddr],
     ) -> anyhow::Result<App> {
@@ -59,7 +61,7 @@ impl App {
         let addr = listener.local_addr()?;
         let shop = Arc::new(Shop {
             colour,
-            version,
+            release: AtomicU32::new(release),
             url,
             pool: (0..4).map(|_| tokio::sync::Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
@@ -87,6 +89,17 @@ impl App {
     /// From now on, answer every other request with a 500 (a bad release).
     pub fn start_failing(&self) {
         self.shop.failing.store(true, Relaxed);
+    }
+
+    /// Deploys release `n` on this colour (the demo's next release).
+    pub fn deploy(&self, n: u32) {
+        self.shop.release.store(n, Relaxed);
+    }
+}
+
+impl Shop {
+    fn version(&self) -> String {
+        format!("v{}", self.release.load(Relaxed))
     }
 }
 
@@ -122,8 +135,10 @@ fn answer(shop: &Shop, status: StatusCode, body: String) -> Response<Full<Bytes>
     *r.status_mut() = status;
     r.headers_mut()
         .insert("x-colour", http::HeaderValue::from_static(shop.colour));
-    r.headers_mut()
-        .insert("x-version", http::HeaderValue::from_static(shop.version));
+    r.headers_mut().insert(
+        "x-version",
+        http::HeaderValue::from_str(&shop.version()).expect("a version is ASCII"),
+    );
     r
 }
 
@@ -142,7 +157,8 @@ async fn handle(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
                 "{} ({}) crashed: a simulated bug\n",
-                shop.colour, shop.version
+                shop.colour,
+                shop.version()
             ),
         ));
     }
@@ -150,8 +166,8 @@ async fn handle(
         ("POST", "/orders") => {
             let placed = shop
                 .query(async |c| {
-                    // v2 knows the column its migration added.
-                    let sql = if shop.version == "v2" {
+                    // v2 and later know the column v2's migration added.
+                    let sql = if shop.release.load(Relaxed) >= 2 {
                         "INSERT INTO orders (customer_id, total, status) \
                          VALUES (1 + (random() * 1999)::int, round((random() * 100)::numeric, 2), 'placed by v2') RETURNING id"
                     } else {
@@ -191,7 +207,7 @@ async fn handle(
             answer(
                 &shop,
                 StatusCode::OK,
-                format!("hello from {} ({}){tail}\n", shop.colour, shop.version),
+                format!("hello from {} ({}){tail}\n", shop.colour, shop.version()),
             )
         }
         _ => answer(&shop, StatusCode::NOT_FOUND, "not found\n".into()),

@@ -8,8 +8,14 @@
 //! the demo checks that every order a shopper was told about is in the
 //! database that now takes writes.
 //!
+//! `--releases N` ships N releases in a row, alternating colours (blue →
+//! green → blue → ...), each with its own migration; from the second on,
+//! the candidate's database is the live replica reverse sync kept, reused
+//! rather than copied. At the end every acknowledged order is checked on
+//! the final primary and, by reverse sync, on the other side.
+//!
 //! `--fail-green` breaks green half-way to show the automatic rollback;
-//! `--once` ends when the rollout does, `--duration` after that long;
+//! `--once` ends when the rollouts do, `--duration` after that long;
 //! otherwise it serves until Ctrl-C. Everything it started (apps, clusters,
 //! temporary folders) is removed when it ends.
 
@@ -108,14 +114,14 @@ async fn run(
     let taken = [listen, admin];
     let blue = App::start(
         "blue",
-        "v1",
+        1,
         databases.as_ref().map(|d| d.blue_url.clone()),
         &taken,
     )
     .await?;
     let green = App::start(
         "green",
-        "v2",
+        2,
         databases.as_ref().map(|d| d.green_url.clone()),
         &taken,
     )
@@ -187,48 +193,59 @@ level = "warn"
     let printer = tokio::spawn(print_events(admin));
     let traffic = Traffic::start(listen, 2, 2);
 
-    admin_call::<wire::Status>(
-        admin,
-        "POST",
-        "/api/v1/rollout/start",
-        r#"{"reason": "demo"}"#,
-    )
-    .await?;
-    println!("rollout started: green's database is prepared, then the controller raises green step by step while analysis passes\n");
-    let mut last = (None, Phase::Idle);
+    let releases = args.releases.clamp(1, 10);
     let mut broke_green = false;
-    let deadline = Instant::now() + Duration::from_secs(300 + 10 * args.step_seconds);
-    let outcome = loop {
-        let status: wire::Status = admin_call(admin, "GET", "/api/v1/status", "").await?;
-        let state = status.rollout.state;
-        let step = status.rollout.step;
-        if (step, state) != last && state != Phase::Preparing {
-            last = (step, state);
-            let green_pct = status.weights.green;
-            let (b, g) = sample(listen).await?;
+    let mut outcome = None;
+    for n in 1..=releases {
+        // Release n goes to green when n is odd, to blue when even, as
+        // version v(n+1) of the shop.
+        let (candidate, app) = if n % 2 == 1 {
+            ("green", &green)
+        } else {
+            ("blue", &blue)
+        };
+        if n > 1 {
+            app.deploy(n + 1);
+            if let Some(dbs) = &databases {
+                dbs.add_migration(n)?;
+            }
             println!(
-                "  traffic   {:<11} green {green_pct:>5}%  {}{}  blue {b:>3} / green {g:>3} of {USERS} users",
-                "\u{2588}".repeat(g * 30 / USERS),
-                "\u{2591}".repeat(30 - g * 30 / USERS),
-                state.as_str(),
+                "\nrelease {n}: v{} is deployed on {candidate}; switchyard ctl start ships it{}\n",
+                n + 1,
+                if databases.is_some() {
+                    format!(" (its database gets migration V{n}, prepared from the primary)")
+                } else {
+                    String::new()
+                }
             );
         }
-        if args.fail_green && !broke_green && step.is_some_and(|s| s >= 1) {
-            broke_green = true;
-            green.start_failing();
-            println!("  demo      green (v2) now fails half of its requests (--fail-green): watch the automatic rollback");
+        admin_call::<wire::Status>(
+            admin,
+            "POST",
+            "/api/v1/rollout/start",
+            &format!(r#"{{"reason": "demo release {n}"}}"#),
+        )
+        .await?;
+        if n == 1 {
+            println!("rollout started: green's database is prepared, then the controller raises green step by step while analysis passes\n");
         }
-        if matches!(state, Phase::Promoted | Phase::Aborted) {
-            break (Ending::Ended(state), status);
+        let ended = follow(
+            admin,
+            listen,
+            &args,
+            &green,
+            &mut broke_green,
+            started,
+            duration,
+        )
+        .await?;
+        let promoted = matches!(ended.0, Ending::Ended(Phase::Promoted));
+        outcome = Some(ended);
+        if !promoted {
+            break;
         }
-        if Instant::now() > deadline || duration.is_some_and(|d| started.elapsed() > d) {
-            break (Ending::Unfinished, status);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = tokio::signal::ctrl_c() => break (Ending::Interrupted, status),
-        }
-    };
+    }
+    let outcome = outcome.expect("at least one release");
     let (state, status) = outcome;
     // Let the last events print, and writes land on the new primary.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -238,7 +255,21 @@ level = "warn"
     let reason = status.rollout.reason.as_deref().unwrap_or("");
     let mut ok = match state {
         Ending::Ended(Phase::Promoted) if !args.fail_green => {
-            println!("all traffic is on green (v2), now the stable colour.");
+            let stable = status.rollout.stable;
+            let version = if releases == 1 { 2 } else { releases + 1 };
+            println!(
+                "all traffic is on {} (v{version}), now the stable colour{}.",
+                if stable == wire::Colour::Green {
+                    "green"
+                } else {
+                    "blue"
+                },
+                if releases > 1 {
+                    format!(", after {releases} releases")
+                } else {
+                    String::new()
+                }
+            );
             true
         }
         Ending::Ended(Phase::Aborted) if args.fail_green => {
@@ -295,6 +326,35 @@ level = "warn"
             );
             ok = false;
         }
+        // With reverse sync the other colour's database has them too.
+        if cfg.reverse
+            && cfg.mode == switchyard_config::SyncMode::Replicate
+            && matches!(state, Ending::Ended(Phase::Promoted))
+        {
+            let (other, other_url) = if writer == wire::Colour::Green {
+                ("blue", &dbs.blue_url)
+            } else {
+                ("green", &dbs.green_url)
+            };
+            let mut present = 0;
+            for _ in 0..150 {
+                present = count_ids(other_url, &acked).await?;
+                if present == acked.len() as i64 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if present == acked.len() as i64 {
+                println!("and, by reverse sync, in {other}'s database too: a rollback would lose nothing");
+            } else {
+                println!(
+                    "MISSING on {other}: {} of {} acknowledged orders did not reach it by reverse sync",
+                    acked.len() as i64 - present,
+                    acked.len()
+                );
+                ok = false;
+            }
+        }
         // Nothing of switchyard's stays in either database.
         if let Ok(r) = switchyard_sync::replication::cleanup(cfg).await {
             if !r.removed.is_empty() {
@@ -350,6 +410,60 @@ async fn count_ids(url: &str, ids: &[i64]) -> anyhow::Result<i64> {
         .query_one("SELECT count(*) FROM orders WHERE id = ANY($1)", &[&ids])
         .await?
         .get(0))
+}
+
+/// Follows one rollout until it ends (or the demo's time is up, or
+/// Ctrl-C), printing the traffic at every step; breaks green once it has
+/// traffic with `--fail-green`.
+async fn follow(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    args: &DemoArgs,
+    green: &App,
+    broke_green: &mut bool,
+    started: Instant,
+    duration: Option<Duration>,
+) -> anyhow::Result<(Ending, wire::Status)> {
+    let mut last = (None, Phase::Idle);
+    let deadline = Instant::now() + Duration::from_secs(300 + 10 * args.step_seconds);
+    loop {
+        let status: wire::Status = admin_call(admin, "GET", "/api/v1/status", "").await?;
+        let state = status.rollout.state;
+        let step = status.rollout.step;
+        if (step, state) != last && state != Phase::Preparing {
+            last = (step, state);
+            // The bar is the candidate's share (green's in odd releases,
+            // blue's in even ones).
+            let (name, pct) = if status.rollout.candidate == wire::Colour::Blue {
+                ("blue", status.weights.blue)
+            } else {
+                ("green", status.weights.green)
+            };
+            let (b, g) = sample(listen).await?;
+            let c = if name == "blue" { b } else { g };
+            println!(
+                "  traffic   {:<11} {name:<5} {pct:>5}%  {}{}  blue {b:>3} / green {g:>3} of {USERS} users",
+                "\u{2588}".repeat(c * 30 / USERS),
+                "\u{2591}".repeat(30 - c * 30 / USERS),
+                state.as_str(),
+            );
+        }
+        if args.fail_green && !*broke_green && step.is_some_and(|s| s >= 1) {
+            *broke_green = true;
+            green.start_failing();
+            println!("  demo      green (v2) now fails half of its requests (--fail-green): watch the automatic rollback");
+        }
+        if matches!(state, Phase::Promoted | Phase::Aborted) {
+            return Ok((Ending::Ended(state), status));
+        }
+        if Instant::now() > deadline || duration.is_some_and(|d| started.elapsed() > d) {
+            return Ok((Ending::Unfinished, status));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok((Ending::Interrupted, status)),
+        }
+    }
 }
 
 /// Prints every event of the rollout as it happens.
@@ -496,6 +610,25 @@ async fn sample(proxy: SocketAddr) -> anyhow::Result<(usize, usize)> {
     Ok((blue, green))
 }
 
+/// Each release's migration (expand only, so the older release keeps
+/// writing while the newer one's database replicates): V1 for v2, V2 for
+/// v3, V3 for v4; later releases add a column of their own.
+const MIGRATIONS: [(&str, &str); 3] = [
+    (
+        "V1__order_status.sql",
+        "ALTER TABLE orders ADD COLUMN status text NOT NULL DEFAULT 'placed';\n",
+    ),
+    (
+        "V2__gift_notes.sql",
+        "ALTER TABLE orders ADD COLUMN gift_note text;\n",
+    ),
+    (
+        "V3__coupons.sql",
+        "CREATE TABLE coupons (code text PRIMARY KEY, percent int NOT NULL CHECK (percent BETWEEN 1 AND 90));\n\
+         INSERT INTO coupons VALUES ('WELCOME', 10), ('LOYAL', 15);\n",
+    ),
+];
+
 /// The demo's own blue and green PostgreSQL clusters (stopped and removed
 /// on drop).
 struct Databases {
@@ -540,10 +673,7 @@ impl Databases {
         std::fs::create_dir_all(&migrations)?;
         // v2's migration: expand only (a column with a default), so blue v1
         // keeps writing while green replicates.
-        std::fs::write(
-            migrations.join("V1__order_status.sql"),
-            "ALTER TABLE orders ADD COLUMN status text NOT NULL DEFAULT 'placed';\n",
-        )?;
+        std::fs::write(migrations.join(MIGRATIONS[0].0), MIGRATIONS[0].1)?;
         Ok(Databases {
             _blue: blue,
             _green: green,
@@ -551,6 +681,21 @@ impl Databases {
             green_url,
             migrations,
         })
+    }
+
+    /// Writes release `n`'s migration (V`n`).
+    fn add_migration(&self, n: u32) -> anyhow::Result<()> {
+        let (name, sql) = MIGRATIONS
+            .get(n as usize - 1)
+            .map(|(f, s)| (f.to_string(), s.to_string()))
+            .unwrap_or_else(|| {
+                (
+                    format!("V{n}__release_{n}_note.sql"),
+                    format!("ALTER TABLE orders ADD COLUMN release_{n}_note text;\n"),
+                )
+            });
+        std::fs::write(self.migrations.join(name), sql)?;
+        Ok(())
     }
 
     fn toml(&self) -> String {

@@ -197,6 +197,11 @@ pub fn apply(
             _ => conflict("promote", phase, "start a rollout first"),
         },
         Action::Abort => match phase {
+            Phase::Cutover if s.rollout.back => conflict(
+                "abort",
+                phase,
+                "this cutover is the abort already: writes move back once the database has caught up",
+            ),
             Phase::Preparing | Phase::Progressing | Phase::Paused | Phase::Cutover => {
                 let reason = reason.unwrap_or_else(|| "aborted by operator".into());
                 stop(s, reason.clone());
@@ -447,6 +452,10 @@ mod tests {
             s.green.bp(),
             10_000,
             "weights move back only once the database did"
+        );
+        assert!(
+            apply(&mut s.clone(), Action::Abort, &st, None, 2, true).is_err(),
+            "the cutover back is the abort already"
         );
         // The database switch times out: still promoted, on green.
         let mut timed_out = s.clone();

@@ -247,7 +247,17 @@ pub async fn gate_status(
     db: &DatabaseConfig,
     dir: crate::replication::Direction,
 ) -> Result<GateStatus, SyncError> {
-    super::refuse_later_releases(dir)?;
+    if let Err(e) = super::refuse_later_releases(dir) {
+        // The next release cannot be prepared on this engine; what there is
+        // to see (the replication back to blue) is still read.
+        let mut status = GateStatus::unjudged(dir.target(), &[], None, None);
+        status.reason = e.to_string();
+        status.primary = Some(primary(db).await?);
+        if db.mode == switchyard_config::SyncMode::Replicate {
+            status.replication = Some(super::replica::status(db).await);
+        }
+        return Ok(status);
+    }
     let mut green = super::connect(crate::Side::Green, &db.green).await?;
     let history = super::migrate::read_history(&mut green).await?;
     let newest = migrate::newest_on_disk(&db.migrations)?;

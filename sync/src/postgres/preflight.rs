@@ -191,7 +191,7 @@ async fn locale_checks(
             Severity::Blocker,
             "encoding",
             format!("{src}'s database is encoded in {be}, {dst}'s in {ge}: text would be converted (or refused) on its way to {dst}"),
-            &format!("create {dst}'s database with ENCODING '{be}' (CREATE DATABASE ... ENCODING '{be}' TEMPLATE template0), with {src}'s locale"),
+            format!("create {dst}'s database with ENCODING '{be}' (CREATE DATABASE ... ENCODING '{be}' TEMPLATE template0), with {src}'s locale"),
         );
     }
     let differing: Vec<String> = bl
@@ -210,7 +210,7 @@ async fn locale_checks(
                 "the databases' locales differ ({}): text sorts and compares differently on {dst}, so ORDER BY results, range conditions and unique indexes on text can change when traffic moves",
                 differing.join("; ")
             ),
-            &format!(
+            format!(
                 "create {dst}'s database with {src}'s locale (CREATE DATABASE ... LC_COLLATE '{}' LC_CTYPE '{}' TEMPLATE template0)",
                 get(&bl, "datcollate"),
                 get(&bl, "datctype")
@@ -234,7 +234,7 @@ pub async fn preflight(db: &DatabaseConfig, dir: Direction) -> Result<PreflightR
                 Severity::Blocker,
                 "connect",
                 e.to_string(),
-                &format!("check [database].{src} and that the server accepts connections"),
+                format!("check [database].{src} and that the server accepts connections"),
             );
             None
         }
@@ -246,7 +246,7 @@ pub async fn preflight(db: &DatabaseConfig, dir: Direction) -> Result<PreflightR
                 Severity::Blocker,
                 "connect",
                 e.to_string(),
-                &format!("check [database].{dst} and that the server accepts connections"),
+                format!("check [database].{dst} and that the server accepts connections"),
             );
             None
         }

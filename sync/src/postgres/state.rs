@@ -76,14 +76,14 @@ pub async fn read_cutovers(client: &Client, side: Side) -> Result<Vec<CutoverRow
                 )
                 .await
             {
-                Ok(rows) => Ok(rows.iter().filter_map(|r| cutover_row(r)).collect()),
+                Ok(rows) => Ok(rows.iter().filter_map(cutover_row).collect()),
                 Err(e) if not_recorded_yet(&e) => Ok(Vec::new()),
                 Err(e) => Err(SyncError::query(side, "reading switchyard.cutovers", &e)),
             };
         }
         Err(e) => return Err(SyncError::query(side, "reading switchyard.cutovers", &e)),
     };
-    Ok(rows.iter().filter_map(|r| cutover_row(r)).collect())
+    Ok(rows.iter().filter_map(cutover_row).collect())
 }
 
 fn cutover_row(r: &tokio_postgres::Row) -> Option<CutoverRow> {

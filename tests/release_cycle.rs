@@ -280,8 +280,14 @@ async fn protection_intact(sy: &Switchyard, pair: &pg::Pair, primary: &str) {
     .await;
     assert!(
         streaming,
-        "replication {arrow} protects the promotion: {:#}",
-        sy.status().await["database"]
+        "replication {arrow} protects the promotion: {:#}\n{}",
+        sy.status().await["database"],
+        history(sy)
+            .await
+            .iter()
+            .map(|e| format!("{} {} {}", e["seq"], e["kind"], e["reason"]))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let id: i64 = pg::connect(from)
         .await

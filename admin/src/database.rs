@@ -49,7 +49,9 @@ pub(crate) fn clean_up_after_abort(inner: &Arc<crate::Inner>, db: &DatabaseConfi
     crate::preparing::stop(inner);
     let weak = Arc::downgrade(inner);
     let db = db.clone();
+    let objects = inner.db.objects();
     tokio::spawn(async move {
+        let _objects = objects.lock_owned().await;
         let mut removed = Vec::new();
         let mut unreachable = Vec::new();
         let mut kept = Vec::new();
@@ -132,15 +134,28 @@ pub(crate) struct DbLive {
     pub last_cutover: Option<CutoverRecord>,
     /// An abort happened and replication objects should be removed.
     pub cleanup_wanted: bool,
+    /// A cutover whose outcome is not known yet: writes are refused.
+    pub attention: Option<String>,
+    /// What an undone cutover left that is being repaired.
+    pub repair: Option<String>,
 }
 
 /// [`DbLive`] behind a mutex that shrugs off poisoning.
 #[derive(Default)]
-pub(crate) struct DbLiveCell(Mutex<DbLive>);
+pub(crate) struct DbLiveCell(Mutex<DbLive>, Arc<tokio::sync::Mutex<()>>);
 
 impl DbLiveCell {
     pub(crate) fn lock(&self) -> MutexGuard<'_, DbLive> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held by whatever changes replication objects in the background (a
+    /// cutover, the check and cleanup after it, an abort's cleanup, the
+    /// preparing workflow), so that one never runs into the next: a cutover
+    /// back right after a promotion waits for the promotion's old objects
+    /// to be gone before it creates objects of the same names.
+    pub(crate) fn objects(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.1.clone()
     }
 }
 
@@ -532,6 +547,8 @@ impl DatabaseGate {
                     detail: p.detail.clone(),
                 })
                 .collect(),
+            attention: live.attention.clone(),
+            repair: live.repair.clone(),
             last_cutover: live.last_cutover.as_ref().map(|c| wire::CutoverView {
                 at: c.at.clone(),
                 completed: c.completed,

@@ -115,10 +115,12 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
         inner: weak.clone(),
         started_ms,
     };
-    let stable = match weak.upgrade() {
-        Some(inner) => inner.store.lock().stable,
+    let (stable, objects) = match weak.upgrade() {
+        Some(inner) => (inner.store.lock().stable, inner.db.objects()),
         None => return,
     };
+    // After a promotion its check and cleanup end first.
+    let _objects = objects.lock_owned().await;
     let result =
         switchyard_sync::workflow::prepare(&db, crate::cutover::direction_from(stable), &reporter)
             .await;

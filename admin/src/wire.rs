@@ -345,6 +345,13 @@ pub struct DatabaseStatus {
     /// The steps of preparing the candidate's database, as the last rollout ran them.
     pub preparing: Vec<PrepareStepView>,
     pub last_cutover: Option<CutoverView>,
+    /// A cutover whose outcome cannot be read yet: writes are refused (503)
+    /// until it can.
+    #[serde(default)]
+    pub attention: Option<String>,
+    /// What an undone cutover left half changed, being repaired.
+    #[serde(default)]
+    pub repair: Option<String>,
 }
 
 /// Each colour's schema version.

@@ -721,6 +721,52 @@ pub struct DatabaseConfig {
     /// green was cloned (green then lacks them, and a cutover loses them).
     #[serde(default)]
     pub stale_clone: StaleClonePolicy,
+    /// Roles made read-only on the old primary at cutover, so writes that do
+    /// not pass through the proxy (jobs, consoles) cannot land on a demoted
+    /// database.
+    #[serde(default, deserialize_with = "fence")]
+    pub fence: Fence,
+}
+
+/// `[database] fence`: which roles a cutover makes read-only on the old
+/// primary (and whose open sessions it ends there).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Fence {
+    /// `fence = []` (the default): every role that can log in and is
+    /// neither a superuser nor a replication role (nor switchyard's own).
+    #[default]
+    LoginRoles,
+    /// `fence = ["app_rw", ...]`: exactly these roles.
+    Roles(Vec<String>),
+    /// `fence = false`: no fence (writes that bypass the proxy may then
+    /// land on the old primary; the check after the cutover reports them).
+    Off,
+}
+
+fn fence<'de, D: Deserializer<'de>>(d: D) -> Result<Fence, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Flag(bool),
+        Roles(Vec<String>),
+    }
+    match Raw::deserialize(d).map_err(|_| {
+        de::Error::custom(
+            "fence is a list of role names (e.g. [\"app_rw\"]; [] for every login role that is neither a superuser nor a replication role), or false for no fence",
+        )
+    })? {
+        Raw::Flag(false) => Ok(Fence::Off),
+        Raw::Flag(true) => Ok(Fence::LoginRoles),
+        Raw::Roles(r) if r.is_empty() => Ok(Fence::LoginRoles),
+        Raw::Roles(r) => {
+            if let Some(bad) = r.iter().find(|n| n.trim().is_empty()) {
+                return Err(de::Error::custom(format!(
+                    "fence names an empty role {bad:?}: list role names, e.g. [\"app_rw\"]"
+                )));
+            }
+            Ok(Fence::Roles(r))
+        }
+    }
 }
 
 /// `[database] stale_clone`: a snapshot-mode green that blue has moved on from.
@@ -828,6 +874,7 @@ impl DatabaseConfig {
             roles: RolesMode::default(),
             placeholders: Default::default(),
             stale_clone: StaleClonePolicy::default(),
+            fence: Fence::default(),
         }
     }
 
@@ -875,6 +922,7 @@ impl fmt::Debug for DatabaseConfig {
                 &self.placeholders.keys().collect::<Vec<_>>(),
             )
             .field("stale_clone", &self.stale_clone)
+            .field("fence", &self.fence)
             .finish()
     }
 }

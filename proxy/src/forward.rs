@@ -107,7 +107,15 @@ async fn route(
     // Writes wait here while the gate is held (cutover), and count as in
     // flight until answered; the routing snapshot is read after the wait.
     let write_guard = if is_write(req.method()) {
-        Some(shared.gate.enter().await)
+        match shared.gate.enter().await {
+            Some(g) => Some(g),
+            None => {
+                return own_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "switchyard: writes are held for a database cutover whose outcome is not known yet; nothing was sent anywhere: retry in a moment\n",
+                )
+            }
+        }
     } else {
         None
     };

@@ -309,7 +309,21 @@ impl DataPlane {
 
     /// Releases held writes; they route by the snapshot current at release.
     pub fn release_writes(&self) {
+        self.shared.gate.accept();
         self.shared.gate.release();
+    }
+
+    /// Answers held writes (and new ones while the gate is held) with 503
+    /// instead of keeping them waiting or sending them anywhere: the control
+    /// plane cannot tell which database is the primary. Undone by
+    /// [`DataPlane::release_writes`].
+    pub fn refuse_held_writes(&self) {
+        self.shared.gate.refuse();
+    }
+
+    /// Writes answered 503 by a held gate (lifetime counter).
+    pub fn writes_refused(&self) -> u64 {
+        self.shared.gate.refused_total()
     }
 
     /// Waits until no write is in flight (held ones do not count), for at

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Longest a request waits at a held gate before it proceeds anyway: a
-/// safety net should the control plane never release it.
+/// Longest a request waits at a held gate before it is refused (503): a
+/// safety net should the control plane never release it. A held write is
+/// never sent on by the valve: the database it would reach may be behind.
 pub(crate) const MAX_HOLD: Duration = switchyard_config::MAX_WRITE_HOLD;
 
 /// Whether a request with this method may write.
@@ -25,6 +26,10 @@ pub(crate) fn is_write(m: &Method) -> bool {
 #[derive(Default)]
 pub(crate) struct WriteGate {
     held: AtomicBool,
+    /// Held writes are refused (503) instead of waiting: the control plane
+    /// cannot tell which database is the primary.
+    refusing: AtomicBool,
+    refused_total: AtomicU64,
     in_flight: AtomicUsize,
     waiting: AtomicUsize,
     held_total: AtomicU64,
@@ -48,22 +53,28 @@ impl Drop for InFlightWrite<'_> {
 impl WriteGate {
     /// Waits while the gate is held (bounded by [`MAX_HOLD`]), then counts
     /// the write as in flight. Called for every write before routing.
-    pub(crate) async fn enter(&self) -> InFlightWrite<'_> {
+    /// `None`: the write is refused (held past [`MAX_HOLD`], or the gate
+    /// refuses held writes): answer 503, send it nowhere.
+    pub(crate) async fn enter(&self) -> Option<InFlightWrite<'_>> {
         let deadline = tokio::time::Instant::now() + MAX_HOLD;
         loop {
             // Count first, then look at the gate: a write that finds the gate
             // open is already counted, so `drained` cannot miss it.
             self.in_flight.fetch_add(1, SeqCst);
-            if !self.held.load(SeqCst) || tokio::time::Instant::now() >= deadline {
-                return InFlightWrite { gate: self };
+            if !self.held.load(SeqCst) {
+                return Some(InFlightWrite { gate: self });
             }
             drop(InFlightWrite { gate: self });
+            if self.refusing.load(SeqCst) || tokio::time::Instant::now() >= deadline {
+                self.refused_total.fetch_add(1, SeqCst);
+                return None;
+            }
             self.waiting.fetch_add(1, SeqCst);
             self.held_total.fetch_add(1, SeqCst);
             let _ = tokio::time::timeout_at(deadline, async {
                 loop {
                     let notified = self.released.notified();
-                    if !self.held.load(SeqCst) {
+                    if !self.held.load(SeqCst) || self.refusing.load(SeqCst) {
                         break;
                     }
                     notified.await;
@@ -72,6 +83,22 @@ impl WriteGate {
             .await;
             self.waiting.fetch_sub(1, SeqCst);
         }
+    }
+
+    /// Refuses held writes (now and until [`WriteGate::accept`]) instead of
+    /// keeping them waiting.
+    pub(crate) fn refuse(&self) {
+        self.refusing.store(true, SeqCst);
+        self.released.notify_waiters();
+    }
+
+    /// Held writes wait again (see [`WriteGate::refuse`]).
+    pub(crate) fn accept(&self) {
+        self.refusing.store(false, SeqCst);
+    }
+
+    pub(crate) fn refused_total(&self) -> u64 {
+        self.refused_total.load(SeqCst)
     }
 
     pub(crate) fn hold(&self) {
@@ -135,7 +162,7 @@ mod tests {
     #[tokio::test]
     async fn held_writes_wait_for_release_and_drain_is_observed() {
         let gate = std::sync::Arc::new(WriteGate::default());
-        let w = gate.enter().await;
+        let w = gate.enter().await.unwrap();
         assert_eq!(gate.in_flight(), 1);
         gate.hold();
         let g2 = gate.clone();
@@ -152,5 +179,26 @@ mod tests {
         gate.release();
         waiter.await.unwrap();
         assert_eq!(gate.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refusing_gate_answers_held_writes_instead_of_sending_them_on() {
+        let gate = std::sync::Arc::new(WriteGate::default());
+        gate.hold();
+        let g2 = gate.clone();
+        let waiter = tokio::spawn(async move { g2.enter().await.is_some() });
+        while gate.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        gate.refuse();
+        assert!(!waiter.await.unwrap(), "a held write is refused");
+        assert!(gate.enter().await.is_none(), "and so is a new one");
+        assert_eq!(gate.refused_total(), 2);
+        gate.accept();
+        gate.release();
+        assert!(
+            gate.enter().await.is_some(),
+            "an open gate lets writes through"
+        );
     }
 }

@@ -32,10 +32,88 @@ pub struct SwitchReport {
     /// What went wrong after the switch committed (recording it on one
     /// side): reported with the cutover, never hidden.
     pub warnings: Vec<String>,
+    /// How the old primary was fenced (PostgreSQL).
+    pub fence: Option<crate::postgres::fence::FenceReport>,
+    /// The roles whose fence on the new primary was lifted (it had been
+    /// the replica).
+    pub unfenced: Vec<String>,
 }
 
-/// Why a switch did not happen. In every case the old primary is still the
-/// primary and nothing was changed that matters: release the writes to it.
+impl SwitchReport {
+    /// A switch found committed already (by an earlier run, or read back
+    /// after its answer was lost): nothing was done this time.
+    pub fn recovered(from: Direction, reverse: bool) -> SwitchReport {
+        SwitchReport {
+            from,
+            primary: from.target(),
+            caught_up_lsn: String::new(),
+            catch_up_ms: 0,
+            sequences: 0,
+            reverse,
+            not_replicated: Vec::new(),
+            steps: Vec::new(),
+            already_done: true,
+            warnings: Vec::new(),
+            fence: None,
+            unfenced: Vec::new(),
+        }
+    }
+}
+
+/// What the check after a switch found ([`finish`]): whether the old
+/// primary took writes after the switch that the new one does not have.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FinishReport {
+    /// The side that was the primary before the switch.
+    pub old_primary: Option<Side>,
+    /// The check ran to its end (`writes_after` is a measurement).
+    pub checked: bool,
+    /// The last position of the old primary the new one replayed.
+    pub replayed_lsn: Option<String>,
+    /// Row changes the old primary committed after that position.
+    pub writes_after: u64,
+    /// The first of them, by table and key.
+    pub rows: Vec<String>,
+    /// Why the check could not run (then nothing is claimed).
+    pub unchecked: Option<String>,
+}
+
+impl FinishReport {
+    /// One sentence for the event: what was checked and what was found.
+    pub fn describe(&self) -> String {
+        let old = self
+            .old_primary
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "the old primary".into());
+        match (&self.unchecked, self.checked, self.writes_after) {
+            (Some(why), _, _) => format!(
+                "could not check that {old} took no write after the switch ({why}): a loss cannot be ruled out; run `switchyard sync verify`"
+            ),
+            (None, true, 0) => format!(
+                "checked: {old} committed no write after the switch (its log after {} holds no change the new primary lacks)",
+                self.replayed_lsn.as_deref().unwrap_or("?")
+            ),
+            (None, true, n) => format!(
+                "{old} committed {n} row change(s) after the switch that the new primary does not have ({}): run `switchyard sync verify` and replay them",
+                self.rows.join(", ")
+            ),
+            (None, false, _) => format!("the check of {old} after the switch did not run"),
+        }
+    }
+
+    /// Whether a loss is ruled out by measurement.
+    pub fn nothing_lost(&self) -> bool {
+        self.checked && self.writes_after == 0
+    }
+}
+
+/// Why a switch did not happen. For `Timeout` and `Failed` the old primary
+/// is still the primary and took every write (the new one took none): the
+/// held writes go to it. `undone` says whether everything the switch did
+/// was taken back (otherwise what is left is named, and
+/// [`crate::postgres::cutover::repair_undone`] finishes the job). For
+/// `Ambiguous` the outcome is unknown: no write may be released until it
+/// is known.
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchError {
     /// The new primary did not catch up before the deadline.
@@ -46,14 +124,36 @@ pub enum SwitchError {
         lsn: String,
         waited_ms: u64,
         behind: String,
+        undone: bool,
     },
-    /// A step failed; what was done was undone.
-    #[error("cutover failed and was undone, {source_side} stays the primary: {source}")]
+    /// A step failed before the switch committed.
+    #[error("cutover failed before it committed, {source_side} stays the primary{}: {source}", if *undone { " (everything was undone)" } else { " (not everything could be undone yet)" })]
     Failed {
         source_side: Side,
         #[source]
         source: SyncError,
+        undone: bool,
     },
+    /// The commit (the new primary's record) got no answer: it may or may
+    /// not have happened.
+    #[error("cannot tell whether {target}'s database became the primary: recording the cutover there got no answer ({source})")]
+    Ambiguous {
+        target: Side,
+        #[source]
+        source: SyncError,
+        undone: bool,
+    },
+}
+
+impl SwitchError {
+    /// Whether everything the switch did was taken back.
+    pub fn undone(&self) -> bool {
+        match self {
+            SwitchError::Timeout { undone, .. }
+            | SwitchError::Failed { undone, .. }
+            | SwitchError::Ambiguous { undone, .. } => *undone,
+        }
+    }
 }
 
 /// Which way changes flow.
@@ -331,9 +431,15 @@ pub async fn cleanup_after_abort(db: &DatabaseConfig) -> Result<CleanupReport, S
 /// After a switch, once writes flow again: removes what the old direction
 /// left (PostgreSQL: its subscription, slot and publication; on MySQL the
 /// switch itself removed the old replica).
-pub async fn finish(db: &DatabaseConfig, from: Direction) -> Result<(), SyncError> {
+/// The report says whether the old primary took writes after the switch
+/// (PostgreSQL reads its slot; MySQL/MariaDB is not checked and says so).
+pub async fn finish(db: &DatabaseConfig, from: Direction) -> Result<FinishReport, SyncError> {
     match db.engine() {
         DatabaseEngine::Postgres => crate::postgres::cutover::finish(db, from).await,
-        DatabaseEngine::MySql => Ok(()),
+        DatabaseEngine::MySql => Ok(FinishReport {
+            old_primary: Some(from.source()),
+            unchecked: Some("MySQL/MariaDB: not checked yet".into()),
+            ..FinishReport::default()
+        }),
     }
 }

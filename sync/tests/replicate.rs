@@ -621,3 +621,132 @@ async fn a_green_cloned_without_a_slot_cannot_be_caught_up_and_says_to_replace_i
     );
     replicate::cleanup(&pair.config).await.unwrap();
 }
+
+/// `url` with user `role` instead of `postgres` (the clusters trust local
+/// connections).
+fn as_role(url: &str, role: &str) -> String {
+    url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_primary_is_fenced_at_cutover_and_a_write_after_the_switch_is_named_by_key() {
+    let pair = replicate_pair("repl_fence").await;
+    sql(pair.blue(), SCHEMA).await;
+    // The application's role, on both servers (roles are the cluster's).
+    for url in [pair.blue(), pair.green()] {
+        sql(
+            url,
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app_fence') \
+             THEN CREATE ROLE app_fence LOGIN; END IF; END $$",
+        )
+        .await;
+    }
+    sql(
+        pair.blue(),
+        "GRANT ALL ON orders, customers TO app_fence; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app_fence",
+    )
+    .await;
+    let (_, holder) = clone::clone(&pair.config, Direction::Forward, 2, false, Output::Quiet)
+        .await
+        .unwrap();
+    holder.release().await;
+    replicate::subscribe(&pair.config, Direction::Forward)
+        .await
+        .unwrap();
+    caught_up(&pair, Direction::Forward).await;
+
+    // A batch job holds a transaction open on blue that has written.
+    let job = connect(&as_role(pair.blue(), "app_fence")).await;
+    job.batch_execute("BEGIN; INSERT INTO orders (item, qty) VALUES ('job', 1); UPDATE orders SET qty = -1 WHERE id = 1")
+        .await
+        .unwrap();
+    let report = cutover::switch(
+        &pair.config,
+        Direction::Forward,
+        switchyard_sync::CutoverKind::Promote,
+        Instant::now() + Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let fence = report.fence.expect("the old primary was fenced");
+    assert!(fence.roles.contains(&"app_fence".to_string()), "{fence:?}");
+    assert!(
+        fence
+            .ended
+            .iter()
+            .any(|e| e.contains("app_fence") && e.contains("had written")),
+        "the session is named: {fence:?}"
+    );
+    // Its writes were refused: on neither side, never on blue alone.
+    assert!(job.batch_execute("COMMIT").await.is_err());
+    for url in [pair.blue(), pair.green()] {
+        assert_eq!(
+            count(
+                url,
+                "SELECT count(*) FROM orders WHERE item = 'job' OR qty = -1"
+            )
+            .await,
+            0
+        );
+    }
+    // New sessions of the role are read-only on blue, and write on green.
+    let late = connect(&as_role(pair.blue(), "app_fence")).await;
+    let e = late
+        .batch_execute("INSERT INTO orders (item, qty) VALUES ('late job', 1)")
+        .await
+        .unwrap_err();
+    assert!(
+        switchyard_sync::error::pg_message(&e).contains("read-only transaction"),
+        "{e:?}"
+    );
+    connect(&as_role(pair.green(), "app_fence"))
+        .await
+        .batch_execute("INSERT INTO orders (item, qty) VALUES ('on green', 1)")
+        .await
+        .unwrap();
+
+    // A superuser (not fenced) writes to blue directly after the switch:
+    // the check after the cutover names the row.
+    sql(
+        pair.blue(),
+        "INSERT INTO orders (id, item, qty) VALUES (10000001, 'sneaky', 1)",
+    )
+    .await;
+    let f = cutover::finish(&pair.config, Direction::Forward)
+        .await
+        .unwrap();
+    assert!(f.checked, "{f:?}");
+    assert_eq!(f.writes_after, 1, "{f:?}");
+    assert_eq!(f.rows, vec!["public.orders id=10000001 insert"], "{f:?}");
+    assert!(!f.nothing_lost());
+    assert!(f.describe().contains("sync verify"), "{}", f.describe());
+
+    // Back to blue: blue is unfenced, green fenced, and the check finds
+    // nothing this time.
+    caught_up(&pair, Direction::Reverse).await;
+    let back = cutover::switch(
+        &pair.config,
+        Direction::Reverse,
+        switchyard_sync::CutoverKind::Rollback,
+        Instant::now() + Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert!(back.unfenced.contains(&"app_fence".to_string()), "{back:?}");
+    connect(&as_role(pair.blue(), "app_fence"))
+        .await
+        .batch_execute("INSERT INTO orders (item, qty) VALUES ('blue again', 1)")
+        .await
+        .unwrap();
+    assert!(connect(&as_role(pair.green(), "app_fence"))
+        .await
+        .batch_execute("INSERT INTO orders (item, qty) VALUES ('green now read-only', 1)")
+        .await
+        .is_err());
+    let f = cutover::finish(&pair.config, Direction::Reverse)
+        .await
+        .unwrap();
+    assert!(f.nothing_lost(), "{f:?}");
+    assert!(f.describe().starts_with("checked:"), "{}", f.describe());
+    replicate::cleanup(&pair.config).await.unwrap();
+}

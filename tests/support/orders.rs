@@ -286,14 +286,22 @@ impl OrderLoad {
                     } else {
                         format!("reader{w}-{}", n % 64)
                     };
-                    let r = client
-                        .request(
+                    // Bounded: a request stuck behind a partition is a
+                    // failure (never acknowledged), not a hung load.
+                    let r = match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        client.request(
                             method.clone(),
                             &url,
                             &[("x-user", user.as_str())],
                             body.clone(),
-                        )
-                        .await;
+                        ),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err("no answer within 10 s".to_string()),
+                    };
                     {
                         let mut t = tally.lock().unwrap();
                         match r {

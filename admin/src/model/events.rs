@@ -38,6 +38,9 @@ pub enum EventKind {
     CutoverCompleted,
     /// The database switch did not finish in time; writes stayed put.
     CutoverTimedOut,
+    /// After a cutover: what the old primary took after the switch, as
+    /// measured (its slot's changes past what the new primary replayed).
+    CutoverChecked,
     /// The candidate became the stable colour.
     Promoted,
     /// Weights were set by hand (`PUT /api/v1/weights`).
@@ -60,7 +63,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this version writes.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::RolloutStarted,
         EventKind::StepAdvanced,
         EventKind::Paused,
@@ -71,6 +74,7 @@ impl EventKind {
         EventKind::CutoverStarted,
         EventKind::CutoverCompleted,
         EventKind::CutoverTimedOut,
+        EventKind::CutoverChecked,
         EventKind::Promoted,
         EventKind::WeightsSet,
         EventKind::DatabaseStep,
@@ -93,6 +97,7 @@ impl EventKind {
             EventKind::CutoverStarted => "cutover_started",
             EventKind::CutoverCompleted => "cutover_completed",
             EventKind::CutoverTimedOut => "cutover_timed_out",
+            EventKind::CutoverChecked => "cutover_checked",
             EventKind::Promoted => "promoted",
             EventKind::WeightsSet => "weights_set",
             EventKind::DatabaseStep => "database_step",

@@ -219,6 +219,7 @@ pub fn apply(
                     reason: Some(reason.clone()),
                     pre_cutover: None,
                     back: true,
+                    undone_cutover: None,
                 };
                 change(EventKind::Cutover, Some(reason))
             }
@@ -296,6 +297,7 @@ pub fn finish_cutover(s: &mut PersistedState) -> Change {
         return Change::new(EventKind::Aborted, s.rollout.reason.clone());
     }
     s.rollout.phase = Phase::Promoted;
+    s.rollout.undone_cutover = None;
     Change::new(EventKind::Promoted, s.rollout.reason.clone())
 }
 
@@ -303,6 +305,7 @@ pub fn finish_cutover(s: &mut PersistedState) -> Change {
 /// writes stayed on the stable colour. A forward cutover pauses at the
 /// weight it had before; a cutover back returns to `promoted`.
 pub fn cutover_failed(s: &mut PersistedState, reason: String) -> Change {
+    s.rollout.undone_cutover = Some(reason.clone());
     if std::mem::take(&mut s.rollout.back) {
         s.rollout.phase = Phase::Promoted;
     } else {
@@ -318,7 +321,11 @@ pub fn cutover_failed(s: &mut PersistedState, reason: String) -> Change {
 
 /// A breach: the candidate gets no traffic, and the reason is kept.
 pub fn roll_back(s: &mut PersistedState, reason: String) -> Change {
-    let reason = format!("rolled back: {reason}");
+    let reason = match s.rollout.undone_cutover.take() {
+        // The first cause comes first.
+        Some(first) => format!("rolled back: {reason}; this followed the undone cutover: {first}"),
+        None => format!("rolled back: {reason}"),
+    };
     stop(s, reason.clone());
     Change::new(EventKind::RolledBack, Some(reason))
 }
@@ -471,6 +478,24 @@ mod tests {
             (s.stable, s.green.bp(), s.rollout.phase),
             (Colour::Blue, 0, Phase::Aborted)
         );
+    }
+
+    #[test]
+    fn a_rollback_after_an_undone_cutover_names_both_first_cause_first() {
+        let st = steps(&[10, 100]);
+        let mut s = PersistedState::default();
+        apply(&mut s, Action::Start, &st, None, 1, true).unwrap();
+        advance(&mut s, &st, 1);
+        apply(&mut s, Action::Promote, &st, None, 1, true).unwrap();
+        cutover_failed(&mut s, "cutover did not complete: green died".into());
+        let c = roll_back(&mut s, "candidate error rate 0.33".into());
+        let r = c.reason.unwrap();
+        assert!(
+            r.contains("candidate error rate 0.33")
+                && r.contains("undone cutover: cutover did not complete: green died"),
+            "{r}"
+        );
+        assert!(s.rollout.undone_cutover.is_none());
     }
 
     #[test]

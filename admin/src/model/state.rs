@@ -118,6 +118,10 @@ pub struct Rollout {
     /// This cutover goes back to the colour that was stable before the last
     /// promotion (`abort` after cutover); it ends as `aborted`.
     pub back: bool,
+    /// Why this rollout's cutover was undone, if it was: a rollback that
+    /// follows names it too, so one outcome has its whole story.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undone_cutover: Option<String>,
 }
 
 #[cfg(test)]

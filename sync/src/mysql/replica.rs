@@ -406,6 +406,7 @@ pub async fn switch(
     let failed = |source: SyncError| SwitchError::Failed {
         source_side: old,
         source,
+        undone: true,
     };
     let mut old_primary = connect(old, url_of(db, old)).await.map_err(failed)?;
     let mut new_primary = connect(from.target(), url_of(db, from.target()))
@@ -429,6 +430,7 @@ pub async fn switch(
                 ),
                 lsn,
                 waited_ms: started.elapsed().as_millis() as u64,
+                undone: true,
             })
         }
     };
@@ -489,6 +491,8 @@ pub async fn switch(
         steps,
         already_done: false,
         warnings: Vec::new(),
+        fence: None,
+        unfenced: Vec::new(),
     })
 }
 

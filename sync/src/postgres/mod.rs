@@ -15,6 +15,7 @@ pub mod clone;
 pub mod compat;
 pub mod cutover;
 pub mod ephemeral;
+pub mod fence;
 pub mod migrate;
 pub mod pg;
 pub(crate) mod post_data;

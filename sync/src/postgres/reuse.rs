@@ -273,6 +273,16 @@ pub async fn widen(db: &DatabaseConfig, dir: Direction) -> Result<WidenReport, S
         let enabled = set_enabled(&target, dst, &n.subscription, true).await;
         report.rows = backfilled?;
         enabled?;
+        // Streaming again, and caught up (applied, not only received)
+        // before anyone compares the two sides.
+        if let CatchUp::Behind { lsn, .. } =
+            crate::replicate::wait_caught_up_on(&source, db, dir, CATCH_UP).await?
+        {
+            return Err(SyncError::Other(format!(
+                "{dst} did not catch up with {src} (up to {lsn}) within {}s after the backfill: check `switchyard sync status`, then `switchyard ctl resume`",
+                CATCH_UP.as_secs()
+            )));
+        }
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -16,6 +16,7 @@
 //! cutover: did the target replay everything the source had written when
 //! the probe started?
 
+pub mod pgoutput;
 pub mod walsender;
 
 use serde::Serialize;
@@ -669,7 +670,7 @@ pub async fn status(db: &DatabaseConfig) -> ReplicationStatus {
             let n = names(db, d);
             if let Ok(Some(r)) = source
                 .query_opt(
-                    "SELECT greatest(0, (pg_current_wal_insert_lsn() - greatest(s.confirmed_flush_lsn, r.write_lsn)))::int8, \
+                    "SELECT greatest(0, (pg_current_wal_insert_lsn() - greatest(s.confirmed_flush_lsn, r.replay_lsn)))::int8, \
                             greatest(0, (pg_current_wal_insert_lsn() - s.restart_lsn))::int8, \
                             extract(epoch FROM coalesce(r.replay_lag, r.write_lag))::float8, \
                             s.wal_status, r.pid IS NOT NULL \
@@ -710,12 +711,38 @@ pub async fn wait_caught_up(
     wait_caught_up_on(&source, db, dir, within).await
 }
 
-/// [`wait_caught_up`] on an open session to the source.
+/// [`wait_caught_up`] on an open session to the source: the target has
+/// applied (committed) everything up to the source's current position.
 pub async fn wait_caught_up_on(
     source: &Client,
     db: &DatabaseConfig,
     dir: Direction,
     within: Duration,
+) -> Result<CatchUp, SyncError> {
+    wait_on(source, db, dir, within, "replay_lsn").await
+}
+
+/// [`wait_caught_up_on`] for what the target has received, not yet
+/// necessarily applied: the cutover waits for this (the applied position
+/// can trail the received one by a status interval), then, once the old
+/// subscription's worker is gone, checks from the old slot and the target's
+/// replication origin that every received transaction was applied
+/// (`crate::postgres::cutover`).
+pub async fn wait_received_on(
+    source: &Client,
+    db: &DatabaseConfig,
+    dir: Direction,
+    within: Duration,
+) -> Result<CatchUp, SyncError> {
+    wait_on(source, db, dir, within, "write_lsn").await
+}
+
+async fn wait_on(
+    source: &Client,
+    db: &DatabaseConfig,
+    dir: Direction,
+    within: Duration,
+    column: &str,
 ) -> Result<CatchUp, SyncError> {
     let side = dir.source();
     let n = names(db, dir);
@@ -725,14 +752,15 @@ pub async fn wait_caught_up_on(
         .await
         .map_err(|e| SyncError::query(side, "reading the current WAL position", &e))?
         .get(0);
-    let probe = "SELECT greatest(s.confirmed_flush_lsn, r.write_lsn) >= $2::text::pg_lsn, \
-                        greatest(s.confirmed_flush_lsn, r.write_lsn)::text, \
-                        ($2::text::pg_lsn - greatest(s.confirmed_flush_lsn, r.write_lsn))::int8 \
-                   FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                  WHERE s.slot_name = $1";
+    let at = format!("greatest(s.confirmed_flush_lsn, r.{column})");
+    let probe = format!(
+        "SELECT {at} >= $2::text::pg_lsn, {at}::text, ($2::text::pg_lsn - {at})::int8 \
+           FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+          WHERE s.slot_name = $1"
+    );
     loop {
         let row = source
-            .query_opt(probe, &[&n.slot, &lsn])
+            .query_opt(&probe, &[&n.slot, &lsn])
             .await
             .map_err(|e| SyncError::query(side, "reading replication progress", &e))?;
         let Some(row) = row else {

@@ -180,6 +180,23 @@ fn database_keys_are_validated_where_they_are_written() {
     let e = err(&format!("{base}stale_clone = \"sometimes\"\n"));
     assert!(e.starts_with("sy.toml:10:"), "{e}");
     assert!(e.contains("hold") && e.contains("ignore"), "{e}");
+    // The fence: every login role by default, a list, or off.
+    use switchyard_config::Fence;
+    assert_eq!(db.fence, Fence::LoginRoles);
+    let fence = |v: &str| {
+        Config::parse(&format!("{base}fence = {v}\n"), "sy.toml").map(|c| c.database.unwrap().fence)
+    };
+    assert_eq!(fence("[]").unwrap(), Fence::LoginRoles);
+    assert_eq!(fence("false").unwrap(), Fence::Off);
+    assert_eq!(
+        fence("[\"app_rw\", \"jobs\"]").unwrap(),
+        Fence::Roles(vec!["app_rw".into(), "jobs".into()])
+    );
+    for bad in ["\"app_rw\"", "[\"\"]", "3"] {
+        let e = err(&format!("{base}fence = {bad}\n"));
+        assert!(e.starts_with("sy.toml:10:"), "{bad}: {e}");
+        assert!(e.contains("fence"), "{bad}: {e}");
+    }
 }
 
 #[test]

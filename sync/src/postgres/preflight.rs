@@ -517,6 +517,46 @@ pub async fn preflight(db: &DatabaseConfig, dir: Direction) -> Result<PreflightR
             );
         }
     }
+    // The fence needs to set other roles' defaults and end their sessions,
+    // on whichever side is the old primary at a cutover: both.
+    if replicate && db.fence != switchyard_config::Fence::Off {
+        for (side, c) in [(src, &blue), (dst, &green)] {
+            let Some(c) = c else { continue };
+            let row = c
+                .query_one(
+                    "SELECT r.rolsuper OR r.rolcreaterole, \
+                            r.rolsuper OR pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') \
+                       FROM pg_roles r WHERE r.rolname = current_user",
+                    &[],
+                )
+                .await
+                .map_err(|e| SyncError::query(side, "reading the fence's privileges", &e))?;
+            let (alter, signal): (bool, bool) = (row.get(0), row.get(1));
+            if !alter || !signal {
+                f.add(
+                    Severity::Blocker,
+                    "fence",
+                    format!(
+                        "{side}'s user cannot fence the database at cutover (it lacks {})",
+                        [(!alter).then_some("CREATEROLE"), (!signal).then_some("pg_signal_backend")]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    ),
+                    format!("ALTER ROLE <[database].{side} user> CREATEROLE; GRANT pg_signal_backend TO it; or set [database] fence = false (writes that bypass the proxy may then land on the old primary)"),
+                );
+            }
+            if let Err(e) = crate::postgres::fence::roles(c, side, &db.fence).await {
+                f.add(
+                    Severity::Blocker,
+                    "fence",
+                    e.to_string(),
+                    "fix [database] fence",
+                );
+            }
+        }
+    }
     let passed = !f.0.iter().any(|x| x.severity == Severity::Blocker);
     f.0.sort_by_key(|x| std::cmp::Reverse(x.severity));
     let (bv, gv) = match src {

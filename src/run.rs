@@ -149,8 +149,12 @@ async fn serve_inheriting(config: Config, path: &Path, inherited: Inherited) -> 
     let dp = DataPlane::new(&config, 0).context("cannot build the data plane")?;
     let cp = ControlPlane::start(&config, dp.clone()).context("cannot start the control plane")?;
     if let Some(db) = &config.database {
-        // Every weight increase needs green's database verified (and, in
-        // replicate mode, caught up).
+        // One controller per pair of databases, whatever the state file.
+        cp.take_database_lock(db)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the control plane: {e}"))?;
+        // Every weight increase needs the candidate's database verified
+        // (and, in replicate mode, caught up).
         cp.add_gate(switchyard_admin::DatabaseGate::start(db.clone()));
     }
     let source = inherited.from;

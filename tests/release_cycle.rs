@@ -37,7 +37,7 @@ green = "{}"
 migrations = "{}"
 mode = "replicate"
 max_lag = "1s"
-cutover_timeout = "5s"
+cutover_timeout = "15s"
 "#,
             pair.blue(),
             pair.green(),
@@ -501,4 +501,118 @@ async fn after_a_promotion_every_command_follows_the_primary_and_a_tampered_repl
     assert!(tally.failures.is_empty(), "{:#?}", tally.failures);
     let ids: Vec<i64> = tally.acked.iter().map(|(i, _)| *i).collect();
     assert_eq!(ids_on(pair.blue(), &ids).await, ids.len() as i64);
+}
+
+/// The preparing time of the second release (the replica reused) against
+/// the first (a clone), on pgbench at `CYCLE_SCALE` (default 50), in one
+/// run. Run by `bench/cycle/run.sh`; timings are reported, never asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run bench/cycle/run.sh"]
+async fn release_preparing_benchmark() {
+    let scale: u32 = std::env::var("CYCLE_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let pair = pg::Pair::new("bench_cycle").await;
+    let bindir = switchyard_sync::ephemeral::find_bindir().expect("PostgreSQL's programs");
+    let ok = std::process::Command::new(bindir.join("pgbench"))
+        .args(["-i", "-q", "-s", &scale.to_string(), "-d", pair.blue()])
+        .output()
+        .expect("pgbench runs");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let mig = pair.migrations.path().to_path_buf();
+    std::fs::write(
+        mig.join("V1__account_notes.sql"),
+        "ALTER TABLE pgbench_accounts ADD COLUMN note text;",
+    )
+    .unwrap();
+    let (blue, green) = (
+        support::Backend::start("blue").await,
+        support::Backend::start("green").await,
+    );
+    let sy = Switchyard::builder()
+        .blue(blue.addr)
+        .green(green.addr)
+        .extra(&format!(
+            "[rollout]\nsteps = [100]\nbake = \"0s\"\n[rollout.analysis]\nwindow = \"2s\"\ninterval = \"100ms\"\nmin_requests = 1\n\
+             [database]\nblue = \"{}\"\ngreen = \"{}\"\nmigrations = \"{}\"\nmode = \"replicate\"\nmax_lag = \"2s\"\njobs = 2\n",
+            pair.blue(),
+            pair.green(),
+            mig.display()
+        ))
+        .start();
+    let client = support::Client::new();
+    let url = sy.url("/");
+    let traffic = tokio::spawn(async move {
+        for _ in 0..2_000_000u32 {
+            let _ = client.get(&url).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let mut rows = Vec::new();
+    for (release, to, migration) in [
+        (1, "green", None),
+        (
+            2,
+            "blue",
+            Some((
+                "V2__branch_region.sql",
+                "ALTER TABLE pgbench_branches ADD COLUMN region text;",
+            )),
+        ),
+    ] {
+        if let Some((f, sql)) = migration {
+            std::fs::write(mig.join(f), sql).unwrap();
+        }
+        let before = last_seq(&sy).await;
+        ship(&sy, to).await;
+        let h: Vec<serde_json::Value> = history(&sy)
+            .await
+            .into_iter()
+            .filter(|e| e["seq"].as_u64().unwrap_or(0) > before)
+            .collect();
+        let started = h
+            .iter()
+            .find(|e| e["kind"] == "rollout_started")
+            .and_then(|e| e["at_ms"].as_u64())
+            .unwrap();
+        let prepared = h
+            .iter()
+            .filter(|e| e["kind"] == "database_step")
+            .filter_map(|e| e["at_ms"].as_u64())
+            .max()
+            .unwrap();
+        let steps: Vec<String> = h
+            .iter()
+            .filter(|e| e["kind"] == "database_step")
+            .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+            .collect();
+        let copied = !steps.iter().any(|s| s.contains("reused"));
+        rows.push((release, (prepared - started) as f64 / 1000.0, copied, steps));
+    }
+    traffic.abort();
+    let ratio = rows[1].1 / rows[0].1;
+    let mut out = format!(
+        "| release | preparing (s) | tables copied |\n|---|---:|---|\n| 1 (blue → green, clone) | {:.2} | {} |\n| 2 (green → blue, replica reused) | {:.2} | {} |\n\nSecond release's preparing ÷ first's: **{ratio:.2}** (target ≤ 0.10)\n\n",
+        rows[0].1,
+        if rows[0].2 { "yes" } else { "no" },
+        rows[1].1,
+        if rows[1].2 { "yes" } else { "none" },
+    );
+    for (r, _, _, steps) in &rows {
+        out.push_str(&format!("Release {r}:\n\n"));
+        for s in steps {
+            out.push_str(&format!("- {s}\n"));
+        }
+        out.push('\n');
+    }
+    if let Ok(path) = std::env::var("CYCLE_OUT") {
+        std::fs::write(path, &out).unwrap();
+    }
+    println!("{out}");
+    support::sync(&sy.config_path, &["cleanup"]);
 }

@@ -139,7 +139,10 @@ fn actor(headers: &HeaderMap) -> String {
 fn transition_error(e: TransitionError) -> Response {
     match e {
         TransitionError::Conflict(m) => error(StatusCode::CONFLICT, m),
-        TransitionError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        TransitionError::Store(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("refused, nothing changed: the new state could not be recorded ({e}); fix the state directory and try again"),
+        ),
     }
 }
 
@@ -296,6 +299,7 @@ pub(crate) fn status_of(inner: &Inner) -> wire::Status {
             bake_seconds: rollout
                 .step
                 .map(|i| secs(rollout::bake_of(steps, i, settings.rollout.bake))),
+            unwritten: inner.unwritten(),
         },
         pools: wire::Pools {
             blue: pool_status(inner, Colour::Blue),

@@ -281,6 +281,9 @@ fn tick_once(
             }
         }
     };
+    // Nothing advances while the state file cannot be written: the next
+    // step would be refused anyway, and the status says why.
+    let holding = inner.unwritten().or(holding);
     if let Some(h) = holding {
         set_live(inner, Some(verdict), Some(h));
         return;
@@ -375,8 +378,12 @@ fn advance(inner: &Arc<Inner>, key: Key) {
         let c: Change = rollout::advance(s, &steps, now_ms());
         Ok(c)
     });
-    if let Err(e) = r {
-        tracing::debug!(error = %e, "advance skipped");
+    match r {
+        Err(crate::TransitionError::Store(e)) => {
+            tracing::warn!(error = %e, "the next step could not be recorded: the rollout holds")
+        }
+        Err(e) => tracing::debug!(error = %e, "advance skipped"),
+        Ok(_) => {}
     }
 }
 

@@ -194,7 +194,10 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
             };
             // Persist the new primary before a single write reaches it;
             // release the writes before a status can show it.
-            let r = inner.transition_then(
+            // A fact by now: held in memory even if the state file cannot
+            // be written (a restart would run the cutover again and find it
+            // committed).
+            let r = inner.record_fact(
                 "controller",
                 |s| {
                     if s.rollout.phase != Phase::Cutover || s.rollout.step_started_ms != started_ms
@@ -212,10 +215,9 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
                 },
             );
             if let Err(e) = r {
-                // Not recorded (or no longer in cutover), so the hook did
-                // not run: the writes go on anyway.
+                // No longer in cutover (the hook did not run).
                 dp.release_writes();
-                tracing::error!(error = %e, "the database switched, but the new state could not be recorded");
+                tracing::error!(error = %e, "the database switched, but the rollout had moved on");
                 inner.db.lock().last_cutover = Some(record);
             }
             let fenced = report
@@ -249,44 +251,53 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
                 // can slip in between.
                 let held = objects_guard.take();
                 tokio::spawn(async move {
-                    let _objects = match held {
-                        Some(g) => g,
-                        None => objects.lock_owned().await,
-                    };
-                    let checked = switchyard_sync::replication::finish(&db, report.from).await;
-                    let Some(inner) = weak.upgrade() else { return };
-                    let (reason, detail, lost) = match &checked {
-                        Ok(f) => (f.describe(), json!(f), !f.nothing_lost()),
-                        Err(e) => (
-                            format!(
-                                "checking {stable}'s database after the switch and removing the old replication objects failed: {e}. A loss cannot be ruled out: run `switchyard sync verify`, and `switchyard sync cleanup` once you are done with reverse sync"
-                            ),
-                            json!({ "error": e.to_string() }),
-                            true,
-                        ),
-                    };
-                    if lost {
-                        tracing::warn!(%reason, "cutover check");
-                    } else {
-                        tracing::info!(%reason, "cutover check");
-                    }
-                    let _ = inner.transition("controller", |s| {
-                        if lost && s.rollout.phase == Phase::Promoted {
-                            s.rollout.reason = Some(format!("promoted, but {reason}"));
+                    let mut held = held;
+                    let mut pause = std::time::Duration::from_secs(1);
+                    let mut told = false;
+                    loop {
+                        let guard = match held.take() {
+                            Some(g) => g,
+                            None => objects.clone().lock_owned().await,
+                        };
+                        let checked = switchyard_sync::replication::finish(&db, report.from).await;
+                        drop(guard);
+                        let Some(inner) = weak.upgrade() else { return };
+                        match checked {
+                            Ok(f) => {
+                                inner.db.lock().repair = None;
+                                checked_after_switch(&inner, &f).await;
+                                return;
+                            }
+                            Err(e) => {
+                                // A side that cannot be reached: the old
+                                // objects stay (a slot keeps WAL), and what
+                                // the old primary took is not known yet.
+                                // Tried again until both answer.
+                                let why = format!(
+                                    "after the cutover, {stable}'s old replication objects could not be checked and removed yet ({e}): a loss is not ruled out until they are; retrying"
+                                );
+                                inner.db.lock().repair = Some(why.clone());
+                                if !told {
+                                    told = true;
+                                    tracing::warn!("{why}");
+                                    let _ = inner.transition("controller", |_| {
+                                        Ok(Change::new(
+                                            EventKind::CutoverChecked,
+                                            Some(why.clone()),
+                                        ))
+                                    });
+                                }
+                                // A later cutover moved on: its own cleanup
+                                // covers both directions.
+                                if inner.store.lock().stable != candidate {
+                                    inner.db.lock().repair = None;
+                                    return;
+                                }
+                            }
                         }
-                        let mut c = Change::new(EventKind::CutoverChecked, Some(reason.clone()));
-                        c.extra.detail = Some(detail.clone());
-                        Ok(c)
-                    });
-                    if lost {
-                        if let Some(c) = inner.db.lock().last_cutover.as_mut() {
-                            c.reason = Some(reason);
-                        }
-                    }
-                    if let Some(g) = inner.database_gate() {
-                        if let Some(d) = g.as_database() {
-                            d.refresh().await;
-                        }
+                        drop(inner);
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(10));
                     }
                 });
             }
@@ -309,15 +320,20 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
                 "cutover did not complete: {why}. Writes were released to {stable} after {held_ms} ms: {stable} stayed the primary and took every write, {candidate}'s database took none while they were held.{state_of_replication} Resume to try again"
             );
             tracing::warn!(%reason, "cutover timed out");
-            let _ = inner.transition("controller", |s| {
-                if s.rollout.phase != Phase::Cutover || s.rollout.step_started_ms != started_ms {
-                    return Err(Conflict("no longer in cutover".into()));
-                }
-                let mut c = rollout::cutover_failed(s, reason.clone());
-                c.extra.held_ms = Some(held_ms);
-                c.extra.held_requests = Some(held_requests);
-                Ok(c)
-            });
+            let _ = inner.record_fact(
+                "controller",
+                |s| {
+                    if s.rollout.phase != Phase::Cutover || s.rollout.step_started_ms != started_ms
+                    {
+                        return Err(Conflict("no longer in cutover".into()));
+                    }
+                    let mut c = rollout::cutover_failed(s, reason.clone());
+                    c.extra.held_ms = Some(held_ms);
+                    c.extra.held_requests = Some(held_requests);
+                    Ok(c)
+                },
+                || {},
+            );
             inner.db.lock().last_cutover = Some(CutoverRecord {
                 at: events::rfc3339(events::now_ms()),
                 completed: false,
@@ -345,6 +361,35 @@ async fn run(weak: Weak<Inner>, started_ms: u64, db: DatabaseConfig) {
                 Ok(c)
             });
             settle_unknown(&inner, &db, stable, candidate, started_ms);
+        }
+    }
+}
+
+/// Reports the check after a switch: an event, and with a finding the
+/// promoted state's reason and the last cutover say so.
+async fn checked_after_switch(inner: &Arc<Inner>, f: &switchyard_sync::replication::FinishReport) {
+    let (reason, detail, lost) = (f.describe(), json!(f), !f.nothing_lost());
+    if lost {
+        tracing::warn!(%reason, "cutover check");
+    } else {
+        tracing::info!(%reason, "cutover check");
+    }
+    let _ = inner.transition("controller", |s| {
+        if lost && s.rollout.phase == Phase::Promoted {
+            s.rollout.reason = Some(format!("promoted, but {reason}"));
+        }
+        let mut c = Change::new(EventKind::CutoverChecked, Some(reason.clone()));
+        c.extra.detail = Some(detail.clone());
+        Ok(c)
+    });
+    if lost {
+        if let Some(c) = inner.db.lock().last_cutover.as_mut() {
+            c.reason = Some(reason);
+        }
+    }
+    if let Some(g) = inner.database_gate() {
+        if let Some(d) = g.as_database() {
+            d.refresh().await;
         }
     }
 }

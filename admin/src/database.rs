@@ -51,19 +51,51 @@ pub(crate) fn clean_up_after_abort(inner: &Arc<crate::Inner>, db: &DatabaseConfi
     let db = db.clone();
     let objects = inner.db.objects();
     tokio::spawn(async move {
-        let _objects = objects.lock_owned().await;
         let mut removed = Vec::new();
         let mut unreachable = Vec::new();
         let mut kept = Vec::new();
-        for pause in [Duration::from_millis(200), Duration::from_secs(2)] {
+        let mut told = false;
+        let mut pause = Duration::from_millis(200);
+        for attempt in 0.. {
             tokio::time::sleep(pause).await;
-            match replication::cleanup_after_abort(&db).await {
-                Ok(r) => {
-                    removed.extend(r.removed);
-                    unreachable = r.unreachable;
-                    kept = r.kept;
+            {
+                let _objects = objects.clone().lock_owned().await;
+                match replication::cleanup_after_abort(&db).await {
+                    Ok(r) => {
+                        removed.extend(r.removed);
+                        unreachable = r.unreachable;
+                        kept = r.kept;
+                    }
+                    Err(e) => unreachable = vec![e.to_string()],
                 }
-                Err(e) => unreachable = vec![e.to_string()],
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            // Twice at least (a statement of the interrupted workflow may
+            // still commit), then until every side answered, as long as the
+            // rollout stays aborted.
+            let done = attempt >= 1 && unreachable.is_empty();
+            let still_aborted =
+                inner.store.lock().rollout.phase == crate::model::phase::Phase::Aborted;
+            if done || !still_aborted {
+                inner.db.lock().repair = None;
+                if !done {
+                    return;
+                }
+                break;
+            }
+            if attempt >= 1 {
+                let why = format!(
+                    "after the abort, the replication objects on {} could not be removed yet: retrying until it answers (a slot left behind keeps WAL)",
+                    unreachable.join("; ")
+                );
+                inner.db.lock().repair = Some(why.clone());
+                if !told {
+                    told = true;
+                    tracing::warn!("{why}");
+                }
+                pause = (pause * 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
+            } else {
+                pause = Duration::from_secs(2);
             }
         }
         let Some(inner) = weak.upgrade() else { return };
@@ -76,22 +108,19 @@ pub(crate) fn clean_up_after_abort(inner: &Arc<crate::Inner>, db: &DatabaseConfi
         } else {
             format!("; kept {}", kept.join(", "))
         };
-        let reason = if unreachable.is_empty() {
-            format!(
-                "rollout aborted: removed {}{kept_note}",
-                if names.is_empty() {
-                    "nothing (no replication objects to remove)".to_string()
-                } else {
-                    names.join(", ")
-                }
-            )
-        } else {
-            format!(
-                "rollout aborted: removed {}{kept_note}; could not reach {}: the objects there stay until it is up (then run `switchyard sync cleanup`, or start the next release)",
-                names.join(", "),
-                unreachable.join("; ")
-            )
-        };
+        let reason = format!(
+            "rollout aborted: removed {}{kept_note}{}",
+            if names.is_empty() {
+                "nothing (no replication objects to remove)".to_string()
+            } else {
+                names.join(", ")
+            },
+            if told {
+                " (once every side answered again)"
+            } else {
+                ""
+            }
+        );
         let _ = inner.transition("controller", |_| {
             let mut c =
                 crate::model::rollout::Change::new(EventKind::DatabaseCleanup, Some(reason));

@@ -130,6 +130,14 @@ pub(crate) struct Inner {
     pub frozen: Mutex<Option<String>>,
     /// The `[webhooks] confirm` gate's last answer, for the status.
     pub(crate) confirm_last: Arc<arc_swap::ArcSwapOption<wire::GateView>>,
+    /// Why the state file is not as the state in memory (a write failed).
+    pub(crate) unwritten: Mutex<Option<String>>,
+    /// A background task rewrites the state until it can.
+    pub(crate) rewriting: std::sync::atomic::AtomicBool,
+    /// This, for background tasks started from a `&self` method.
+    pub(crate) me: std::sync::OnceLock<std::sync::Weak<Inner>>,
+    /// The controller lock held in the databases (PostgreSQL).
+    pub(crate) db_lock: Mutex<Option<switchyard_sync::postgres::controller_lock::ControllerLock>>,
 }
 
 impl Inner {
@@ -159,6 +167,32 @@ impl Inner {
         f: impl FnOnce(&mut PersistedState) -> Result<Change, Conflict>,
         persisted: impl FnOnce(),
     ) -> Result<PersistedState, TransitionError> {
+        self.commit(actor, f, persisted, false)
+    }
+
+    /// Records something that has already happened outside the state file
+    /// (a database switch that committed, or did not): it takes effect in
+    /// memory and `persisted` runs even when the file cannot be written
+    /// now; the write is then retried in the background until it succeeds,
+    /// and the status says so meanwhile. A restart before that reads the
+    /// older state, which every such fact is safe to resume from (a cutover
+    /// runs again and finds its switch committed, or not).
+    pub(crate) fn record_fact(
+        &self,
+        actor: &str,
+        f: impl FnOnce(&mut PersistedState) -> Result<Change, Conflict>,
+        persisted: impl FnOnce(),
+    ) -> Result<PersistedState, TransitionError> {
+        self.commit(actor, f, persisted, true)
+    }
+
+    fn commit(
+        &self,
+        actor: &str,
+        f: impl FnOnce(&mut PersistedState) -> Result<Change, Conflict>,
+        persisted: impl FnOnce(),
+        fact: bool,
+    ) -> Result<PersistedState, TransitionError> {
         let mut guard = self.store.lock();
         if let Some(why) = self
             .frozen
@@ -185,26 +219,27 @@ impl Inner {
             held_requests: change.extra.held_requests,
             detail: change.extra.detail.clone(),
         });
-        let urgent = change.kind.ends_rollout_badly();
-        if urgent {
+        // A rollback is a fact too: the candidate loses its traffic at once,
+        // before the write, and stays without it if the write fails.
+        let fact = fact || change.kind == EventKind::RolledBack;
+        if change.kind == EventKind::RolledBack {
             self.dp.set_green_bp(next.green.bp());
             self.dp.reset_window(next.candidate());
         }
-        let written = self.store.write(&next);
-        if let Err(e) = written {
-            if !urgent {
+        match self.store.write(&next) {
+            Ok(()) => self.state_written(),
+            Err(e) if fact => {
+                tracing::warn!(error = %e, kind = %change.kind, "the state file cannot be written: the change holds in memory and the write is retried");
+                self.state_unwritable(&e);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, kind = %change.kind, "the state file cannot be written: the change is refused and nothing changed");
+                self.state_unwritable(&e);
                 return Err(e.into());
             }
-            tracing::error!(error = %e, "rolled back, but the new state could not be persisted");
-            *guard = next;
-            drop(guard);
-            self.hub.publish(event);
-            return Err(e.into());
         }
         persisted();
-        if !urgent {
-            self.dp.set_green_bp(next.green.bp());
-        }
+        self.dp.set_green_bp(next.green.bp());
         self.dp.set_stable(next.stable);
         if let Some(g) = self.database_gate() {
             if let Some(d) = g.as_database() {
@@ -216,7 +251,7 @@ impl Inner {
         }
         *guard = next.clone();
         drop(guard);
-        if urgent {
+        if change.kind.ends_rollout_badly() {
             self.db.lock().cleanup_wanted = true;
         }
         if change.kind == EventKind::RolledBack {
@@ -233,6 +268,61 @@ impl Inner {
         }
         self.hub.publish(event);
         Ok(next)
+    }
+
+    /// A write succeeded: whatever was not recorded is now.
+    fn state_written(&self) {
+        let was = self
+            .unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(was) = was {
+            tracing::warn!(previously = %was, "the state file is written again");
+        }
+    }
+
+    /// A write failed: the status says so, and a background task writes the
+    /// current state again every second until it can.
+    fn state_unwritable(&self, e: &StoreError) {
+        *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+            "the state file cannot be written ({e}): rollout changes are refused (a rollback or a database switch that happened holds in memory) until it can; retrying every second"
+        ));
+        if self.rewriting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(me) = self.me.get().and_then(|w| w.upgrade()) else {
+            self.rewriting.store(false, Ordering::SeqCst);
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let guard = me.store.lock();
+                let r = me.store.write(&guard);
+                drop(guard);
+                match r {
+                    Ok(()) => {
+                        me.state_written();
+                        me.rewriting.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => {
+                        *me.unwritten.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                            "the state file cannot be written ({e}): rollout changes are refused (a rollback or a database switch that happened holds in memory) until it can; retrying every second"
+                        ));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Why the state is not on disk as it is in memory, if it is not.
+    pub(crate) fn unwritten(&self) -> Option<String> {
+        self.unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -354,7 +444,12 @@ impl ControlPlane {
             stopping: tokio::sync::watch::Sender::new(false),
             frozen: Mutex::new(None),
             confirm_last: Default::default(),
+            unwritten: Mutex::new(None),
+            rewriting: Default::default(),
+            me: std::sync::OnceLock::new(),
+            db_lock: Mutex::new(None),
         });
+        let _ = inner.me.set(Arc::downgrade(&inner));
         // An abort whose cleanup may not have run before a restart.
         inner.db.lock().cleanup_wanted = state.rollout.phase == Phase::Aborted;
         // Subscribe before the first event so the notify hook sees it.
@@ -487,11 +582,99 @@ impl ControlPlane {
         }
         *self.inner.frozen.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_string());
         drop(guard);
+        // The successor takes the state file's lock, and the databases'
+        // controller lock, when it starts.
+        self.inner.store.release_lock();
+        self.inner
+            .db_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         Ok(())
     }
 
-    /// Allows state changes again after [`ControlPlane::freeze`].
+    /// Takes the controller lock in both databases (PostgreSQL): one
+    /// switchyard runs rollouts against a pair of databases. Refused, with
+    /// who holds it, when another process does; a database that cannot be
+    /// reached now is locked as soon as it can be (a background task also
+    /// takes the lock again should a session holding it end). Called once at
+    /// start by `switchyard run` with `[database]`.
+    pub async fn take_database_lock(&self, db: &DatabaseConfig) -> Result<(), String> {
+        if db.engine() != switchyard_config::DatabaseEngine::Postgres {
+            return Ok(());
+        }
+        let who = who_am_i();
+        let lock = switchyard_sync::postgres::controller_lock::take(
+            db,
+            &who,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        for u in &lock.unreached {
+            tracing::warn!("the controller lock could not be taken on a database that is down ({u}): taken once it answers");
+        }
+        *self.inner.db_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
+        let weak = Arc::downgrade(&self.inner);
+        let db = db.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner
+                    .frozen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some()
+                {
+                    continue;
+                }
+                let whole = inner
+                    .db_lock
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_some_and(|l| l.intact() && l.unreached.is_empty());
+                if whole {
+                    continue;
+                }
+                inner
+                    .db_lock
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                match switchyard_sync::postgres::controller_lock::take(
+                    &db,
+                    &who,
+                    std::time::Duration::from_secs(1),
+                )
+                .await
+                {
+                    Ok(l) => {
+                        *inner.db_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(l);
+                    }
+                    Err(e) => {
+                        // Someone else runs rollouts on these databases now:
+                        // this process changes nothing more (it serves on).
+                        tracing::error!(error = %e, "lost the databases' controller lock: no more rollout changes from this process");
+                        *inner.frozen.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                            "this switchyard no longer holds the databases' controller lock: {e}"
+                        ));
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Allows state changes again after [`ControlPlane::freeze`] (a
+    /// hand-over that failed), once the state file's lock is ours again.
     pub fn thaw(&self) {
+        if let Err(e) = self.inner.store.retake_lock() {
+            tracing::error!(error = %e, "cannot take the state file back: this process stays frozen (it still serves traffic)");
+            return;
+        }
+        // The controller lock is taken again by the background keeper.
         *self.inner.frozen.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
@@ -499,6 +682,12 @@ impl ControlPlane {
     pub fn data_plane(&self) -> &DataPlane {
         &self.inner.dp
     }
+}
+
+/// How this process names itself in locks it holds.
+fn who_am_i() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("pid {} on {}", std::process::id(), host.trim())
 }
 
 fn settings_of(config: &Config) -> Settings {

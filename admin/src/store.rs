@@ -23,6 +23,15 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// Another switchyard process holds the state file.
+    #[error("state file {} is in use by another switchyard ({holder}): one state file, one controller. \
+             Stop that process, or give this one its own [state] path (and its own databases)", path.display())]
+    Locked {
+        /// The state file.
+        path: PathBuf,
+        /// Who holds it, as it wrote in the lock file.
+        holder: String,
+    },
     /// Neither the state file nor its backup could be parsed.
     #[error("state file {} is unreadable ({reason}) and no good backup exists at {}. \
              Refusing to start rather than reset traffic: restore it, or remove both files \
@@ -44,6 +53,10 @@ pub struct Store {
     path: PathBuf,
     backup: PathBuf,
     current: Mutex<PersistedState>,
+    /// The exclusive lock on `<path>.lock`, held for the process's life
+    /// (let go only to hand the state over to a successor, see
+    /// [`Store::release_lock`]).
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 /// How [`Store::open`] found the state.
@@ -86,6 +99,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        let lock = take_lock(path)?;
         let main = read(path).map_err(io)?;
         let bak = read(&backup).map_err(|source| StoreError::Io {
             path: backup.clone(),
@@ -132,6 +146,7 @@ impl Store {
             path: path.to_path_buf(),
             backup,
             current: Mutex::new(state),
+            lock: Mutex::new(Some(lock)),
         };
         if how != Opened::Restored {
             let state = store.current();
@@ -143,6 +158,22 @@ impl Store {
     /// The state file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lets go of the state file's lock (the process hands the state over
+    /// to a successor and changes nothing in it from now on).
+    pub fn release_lock(&self) {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Takes the lock again after [`Store::release_lock`] (a hand-over that
+    /// failed); refused when someone else took it meanwhile.
+    pub fn retake_lock(&self) -> Result<(), StoreError> {
+        let mut l = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if l.is_none() {
+            *l = Some(take_lock(&self.path)?);
+        }
+        Ok(())
     }
 
     /// A copy of the current state.
@@ -169,6 +200,54 @@ impl Store {
             source,
         })
     }
+}
+
+/// `<path>.lock`, beside the state file (which is replaced on every write,
+/// so it cannot carry the lock itself).
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the exclusive lock of the state file, or says who holds it. The
+/// lock (an `flock`) goes away with the process, whatever way it ends.
+fn take_lock(path: &Path) -> Result<std::fs::File, StoreError> {
+    let lp = lock_path(path);
+    let io = |source| StoreError::Io {
+        path: lp.clone(),
+        source,
+    };
+    // Created if missing, then held open read-only (an open file for
+    // writing would keep its filesystem from being remounted read-only,
+    // which an operator may need to do; `flock` needs no write access).
+    if !lp.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lp)
+            .map_err(io)?;
+    }
+    let f = std::fs::File::open(&lp).map_err(io)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&lp)
+                .ok()
+                .filter(|h| !h.trim().is_empty())
+                .unwrap_or_else(|| "a process that did not say who it is".into());
+            return Err(StoreError::Locked {
+                path: path.to_path_buf(),
+                holder: holder.trim().to_string(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let who = format!("pid {} on {}", std::process::id(), host.trim());
+    let _ = std::fs::write(&lp, who.as_bytes());
+    Ok(f)
 }
 
 /// `<path>.bak`.
@@ -228,10 +307,29 @@ mod tests {
         assert_eq!(how, Opened::Fresh);
         assert_eq!(store.current().green.bp(), 0);
         store.write(&with_green(2500)).unwrap();
+        drop(store);
         let (store, how) = Store::open(&path).unwrap();
         assert_eq!(how, Opened::Restored);
         assert_eq!(store.current().green.bp(), 2500);
         assert!(backup_path(&path).exists());
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_file_is_refused_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (first, _) = Store::open(&path).unwrap();
+        let err = Store::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("in use by another switchyard"), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "names the holder: {err}"
+        );
+        drop(first);
+        assert!(
+            Store::open(&path).is_ok(),
+            "free again once the holder is gone"
+        );
     }
 
     #[test]
@@ -240,6 +338,7 @@ mod tests {
         let path = dir.path().join("state.json");
         let (store, _) = Store::open(&path).unwrap();
         store.write(&with_green(500)).unwrap();
+        drop(store);
         std::fs::write(&path, b"{\"green_bp\": 5").unwrap();
         let (store, how) = Store::open(&path).unwrap();
         assert_eq!(store.current().green.bp(), 500);

@@ -77,6 +77,11 @@ pub struct RolloutStatus {
     /// When the current step began.
     pub step_started: Option<String>,
     pub bake_seconds: Option<f64>,
+    /// Why the state file does not hold what the status shows (its writes
+    /// fail): changes are refused meanwhile; a rollback or a database
+    /// switch that happened holds in memory and is written once it can be.
+    #[serde(default)]
+    pub unwritten: Option<String>,
 }
 
 /// Both pools.

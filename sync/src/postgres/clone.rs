@@ -206,6 +206,18 @@ pub async fn clone(
     // Never over the primary, whatever the caller believed.
     let primary = primary_of(dir, &blue, &green).await?;
     primary.refuse_target(dst)?;
+    let (sv, tv) = (
+        pg::server_version(&blue, src).await?,
+        pg::server_version(&green, dst).await?,
+    );
+    if tv / 10000 < sv / 10000 {
+        return Err(SyncError::Other(format!(
+            "{dst} runs PostgreSQL {}, older than {src}'s {}: a downgrade cannot be cloned (pg_dump output only restores into the same major version or newer); nothing was changed",
+            tv / 10000,
+            sv / 10000
+        )));
+    }
+    pg::tools_fit((src, sv), (dst, tv))?;
     let existing = target_contents(&green, dst).await?;
     if let (Some(what), false) = (&existing, replace) {
         return Err(SyncError::TargetNotEmpty {

@@ -13,6 +13,7 @@ pub mod blue_changes;
 pub mod catalog;
 pub mod clone;
 pub mod compat;
+pub mod controller_lock;
 pub mod cutover;
 pub mod ephemeral;
 pub mod fence;

@@ -362,6 +362,43 @@ pub fn find_tool(name: &str) -> Result<PathBuf, SyncError> {
         })
 }
 
+/// The major version of the client program `name` that [`find_tool`]
+/// finds (from its `--version`), if it can be told.
+pub fn tool_major(name: &str) -> Option<(PathBuf, i32)> {
+    let path = find_tool(name).ok()?;
+    let out = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let major = text
+        .split_whitespace()
+        .find_map(|w| w.split('.').next().and_then(|m| m.parse().ok()))?;
+    Some((path, major))
+}
+
+/// Refuses a clone the client programs cannot carry: `pg_dump` older than
+/// the source's server, or newer than the target's (its restore would set
+/// what the older server does not know). Versions as `server_version_num`.
+pub fn tools_fit(source: (Side, i32), target: (Side, i32)) -> Result<(), SyncError> {
+    let Some((path, m)) = tool_major("pg_dump") else {
+        return Ok(()); // run_tool says what is missing
+    };
+    if m < source.1 / 10000 || m > target.1 / 10000 {
+        return Err(SyncError::Other(format!(
+            "{} is PostgreSQL {m}'s, but the clone needs a client between {}'s server ({}) and {}'s ({}): \
+             nothing was changed; point SWITCHYARD_PG_BINDIR at the client programs of PostgreSQL {}",
+            path.display(),
+            source.0,
+            source.1 / 10000,
+            target.0,
+            target.1 / 10000,
+            target.1 / 10000
+        )));
+    }
+    Ok(())
+}
+
 /// How a client program reaches a database: a `key=value` connection
 /// string without the password, and the password for the child's
 /// environment (`PGPASSWORD`), so it never shows in `ps`.

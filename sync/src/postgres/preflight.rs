@@ -301,6 +301,26 @@ pub async fn preflight(db: &DatabaseConfig, dir: Direction) -> Result<PreflightR
                     );
                 }
             }
+            // What pg_dump writes, pg_restore replays into the target: a
+            // client newer than the target's server sets what it lacks
+            // (17's restores SET transaction_timeout, which 16 refuses).
+            if let (Some(m), Some((gs, gn))) = (major, &gv) {
+                if m > gn / 10000 {
+                    f.add(
+                        Severity::Blocker,
+                        "tools",
+                        format!(
+                            "{} is {text}, newer than {dst}'s server {gs}: its restore would fail there (a newer client sets what an older server does not know, e.g. transaction_timeout)",
+                            path.display()
+                        ),
+                        format!(
+                            "point SWITCHYARD_PG_BINDIR at the client programs of PostgreSQL {} (the target's major version; {src}'s is {})",
+                            gn / 10000,
+                            bv.as_ref().map(|v| (v.1 / 10000).to_string()).unwrap_or_else(|| "?".into())
+                        ),
+                    );
+                }
+            }
         }
     }
 

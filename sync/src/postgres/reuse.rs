@@ -316,6 +316,31 @@ async fn backfill(
         let key_list: Vec<String> = key.iter().map(|k| pg::ident(k)).collect();
         let col_list: Vec<String> = cols.iter().map(|c| pg::ident(c)).collect();
         let select = [key_list.clone(), col_list.clone()].concat().join(", ");
+        // Columns with no default are NULL in every row the target has not
+        // been sent a value for: only the source's rows with a value there
+        // need copying (usually few: what the new release wrote so far).
+        let no_default: bool = target
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_attrdef d \
+                                      ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                                     WHERE a.attrelid = to_regclass($1) AND a.attname = ANY($2))",
+                &[&qualified, &cols],
+            )
+            .await
+            .map_err(|e| SyncError::query(dst, format!("reading the defaults of {table}"), &e))?
+            .get(0);
+        let only = if no_default {
+            format!(
+                " WHERE {}",
+                col_list
+                    .iter()
+                    .map(|c| format!("{c} IS NOT NULL"))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            )
+        } else {
+            String::new()
+        };
         let sets: Vec<String> = col_list.iter().map(|c| format!("{c} = b.{c}")).collect();
         let on: Vec<String> = key_list.iter().map(|k| format!("t.{k} = b.{k}")).collect();
         pg::exec(

@@ -61,7 +61,7 @@ pub fn names(db: &DatabaseConfig, dir: Direction) -> Names {
 /// A short stable hash of the database pair (FNV-1a over the host, port and
 /// database parts of both URLs, without credentials), so that deployments
 /// sharing a cluster never share a slot.
-fn pair_hash(db: &DatabaseConfig) -> String {
+pub(crate) fn pair_hash(db: &DatabaseConfig) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in endpoint(&db.blue)
         .bytes()

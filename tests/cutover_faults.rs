@@ -512,7 +512,7 @@ async fn fault_schedule() {
     let seed: u64 = std::env::var("FAULT_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| rand::random());
+        .unwrap_or_else(rand::random);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let steps = [
         "fence",

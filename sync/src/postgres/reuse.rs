@@ -361,7 +361,7 @@ async fn backfill(
             };
             let out = reader
                 .copy_out(&format!(
-                    "COPY (SELECT {select} FROM ONLY {qualified}) TO STDOUT"
+                    "COPY (SELECT {select} FROM ONLY {qualified}{only}) TO STDOUT"
                 ))
                 .await
                 .map_err(|e| err(src, e))?;

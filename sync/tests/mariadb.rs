@@ -1109,3 +1109,56 @@ async fn a_green_that_refuses_the_load_fails_the_clone_with_its_reason_and_marks
     assert_eq!(c.phase.as_deref(), Some("copy"));
     assert!(!st.verified, "{}", st.reason);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_strict_gtid_a_green_that_wrote_in_blues_domain_is_a_preflight_blocker_with_the_fix() {
+    // The harness runs gtid_strict_mode = ON (MariaDB's advice for replicas).
+    let (b, g) = (start(), start());
+    let mut db = pair(&b, &g, "strict").await;
+    db.mode = SyncMode::Replicate;
+    sql(
+        &db.blue,
+        "CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB; INSERT INTO t VALUES (1)",
+    )
+    .await;
+    assert_eq!(
+        one(&db.green, "SELECT @@GLOBAL.gtid_strict_mode")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    let r = run(&db, Command::Preflight, Output::Quiet).await.unwrap();
+    assert_eq!(r.code, 0, "a fresh green passes: {:#}", r.summary);
+
+    // Something else wrote on green in domain 0, past blue's sequence.
+    let scratch = g.create_db("scratch").await.unwrap();
+    for i in 0..20 {
+        sql(
+            &scratch,
+            &format!("CREATE TABLE IF NOT EXISTS s (i INT); INSERT INTO s VALUES ({i})"),
+        )
+        .await;
+    }
+    let r = run(&db, Command::Preflight, Output::Quiet).await.unwrap();
+    assert_ne!(r.code, 0, "{:#}", r.summary);
+    let text = r.summary.to_string();
+    assert!(
+        text.contains("newer than blue's position") && text.contains("RESET MASTER on green"),
+        "names the cause and the fix: {text}"
+    );
+
+    // The fix it names works: green's binary log held nothing anyone needs.
+    sql(&scratch, "RESET MASTER").await;
+    let r = run(&db, Command::Preflight, Output::Quiet).await.unwrap();
+    assert_eq!(r.code, 0, "{:#}", r.summary);
+    clone(&db, false, true).await;
+    let r = run(&db, Command::Replicate, Output::Quiet).await.unwrap();
+    assert_eq!(r.summary["already_running"], false, "{:#}", r.summary);
+    sql(&db.blue, "INSERT INTO t VALUES (2)").await;
+    let green = db.green.clone();
+    eventually("blue's write to reach green", async || {
+        one(&green, "SELECT COUNT(*) FROM t").await.as_deref() == Some("2")
+    })
+    .await;
+    switchyard_sync::replication::cleanup(&db).await.unwrap();
+}

@@ -132,6 +132,12 @@ impl EphemeralMariaDb {
             .args([
                 "--bind-address=127.0.0.1",
                 "--skip-name-resolve",
+                // MariaDB recommends strict GTID mode for replicas; the
+                // stories run with it.
+                "--gtid-strict-mode=ON",
+                // A replica that may become the primary logs what it
+                // applies, so its own writes continue the sequence.
+                "--log-slave-updates=ON",
                 "--binlog-format=ROW",
                 "--binlog-row-image=FULL",
                 "--local-infile=1",

@@ -121,6 +121,16 @@ pub async fn connect(side: Side, url: &str) -> Result<Session, SyncError> {
     ))
     .await
     .map_err(|e| connect_error(e.to_string()))?;
+    if side == Side::Green && flavor == Flavor::MariaDb {
+        // Switchyard's own writes on green (the clone, migrations, its
+        // state) go to a GTID domain of their own: in blue's domains they
+        // would get sequence numbers past blue's, and with
+        // gtid_strict_mode replicating blue would then be refused. Setting
+        // it needs SUPER; without, preflight and replicate explain.
+        let _ = conn
+            .query_drop(format!("SET SESSION gtid_domain_id = {OWN_GTID_DOMAIN}"))
+            .await;
+    }
     Ok(Session {
         side,
         conn,
@@ -128,6 +138,26 @@ pub async fn connect(side: Side, url: &str) -> Result<Session, SyncError> {
         version,
         database,
     })
+}
+
+/// The MariaDB GTID domain switchyard's own writes on green are logged in
+/// (0x5359, "SY"): apart from blue's, so that green's binary log never holds
+/// a transaction in one of blue's domains newer than blue's position.
+pub const OWN_GTID_DOMAIN: u32 = 0x5359;
+
+/// Per GTID domain, the highest sequence number in a GTID list such as
+/// `0-1-9,7-2-3` (MariaDB's `@@gtid_binlog_pos`).
+pub fn gtid_domains(list: &str) -> std::collections::BTreeMap<u32, (u32, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for g in list.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let mut it = g.split('-');
+        if let (Some(d), Some(server), Some(seq)) = (it.next(), it.next(), it.next()) {
+            if let (Ok(d), Ok(server), Ok(seq)) = (d.parse(), server.parse(), seq.parse()) {
+                out.insert(d, (server, seq));
+            }
+        }
+    }
+    out
 }
 
 impl Session {

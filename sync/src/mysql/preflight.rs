@@ -98,6 +98,86 @@ fn version_ok(s: &Session) -> bool {
     }
 }
 
+/// GTID domains, which `gtid_strict_mode` makes matter: switchyard's own
+/// writes on green must be logged in their own domain, blue must not use
+/// that domain, and green's binary log must hold nothing of its own in
+/// one of blue's domains newer than blue's position (replicating blue would
+/// be refused as out of order).
+async fn gtid_domain_checks(
+    f: &mut Findings,
+    blue: &mut Session,
+    green: &mut Session,
+    reverse: bool,
+) -> Result<(), SyncError> {
+    use Severity::*;
+    let own = super::OWN_GTID_DOMAIN;
+    let blue_pos = blue
+        .text(
+            "reading the GTID position",
+            "SELECT @@GLOBAL.gtid_binlog_pos",
+        )
+        .await?
+        .unwrap_or_default();
+    let rows = green
+        .rows(
+            "reading GTID settings",
+            "SELECT @@GLOBAL.gtid_binlog_pos, @@GLOBAL.gtid_strict_mode, @@SESSION.gtid_domain_id, @@GLOBAL.log_slave_updates",
+        )
+        .await?;
+    let t = |i: usize| {
+        rows[0]
+            .get::<Option<String>, _>(i)
+            .flatten()
+            .unwrap_or_default()
+    };
+    let (green_pos, strict, session_domain, logs_replicated) =
+        (t(0), t(1) == "1", t(2), t(3) == "1");
+    let blue_domains = super::gtid_domains(&blue_pos);
+    if blue_domains.contains_key(&own) {
+        f.add(
+            Blocker,
+            "gtid",
+            format!("blue's binary log uses GTID domain {own}, the one switchyard logs its own writes on green in"),
+            "this domain id is reserved for switchyard: give blue's writers another gtid_domain_id",
+        );
+    }
+    if !strict {
+        return Ok(());
+    }
+    if reverse && !logs_replicated {
+        f.add(
+            Blocker,
+            "gtid",
+            "green runs gtid_strict_mode without log_slave_updates: after cutover its own writes would restart blue's GTID sequence below what blue has, and reverse sync (blue replicating green) would be refused as out of order".to_string(),
+            "set log_slave_updates = ON on green (my.cnf, then restart), or set [database] reverse = false",
+        );
+    }
+    if session_domain != own.to_string() {
+        f.add(
+            Blocker,
+            "gtid",
+            "green runs gtid_strict_mode and its user may not SET SESSION gtid_domain_id: the clone's own writes would land in blue's GTID domain and replicating blue would be refused as out of order".to_string(),
+            "GRANT SUPER ON *.* to the user in [database].green, or SET GLOBAL gtid_strict_mode = OFF on green for the clone",
+        );
+    }
+    for (domain, (server, seq)) in super::gtid_domains(&green_pos) {
+        if domain == own {
+            continue;
+        }
+        if let Some((_, blue_seq)) = blue_domains.get(&domain) {
+            if seq > *blue_seq {
+                f.add(
+                    Blocker,
+                    "gtid",
+                    format!("green's binary log holds {domain}-{server}-{seq}, newer than blue's position {blue_pos} in GTID domain {domain}: with gtid_strict_mode green refuses to replicate blue over it"),
+                    "give green's server its own gtid_domain_id (my.cnf) so its own writes stay out of blue's domains, or, if green's binary log holds nothing anyone needs, RESET MASTER on green",
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks both databases; blockers make `passed` false.
 pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError> {
     let mut blue = connect(Side::Blue, &db.blue).await?;
@@ -179,6 +259,9 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<PreflightReport, SyncError
                     "turn GTIDs on (gtid_mode = ON, enforce_gtid_consistency = ON)",
                 );
             }
+        }
+        if blue.flavor == Flavor::MariaDb {
+            gtid_domain_checks(&mut f, &mut blue, &mut green, db.reverse).await?;
         }
         if b.server_id == g.server_id || b.server_id == "0" || g.server_id == "0" {
             f.add(

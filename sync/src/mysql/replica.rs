@@ -147,12 +147,32 @@ async fn start_replica(
             &format!("RESET SLAVE '{CONNECTION}' ALL"),
         )
         .await;
-    replica
+    // Domains only the replica's own binary log has (switchyard's own
+    // writes there): strict mode wants a position for each, and the
+    // replica has applied them all.
+    let own = gtid_pos(replica).await?;
+    let from = super::gtid_domains(gtid);
+    let mut position: Vec<String> = gtid
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .collect();
+    for (domain, (server, seq)) in super::gtid_domains(&own) {
+        if !from.contains_key(&domain) {
+            position.push(format!("{domain}-{server}-{seq}"));
+        }
+    }
+    let position = position.join(",");
+    if let Err(e) = replica
         .exec(
-            "setting the GTID position to replicate from (needs SUPER or REPLICATION SLAVE ADMIN)",
-            &format!("SET GLOBAL gtid_slave_pos = {}", literal(gtid)),
+            "setting the GTID position to replicate from",
+            &format!("SET GLOBAL gtid_slave_pos = {}", literal(&position)),
         )
-        .await?;
+        .await
+    {
+        return Err(explain_position_error(e, dir, &position));
+    }
     replica
         .exec(
             &format!("creating the replication connection from {}", dir.source()),
@@ -174,6 +194,43 @@ async fn start_replica(
             &format!("START SLAVE '{CONNECTION}'"),
         )
         .await
+}
+
+/// The real cause of a refused `SET GLOBAL gtid_slave_pos`: missing
+/// privileges (error 1227), or, with `gtid_strict_mode`, the replica's
+/// binary log holding its own transactions in one of the source's GTID
+/// domains, newer than the source's position (error 1947).
+fn explain_position_error(e: SyncError, dir: Direction, gtid: &str) -> SyncError {
+    let SyncError::Query {
+        side,
+        context,
+        message,
+    } = e
+    else {
+        return e;
+    };
+    let (src, dst) = (dir.source(), dir.target());
+    let hint = if message.contains("error 1947") || message.contains("error 1948") {
+        format!(
+            "{dst}'s binary log holds transactions of its own in a GTID domain of {src}'s, newer than {src}'s position {gtid}, and gtid_strict_mode forbids replicating over them. \
+             Switchyard logs its own writes on {dst} in domain {} (this needs SUPER for SET SESSION gtid_domain_id); writes made on {dst} by anything else must use a domain of their own too: \
+             give {dst}'s server its own gtid_domain_id (my.cnf), or, if {dst}'s binary log holds nothing anyone needs, RESET MASTER on {dst}; then `switchyard sync clone --replace`",
+            super::OWN_GTID_DOMAIN
+        )
+    } else if message.contains("error 1227") {
+        format!("the user in [database].{dst} needs SUPER or REPLICATION SLAVE ADMIN to set gtid_slave_pos")
+    } else {
+        return SyncError::Query {
+            side,
+            context,
+            message,
+        };
+    };
+    SyncError::Query {
+        side,
+        context,
+        message: format!("{message}; {hint}"),
+    }
 }
 
 /// Transactions in `source` that `replica` lacks, per GTID domain (the

@@ -107,6 +107,28 @@ fn sync_cli(config: &std::path::Path, args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_and_database_move_to_green_and_back_with_no_failed_request_and_no_write_lost() {
     let pair = pg::Pair::new("story_repl").await;
+    to_green_and_back(pair).await;
+}
+
+/// A major-version upgrade, what teams mostly do a database blue-green
+/// deployment for: blue runs PostgreSQL 15, green 18, and the same story
+/// holds, with reverse replication from 18 to 15 after the cutover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_from_postgresql_15_to_18_moves_to_green_and_back_with_no_failed_request_and_no_write_lost(
+) {
+    let (blue, green) = (pg::PgCluster::version(15), pg::PgCluster::version(18));
+    let pair = pg::Pair::on(&blue, &green, "story_upgrade").await;
+    let v: String = pg::connect(pair.green())
+        .await
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(v.starts_with("18"), "green runs 18: {v}");
+    to_green_and_back(pair).await;
+}
+
+async fn to_green_and_back(pair: pg::Pair) {
     pg::sql(pair.blue(), orders::SCHEMA).await;
     // Green's release adds a column: blue will lack it after cutover.
     std::fs::write(

@@ -453,3 +453,67 @@ async fn no_password_ever_appears_on_a_child_process_command_line() {
     assert!(children > 0, "the watcher saw pg_dump or pg_restore run");
     assert!(leaked.is_empty(), "password on a command line: {leaked:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_materialized_view_blue_has_not_refreshed_passes_and_a_wrong_one_still_fails() {
+    // Blue's view is stale: its tables changed after its last refresh.
+    let pair = Pair::new("trust_stale_mv").await;
+    sql(pair.blue(), SCHEMA).await;
+    sql(
+        pair.blue(),
+        "INSERT INTO accounts (owner, balance) SELECT 'late' || g, 100000 + g FROM generate_series(1, 40) g",
+    )
+    .await;
+    let (_, holder) = clone::clone(
+        &pair.config,
+        switchyard_sync::replication::Direction::Forward,
+        2,
+        false,
+        Output::Quiet,
+    )
+    .await
+    .expect("clone");
+    holder.release().await;
+    // The clone refreshed green's copy: it holds what blue's data gives.
+    assert_ne!(
+        one(pair.green(), "SELECT count(*) FROM owner_totals").await,
+        one(pair.blue(), "SELECT count(*) FROM owner_totals").await,
+        "blue's copy is stale, green's is fresh"
+    );
+    let v = verify_now(&pair).await;
+    assert!(v.passed, "{}", v.render());
+    let mv = v
+        .tables
+        .iter()
+        .find(|t| t.table == "public.owner_totals")
+        .expect("the view is compared");
+    assert_eq!(mv.status, "equal");
+    assert!(
+        mv.note
+            .as_deref()
+            .unwrap_or("")
+            .contains("blue's copy is stale"),
+        "the verdict says why: {mv:?}"
+    );
+
+    // A green view that matches neither blue's copy nor blue's data fails.
+    sql(
+        pair.green(),
+        "CREATE OR REPLACE FUNCTION public.bump() RETURNS void LANGUAGE sql AS $$ UPDATE accounts SET balance = balance + 1 WHERE id = 1 $$; \
+         SELECT public.bump(); REFRESH MATERIALIZED VIEW owner_totals; \
+         UPDATE accounts SET balance = balance - 1 WHERE id = 1; DROP FUNCTION public.bump()",
+    )
+    .await;
+    let v = verify_now(&pair).await;
+    assert!(!v.passed, "a wrong view fails: {}", v.render());
+    let mv = v
+        .tables
+        .iter()
+        .find(|t| t.table == "public.owner_totals")
+        .unwrap();
+    assert_eq!(mv.status, "differs", "{mv:?}");
+    assert!(
+        mv.note.as_deref().unwrap_or("").contains("matches neither"),
+        "{mv:?}"
+    );
+}

@@ -210,6 +210,14 @@ pub async fn clone(
         pg::server_version(&blue, src).await?,
         pg::server_version(&green, dst).await?,
     );
+    for (side, v) in [(src, sv), (dst, tv)] {
+        if v < 140000 {
+            return Err(SyncError::Other(format!(
+                "{side} runs PostgreSQL {}, which reached its end of life: switchyard supports 14 and newer; upgrade it first (nothing was changed)",
+                v / 10000
+            )));
+        }
+    }
     if tv / 10000 < sv / 10000 {
         return Err(SyncError::Other(format!(
             "{dst} runs PostgreSQL {}, older than {src}'s {}: a downgrade cannot be cloned (pg_dump output only restores into the same major version or newer); nothing was changed",
@@ -217,7 +225,7 @@ pub async fn clone(
             sv / 10000
         )));
     }
-    pg::tools_fit((src, sv), (dst, tv))?;
+    let tools = pg::tools_for((src, sv), (dst, tv))?;
     let existing = target_contents(&green, dst).await?;
     if let (Some(what), false) = (&existing, replace) {
         return Err(SyncError::TargetNotEmpty {
@@ -251,6 +259,7 @@ pub async fn clone(
     let mut record = None;
     let result = clone_in(
         db,
+        &tools,
         dir,
         jobs,
         existing.is_some(),
@@ -295,6 +304,7 @@ pub(crate) async fn primary_of(
 #[allow(clippy::too_many_arguments)]
 async fn clone_in(
     db: &DatabaseConfig,
+    tools: &pg::Tools,
     dir: Direction,
     jobs: usize,
     replace: bool,
@@ -351,8 +361,8 @@ async fn clone_in(
     let blue_conn = pg::tool_conn(dir.source(), url_of(db, dir.source()))?;
     let green_conn = pg::tool_conn(dir.target(), url_of(db, dir.target()))?;
     pg::run_tool(
-        "pg_dump",
-        "dumping blue's schema",
+        &tools.pg_dump,
+        "dumping the source's schema",
         &[
             "--schema-only".into(),
             "--format=custom".into(),
@@ -383,7 +393,7 @@ async fn clone_in(
     // switchyard's own publication (and a reverse subscription, if blue has
     // one) are part of blue's schema, never of green's copy.
     let toc = pg::run_tool(
-        "pg_restore",
+        &tools.pg_restore,
         "listing the schema dump",
         &["--list".into(), dump.display().to_string()],
         None,
@@ -441,10 +451,11 @@ async fn clone_in(
         let path = write_list(format!("early-{i}.list"), &lines)?;
         let t = eligible[&key];
         let build = EarlyBuild {
-            what: format!("building the indexes of {} in green", t.display()),
+            what: format!("building the indexes of {} in the target", t.display()),
             table: t.display(),
             table_sql: t.sql(),
             args: restore("post-data", &path, jobs.min(lines.len())),
+            tool: tools.pg_restore.clone(),
         };
         builds.insert(key, Arc::new(build));
     }
@@ -474,8 +485,8 @@ async fn clone_in(
     *record = Some(id);
 
     pg::run_tool(
-        "pg_restore",
-        "creating tables in green (pre-data)",
+        &tools.pg_restore,
+        "creating tables in the target (pre-data)",
         &restore("pre-data", &list, 1),
         green_conn.password.as_deref(),
     )
@@ -525,7 +536,7 @@ async fn clone_in(
                     }
                     Work::Build(b) => {
                         let started = Instant::now();
-                        pg::run_tool("pg_restore", &b.what, &b.args, password.as_deref()).await?;
+                        pg::run_tool(&b.tool, &b.what, &b.args, password.as_deref()).await?;
                         pg::exec(
                             &s.1,
                             dir.target(),
@@ -557,8 +568,8 @@ async fn clone_in(
     phase("copy");
     state::mark_clone(green, dir.target(), id, "running", Some("post_data"), None).await?;
     pg::run_tool(
-        "pg_restore",
-        "building indexes and constraints in green (post-data)",
+        &tools.pg_restore,
+        "building indexes and constraints in the target (post-data)",
         &restore("post-data", &rest_list, jobs),
         green_conn.password.as_deref(),
     )
@@ -671,6 +682,8 @@ struct EarlyBuild {
     what: String,
     /// `pg_restore` of just this table's entries.
     args: Vec<String>,
+    /// The `pg_restore` to run.
+    tool: std::path::PathBuf,
 }
 
 /// An item on the clone's worker queue.

@@ -28,7 +28,8 @@ pub struct EphemeralCluster {
 /// what `pg_config --bindir` says.
 pub fn find_bindir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("SWITCHYARD_PG_BINDIR") {
-        return Some(PathBuf::from(d)).filter(|d| d.join("initdb").is_file());
+        // A list: the first directory with the server programs.
+        return std::env::split_paths(&d).find(|d| d.join("initdb").is_file());
     }
     let out = Command::new("pg_config").arg("--bindir").output().ok()?;
     let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());

@@ -325,12 +325,15 @@ async fn list_relations(client: &Client, side: Side, which: &str) -> Result<Vec<
         .collect())
 }
 
-/// Finds a PostgreSQL client program: `$SWITCHYARD_PG_BINDIR`, then
-/// `pg_config --bindir`, then `PATH`, then the newest `/usr/lib/postgresql/*/bin`.
-pub fn find_tool(name: &str) -> Result<PathBuf, SyncError> {
+/// Every directory that may hold PostgreSQL's client programs, in the order
+/// they are preferred at equal versions: each entry of
+/// `$SWITCHYARD_PG_BINDIR` (a `:`-separated list), `pg_config --bindir`,
+/// `PATH`, then `/usr/lib/postgresql/*/bin` (Debian's and PGDG's packages)
+/// and `/usr/pgsql-*/bin` (PGDG's RPMs), newest first.
+fn tool_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(d) = std::env::var_os("SWITCHYARD_PG_BINDIR") {
-        dirs.push(PathBuf::from(d));
+        dirs.extend(std::env::split_paths(&d));
     }
     if let Ok(out) = std::process::Command::new("pg_config")
         .arg("--bindir")
@@ -354,7 +357,26 @@ pub fn find_tool(name: &str) -> Result<PathBuf, SyncError> {
         versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         dirs.extend(versions.into_iter().map(|(_, p)| p));
     }
-    dirs.into_iter()
+    // PGDG's RPMs: /usr/pgsql-16/bin.
+    if let Ok(rd) = std::fs::read_dir("/usr") {
+        let mut versions: Vec<(u32, PathBuf)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let v = name.strip_prefix("pgsql-")?.parse::<u32>().ok()?;
+                Some((v, e.path().join("bin")))
+            })
+            .collect();
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+        dirs.extend(versions.into_iter().map(|(_, p)| p));
+    }
+    dirs
+}
+
+/// Finds a PostgreSQL client program: the first of [`tool_dirs`] that has it.
+pub fn find_tool(name: &str) -> Result<PathBuf, SyncError> {
+    tool_dirs()
+        .into_iter()
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .ok_or_else(|| SyncError::ToolMissing {
@@ -362,41 +384,80 @@ pub fn find_tool(name: &str) -> Result<PathBuf, SyncError> {
         })
 }
 
-/// The major version of the client program `name` that [`find_tool`]
-/// finds (from its `--version`), if it can be told.
-pub fn tool_major(name: &str) -> Option<(PathBuf, i32)> {
-    let path = find_tool(name).ok()?;
-    let out = std::process::Command::new(&path)
+/// The major version of a client program (from its `--version`, asked once
+/// per path).
+fn major_of(path: &std::path::Path) -> Option<i32> {
+    type Seen = std::sync::Mutex<std::collections::HashMap<PathBuf, Option<i32>>>;
+    static SEEN: std::sync::OnceLock<Seen> = std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(v) = seen.lock().ok()?.get(path) {
+        return *v;
+    }
+    let v = std::process::Command::new(path)
         .arg("--version")
         .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let major = text
-        .split_whitespace()
-        .find_map(|w| w.split('.').next().and_then(|m| m.parse().ok()))?;
-    Some((path, major))
+        .ok()
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .find_map(|w| w.split('.').next().and_then(|m| m.parse().ok()))
+        });
+    seen.lock().ok()?.insert(path.to_path_buf(), v);
+    v
 }
 
-/// Refuses a clone the client programs cannot carry: `pg_dump` older than
-/// the source's server, or newer than the target's (its restore would set
-/// what the older server does not know). Versions as `server_version_num`.
-pub fn tools_fit(source: (Side, i32), target: (Side, i32)) -> Result<(), SyncError> {
-    let Some((path, m)) = tool_major("pg_dump") else {
-        return Ok(()); // run_tool says what is missing
-    };
-    if m < source.1 / 10000 || m > target.1 / 10000 {
-        return Err(SyncError::Other(format!(
-            "{} is PostgreSQL {m}'s, but the clone needs a client between {}'s server ({}) and {}'s ({}): \
-             nothing was changed; point SWITCHYARD_PG_BINDIR at the client programs of PostgreSQL {}",
-            path.display(),
-            source.0,
-            source.1 / 10000,
-            target.0,
-            target.1 / 10000,
-            target.1 / 10000
-        )));
+/// The client programs a clone uses, matched to both servers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Tools {
+    pub pg_dump: PathBuf,
+    pub pg_restore: PathBuf,
+    /// Their major version.
+    pub major: i32,
+}
+
+/// Picks `pg_dump` and `pg_restore` from one directory whose major version
+/// is at least the source's (pg_dump dumps only servers as old as itself
+/// or older) and at most the target's (a newer restore sets what an older
+/// server does not know, e.g. 17's transaction_timeout): the target's own
+/// major version when installed, else the newest that fits. Versions as
+/// `server_version_num`. Refused, naming every client found, when none fits.
+pub fn tools_for(source: (Side, i32), target: (Side, i32)) -> Result<Tools, SyncError> {
+    let (lo, hi) = (source.1 / 10000, target.1 / 10000);
+    let mut found: Vec<(PathBuf, i32)> = Vec::new();
+    for d in tool_dirs() {
+        let (dump, restore) = (d.join("pg_dump"), d.join("pg_restore"));
+        if !dump.is_file() || !restore.is_file() || found.iter().any(|(p, _)| p == &d) {
+            continue;
+        }
+        if let Some(m) = major_of(&dump) {
+            found.push((d, m));
+        }
     }
-    Ok(())
+    let fits: Vec<&(PathBuf, i32)> = found.iter().filter(|(_, m)| *m >= lo && *m <= hi).collect();
+    let best = fits
+        .iter()
+        .find(|(_, m)| *m == hi)
+        .or_else(|| fits.iter().max_by_key(|(_, m)| *m));
+    match best {
+        Some((d, m)) => Ok(Tools {
+            pg_dump: d.join("pg_dump"),
+            pg_restore: d.join("pg_restore"),
+            major: *m,
+        }),
+        None if found.is_empty() => Err(SyncError::ToolMissing {
+            tool: "pg_dump".into(),
+        }),
+        None => Err(SyncError::Other(format!(
+            "no PostgreSQL client programs fit this clone: it needs pg_dump and pg_restore of a major version from {lo} ({}'s server) to {hi} ({}'s); found {}. Nothing was changed: install the client of PostgreSQL {hi}, or list its bin directory in SWITCHYARD_PG_BINDIR",
+            source.0,
+            target.0,
+            found
+                .iter()
+                .map(|(d, m)| format!("{m} in {}", d.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// How a client program reaches a database: a `key=value` connection
@@ -453,13 +514,16 @@ pub fn tool_conn(side: Side, url: &str) -> Result<ToolConn, SyncError> {
 /// [`SyncError::Tool`] carrying its stderr. `password` goes to the child's
 /// environment, never its arguments.
 pub async fn run_tool(
-    tool: &str,
+    path: &std::path::Path,
     what: &str,
     args: &[String],
     password: Option<&str>,
 ) -> Result<Vec<u8>, SyncError> {
-    let path = find_tool(tool)?;
-    let mut cmd = tokio::process::Command::new(&path);
+    let tool = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut cmd = tokio::process::Command::new(path);
     cmd.args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);

@@ -135,6 +135,30 @@ async fn subscriber_checks(
 /// The database's encoding and locale settings, by column name, read
 /// through `to_jsonb` so that columns a server version lacks (or renamed,
 /// `daticulocale` → `datlocale`) simply are not there.
+/// A subscription owned by a user that is not a superuser must give a
+/// password to the publisher (PostgreSQL's `password_required`, which only
+/// a superuser can turn off): without one CREATE SUBSCRIPTION fails with
+/// "password is required" after the clone has been made.
+fn password_check(
+    f: &mut Findings,
+    db: &DatabaseConfig,
+    subscriber: Side,
+    publisher: Side,
+) -> Result<(), SyncError> {
+    if pg::config(publisher, url_of(db, publisher))?
+        .get_password()
+        .is_none()
+    {
+        f.add(
+            Severity::Blocker,
+            "password-required",
+            format!("{subscriber}'s user is not a superuser, so PostgreSQL requires its subscription to {publisher} to log in with a password, and [database].{publisher} has none (not in the URL, PGPASSWORD or ~/.pgpass)"),
+            format!("put the password of {publisher}'s user in [database].{publisher} (or PGPASSWORD / ~/.pgpass) and make {publisher}'s pg_hba.conf ask for it (scram-sha-256), or connect to {subscriber} as a superuser"),
+        );
+    }
+    Ok(())
+}
+
 async fn locale(c: &Client, side: Side) -> Result<Vec<(String, String)>, SyncError> {
     let rows = c
         .query(
@@ -259,6 +283,28 @@ pub async fn preflight(db: &DatabaseConfig, dir: Direction) -> Result<PreflightR
         Some(c) => Some(version(c, dst).await?),
         None => None,
     };
+    for (side, v) in [(src, &bv), (dst, &gv)] {
+        if let Some((vs, vn)) = v {
+            if *vn < 140000 {
+                f.add(
+                    Severity::Blocker,
+                    "version",
+                    format!("{side} runs PostgreSQL {vs}, which reached its end of life: switchyard supports 14 and newer"),
+                    format!("upgrade {side}'s server to PostgreSQL 14 or newer first (pg_upgrade), then use switchyard for the next major upgrades"),
+                );
+            }
+        }
+    }
+    if let (true, Some((gs, gn))) = (replicate && db.reverse, &gv) {
+        if *gn < 150000 {
+            f.add(
+                Severity::Warning,
+                "version",
+                format!("{dst} runs PostgreSQL {gs}: reverse sync from it after cutover cannot leave out columns the new release adds (column lists need 15+)"),
+                format!("keep this release's migrations to new tables (which are not replicated back) or upgrade {dst} to 15+; a column added to a replicated table stops the cutover with this reason"),
+            );
+        }
+    }
     if let (Some((bs, bn)), Some((gs, gn))) = (&bv, &gv) {
         if gn / 10000 < bn / 10000 {
             f.add(
@@ -276,51 +322,28 @@ pub async fn preflight(db: &DatabaseConfig, dir: Direction) -> Result<PreflightR
             );
         }
     }
-    match pg::find_tool("pg_dump") {
-        Err(e) => f.add(
-            Severity::Blocker,
-            "tools",
-            e.to_string(),
-            "install the PostgreSQL client programs",
-        ),
-        Ok(path) => {
-            let out = std::process::Command::new(&path).arg("--version").output();
-            let text = out
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_default();
-            let major: Option<i32> = text
-                .split_whitespace()
-                .find_map(|w| w.split('.').next().and_then(|m| m.parse().ok()));
-            if let (Some(m), Some((bs, bn))) = (major, &bv) {
-                if m < bn / 10000 {
-                    f.add(
-                        Severity::Blocker,
-                        "tools",
-                        format!("{} is {text}, older than {src}'s server {bs}", path.display()),
-                        format!("install pg_dump of {src}'s major version or newer, or set SWITCHYARD_PG_BINDIR"),
-                    );
-                }
-            }
-            // What pg_dump writes, pg_restore replays into the target: a
-            // client newer than the target's server sets what it lacks
-            // (17's restores SET transaction_timeout, which 16 refuses).
-            if let (Some(m), Some((gs, gn))) = (major, &gv) {
-                if m > gn / 10000 {
-                    f.add(
-                        Severity::Blocker,
-                        "tools",
-                        format!(
-                            "{} is {text}, newer than {dst}'s server {gs}: its restore would fail there (a newer client sets what an older server does not know, e.g. transaction_timeout)",
-                            path.display()
-                        ),
-                        format!(
-                            "point SWITCHYARD_PG_BINDIR at the client programs of PostgreSQL {} (the target's major version; {src}'s is {})",
-                            gn / 10000,
-                            bv.as_ref().map(|v| (v.1 / 10000).to_string()).unwrap_or_else(|| "?".into())
-                        ),
-                    );
-                }
-            }
+    // The client programs a clone would use, matched to both servers.
+    if let (Some((_, bn)), Some((_, gn))) = (&bv, &gv) {
+        match pg::tools_for((src, *bn), (dst, *gn)) {
+            Ok(t) => f.add(
+                Severity::Info,
+                "tools",
+                format!(
+                    "clone uses pg_dump and pg_restore of PostgreSQL {} ({})",
+                    t.major,
+                    t.pg_dump.display()
+                ),
+                "SWITCHYARD_PG_BINDIR (a list of bin directories) chooses among installed clients",
+            ),
+            Err(e) => f.add(
+                Severity::Blocker,
+                "tools",
+                e.to_string(),
+                format!(
+                    "install the PostgreSQL {} client programs (or list their bin directory in SWITCHYARD_PG_BINDIR)",
+                    gn / 10000
+                ),
+            ),
         }
     }
 
@@ -423,18 +446,34 @@ pub async fn preflight(db: &DatabaseConfig, dir: Direction) -> Result<PreflightR
                             SELECT 1 FROM pg_roles r WHERE r.rolname = 'pg_create_subscription' \
                                AND pg_has_role(current_user, r.oid, 'MEMBER'))), \
                         current_setting('wal_level'), \
-                        (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
+                        (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
+                        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
                 &[],
             )
             .await
             .map_err(|e| SyncError::query(dst, "reading privileges", &e))?;
-        let (sup, wal, repl): (bool, String, bool) = (row.get(0), row.get(1), row.get(2));
+        let (sup, wal, repl, superuser): (bool, String, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if sup && !superuser {
+            password_check(&mut f, db, dst, src)?;
+        }
         if !sup {
             f.add(Severity::Blocker, "privileges", format!("{dst}'s user may not CREATE SUBSCRIPTION: it is not a superuser, nor (on PostgreSQL 16+) a member of pg_create_subscription"), format!("GRANT pg_create_subscription TO the user in [database].{dst} (PostgreSQL 16+, with CREATE on its database), or connect as a superuser, or use mode = \"snapshot\""));
         }
         subscriber_checks(&mut f, g, dst, &format!("{dst}'s subscription to {src}")).await?;
         if db.reverse {
             if let Some(b) = &blue {
+                let superuser: bool = b
+                    .query_one(
+                        "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| SyncError::query(src, "reading privileges", &e))?
+                    .get(0);
+                if !superuser {
+                    password_check(&mut f, db, src, dst)?;
+                }
                 subscriber_checks(
                     &mut f,
                     b,

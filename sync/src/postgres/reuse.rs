@@ -181,8 +181,8 @@ pub async fn widen(db: &DatabaseConfig, dir: Direction) -> Result<WidenReport, S
     let source = pg::connect_owner(src, url_of(db, src)).await?;
     let target = pg::connect_owner(dst, url_of(db, dst)).await?;
     let (desired, _) = crate::postgres::cutover::shared_tables(&source, src, &target, dst).await?;
-    let current = published_columns(&source, src, &n.publication).await?;
     let all_columns = table_columns(&source, src).await?;
+    let current = published_columns(&source, src, &n.publication, &all_columns).await?;
     let mut report = WidenReport::default();
     let mut widened: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for t in &desired {
@@ -223,22 +223,12 @@ pub async fn widen(db: &DatabaseConfig, dir: Direction) -> Result<WidenReport, S
         )
         .await?;
     }
-    let list: Vec<String> = desired
-        .iter()
-        .map(|t| match &t.columns {
-            Some(cols) => format!("TABLE {} ({})", t.sql, cols.join(", ")),
-            None => format!("TABLE {}", t.sql),
-        })
-        .collect();
+    let list = crate::postgres::replicate::publication_list(&source, src, &desired).await?;
     pg::exec(
         &source,
         src,
         &format!("widening publication {}", n.publication),
-        &format!(
-            "ALTER PUBLICATION {} SET {}",
-            pg::ident(&n.publication),
-            list.join(", ")
-        ),
+        &format!("ALTER PUBLICATION {} SET {list}", pg::ident(&n.publication)),
     )
     .await?;
     if !report.tables.is_empty() {
@@ -404,12 +394,31 @@ async fn backfill(
     Ok(rows)
 }
 
-/// The columns each table of `publication` publishes now.
+/// The columns each table of `publication` publishes now (on 14, which
+/// has no column lists, every column of each table).
 async fn published_columns(
     c: &Client,
     side: Side,
     publication: &str,
+    all: &BTreeMap<String, BTreeSet<String>>,
 ) -> Result<BTreeMap<String, BTreeSet<String>>, SyncError> {
+    if pg::server_version(c, side).await? < 150000 {
+        let rows = c
+            .query(
+                "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(|e| SyncError::query(side, format!("reading publication {publication}"), &e))?;
+        return Ok(rows
+            .iter()
+            .map(|r| {
+                let t: String = r.get(0);
+                let cols = all.get(&t).cloned().unwrap_or_default();
+                (t, cols)
+            })
+            .collect());
+    }
     let rows = c
         .query(
             "SELECT schemaname || '.' || tablename, attnames::text[] FROM pg_publication_tables WHERE pubname = $1",

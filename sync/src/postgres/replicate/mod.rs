@@ -156,6 +156,41 @@ pub(crate) async fn publishable_tables(
     Ok(tables)
 }
 
+/// The table list of a publication (`TABLE a (x, y), TABLE b` on 15+;
+/// `TABLE a, b` on 14, which has no column lists: refused when one is
+/// needed, naming the table).
+pub(crate) async fn publication_list(
+    client: &Client,
+    side: Side,
+    tables: &[PublishedTable],
+) -> Result<String, SyncError> {
+    if pg::server_version(client, side).await? >= 150000 {
+        return Ok(tables
+            .iter()
+            .map(|t| match &t.columns {
+                Some(cols) => format!("TABLE {} ({})", t.sql, cols.join(", ")),
+                None => format!("TABLE {}", t.sql),
+            })
+            .collect::<Vec<_>>()
+            .join(", "));
+    }
+    if let Some(t) = tables.iter().find(|t| t.columns.is_some()) {
+        return Err(SyncError::Other(format!(
+            "{side} runs PostgreSQL 14, which cannot publish only some columns: {} has columns the other side lacks, so it cannot be replicated to it. \
+             Upgrade {side} to 15 or newer, or set [database] reverse = false",
+            t.display
+        )));
+    }
+    Ok(format!(
+        "TABLE {}",
+        tables
+            .iter()
+            .map(|t| t.sql.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
 /// (Re)creates the publication `name` on `client` for `tables`.
 pub(crate) async fn create_publication(
     client: &Client,
@@ -163,20 +198,13 @@ pub(crate) async fn create_publication(
     name: &str,
     tables: &[PublishedTable],
 ) -> Result<(), SyncError> {
-    let list: Vec<String> = tables
-        .iter()
-        .map(|t| match &t.columns {
-            Some(cols) => format!("TABLE {} ({})", t.sql, cols.join(", ")),
-            None => format!("TABLE {}", t.sql),
-        })
-        .collect();
-    let create = if list.is_empty() {
+    let create = if tables.is_empty() {
         format!("CREATE PUBLICATION {}", pg::ident(name))
     } else {
         format!(
             "CREATE PUBLICATION {} FOR {}",
             pg::ident(name),
-            list.join(", ")
+            publication_list(client, side, tables).await?
         )
     };
     pg::exec(
